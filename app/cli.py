@@ -1,0 +1,312 @@
+"""The `hydrant` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import click
+
+from app import __version__
+from app.errors import HydrantError, SpecError
+from app.settings import ENV_PREFIX, Settings, load_settings
+from app.spec import Pipeline, load_pipeline
+
+logger = logging.getLogger("hydrant")
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_SPEC = 2
+EXIT_SIGINT = 130
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def friendly_errors(func: F) -> F:
+    """Turn Hydrant's own errors into one clear message and an exit code instead of a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SpecError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_SPEC)
+        except HydrantError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(pipeline: str | None = None) -> Settings:
+    """Settings from the environment; ``--pipeline`` wins over HYDRANT_PIPELINE."""
+    if pipeline is not None:
+        os.environ[f"{ENV_PREFIX}PIPELINE"] = str(Path(pipeline).resolve())
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _need_broker(settings: Settings) -> None:
+    if not settings.broker:
+        raise HydrantError(
+            f"{ENV_PREFIX}BROKER is not set: point it at Kafka (kafka://host:port) or use `hydrant dev`, "
+            "which starts the bundled broker"
+        )
+
+
+pipeline_option = click.option(
+    "--pipeline",
+    "-p",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=f"Pipeline YAML (default: {ENV_PREFIX}PIPELINE, else examples/shop/pipeline.yaml).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="hydrant")
+def cli() -> None:
+    """Hydrant: streaming features on Kafka (lookup joins, sliding windows in RocksDB, an HTTP API).
+
+    Settings come from HYDRANT_* environment variables; see docs/ and `hydrant COMMAND --help`.
+    """
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port to listen on (default: a free one).")
+@friendly_errors
+def broker(port: int | None) -> None:
+    """Run the bundled Kafka-protocol broker (Tansu, memory storage) until Ctrl-C."""
+    from app.broker import EmbeddedBroker
+
+    configure_logging("INFO")
+    with EmbeddedBroker(port=port) as embedded:
+        click.echo(f"broker listening: {embedded.url}   (export {ENV_PREFIX}BROKER={embedded.url})")
+        click.echo("memory storage: topics are lost when it stops. Ctrl-C to stop.")
+        _wait_for_signal()
+    click.echo("broker stopped")
+
+
+def _wait_for_signal() -> int:
+    """Block until SIGINT or SIGTERM; returns the signal number."""
+    received: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda num, _frame: received.append(num))
+    while not received:
+        signal.pause()
+    return received[0]
+
+
+@cli.command()
+@pipeline_option
+@friendly_errors
+def worker(pipeline: str | None) -> None:
+    """Run one worker against HYDRANT_BROKER (what Kubernetes runs)."""
+    settings = _settings(pipeline)
+    _need_broker(settings)
+    load_pipeline(settings.pipeline)  # fail here, with the spec's messages, before Faust starts
+    import faust
+
+    from app.main import app
+
+    faust.Worker(app, loglevel=settings.log_level.lower(), override_logging=False).execute_from_commandline()
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@friendly_errors
+def check(pipeline: str) -> None:
+    """Validate a pipeline spec and print its plan; exit 2 with field/line messages when invalid."""
+    settings = load_settings()
+    spec = load_pipeline(pipeline)
+    click.echo(render_plan(spec, settings))
+
+
+def render_plan(spec: Pipeline, settings: Settings) -> str:
+    """The derived plan: topics, tables, agents, features — what a worker of this spec will run."""
+    group = settings.group_id(spec.name)
+    lines = [f"pipeline {spec.name!r} is valid (consumer group {group!r})", "", "topics:"]
+    for plan in spec.topics(settings.partitions):
+        compact = ", compacted" if plan.compacted else ""
+        lines.append(f"  {plan.name:<32} {plan.role:<12} {plan.partitions} partitions{compact}  ({plan.owner})")
+    lines += ["", "tables (RocksDB, changelog topic <group>-<table>-changelog):"]
+    for name, lookup in spec.lookups.items():
+        lines.append(f"  lookup-{name:<25} from {lookup.topic}, key {lookup.key}, fields {', '.join(lookup.fields)}")
+    lines += ["", "agents:"]
+    for name in spec.lookups:
+        lines.append(f"  update_{name}")
+    for name, stream in spec.streams.items():
+        outs = [o.topic for o in spec.outputs.values() if o.from_ == name]
+        lines.append(f"  enrich_{name:<24} {stream.topic} -> {', '.join(outs) or '(state only)'}; bad -> {stream.dlq_topic}")
+    for name, group_spec in spec.features.items():
+        lines += ["", f"feature group {name} (key {group_spec.key}, period {group_spec.period}):"]
+        lines.append("  " + ", ".join(group_spec.feature_names()))
+    return "\n".join(lines)
+
+
+@cli.group()
+def topics() -> None:
+    """Manage the pipeline's Kafka topics."""
+
+
+@topics.command("create")
+@pipeline_option
+@friendly_errors
+def topics_create(pipeline: str | None) -> None:
+    """Create every topic the pipeline needs (HYDRANT_PARTITIONS partitions), idempotently."""
+    from app.kafka import create_pipeline_topics
+
+    settings = _settings(pipeline)
+    _need_broker(settings)
+    spec = load_pipeline(settings.pipeline)
+    created, existing = asyncio.run(create_pipeline_topics(settings, spec))
+    for name in created:
+        click.echo(f"created  {name}")
+    for name in existing:
+        click.echo(f"exists   {name}")
+
+
+@cli.command()
+@click.argument("topic")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--key", "-k", default=None, help="Column whose value becomes the Kafka record key (UTF-8).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="At most N records/s.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default=None,
+              help="File format (default: from the suffix).")
+@friendly_errors
+def produce(topic: str, file: Path, key: str | None, rate: float | None, fmt: str | None) -> None:
+    """Send every row of a CSV, Parquet or JSONL FILE to TOPIC as a JSON record."""
+    from app.produce import produce_file
+
+    settings = _settings()
+    _need_broker(settings)
+    summary = asyncio.run(produce_file(settings, topic, file, key=key, rate=rate, fmt=fmt, progress=sys.stderr.isatty()))
+    click.echo(summary.line())
+
+
+@cli.command()
+@pipeline_option
+@click.option("--demo/--no-demo", default=True, show_default=True, help="Generate example shop events.")
+@click.option("--rate", type=click.FloatRange(min=1), default=50.0, show_default=True, help="Demo events per second.")
+@friendly_errors
+def dev(pipeline: str | None, demo: bool, rate: float) -> None:
+    """Bundled broker (unless HYDRANT_BROKER is set) + topics + one worker + demo data; Ctrl-C stops all."""
+    settings = _settings(pipeline)
+    spec = load_pipeline(settings.pipeline)
+    sys.exit(asyncio.run(DevSession(settings, spec, demo, rate).run()))
+
+
+class DevSession:
+    """Everything `hydrant dev` starts, stopped in reverse order whatever happens."""
+
+    def __init__(self, settings: Settings, spec: Pipeline, demo: bool, rate: float) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.demo = demo
+        self.rate = rate
+        self.run_dir = Path(".hydrant/dev").resolve()
+        self.stop_event = asyncio.Event()
+        self.signal_received: int | None = None
+
+    def _on_signal(self, signum: int) -> None:
+        if self.signal_received is None:
+            click.echo("\nstopping…", err=True)
+        self.signal_received = signum
+        self.stop_event.set()
+
+    async def run(self) -> int:
+        from app.broker import EmbeddedBroker
+        from app.kafka import create_pipeline_topics
+        from app.processes import spawn, stop
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        embedded: EmbeddedBroker | None = None
+        worker_proc = None
+        demo_task: asyncio.Task[int] | None = None
+        env = dict(os.environ)
+        try:
+            if self.settings.broker:
+                broker_url = self.settings.broker
+            else:
+                embedded = EmbeddedBroker(log_path=self.run_dir / "broker.log").start()
+                broker_url = embedded.url
+                env[f"{ENV_PREFIX}BROKER_PROFILE"] = "tansu"
+                # The bundled broker keeps topics in memory, so state from an earlier run is stale.
+                data_dir = self.run_dir / "data"
+                shutil.rmtree(data_dir, ignore_errors=True)
+                env[f"{ENV_PREFIX}DATA_DIR"] = str(data_dir)
+            env[f"{ENV_PREFIX}BROKER"] = broker_url
+            env[f"{ENV_PREFIX}PIPELINE"] = str(Path(self.settings.pipeline).resolve())
+            settings = self.settings.model_copy(update={"broker": broker_url})
+            created, existing = await create_pipeline_topics(settings, self.spec)
+            worker_log = self.run_dir / "worker.log"
+            worker_proc = spawn([sys.executable, "-m", "app.cli", "worker"], env=env, log_path=worker_log)
+            base = f"http://{settings.web_host}:{settings.web_port}"
+            click.echo(f"broker   {broker_url}" + (f" (bundled, pid {embedded.pid})" if embedded else ""))
+            click.echo(f"topics   {len(created)} created, {len(existing)} existing")
+            click.echo(f"worker   pid {worker_proc.pid}, log {worker_log}")
+            click.echo(f"api      {base}/   health {base}/healthz   ready {base}/readyz   metrics {base}/metrics")
+            if self.demo:
+                from app.demo import demo_topics, run_demo
+
+                demo_topics(self.spec)
+                demo_task = asyncio.create_task(run_demo(settings, self.spec, self.stop_event, rate=self.rate))
+                click.echo(f"demo     shop events at ~{self.rate:.0f}/s (users, orders, clicks)")
+            click.echo("Ctrl-C to stop everything.")
+            ready = asyncio.create_task(self._report_ready(base))
+            while not self.stop_event.is_set():
+                if worker_proc.poll() is not None:
+                    raise HydrantError(f"the worker exited with code {worker_proc.returncode}; see {worker_log}")
+                if demo_task is not None and demo_task.done() and demo_task.exception() is not None:
+                    raise HydrantError(f"the demo generator failed: {demo_task.exception()}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), timeout=0.5)
+            ready.cancel()
+        finally:
+            self.stop_event.set()
+            if demo_task is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    sent = await asyncio.wait_for(demo_task, timeout=10)
+                    click.echo(f"demo     sent {sent:,} events")
+            if worker_proc is not None:
+                code = await asyncio.to_thread(stop, worker_proc, 30.0)
+                click.echo(f"worker   stopped (exit {code})")
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+                click.echo("broker   stopped")
+        return EXIT_SIGINT if self.signal_received == signal.SIGINT else 0
+
+    async def _report_ready(self, base: str) -> None:
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{base}/readyz") as response:
+                        if response.status == 200:
+                            click.echo(f"ready    after {time.monotonic() - started:.1f}s: {base}/readyz answers 200")
+                            return
+                await asyncio.sleep(0.5)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The Faust App, built from the settings and the pipeline spec.
+
+Agents (agents/), tables (tables/) and web views (app/views.py) register themselves on this app and
+are found by Faust's autodiscovery; this module imports none of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import faust
+
+from app import __version__
+from app.errors import HydrantError
+from app.kafka import ssl_context
+from app.metrics import WORKER
+from app.settings import Settings, get_settings
+from app.spec import Pipeline, load_pipeline
+
+logger = logging.getLogger(__name__)
+
+#: Settings the bundled Tansu broker needs (BROKER.md): short group timeouts, since Tansu holds a new
+#: group's first JoinGroup for half the session timeout; no idempotent producer (aiokafka's
+#: InitProducerId v0 fails there), hence at-least-once.
+TANSU_PROFILE: dict[str, Any] = {
+    "broker_session_timeout": 10.0,
+    "broker_rebalance_timeout": 10.0,
+    "broker_heartbeat_interval": 1.0,
+}
+
+
+def faust_options(settings: Settings, pipeline: Pipeline) -> dict[str, Any]:
+    """Every option handed to faust.App, explicit so nothing comes from Faust's own env names."""
+    options: dict[str, Any] = {
+        # Faust lets APP_DATADIR, BROKER_URL, WEB_PORT... from the environment win over arguments;
+        # an empty mapping makes HYDRANT_* the only source of configuration.
+        "env": {},
+        "broker": settings.faust_broker_url,
+        "store": "rocksdb://",
+        "datadir": str(settings.data_dir),
+        "autodiscover": ["agents", "tables", "app.views"],
+        "origin": "app",
+        "processing_guarantee": "at_least_once",
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "web_enabled": True,
+        "web_bind": settings.web_host,
+        "web_host": settings.web_host,
+        "web_port": settings.web_port,
+        "canonical_url": settings.advertised_url,
+        # Faust's own debug pages would collide with and confuse the data API.
+        "web_stats_enabled": False,
+        "web_graph_enabled": False,
+        "web_router_enabled": False,
+        "web_tables_enabled": False,
+        "web_metrics_enabled": False,
+        "worker_redirect_stdouts": False,
+        "consumer_auto_offset_reset": "earliest",
+        "version": 1,
+    }
+    if settings.security_protocol != "PLAINTEXT":
+        options["broker_credentials"] = faust_credentials(settings)
+    if settings.broker_profile == "tansu":
+        options.update(TANSU_PROFILE)
+    return options
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """Faust's credentials object for SASL and/or TLS."""
+    context = ssl_context(settings) if settings.security_protocol in ("SSL", "SASL_SSL") else None
+    if settings.security_protocol.startswith("SASL_"):
+        password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=password,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
+
+
+class HydrantApp(faust.App):
+    """faust.App whose autodiscovery fails loudly: Faust only logs a module that fails to import, and
+    the worker would then run without that module's agents or tables."""
+
+    def _on_autodiscovery_error(self, name: str) -> None:
+        error = sys.exc_info()[1]
+        raise HydrantError(f"cannot load {name}: {error!r}") from error
+
+
+def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
+    """A Faust App for this pipeline; agents and tables attach to it on autodiscovery."""
+    faust_app = HydrantApp(settings.group_id(pipeline.name), **faust_options(settings, pipeline))
+    WORKER.info({"version": __version__, "pipeline": pipeline.name, "app_id": settings.group_id(pipeline.name)})
+    return faust_app
+
+
+settings: Settings = get_settings()
+pipeline: Pipeline = load_pipeline(settings.pipeline)
+app: faust.App = create_app(settings, pipeline)

@@ -1,0 +1,60 @@
+"""Prometheus metrics: one registry for the whole process, bounded labels (never a per-key label)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# `_created` series double the output and nobody graphs them.
+disable_created_metrics()
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_CONSUMED = Counter(
+    "hydrant_events_consumed_total",
+    "Events read from an input stream topic.",
+    ["stream", "topic"],
+    registry=REGISTRY,
+)
+EVENTS_PRODUCED = Counter(
+    "hydrant_events_produced_total",
+    "Enriched events written to an output topic.",
+    ["output", "topic"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "hydrant_dead_letters_total",
+    "Records sent to a dead-letter topic, by reason (decode, missing_key, type, expression, late).",
+    ["reason"],
+    registry=REGISTRY,
+)
+LOOKUP_UPDATES = Counter(
+    "hydrant_lookup_updates_total",
+    "Lookup table writes from their topics (op: upsert or delete).",
+    ["lookup", "op"],
+    registry=REGISTRY,
+)
+PROCESSING_SECONDS = Histogram(
+    "hydrant_processing_seconds",
+    "Wall time to process one event, measured per fetched batch (batch time / batch size).",
+    ["stream"],
+    buckets=(0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "hydrant_batch_seconds",
+    "Wall time to process one fetched batch, including waiting for its output to be acknowledged.",
+    ["stream"],
+    buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+    registry=REGISTRY,
+)
+READY = Gauge("hydrant_ready", "1 when every table finished recovery and the worker serves reads.", registry=REGISTRY)
+WORKER = Info("hydrant_worker", "Version and pipeline of this worker.", registry=REGISTRY)
+
+
+#: aiohttp wants the charset apart from the content type; Prometheus text is UTF-8 either way.
+CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
+
+
+def render() -> tuple[bytes, str]:
+    """The registry in Prometheus text format, with its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE

@@ -1,0 +1,352 @@
+"""The pipeline spec: YAML -> validated, frozen models, with errors that name the field and the line.
+
+Shape and types are checked by pydantic; references between sections (an output's stream, a join's
+lookup, an aggregation's field, windows against the period, topic names) by :func:`_cross_check`.
+Every problem is reported at once as ``path.to.field: message (line N)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError
+
+from app.errors import SpecError
+
+FIELD_TYPES = ("str", "int", "float", "bool")
+OPS = ("count", "sum", "avg", "min", "max", "stddev", "first", "last", "distinct")
+_UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def parse_duration(value: object) -> int:
+    """``"10m"`` -> 600000 (milliseconds). Units: ms, s, m, h, d, w. Raises ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"bad duration {value!r}: expected e.g. 10m, 1h, 24h, 7d")
+    match = _DURATION.match(str(value)) if isinstance(value, str) else None
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError(f"bad duration {value!r}: expected a positive number and a unit (ms, s, m, h, d, w)")
+    return int(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def _duration_text(value: object) -> str:
+    """Validate a duration and keep it as written: feature names use the spec's spelling (24h, not 1d)."""
+    parse_duration(value)
+    return str(value).strip()
+
+
+def _field_type(value: str) -> str:
+    if value not in FIELD_TYPES:
+        raise ValueError(f"unknown type {value!r} (expected one of {', '.join(FIELD_TYPES)})")
+    return value
+
+
+def _op(value: str) -> str:
+    if value not in OPS:
+        raise ValueError(f"unknown op {value!r} (expected one of {', '.join(OPS)})")
+    return value
+
+
+def _name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(f"bad name {value!r}: use letters, digits and _ (not starting with a digit)")
+    return value
+
+
+def _topic(value: str) -> str:
+    if not _TOPIC.match(value):
+        raise ValueError(f"bad topic name {value!r}: use letters, digits, '.', '_' and '-'")
+    return value
+
+
+FieldType = Annotated[str, AfterValidator(_field_type)]
+Op = Annotated[str, AfterValidator(_op)]
+Duration = Annotated[str, BeforeValidator(_duration_text)]
+Name = Annotated[str, AfterValidator(_name)]
+Topic = Annotated[str, AfterValidator(_topic)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class StreamSpec(_Model):
+    """An input topic of JSON events, keyed by the entity field ``key``."""
+
+    topic: Topic
+    key: Name
+    time: Name | None = None
+    fields: dict[Name, FieldType] = Field(min_length=1)
+    dlq: Topic | None = None
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.dlq or f"{self.topic}.dlq"
+
+
+class LookupSpec(_Model):
+    """A changelog-backed lookup table fed by a (compacted) topic."""
+
+    topic: Topic
+    key: Name
+    fields: dict[Name, FieldType] = Field(min_length=1)
+    dlq: Topic | None = None
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.dlq or f"{self.topic}.dlq"
+
+
+class AggregationSpec(_Model):
+    """Ops over one field of one stream, kept for several windows, optionally filtered by ``where``."""
+
+    name: Name
+    stream: Name
+    field: Name | None = None
+    ops: list[Op] = Field(min_length=1)
+    windows: list[Duration] = Field(min_length=1)
+    where: str | None = None
+
+    @property
+    def windows_ms(self) -> list[int]:
+        return [parse_duration(w) for w in self.windows]
+
+    def feature_names(self) -> list[str]:
+        return [f"{self.name}_{op}_{w}" for op in self.ops for w in self.windows]
+
+
+class FeatureGroupSpec(_Model):
+    """Sliding-window aggregates per entity key, bucketed by ``period``."""
+
+    key: Name
+    period: Duration
+    aggregations: list[AggregationSpec] = Field(min_length=1)
+
+    @property
+    def period_ms(self) -> int:
+        return parse_duration(self.period)
+
+    @property
+    def retention_ms(self) -> int:
+        """The largest window of the group: buckets older than this behind the newest may go."""
+        return max(w for agg in self.aggregations for w in agg.windows_ms)
+
+    def feature_names(self) -> list[str]:
+        return [name for agg in self.aggregations for name in agg.feature_names()]
+
+
+class JoinSpec(_Model):
+    """Join a lookup by the stream key; ``prefix`` renames its fields to avoid collisions."""
+
+    lookup: Name
+    prefix: str = ""
+
+
+def _join_item(value: object) -> object:
+    return {"lookup": value} if isinstance(value, str) else value
+
+
+class OutputSpec(_Model):
+    """An enriched topic: a stream's events plus joined lookups, features and computed columns."""
+
+    topic: Topic
+    from_: Name = Field(alias="from")
+    join: list[Annotated[JoinSpec, BeforeValidator(_join_item)]] = Field(default_factory=list)
+    features: list[Name] = Field(default_factory=list)
+    computed: dict[Name, str] = Field(default_factory=dict)
+
+
+class Pipeline(_Model):
+    """A whole pipeline spec, validated."""
+
+    name: Annotated[str, AfterValidator(_topic)]
+    streams: dict[Name, StreamSpec] = Field(min_length=1)
+    lookups: dict[Name, LookupSpec] = Field(default_factory=dict)
+    features: dict[Name, FeatureGroupSpec] = Field(default_factory=dict)
+    outputs: dict[Name, OutputSpec] = Field(default_factory=dict)
+
+    def topics(self, partitions: int) -> list[TopicPlan]:
+        """Every topic the pipeline needs (inputs, lookups, outputs, dead letters), in a stable order."""
+        plans: dict[str, TopicPlan] = {}
+        for name, stream in self.streams.items():
+            plans.setdefault(stream.topic, TopicPlan(stream.topic, "stream", name, partitions, False))
+            plans.setdefault(stream.dlq_topic, TopicPlan(stream.dlq_topic, "dead-letter", name, partitions, False))
+        for name, lookup in self.lookups.items():
+            plans.setdefault(lookup.topic, TopicPlan(lookup.topic, "lookup", name, partitions, True))
+            plans.setdefault(lookup.dlq_topic, TopicPlan(lookup.dlq_topic, "dead-letter", name, partitions, False))
+        for name, output in self.outputs.items():
+            plans.setdefault(output.topic, TopicPlan(output.topic, "output", name, partitions, False))
+        return list(plans.values())
+
+
+@dataclass(frozen=True)
+class TopicPlan:
+    """One topic Hydrant creates: its role, which spec entry uses it, partitions, compaction."""
+
+    name: str
+    role: Literal["stream", "lookup", "output", "dead-letter"]
+    owner: str
+    partitions: int
+    compacted: bool
+
+
+Loc = tuple[str | int, ...]
+
+
+def _cross_check(p: Pipeline) -> Iterator[tuple[Loc, str]]:
+    """References between sections; yields (location, message) for every problem."""
+    for name, s in p.streams.items():
+        if s.key not in s.fields:
+            yield ("streams", name, "key"), f"key field {s.key!r} is not in fields"
+        if s.time is not None and s.time not in s.fields:
+            yield ("streams", name, "time"), f"time field {s.time!r} is not in fields"
+    for name, lk in p.lookups.items():
+        if lk.key in lk.fields:
+            yield ("lookups", name, "key"), f"key {lk.key!r} must not be repeated in fields"
+    for gname, group in p.features.items():
+        seen: set[str] = set()
+        for i, agg in enumerate(group.aggregations):
+            at: Loc = ("features", gname, "aggregations", i)
+            if agg.name in seen:
+                yield (*at, "name"), f"duplicate aggregation name {agg.name!r}"
+            seen.add(agg.name)
+            stream = p.streams.get(agg.stream)
+            if stream is None:
+                yield (*at, "stream"), f"unknown stream {agg.stream!r} (streams: {', '.join(p.streams)})"
+                continue
+            if stream.key != group.key:
+                yield (*at, "stream"), f"stream {agg.stream!r} is keyed by {stream.key!r}, group by {group.key!r}"
+            needs_field = any(op != "count" for op in agg.ops)
+            if agg.field is None and needs_field:
+                yield (*at, "field"), "a field is required for ops other than count"
+            elif agg.field is not None and agg.field not in stream.fields:
+                yield (*at, "field"), f"unknown field {agg.field!r} of stream {agg.stream!r}"
+            elif agg.field is not None and stream.fields[agg.field] not in ("int", "float"):
+                numeric = [op for op in agg.ops if op in ("sum", "avg", "stddev")]
+                if numeric:
+                    yield (*at, "ops"), f"{', '.join(numeric)} need a numeric field; {agg.field!r} is a str"
+            for j, window in enumerate(agg.windows_ms):
+                if window % group.period_ms:
+                    yield (*at, "windows", j), (
+                        f"window {agg.windows[j]} is not a multiple of the period {group.period}"
+                    )
+            if len(set(agg.windows_ms)) != len(agg.windows):
+                yield (*at, "windows"), "duplicate window"
+    topic_owner: dict[str, Loc] = {}
+    sections: list[tuple[str, dict[str, Any]]] = [("streams", p.streams), ("lookups", p.lookups), ("outputs", p.outputs)]
+    for section, entries in sections:
+        for name, entry in entries.items():
+            here: Loc = (section, name, "topic")
+            if entry.topic in topic_owner and section != "streams":
+                other = ".".join(map(str, topic_owner[entry.topic][:2]))
+                yield here, f"topic {entry.topic!r} is already used by {other}"
+            topic_owner.setdefault(entry.topic, here)
+    for oname, out in p.outputs.items():
+        at = ("outputs", oname)
+        stream = p.streams.get(out.from_)
+        if stream is None:
+            yield (*at, "from"), f"unknown stream {out.from_!r} (streams: {', '.join(p.streams)})"
+            continue
+        columns: dict[str, str] = {f: "stream" for f in stream.fields}
+        for i, join in enumerate(out.join):
+            lookup = p.lookups.get(join.lookup)
+            if lookup is None:
+                yield (*at, "join", i), f"unknown lookup {join.lookup!r}"
+                continue
+            for field in lookup.fields:
+                column = join.prefix + field
+                if column in columns:
+                    yield (*at, "join", i), (
+                        f"field {column!r} of lookup {join.lookup!r} collides with {columns[column]}; "
+                        f"give the join a prefix"
+                    )
+                columns[column] = f"lookup {join.lookup}"
+        for i, gname in enumerate(out.features):
+            group = p.features.get(gname)
+            if group is None:
+                yield (*at, "features", i), f"unknown feature group {gname!r}"
+                continue
+            if group.key != stream.key:
+                yield (*at, "features", i), f"group {gname!r} is keyed by {group.key!r}, stream by {stream.key!r}"
+            for feature in group.feature_names():
+                if feature in columns:
+                    yield (*at, "features", i), f"feature {feature!r} collides with {columns[feature]}"
+                columns[feature] = f"group {gname}"
+        for cname in out.computed:
+            if cname in columns:
+                yield (*at, "computed", cname), f"computed column {cname!r} collides with {columns[cname]}"
+            columns[cname] = "computed"
+
+
+def _line_of(doc: Any, loc: Loc) -> int | None:
+    """The 1-based line of the deepest node of ``loc`` found in the ruamel document."""
+    line = None
+    node = doc
+    for part in loc:
+        lc = getattr(node, "lc", None)
+        if isinstance(node, dict) and part in node:
+            if lc is not None:
+                line = lc.key(part)[0] + 1
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            if lc is not None:
+                line = lc.item(part)[0] + 1
+            node = node[part]
+        else:
+            break
+    return line
+
+
+def _format(doc: Any, loc: Loc, message: str) -> str:
+    path = ".".join(str(part) for part in loc) or "(top level)"
+    line = _line_of(doc, loc)
+    return f"{path}: {message}" + (f" (line {line})" if line else "")
+
+
+def _pydantic_message(err: Any) -> str:
+    msg = str(err["msg"])
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return msg
+
+
+def parse_pipeline(text: str, source: str = "") -> Pipeline:
+    """Parse and validate YAML text; raise SpecError listing every problem with its line."""
+    yaml = YAML(typ="rt")
+    try:
+        doc = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise SpecError([f"YAML syntax: {exc.problem}{line}"], source) from None
+    if not isinstance(doc, dict):
+        raise SpecError(["(top level): expected a mapping with name, streams, lookups, features, outputs"], source)
+    try:
+        pipeline = Pipeline.model_validate(doc)
+    except ValidationError as exc:
+        problems = [_format(doc, tuple(e["loc"]), _pydantic_message(e)) for e in exc.errors()]
+        raise SpecError(problems, source) from None
+    problems = [_format(doc, loc, msg) for loc, msg in _cross_check(pipeline)]
+    if problems:
+        raise SpecError(problems, source)
+    return pipeline
+
+
+def load_pipeline(path: Path | str) -> Pipeline:
+    """Read and validate the pipeline file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([f"cannot read the pipeline file: {exc.strerror}"], str(path)) from None
+    return parse_pipeline(text, str(path))

@@ -1,0 +1,1 @@
+"""Tables (RocksDB via rocksdict, changelog-backed) and the pure state logic behind them."""
