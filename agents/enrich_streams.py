@@ -56,7 +56,9 @@ def _make_agent(name: str, spec: StreamSpec, outputs: list[OutputSpec]) -> Any:
                 headers = source_headers(message)
                 for output in outputs:
                     value = orjson.dumps(enriched_row(fields, key, output))
-                    deliveries.append(await producer.send(output.topic, key.encode(), value, None, None, headers))
+                    deliveries.append(
+                        await producer.send(output.topic, key.encode(), value, None, None, headers)
+                    )
                     produced[output.topic].inc()
             await asyncio.gather(*deliveries)
             consumed.inc(len(events))

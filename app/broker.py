@@ -58,7 +58,9 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise BrokerError(f"nothing accepts connections on {host}:{port} after {timeout:.0f}s") from None
+                raise BrokerError(
+                    f"nothing accepts connections on {host}:{port} after {timeout:.0f}s"
+                ) from None
             time.sleep(0.05)
 
 
@@ -69,7 +71,9 @@ class EmbeddedBroker:
     session so a Ctrl-C at the terminal reaches only its owner, which stops it in order.
     """
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path

@@ -31,7 +31,9 @@ EXIT_SIGINT = 130
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 def friendly_errors(func: F) -> F:
@@ -87,7 +89,9 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port to listen on (default: a free one).")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="Port to listen on (default: a free one)."
+)
 @friendly_errors
 def broker(port: int | None) -> None:
     """Run the bundled Kafka-protocol broker (Tansu, memory storage) until Ctrl-C."""
@@ -142,16 +146,21 @@ def render_plan(spec: Pipeline, settings: Settings) -> str:
     lines = [f"pipeline {spec.name!r} is valid (consumer group {group!r})", "", "topics:"]
     for plan in spec.topics(settings.partitions):
         compact = ", compacted" if plan.compacted else ""
-        lines.append(f"  {plan.name:<32} {plan.role:<12} {plan.partitions} partitions{compact}  ({plan.owner})")
+        lines.append(
+            f"  {plan.name:<32} {plan.role:<12} {plan.partitions} partitions{compact}  ({plan.owner})"
+        )
     lines += ["", "tables (RocksDB, changelog topic <group>-<table>-changelog):"]
     for name, lookup in spec.lookups.items():
-        lines.append(f"  lookup-{name:<25} from {lookup.topic}, key {lookup.key}, fields {', '.join(lookup.fields)}")
+        lines.append(
+            f"  lookup-{name:<25} from {lookup.topic}, key {lookup.key}, fields {', '.join(lookup.fields)}"
+        )
     lines += ["", "agents:"]
     for name in spec.lookups:
         lines.append(f"  update_{name}")
     for name, stream in spec.streams.items():
         outs = [o.topic for o in spec.outputs.values() if o.from_ == name]
-        lines.append(f"  enrich_{name:<24} {stream.topic} -> {', '.join(outs) or '(state only)'}; bad -> {stream.dlq_topic}")
+        target = ", ".join(outs) or "(state only)"
+        lines.append(f"  enrich_{name:<24} {stream.topic} -> {target}; bad -> {stream.dlq_topic}")
     for name, group_spec in spec.features.items():
         lines += ["", f"feature group {name} (key {group_spec.key}, period {group_spec.period}):"]
         lines.append("  " + ", ".join(group_spec.feature_names()))
@@ -184,9 +193,16 @@ def topics_create(pipeline: str | None) -> None:
 @click.argument("topic")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--key", "-k", default=None, help="Column whose value becomes the Kafka record key (UTF-8).")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="At most N records/s.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default=None,
-              help="File format (default: from the suffix).")
+@click.option(
+    "--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="At most N records/s."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "parquet", "jsonl"]),
+    default=None,
+    help="File format (default: from the suffix).",
+)
 @friendly_errors
 def produce(topic: str, file: Path, key: str | None, rate: float | None, fmt: str | None) -> None:
     """Send every row of a CSV, Parquet or JSONL FILE to TOPIC as a JSON record."""
@@ -194,14 +210,18 @@ def produce(topic: str, file: Path, key: str | None, rate: float | None, fmt: st
 
     settings = _settings()
     _need_broker(settings)
-    summary = asyncio.run(produce_file(settings, topic, file, key=key, rate=rate, fmt=fmt, progress=sys.stderr.isatty()))
+    summary = asyncio.run(
+        produce_file(settings, topic, file, key=key, rate=rate, fmt=fmt, progress=sys.stderr.isatty())
+    )
     click.echo(summary.line())
 
 
 @cli.command()
 @pipeline_option
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Generate example shop events.")
-@click.option("--rate", type=click.FloatRange(min=1), default=50.0, show_default=True, help="Demo events per second.")
+@click.option(
+    "--rate", type=click.FloatRange(min=1), default=50.0, show_default=True, help="Demo events per second."
+)
 @friendly_errors
 def dev(pipeline: str | None, demo: bool, rate: float) -> None:
     """Bundled broker (unless HYDRANT_BROKER is set) + topics + one worker + demo data; Ctrl-C stops all."""
@@ -219,6 +239,7 @@ class DevSession:
         self.demo = demo
         self.rate = rate
         self.run_dir = Path(".hydrant/dev").resolve()
+        self.pipeline_path = Path(settings.pipeline).resolve()
         self.stop_event = asyncio.Event()
         self.signal_received: int | None = None
 
@@ -252,7 +273,7 @@ class DevSession:
                 shutil.rmtree(data_dir, ignore_errors=True)
                 env[f"{ENV_PREFIX}DATA_DIR"] = str(data_dir)
             env[f"{ENV_PREFIX}BROKER"] = broker_url
-            env[f"{ENV_PREFIX}PIPELINE"] = str(Path(self.settings.pipeline).resolve())
+            env[f"{ENV_PREFIX}PIPELINE"] = str(self.pipeline_path)
             settings = self.settings.model_copy(update={"broker": broker_url})
             created, existing = await create_pipeline_topics(settings, self.spec)
             worker_log = self.run_dir / "worker.log"
@@ -261,18 +282,24 @@ class DevSession:
             click.echo(f"broker   {broker_url}" + (f" (bundled, pid {embedded.pid})" if embedded else ""))
             click.echo(f"topics   {len(created)} created, {len(existing)} existing")
             click.echo(f"worker   pid {worker_proc.pid}, log {worker_log}")
-            click.echo(f"api      {base}/   health {base}/healthz   ready {base}/readyz   metrics {base}/metrics")
+            click.echo(
+                f"api      {base}/   health {base}/healthz   ready {base}/readyz   metrics {base}/metrics"
+            )
             if self.demo:
                 from app.demo import demo_topics, run_demo
 
                 demo_topics(self.spec)
-                demo_task = asyncio.create_task(run_demo(settings, self.spec, self.stop_event, rate=self.rate))
+                demo_task = asyncio.create_task(
+                    run_demo(settings, self.spec, self.stop_event, rate=self.rate)
+                )
                 click.echo(f"demo     shop events at ~{self.rate:.0f}/s (users, orders, clicks)")
             click.echo("Ctrl-C to stop everything.")
             ready = asyncio.create_task(self._report_ready(base))
             while not self.stop_event.is_set():
                 if worker_proc.poll() is not None:
-                    raise HydrantError(f"the worker exited with code {worker_proc.returncode}; see {worker_log}")
+                    raise HydrantError(
+                        f"the worker exited with code {worker_proc.returncode}; see {worker_log}"
+                    )
                 if demo_task is not None and demo_task.done() and demo_task.exception() is not None:
                     raise HydrantError(f"the demo generator failed: {demo_task.exception()}")
                 with contextlib.suppress(TimeoutError):
@@ -299,7 +326,9 @@ class DevSession:
                 with contextlib.suppress(aiohttp.ClientError):
                     async with session.get(f"{base}/readyz") as response:
                         if response.status == 200:
-                            click.echo(f"ready    after {time.monotonic() - started:.1f}s: {base}/readyz answers 200")
+                            click.echo(
+                                f"ready    after {time.monotonic() - started:.1f}s: {base}/readyz answers 200"
+                            )
                             return
                 await asyncio.sleep(0.5)
 

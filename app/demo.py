@@ -45,7 +45,11 @@ def demo_click(rng: random.Random, user_id: str, now_ms: int) -> dict[str, Any]:
 def demo_topics(pipeline: Pipeline) -> tuple[str, str, str]:
     """(users, orders, clicks) topics of a shop-like pipeline; HydrantError for any other pipeline."""
     try:
-        return pipeline.lookups["users"].topic, pipeline.streams["orders"].topic, pipeline.streams["clicks"].topic
+        return (
+            pipeline.lookups["users"].topic,
+            pipeline.streams["orders"].topic,
+            pipeline.streams["clicks"].topic,
+        )
     except KeyError:
         raise HydrantError(
             "the demo generator writes the shop example (lookup users, streams orders and clicks); "
@@ -85,7 +89,9 @@ async def run_demo(
                     record = demo_order(rng, user_id, sent, now_ms)
                     await producer.send(orders_topic, orjson.dumps(record), key=user_id.encode())
                 else:
-                    await producer.send(clicks_topic, orjson.dumps(demo_click(rng, user_id, now_ms)), key=user_id.encode())
+                    await producer.send(
+                        clicks_topic, orjson.dumps(demo_click(rng, user_id, now_ms)), key=user_id.encode()
+                    )
                 sent += 1
             if rng.random() < 0.02:  # an occasional profile change
                 user_id = rng.choice(ids)

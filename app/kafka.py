@@ -11,7 +11,6 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from app.errors import BrokerError
-
 from app.settings import Settings
 from app.spec import Pipeline, TopicPlan
 
@@ -38,7 +37,9 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
     """TLS context from HYDRANT_SSL_CAFILE / CERTFILE / KEYFILE (system CAs when no CA file is given)."""
     context = ssl.create_default_context(cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
     if settings.ssl_certfile:
-        context.load_cert_chain(str(settings.ssl_certfile), str(settings.ssl_keyfile) if settings.ssl_keyfile else None)
+        context.load_cert_chain(
+            str(settings.ssl_certfile), str(settings.ssl_keyfile) if settings.ssl_keyfile else None
+        )
     return context
 
 

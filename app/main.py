@@ -95,7 +95,9 @@ class HydrantApp(faust.App):
 def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
     """A Faust App for this pipeline; agents and tables attach to it on autodiscovery."""
     faust_app = HydrantApp(settings.group_id(pipeline.name), **faust_options(settings, pipeline))
-    WORKER.info({"version": __version__, "pipeline": pipeline.name, "app_id": settings.group_id(pipeline.name)})
+    WORKER.info(
+        {"version": __version__, "pipeline": pipeline.name, "app_id": settings.group_id(pipeline.name)}
+    )
     return faust_app
 
 

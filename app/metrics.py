@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # `_created` series double the output and nobody graphs them.
@@ -47,7 +55,9 @@ BATCH_SECONDS = Histogram(
     buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
     registry=REGISTRY,
 )
-READY = Gauge("hydrant_ready", "1 when every table finished recovery and the worker serves reads.", registry=REGISTRY)
+READY = Gauge(
+    "hydrant_ready", "1 when every table finished recovery and the worker serves reads.", registry=REGISTRY
+)
 WORKER = Info("hydrant_worker", "Version and pipeline of this worker.", registry=REGISTRY)
 
 

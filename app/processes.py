@@ -28,7 +28,9 @@ def _die_with_parent() -> Callable[[], None] | None:
     return set_pdeathsig
 
 
-def spawn(cmd: Sequence[str], env: Mapping[str, str] | None = None, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    cmd: Sequence[str], env: Mapping[str, str] | None = None, log_path: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in its own session, output appended to ``log_path`` (or inherited)."""
     out: IO[bytes] | None = None
     if log_path is not None:
@@ -42,7 +44,7 @@ def spawn(cmd: Sequence[str], env: Mapping[str, str] | None = None, log_path: Pa
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,
-            preexec_fn=_die_with_parent(),  # noqa: PLW1509 - only prctl, async-signal-safe enough
+            preexec_fn=_die_with_parent(),
         )
     finally:
         if out is not None:

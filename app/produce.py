@@ -17,7 +17,14 @@ from app.kafka import bulk_producer
 from app.settings import Settings
 
 FORMATS = ("csv", "parquet", "jsonl")
-_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+_SUFFIXES = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
 _CHUNK = 5_000
 
 
@@ -67,15 +74,27 @@ def encode_rows(frame: pd.DataFrame, key: str | None) -> tuple[list[bytes | None
     datetimes -> epoch ms). InputFileError when the key column is missing."""
     if key is not None and key not in frame.columns:
         raise InputFileError(f"key column {key!r} not found; columns: {', '.join(map(str, frame.columns))}")
-    text = frame.to_json(orient="records", lines=True, date_format="epoch", date_unit="ms") if len(frame) else ""
+    frame = _datetimes_to_epoch_ms(frame)
+    text = frame.to_json(orient="records", lines=True) if len(frame) else ""
     values = [line.encode("utf-8") for line in text.splitlines() if line]
     if key is None:
         return [None] * len(values), values
     column = frame[key]
-    keys: list[bytes | None] = [
-        None if pd.isna(v) else _key_text(v).encode("utf-8") for v in column.tolist()
-    ]
+    keys: list[bytes | None] = [None if pd.isna(v) else _key_text(v).encode("utf-8") for v in column.tolist()]
     return keys, values
+
+
+def _datetimes_to_epoch_ms(frame: pd.DataFrame) -> pd.DataFrame:
+    """Datetime columns as epoch milliseconds (Hydrant's event-time form); NaT becomes null."""
+    stamps = [name for name in frame.columns if pd.api.types.is_datetime64_any_dtype(frame[name])]
+    if not stamps:
+        return frame
+    frame = frame.copy()
+    for name in stamps:
+        column = frame[name]
+        zero = pd.Timestamp(0, tz=column.dt.tz)
+        frame[name] = ((column - zero) // pd.Timedelta(1, "ms")).astype("Int64")
+    return frame
 
 
 def _key_text(value: Any) -> str:
@@ -113,4 +132,6 @@ async def produce_file(
                 bar.update(len(pending))
     finally:
         await producer.stop()
-    return ProduceSummary(topic, len(values), sum(k is None for k in keys) if key else 0, time.monotonic() - started)
+    return ProduceSummary(
+        topic, len(values), sum(k is None for k in keys) if key else 0, time.monotonic() - started
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 
@@ -37,7 +37,7 @@ def _typed(name: str, value: Any, declared: str) -> Any:
         raise BadRecord("type", f"field {name!r}: expected {declared}, got bool")
     if not isinstance(value, _CHECKS[declared]):
         raise BadRecord("type", f"field {name!r}: expected {declared}, got {type(value).__name__}")
-    return float(value) if declared == "float" else value
+    return float(cast(float, value)) if declared == "float" else value
 
 
 def event_time_ms(value: Any, field: str) -> int:
@@ -54,7 +54,9 @@ def event_time_ms(value: Any, field: str) -> int:
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         return int(parsed.timestamp() * 1000)
-    raise BadRecord("type", f"time field {field!r}: expected epoch ms or ISO-8601, got {type(value).__name__}")
+    raise BadRecord(
+        "type", f"time field {field!r}: expected epoch ms or ISO-8601, got {type(value).__name__}"
+    )
 
 
 def _load_object(raw: bytes | None) -> dict[str, Any]:
@@ -94,7 +96,9 @@ def decode_event(raw: bytes | None, stream: StreamSpec, record_ts_ms: int) -> tu
     return key, ts, fields
 
 
-def decode_lookup(raw_key: bytes | None, raw: bytes | None, lookup: LookupSpec) -> tuple[str, dict[str, Any] | None]:
+def decode_lookup(
+    raw_key: bytes | None, raw: bytes | None, lookup: LookupSpec
+) -> tuple[str, dict[str, Any] | None]:
     """(table key, typed fields) of a lookup record; fields None for a tombstone (delete)."""
     if raw is None:
         if not raw_key:

@@ -115,7 +115,7 @@ class Settings(BaseSettings):
 
     @property
     def advertised_url(self) -> str:
-        host = "127.0.0.1" if self.web_host in ("0.0.0.0", "::") else self.web_host  # noqa: S104
+        host = "127.0.0.1" if self.web_host in ("0.0.0.0", "::") else self.web_host
         return self.web_advertised_url or f"http://{host}:{self.web_port}"
 
     def group_id(self, pipeline_name: str) -> str:

@@ -178,10 +178,14 @@ class Pipeline(_Model):
         plans: dict[str, TopicPlan] = {}
         for name, stream in self.streams.items():
             plans.setdefault(stream.topic, TopicPlan(stream.topic, "stream", name, partitions, False))
-            plans.setdefault(stream.dlq_topic, TopicPlan(stream.dlq_topic, "dead-letter", name, partitions, False))
+            plans.setdefault(
+                stream.dlq_topic, TopicPlan(stream.dlq_topic, "dead-letter", name, partitions, False)
+            )
         for name, lookup in self.lookups.items():
             plans.setdefault(lookup.topic, TopicPlan(lookup.topic, "lookup", name, partitions, True))
-            plans.setdefault(lookup.dlq_topic, TopicPlan(lookup.dlq_topic, "dead-letter", name, partitions, False))
+            plans.setdefault(
+                lookup.dlq_topic, TopicPlan(lookup.dlq_topic, "dead-letter", name, partitions, False)
+            )
         for name, output in self.outputs.items():
             plans.setdefault(output.topic, TopicPlan(output.topic, "output", name, partitions, False))
         return list(plans.values())
@@ -223,7 +227,10 @@ def _cross_check(p: Pipeline) -> Iterator[tuple[Loc, str]]:
                 yield (*at, "stream"), f"unknown stream {agg.stream!r} (streams: {', '.join(p.streams)})"
                 continue
             if stream.key != group.key:
-                yield (*at, "stream"), f"stream {agg.stream!r} is keyed by {stream.key!r}, group by {group.key!r}"
+                yield (
+                    (*at, "stream"),
+                    f"stream {agg.stream!r} is keyed by {stream.key!r}, group by {group.key!r}",
+                )
             needs_field = any(op != "count" for op in agg.ops)
             if agg.field is None and needs_field:
                 yield (*at, "field"), "a field is required for ops other than count"
@@ -235,13 +242,18 @@ def _cross_check(p: Pipeline) -> Iterator[tuple[Loc, str]]:
                     yield (*at, "ops"), f"{', '.join(numeric)} need a numeric field; {agg.field!r} is a str"
             for j, window in enumerate(agg.windows_ms):
                 if window % group.period_ms:
-                    yield (*at, "windows", j), (
-                        f"window {agg.windows[j]} is not a multiple of the period {group.period}"
+                    yield (
+                        (*at, "windows", j),
+                        (f"window {agg.windows[j]} is not a multiple of the period {group.period}"),
                     )
             if len(set(agg.windows_ms)) != len(agg.windows):
                 yield (*at, "windows"), "duplicate window"
     topic_owner: dict[str, Loc] = {}
-    sections: list[tuple[str, dict[str, Any]]] = [("streams", p.streams), ("lookups", p.lookups), ("outputs", p.outputs)]
+    sections: list[tuple[str, dict[str, Any]]] = [
+        ("streams", p.streams),
+        ("lookups", p.lookups),
+        ("outputs", p.outputs),
+    ]
     for section, entries in sections:
         for name, entry in entries.items():
             here: Loc = (section, name, "topic")
@@ -264,19 +276,25 @@ def _cross_check(p: Pipeline) -> Iterator[tuple[Loc, str]]:
             for field in lookup.fields:
                 column = join.prefix + field
                 if column in columns:
-                    yield (*at, "join", i), (
-                        f"field {column!r} of lookup {join.lookup!r} collides with {columns[column]}; "
-                        f"give the join a prefix"
+                    yield (
+                        (*at, "join", i),
+                        (
+                            f"field {column!r} of lookup {join.lookup!r} collides with {columns[column]}; "
+                            f"give the join a prefix"
+                        ),
                     )
                 columns[column] = f"lookup {join.lookup}"
         for i, gname in enumerate(out.features):
-            group = p.features.get(gname)
-            if group is None:
+            joined_group = p.features.get(gname)
+            if joined_group is None:
                 yield (*at, "features", i), f"unknown feature group {gname!r}"
                 continue
-            if group.key != stream.key:
-                yield (*at, "features", i), f"group {gname!r} is keyed by {group.key!r}, stream by {stream.key!r}"
-            for feature in group.feature_names():
+            if joined_group.key != stream.key:
+                yield (
+                    (*at, "features", i),
+                    f"group {gname!r} is keyed by {joined_group.key!r}, stream by {stream.key!r}",
+                )
+            for feature in joined_group.feature_names():
                 if feature in columns:
                     yield (*at, "features", i), f"feature {feature!r} collides with {columns[feature]}"
                 columns[feature] = f"group {gname}"
@@ -330,7 +348,9 @@ def parse_pipeline(text: str, source: str = "") -> Pipeline:
         line = f" (line {mark.line + 1})" if mark is not None else ""
         raise SpecError([f"YAML syntax: {exc.problem}{line}"], source) from None
     if not isinstance(doc, dict):
-        raise SpecError(["(top level): expected a mapping with name, streams, lookups, features, outputs"], source)
+        raise SpecError(
+            ["(top level): expected a mapping with name, streams, lookups, features, outputs"], source
+        )
     try:
         pipeline = Pipeline.model_validate(doc)
     except ValidationError as exc:

@@ -14,7 +14,9 @@ from app.main import app, pipeline, settings
 from tables.store import raw_table
 
 LOOKUP_TABLES: dict[str, Any] = {
-    name: raw_table(app, f"lookup-{name}", settings.partitions, f"Lookup {name!r} fed by topic {spec.topic!r}")
+    name: raw_table(
+        app, f"lookup-{name}", settings.partitions, f"Lookup {name!r} fed by topic {spec.topic!r}"
+    )
     for name, spec in pipeline.lookups.items()
 }
 

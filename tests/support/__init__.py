@@ -1,0 +1,1 @@
+"""Test helpers shared by integration tests: broker selection, workers as real processes, Kafka I/O."""

@@ -1,0 +1,100 @@
+"""A Hydrant worker as a real process (`python -m app.cli worker`), as Kubernetes would run it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from app.broker import free_port
+from tests.support.broker import BrokerUnderTest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class WorkerProcess:
+    def __init__(
+        self,
+        broker: BrokerUnderTest,
+        pipeline: Path,
+        data_dir: Path,
+        app_id: str,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "HYDRANT_BROKER": broker.url,
+            "HYDRANT_BROKER_PROFILE": broker.profile,
+            "HYDRANT_PIPELINE": str(pipeline),
+            "HYDRANT_DATA_DIR": str(data_dir),
+            "HYDRANT_APP_ID": app_id,
+            "HYDRANT_WEB_PORT": str(self.port),
+            "HYDRANT_LOG_LEVEL": "INFO",
+            **(extra_env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"],
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout: float = 90.0) -> list[httpx.Response]:
+        """Poll /readyz until 200; returns the answers seen before it (503s while recovering)."""
+        deadline = time.monotonic() + timeout
+        before: list[httpx.Response] = []
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                response = httpx.get(f"{self.url}/readyz", timeout=1)
+                if response.status_code == 200:
+                    return before
+                before.append(response)
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready after {timeout}s:\n{self.log()[-4000:]}")
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=5)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Graceful by default (SIGTERM: Faust commits offsets and closes); SIGKILL for crashes."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode

@@ -1,0 +1,199 @@
+"""The pipeline spec: the PRODUCT.md example loads; invalid specs name the field and the line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.errors import SpecError
+from app.spec import load_pipeline, parse_duration, parse_pipeline
+from tests.conftest import SHOP
+
+
+def test_shop_example_loads_with_feature_names_as_written() -> None:
+    p = load_pipeline(SHOP)
+    assert list(p.streams) == ["orders", "clicks"]
+    assert p.streams["orders"].dlq_topic == "orders.dlq"
+    group = p.features["user"]
+    assert group.period_ms == 600_000 and group.retention_ms == 86_400_000
+    names = group.feature_names()
+    assert names[:4] == ["spend_count_1h", "spend_count_24h", "spend_sum_1h", "spend_sum_24h"]
+    assert "products_distinct_24h" in names and "clicks_count_10m" in names and len(names) == 16
+    out = p.outputs["orders_enriched"]
+    assert out.from_ == "orders" and [j.lookup for j in out.join] == ["users"] and out.join[0].prefix == ""
+    topics = {t.name: t for t in p.topics(3)}
+    assert set(topics) == {
+        "orders",
+        "orders.dlq",
+        "clicks",
+        "clicks.dlq",
+        "users",
+        "users.dlq",
+        "orders-enriched",
+    }
+    assert topics["users"].compacted and not topics["orders"].compacted
+    assert all(t.partitions == 3 for t in topics.values())
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("10m", 600_000),
+        ("1h", 3_600_000),
+        ("24h", 86_400_000),
+        ("7d", 604_800_000),
+        ("500ms", 500),
+        ("30s", 30_000),
+        ("2w", 1_209_600_000),
+    ],
+)
+def test_durations(text: str, ms: int) -> None:
+    assert parse_duration(text) == ms
+
+
+@pytest.mark.parametrize("bad", ["10", "1y", "0m", "-5m", "m", "", True, 3.5])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError, match="bad duration"):
+        parse_duration(bad)
+
+
+SHOP_TEXT = SHOP.read_text()
+
+
+def broken(old: str, new: str) -> str:
+    assert old in SHOP_TEXT, old
+    return SHOP_TEXT.replace(old, new, 1)
+
+
+def line_of(text: str, needle: str) -> int:
+    """1-based line of ``needle``; ``"anchor>>needle"`` finds the needle after the anchor's line."""
+    anchor, _, needle = needle.rpartition(">>")
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if anchor in line) if anchor else 0
+    return next(i for i, line in enumerate(lines, 1) if i > start and needle in line)
+
+
+# Ten invalid specs: (the YAML, the message expected, the line it must name).
+INVALID = [
+    (
+        broken("amount: float", "amount: flaot"),
+        "streams.orders.fields.amount: unknown type 'flaot'",
+        "amount: flaot",
+    ),
+    (
+        broken("from: orders", "from: order"),
+        "outputs.orders_enriched.from: unknown stream 'order'",
+        "from: order",
+    ),
+    (
+        broken("join: [users]", "join: [customers]"),
+        "outputs.orders_enriched.join.0: unknown lookup 'customers'",
+        "join: [customers]",
+    ),
+    (
+        broken("    key: user_id              # entity key", "    key: customer_id       # entity key"),
+        "streams.orders.key: key field 'customer_id' is not in fields",
+        "key: customer_id",
+    ),
+    (
+        broken("ops: [count], windows: [1h], where", "ops: [count], windows: [25m], where"),
+        "features.user.aggregations.1.windows.0: window 25m is not a multiple of the period 10m",
+        "windows: [25m]",
+    ),
+    (
+        broken("period: 10m", "period: ten minutes"),
+        "features.user.period: bad duration 'ten minutes'",
+        "period: ten",
+    ),
+    (
+        broken("ops: [distinct]", "ops: [distinct, median]"),
+        "features.user.aggregations.2.ops.1: unknown op 'median'",
+        "median",
+    ),
+    (
+        broken("{name: clicks, stream: clicks,", "{name: spend, stream: clicks,"),
+        "features.user.aggregations.3.name: duplicate aggregation name 'spend'",
+        "{name: spend, stream: clicks",
+    ),
+    (
+        broken("    time: ts                  # event time", "    time: when                # event time"),
+        "streams.orders.time: time field 'when' is not in fields",
+        "time: when",
+    ),
+    (
+        broken("    topic: users\n", "    topic: users\n    partitions: 3\n"),
+        "lookups.users.partitions: unknown field",
+        "partitions: 3",
+    ),
+    (
+        broken("features: [user]", "features: [users]"),
+        "outputs.orders_enriched.features.0: unknown feature group 'users'",
+        "features: [users]",
+    ),
+    (
+        broken(
+            "{name: products, stream: orders, field: product, ops: [distinct]",
+            "{name: products, stream: orders, field: product, ops: [sum]",
+        ),
+        "features.user.aggregations.2.ops: sum need a numeric field; 'product' is a str",
+        "ops: [sum]",
+    ),
+    (
+        broken("join: [users]", "join: [users, {lookup: users, prefix: ''}]"),
+        "outputs.orders_enriched.join.1: field 'country' of lookup 'users' collides with lookup users",
+        "join: [users,",
+    ),
+    (
+        broken("    topic: orders-enriched", "    topic: users"),
+        "outputs.orders_enriched.topic: topic 'users' is already used by lookups.users",
+        "orders_enriched:>>topic: users",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "message", "needle"), INVALID, ids=[m.split(":")[0] for _, m, _ in INVALID])
+def test_invalid_spec_names_field_and_line(text: str, message: str, needle: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_pipeline(text, "pipeline.yaml")
+    problems = err.value.problems
+    matching = [p for p in problems if p.startswith(message)]
+    assert matching, f"{message!r} not in {problems}"
+    assert matching[0].endswith(f"(line {line_of(text, needle)})"), matching[0]
+
+
+def test_yaml_syntax_error_names_line() -> None:
+    with pytest.raises(SpecError, match=r"YAML syntax: .* \(line \d+\)"):
+        parse_pipeline("name: x\nstreams: {a: [}\n")
+
+
+def test_all_problems_reported_at_once() -> None:
+    text = broken("from: orders", "from: order").replace("period: 10m", "period: 7m")
+    with pytest.raises(SpecError) as err:
+        parse_pipeline(text)
+    assert len(err.value.problems) >= 3  # 'from' plus windows that are no multiple of 7m
+
+
+def test_hydrant_check_exits_2_with_messages(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(INVALID[0][0])
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "check", str(bad)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "streams.orders.fields.amount: unknown type 'flaot'" in result.stderr
+    assert f"(line {line_of(INVALID[0][0], 'amount: flaot')})" in result.stderr
+
+    ok = subprocess.run([sys.executable, "-m", "app.cli", "check", str(SHOP)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "pipeline 'shop' is valid" in ok.stdout
+    assert "orders.dlq" in ok.stdout and "lookup-users" in ok.stdout and "enrich_orders" in ok.stdout
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "app.cli", "check", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "cannot read the pipeline file" in missing.stderr
