@@ -144,7 +144,7 @@ def render_plan(spec: Pipeline, settings: Settings) -> str:
     """The derived plan: topics, tables, agents, features — what a worker of this spec will run."""
     group = settings.group_id(spec.name)
     lines = [f"pipeline {spec.name!r} is valid (consumer group {group!r})", "", "topics:"]
-    for plan in spec.topics(settings.partitions):
+    for plan in spec.topics(settings.partitions, group):
         compact = ", compacted" if plan.compacted else ""
         lines.append(
             f"  {plan.name:<32} {plan.role:<12} {plan.partitions} partitions{compact}  ({plan.owner})"

@@ -1,4 +1,9 @@
-"""Dead letters: the original record, unchanged, with headers saying why and where it came from."""
+"""Where a record came from, dead letters, and forwarding to a repartition topic.
+
+A record's *source* is the input record it started as: topic, partition, offset and Kafka key. It
+travels in `hydrant-source-*` headers through the repartition hop, so dead letters and outputs name
+the record the user produced, never the internal topic.
+"""
 
 from __future__ import annotations
 
@@ -11,32 +16,72 @@ from app.records import BadRecord
 
 logger = logging.getLogger(__name__)
 
+SOURCE_TOPIC = "hydrant-source-topic"
+SOURCE_PARTITION = "hydrant-source-partition"
+SOURCE_OFFSET = "hydrant-source-offset"
+SOURCE_KEY = "hydrant-source-key"  # only on repartitioned records whose original key was not null
+_SOURCE_NAMES = (SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET)
 
-def source_headers(message: Any) -> list[tuple[str, bytes]]:
-    """`hydrant-source-*` headers naming a consumed record; consumers use them to drop repeats."""
+
+def _header_items(message: Any) -> list[tuple[str, bytes]]:
+    headers = message.headers or ()
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
+def source_headers(message: Any, repartitioned: bool = False) -> list[tuple[str, bytes]]:
+    """`hydrant-source-*` headers naming the original record; consumers use them to drop repeats.
+
+    On a repartitioned record they are copied from its headers (headers of user records are never
+    trusted: an input may well be another pipeline's output)."""
+    if repartitioned:
+        return [(k, v) for k, v in _header_items(message) if k in _SOURCE_NAMES]
     return [
-        ("hydrant-source-topic", message.topic.encode()),
-        ("hydrant-source-partition", str(message.partition).encode()),
-        ("hydrant-source-offset", str(message.offset).encode()),
+        (SOURCE_TOPIC, message.topic.encode()),
+        (SOURCE_PARTITION, str(message.partition).encode()),
+        (SOURCE_OFFSET, str(message.offset).encode()),
     ]
 
 
-async def send_dead_letter(producer: Any, dlq_topic: str, message: Any, error: BadRecord) -> Awaitable[Any]:
-    """Queue the record for ``dlq_topic``; returns the delivery future (awaited per batch)."""
+def source_key(message: Any, repartitioned: bool = False) -> bytes | None:
+    """The Kafka key the record was first produced with."""
+    if not repartitioned:
+        return message.key
+    return next((v for k, v in _header_items(message) if k == SOURCE_KEY), None)
+
+
+async def send_dead_letter(
+    producer: Any, dlq_topic: str, message: Any, error: BadRecord, repartitioned: bool = False
+) -> Awaitable[Any]:
+    """Queue the original record for ``dlq_topic``; returns the delivery future (awaited per batch)."""
     DEAD_LETTERS.labels(error.reason).inc()
-    logger.warning(
-        "dead letter %s/%s/%s -> %s: %s: %s",
-        message.topic,
-        message.partition,
-        message.offset,
-        dlq_topic,
-        error.reason,
-        error,
-    )
+    source = source_headers(message, repartitioned)
+    where = "/".join(v.decode() for _, v in source)
+    logger.warning("dead letter %s -> %s: %s: %s", where, dlq_topic, error.reason, error)
     headers = [
         ("hydrant-reason", error.reason.encode()),
         ("hydrant-error", str(error)[:1000].encode("utf-8", errors="replace")),
-        *source_headers(message),
+        *source,
     ]
-    future: Awaitable[Any] = await producer.send(dlq_topic, message.key, message.value, None, None, headers)
+    key = source_key(message, repartitioned)
+    future: Awaitable[Any] = await producer.send(dlq_topic, key, message.value, None, None, headers)
     return future
+
+
+async def forward(producer: Any, topic: str, key: bytes, partition: int, message: Any) -> Awaitable[Any]:
+    """Re-key a record onto ``partition`` of a repartition topic, value and timestamp unchanged."""
+    headers = source_headers(message)
+    if message.key is not None:
+        headers.append((SOURCE_KEY, message.key))
+    future: Awaitable[Any] = await producer.send(
+        topic, key, message.value, partition, message.timestamp, headers
+    )
+    return future
+
+
+def source_position(message: Any, repartitioned: bool = False) -> tuple[str, int]:
+    """(``"<topic>:<partition>"``, offset) of the original record: the identity window state uses
+    to recognise a redelivered event, the same before and after a repartition hop."""
+    if not repartitioned:
+        return f"{message.topic}:{message.partition}", int(message.offset)
+    values = dict(source_headers(message, repartitioned=True))
+    return f"{values[SOURCE_TOPIC].decode()}:{values[SOURCE_PARTITION].decode()}", int(values[SOURCE_OFFSET])

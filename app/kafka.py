@@ -82,4 +82,6 @@ async def create_topics(settings: Settings, plans: list[TopicPlan]) -> tuple[lis
 
 async def create_pipeline_topics(settings: Settings, pipeline: Pipeline) -> tuple[list[str], list[str]]:
     """Every topic the pipeline needs, with HYDRANT_PARTITIONS partitions, idempotently."""
-    return await create_topics(settings, pipeline.topics(settings.partitions))
+    return await create_topics(
+        settings, pipeline.topics(settings.partitions, settings.group_id(pipeline.name))
+    )

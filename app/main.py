@@ -12,9 +12,9 @@ from typing import Any
 
 import faust
 
-from app import __version__
+from app import __version__, tansu
 from app.errors import HydrantError
-from app.kafka import ssl_context
+from app.kafka import client_options, ssl_context
 from app.metrics import WORKER
 from app.settings import Settings, get_settings
 from app.spec import Pipeline, load_pipeline
@@ -60,6 +60,9 @@ def faust_options(settings: Settings, pipeline: Pipeline) -> dict[str, Any]:
         "web_metrics_enabled": False,
         "worker_redirect_stdouts": False,
         "consumer_auto_offset_reset": "earliest",
+        # Dead letters and repartitioned records carry the original value plus headers: a record
+        # the broker accepted must fit again with a few hundred bytes more.
+        "producer_max_request_size": 8 * 1024 * 1024,
         "version": 1,
     }
     if settings.security_protocol != "PLAINTEXT":
@@ -94,6 +97,8 @@ class HydrantApp(faust.App):
 
 def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
     """A Faust App for this pipeline; agents and tables attach to it on autodiscovery."""
+    if settings.broker_profile == "tansu":
+        tansu.install(client_options(settings))
     faust_app = HydrantApp(settings.group_id(pipeline.name), **faust_options(settings, pipeline))
     WORKER.info(
         {"version": __version__, "pipeline": pipeline.name, "app_id": settings.group_id(pipeline.name)}

@@ -35,6 +35,18 @@ DEAD_LETTERS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+LATE_EVENTS = Counter(
+    "hydrant_late_events_total",
+    "Events older than their feature group's retention: dropped and dead-lettered with reason late.",
+    ["group"],
+    registry=REGISTRY,
+)
+DUPLICATE_EVENTS = Counter(
+    "hydrant_duplicate_events_total",
+    "Redelivered events recognised by their source offset and not applied again.",
+    ["group"],
+    registry=REGISTRY,
+)
 LOOKUP_UPDATES = Counter(
     "hydrant_lookup_updates_total",
     "Lookup table writes from their topics (op: upsert or delete).",

@@ -18,6 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
 from app.errors import SpecError
+from app.expressions import Expression, ExpressionError
 
 FIELD_TYPES = ("str", "int", "float", "bool")
 OPS = ("count", "sum", "avg", "min", "max", "stddev", "first", "last", "distinct")
@@ -173,8 +174,9 @@ class Pipeline(_Model):
     features: dict[Name, FeatureGroupSpec] = Field(default_factory=dict)
     outputs: dict[Name, OutputSpec] = Field(default_factory=dict)
 
-    def topics(self, partitions: int) -> list[TopicPlan]:
-        """Every topic the pipeline needs (inputs, lookups, outputs, dead letters), in a stable order."""
+    def topics(self, partitions: int, group: str) -> list[TopicPlan]:
+        """Every topic the pipeline needs (inputs, lookups, outputs, dead letters, and the internal
+        repartition topics of consumer group ``group``), in a stable order."""
         plans: dict[str, TopicPlan] = {}
         for name, stream in self.streams.items():
             plans.setdefault(stream.topic, TopicPlan(stream.topic, "stream", name, partitions, False))
@@ -188,7 +190,18 @@ class Pipeline(_Model):
             )
         for name, output in self.outputs.items():
             plans.setdefault(output.topic, TopicPlan(output.topic, "output", name, partitions, False))
+        for name in self.streams:
+            topic = repartition_topic(group, "stream", name)
+            plans.setdefault(topic, TopicPlan(topic, "repartition", name, partitions, False))
+        for name in self.lookups:
+            topic = repartition_topic(group, "lookup", name)
+            plans.setdefault(topic, TopicPlan(topic, "repartition", name, partitions, False))
         return list(plans.values())
+
+
+def repartition_topic(group: str, kind: Literal["stream", "lookup"], name: str) -> str:
+    """Internal topic where records that arrived on the wrong partition for their key are re-keyed."""
+    return f"{group}-{kind}-{name}-repartition"
 
 
 @dataclass(frozen=True)
@@ -196,7 +209,7 @@ class TopicPlan:
     """One topic Hydrant creates: its role, which spec entry uses it, partitions, compaction."""
 
     name: str
-    role: Literal["stream", "lookup", "output", "dead-letter"]
+    role: Literal["stream", "lookup", "output", "dead-letter", "repartition"]
     owner: str
     partitions: int
     compacted: bool
@@ -240,6 +253,10 @@ def _cross_check(p: Pipeline) -> Iterator[tuple[Loc, str]]:
                 numeric = [op for op in agg.ops if op in ("sum", "avg", "stddev")]
                 if numeric:
                     yield (*at, "ops"), f"{', '.join(numeric)} need a numeric field; {agg.field!r} is a str"
+            if agg.where is not None:
+                problem = _expression_problem(agg.where, stream.fields)
+                if problem:
+                    yield (*at, "where"), problem
             for j, window in enumerate(agg.windows_ms):
                 if window % group.period_ms:
                     yield (
@@ -298,10 +315,22 @@ def _cross_check(p: Pipeline) -> Iterator[tuple[Loc, str]]:
                 if feature in columns:
                     yield (*at, "features", i), f"feature {feature!r} collides with {columns[feature]}"
                 columns[feature] = f"group {gname}"
-        for cname in out.computed:
+        for cname, source in out.computed.items():
             if cname in columns:
                 yield (*at, "computed", cname), f"computed column {cname!r} collides with {columns[cname]}"
+            problem = _expression_problem(source, columns)
+            if problem:
+                yield (*at, "computed", cname), problem
             columns[cname] = "computed"
+
+
+def _expression_problem(source: str, available: dict[str, Any]) -> str | None:
+    """Why an expression cannot run on these columns (parse error, unknown name), or None."""
+    try:
+        Expression(source).check_names(set(available))
+    except ExpressionError as exc:
+        return str(exc)
+    return None
 
 
 def _line_of(doc: Any, loc: Loc) -> int | None:

@@ -1,8 +1,11 @@
-"""Table construction shared by every Hydrant table."""
+"""Table construction and the event context Faust's tables route by."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
+
+from faust.streams import _current_event
 
 
 def raw_table(app: Any, name: str, partitions: int, help_text: str) -> Any:
@@ -17,3 +20,13 @@ def raw_table(app: Any, name: str, partitions: int, help_text: str) -> Any:
     table.key_serializer = "raw"
     table.value_serializer = "raw"
     return table
+
+
+def act_for(event: Any) -> None:
+    """Make ``event`` Faust's current event.
+
+    Faust picks the RocksDB partition a table reads and the changelog partition it writes from the
+    current event. A batch loop over ``take_events`` must set it for each event before touching a
+    table, as Faust's own per-event iteration does.
+    """
+    _current_event.set(weakref.ref(event))

@@ -24,7 +24,7 @@ def test_shop_example_loads_with_feature_names_as_written() -> None:
     assert "products_distinct_24h" in names and "clicks_count_10m" in names and len(names) == 16
     out = p.outputs["orders_enriched"]
     assert out.from_ == "orders" and [j.lookup for j in out.join] == ["users"] and out.join[0].prefix == ""
-    topics = {t.name: t for t in p.topics(3)}
+    topics = {t.name: t for t in p.topics(3, "g")}
     assert set(topics) == {
         "orders",
         "orders.dlq",
@@ -33,7 +33,11 @@ def test_shop_example_loads_with_feature_names_as_written() -> None:
         "users",
         "users.dlq",
         "orders-enriched",
+        "g-stream-orders-repartition",
+        "g-stream-clicks-repartition",
+        "g-lookup-users-repartition",
     }
+    assert topics["g-stream-orders-repartition"].role == "repartition"
     assert topics["users"].compacted and not topics["orders"].compacted
     assert all(t.partitions == 3 for t in topics.values())
 

@@ -1,0 +1,188 @@
+"""`process_events`: the one agent of every stream — decode, window state, joins, outputs.
+
+All stream topics (and their repartition topics) feed this single agent, so exactly one coroutine
+writes the feature tables: no two batches interleave a read-modify-write of the same key.
+
+Per fetched batch (``take_events``):
+1. decode each event (bad ones go to the dead-letter topic with their reason);
+2. forward events that are not on their key's home partition to the stream's repartition topic;
+3. apply the event to each feature group's state of its key (held in the batch, read once);
+4. build every output row (lookups, features as of the event's time, computed columns);
+5. write each touched key's state once, then await every delivery of the batch before Faust
+   acknowledges it (at-least-once; window state is exactly-once through its applied offsets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from app.dead_letters import forward, send_dead_letter, source_headers, source_position
+from app.enrich import OutputBuilder, output_builders
+from app.main import app, pipeline, settings
+from app.metrics import (
+    BATCH_SECONDS,
+    DUPLICATE_EVENTS,
+    EVENTS_CONSUMED,
+    EVENTS_PRODUCED,
+    LATE_EVENTS,
+    PROCESSING_SECONDS,
+)
+from app.partitioning import is_home, partition_for
+from app.records import BadRecord, decode_event
+from app.spec import StreamSpec, repartition_topic
+from tables.features import GROUPS, load_state, store_state
+from tables.lookups import lookup_row
+from tables.store import act_for
+from tables.windows import State, apply_event, choose, encode_state, is_late, mark_applied, read_features
+
+BATCH_MAX = 2000
+BATCH_WITHIN_S = 0.05
+GROUP_ID = settings.group_id(pipeline.name)
+
+
+@dataclass(frozen=True)
+class StreamRoute:
+    """What a topic's records are: which stream, whether they already took the repartition hop."""
+
+    name: str
+    spec: StreamSpec
+    repartitioned: bool
+    groups: tuple[str, ...]
+    builders: tuple[OutputBuilder, ...]
+    rekey_topic: str
+    consumed: Any
+    produced: tuple[Any, ...]
+
+
+def _routes() -> dict[str, StreamRoute]:
+    routes: dict[str, StreamRoute] = {}
+    for name, spec in pipeline.streams.items():
+        builders = tuple(output_builders(pipeline, name))
+        groups = tuple(g for g, plan in GROUPS.items() if name in plan.by_stream)
+        rekey = repartition_topic(GROUP_ID, "stream", name)
+        consumed = EVENTS_CONSUMED.labels(name, spec.topic)
+        produced = tuple(EVENTS_PRODUCED.labels(b.name, b.topic) for b in builders)
+        for topic, repartitioned in ((spec.topic, False), (rekey, True)):
+            routes[topic] = StreamRoute(
+                name, spec, repartitioned, groups, builders, rekey, consumed, produced
+            )
+    return routes
+
+
+ROUTES = _routes()
+LATE = {g: LATE_EVENTS.labels(g) for g in GROUPS}
+DUPLICATES = {g: DUPLICATE_EVENTS.labels(g) for g in GROUPS}
+
+
+class BatchState:
+    """The window states a batch touches, read once and written once per (group, key)."""
+
+    def __init__(self) -> None:
+        self.states: dict[tuple[str, bytes], State] = {}
+        self.last_event: dict[tuple[str, bytes], Any] = {}
+
+    def get(self, group: str, key: bytes, event: Any) -> State:
+        slot = (group, key)
+        self.last_event[slot] = event
+        state = self.states.get(slot)
+        if state is None:
+            state = self.states[slot] = load_state(group, key)
+        return state
+
+    def flush(self) -> None:
+        for (group, key), state in self.states.items():
+            act_for(self.last_event[(group, key)])  # the changelog partition is the key's home
+            store_state(group, key, encode_state(state))
+
+
+def apply_to_groups(
+    route: StreamRoute, batch: BatchState, event: Any, key: bytes, fields: Mapping[str, Any], ts: int
+) -> dict[str, State]:
+    """Apply the event to every group its stream feeds; BadRecord('late') when it is late for any
+    of them (then it is applied to none), BadRecord('expression') when a `where` fails."""
+    if not route.groups:
+        return {}
+    try:
+        chosen = {g: choose(GROUPS[g], route.name, fields) for g in route.groups}
+    except Exception as exc:
+        raise BadRecord("expression", f"where filter: {type(exc).__name__}: {exc}") from None
+    source, offset = source_position(event.message, route.repartitioned)
+    states = {g: batch.get(g, key, event) for g in route.groups}
+    late = [g for g, state in states.items() if is_late(GROUPS[g], state, ts)]
+    if late:
+        for state in states.values():
+            mark_applied(state, source, offset)
+        for g in late:
+            LATE[g].inc()
+        plan = GROUPS[late[0]]
+        horizon = states[late[0]]["n"] - plan.retention
+        raise BadRecord(
+            "late",
+            f"event time {ts} is in bucket {plan.bucket(ts)} <= {horizon} (the key's newest bucket minus "
+            f"the retention of group {late[0]!r})",
+        )
+    for g, state in states.items():
+        if apply_event(GROUPS[g], state, chosen[g], fields, ts, source, offset) == "duplicate":
+            DUPLICATES[g].inc()
+    return states
+
+
+async def process_events(stream: Any) -> None:
+    producer = app.producer
+    topic_partitions = app.consumer.topic_partitions
+    partitions = settings.partitions
+    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        started = time.perf_counter()
+        deliveries: list[Awaitable[Any]] = []
+        batch = BatchState()
+        for event in events:
+            message = event.message
+            route = ROUTES[message.topic]
+            if not route.repartitioned:
+                route.consumed.inc()
+            try:
+                key, ts, fields = decode_event(message.value, route.spec, int(message.timestamp * 1000))
+                raw_key = key.encode("utf-8")
+                if not route.repartitioned and not is_home(
+                    raw_key, message.partition, topic_partitions(message.topic), partitions
+                ):
+                    target = partition_for(raw_key, partitions)
+                    deliveries.append(await forward(producer, route.rekey_topic, raw_key, target, message))
+                    continue
+                act_for(event)
+                states = apply_to_groups(route, batch, event, raw_key, fields, ts)
+
+                def features(
+                    group: str, _key: str, at: int, states: dict[str, State] = states
+                ) -> dict[str, Any]:
+                    return read_features(GROUPS[group], states[group], at)
+
+                rows = [
+                    (b.topic, orjson.dumps(b.build(key, ts, fields, lookup_row, features)))
+                    for b in route.builders
+                ]
+            except BadRecord as exc:
+                deliveries.append(
+                    await send_dead_letter(producer, route.spec.dlq_topic, message, exc, route.repartitioned)
+                )
+                continue
+            headers = source_headers(message, route.repartitioned)
+            for (topic, value), counter in zip(rows, route.produced, strict=True):
+                deliveries.append(await producer.send(topic, raw_key, value, None, None, headers))
+                counter.inc()
+        batch.flush()
+        await asyncio.gather(*deliveries)
+        elapsed = time.perf_counter() - started
+        for name in {ROUTES[e.message.topic].name for e in events}:
+            BATCH_SECONDS.labels(name).observe(elapsed)
+            PROCESSING_SECONDS.labels(name).observe(elapsed / len(events))
+
+
+_topic = app.topic(*ROUTES, key_serializer="raw", value_serializer="raw")
+app.agent(_topic, name="process_events")(process_events)
