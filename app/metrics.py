@@ -35,6 +35,9 @@ DEAD_LETTERS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+for _reason in ("decode", "missing_key", "type", "expression", "late"):
+    DEAD_LETTERS.labels(_reason)  # every reason is exported from the start, at 0
+
 LATE_EVENTS = Counter(
     "hydrant_late_events_total",
     "Events older than their feature group's retention: dropped and dead-lettered with reason late.",
