@@ -40,7 +40,7 @@ def faust_options(settings: Settings, pipeline: Pipeline) -> dict[str, Any]:
         "broker": settings.faust_broker_url,
         "store": "rocksdb://",
         "datadir": str(settings.data_dir),
-        "autodiscover": ["agents", "tables", "app.views"],
+        "autodiscover": ["agents", "tables", "app.views", "app.api_features"],
         "origin": "app",
         "processing_guarantee": "at_least_once",
         "topic_partitions": settings.partitions,
