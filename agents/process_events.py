@@ -36,10 +36,10 @@ from app.metrics import (
 from app.partitioning import is_home, partition_for
 from app.records import BadRecord, decode_event
 from app.spec import StreamSpec, repartition_topic
-from tables.features import GROUPS, load_state, store_state
+from tables.features import GROUPS, load_state, store_changes
 from tables.lookups import lookup_row
 from tables.store import act_for
-from tables.windows import State, apply_event, choose, encode_state, is_late, mark_applied, read_features
+from tables.windows import KeyState, apply_event, choose, is_late, read_features
 
 BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.05
@@ -81,13 +81,13 @@ DUPLICATES = {g: DUPLICATE_EVENTS.labels(g) for g in GROUPS}
 
 
 class BatchState:
-    """The window states a batch touches, read once and written once per (group, key)."""
+    """The window states a batch touches: each record read at most once and written once."""
 
     def __init__(self) -> None:
-        self.states: dict[tuple[str, bytes], State] = {}
+        self.states: dict[tuple[str, bytes], KeyState] = {}
         self.last_event: dict[tuple[str, bytes], Any] = {}
 
-    def get(self, group: str, key: bytes, event: Any) -> State:
+    def get(self, group: str, key: bytes, event: Any) -> KeyState:
         slot = (group, key)
         self.last_event[slot] = event
         state = self.states.get(slot)
@@ -96,14 +96,14 @@ class BatchState:
         return state
 
     def flush(self) -> None:
-        for (group, key), state in self.states.items():
-            act_for(self.last_event[(group, key)])  # the changelog partition is the key's home
-            store_state(group, key, encode_state(state))
+        for (group, _key), state in self.states.items():
+            act_for(self.last_event[(group, _key)])  # the changelog partition is the key's home
+            store_changes(group, state)
 
 
 def apply_to_groups(
     route: StreamRoute, batch: BatchState, event: Any, key: bytes, fields: Mapping[str, Any], ts: int
-) -> dict[str, State]:
+) -> dict[str, KeyState]:
     """Apply the event to every group its stream feeds; BadRecord('late') when it is late for any
     of them (then it is applied to none), BadRecord('expression') when a `where` fails."""
     if not route.groups:
@@ -116,12 +116,10 @@ def apply_to_groups(
     states = {g: batch.get(g, key, event) for g in route.groups}
     late = [g for g, state in states.items() if is_late(GROUPS[g], state, ts)]
     if late:
-        for state in states.values():
-            mark_applied(state, source, offset)
         for g in late:
             LATE[g].inc()
         plan = GROUPS[late[0]]
-        horizon = states[late[0]]["n"] - plan.retention
+        horizon = (states[late[0]].newest or 0) - plan.retention
         raise BadRecord(
             "late",
             f"event time {ts} is in bucket {plan.bucket(ts)} <= {horizon} (the key's newest bucket minus "
@@ -159,7 +157,7 @@ async def process_events(stream: Any) -> None:
                 states = apply_to_groups(route, batch, event, raw_key, fields, ts)
 
                 def features(
-                    group: str, _key: str, at: int, states: dict[str, State] = states
+                    group: str, _key: str, at: int, states: dict[str, KeyState] = states
                 ) -> dict[str, Any]:
                     return read_features(GROUPS[group], states[group], at)
 

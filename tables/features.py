@@ -1,8 +1,5 @@
-"""Feature tables: one changelog-backed RocksDB table per feature group, one record per entity key.
-
-The record is the key's whole window state (tables/windows.py), applied offsets included, so a
-key is restored from one changelog record and never double-counts after a restore.
-"""
+"""Feature tables: one changelog-backed RocksDB table per feature group; per entity key a head
+record and one record per bucket (see tables/windows.py for the layout and why)."""
 
 from __future__ import annotations
 
@@ -10,7 +7,7 @@ from typing import Any
 
 from app.main import app, pipeline, settings
 from tables.store import raw_table
-from tables.windows import GroupPlan, State, decode_state, group_plans, read_features
+from tables.windows import GroupPlan, KeyState, group_plans, read_features
 
 GROUPS: dict[str, GroupPlan] = group_plans(pipeline)
 FEATURE_TABLES: dict[str, Any] = {
@@ -19,25 +16,32 @@ FEATURE_TABLES: dict[str, Any] = {
 }
 
 
-def load_state(group: str, key: bytes) -> State:
-    """The stored state of ``key`` (a fresh one if none), read in the current event's partition."""
-    return decode_state(FEATURE_TABLES[group].get(key))
+def load_state(group: str, key: bytes) -> KeyState:
+    """A key's state, read lazily from the table: in the current event's partition inside an agent,
+    in every local partition outside one."""
+    return KeyState(key, FEATURE_TABLES[group].get)
 
 
-def store_state(group: str, key: bytes, encoded: bytes) -> None:
-    """Write one key's state: one RocksDB put and one changelog record."""
-    FEATURE_TABLES[group][key] = encoded
+def store_changes(group: str, state: KeyState) -> int:
+    """Write what changed in a key's state (head first); returns how many records were written."""
+    table = FEATURE_TABLES[group]
+    changes = state.changes()
+    for record_key, value in changes:
+        if value is None:
+            table.pop(record_key, None)
+        else:
+            table[record_key] = value
+    return len(changes)
 
 
 class UnknownFeature(ValueError):
     """A requested feature name that the group does not define."""
 
 
-def stored_state(group: str, key: bytes) -> State | None:
-    """A key's state as this worker stores it (outside any event: searched in every local
-    partition), or None when the key was never seen here."""
-    raw = FEATURE_TABLES[group].get(key)
-    return decode_state(raw) if raw is not None else None
+def stored_state(group: str, key: bytes) -> KeyState | None:
+    """A key's state as this worker stores it, or None when the key was never seen here."""
+    state = load_state(group, key)
+    return state if state.exists else None
 
 
 def select_features(group: str, names: list[str] | None) -> frozenset[str] | None:
@@ -51,6 +55,8 @@ def select_features(group: str, names: list[str] | None) -> frozenset[str] | Non
     return frozenset(names)
 
 
-def features_for(group: str, state: State, at_ms: int, names: frozenset[str] | None = None) -> dict[str, Any]:
+def features_for(
+    group: str, state: KeyState, at_ms: int, names: frozenset[str] | None = None
+) -> dict[str, Any]:
     """The read path of the data API: features of one key's state at ``at_ms``."""
     return read_features(GROUPS[group], state, at_ms, names)

@@ -1,15 +1,20 @@
-"""Sliding-window feature state: pure functions over one entity key's state, no I/O.
+"""Sliding-window feature state: pure functions over one entity key's records, no I/O.
 
-One key's state is a single JSON-able dict, written to its table (and changelog) as one record:
+A key's state in a feature table is a few small records, so an event costs one small write whatever
+the windows:
 
-    {"n": newest bucket seen (any stream of the group, before `where` filters) or None,
-     "o": {"<source topic>:<partition>": highest source offset applied},
-     "b": {"<bucket>": [aggregation state or None, one per aggregation of the group]}}
+- the head, under ``<key>\\0``: ``{"n": newest bucket seen (any stream of the group, before `where`
+  filters), "b": [the bucket numbers stored, ascending]}``; rewritten only when a bucket is created
+  or expired, i.e. at most once per period per key;
+- one record per bucket, under ``<key>\\0<bucket>``: ``{"o": {"<source topic>:<partition>": highest
+  source offset applied to this bucket}, "a": [aggregation state or None, one per aggregation]}``.
 
-Every window of an aggregation is answered from the same buckets, so an event costs one state
-update whatever the windows; a read merges O(window / period) buckets. Because the applied source
-offsets live in the same record as the buckets they guard, a redelivered event is recognised after
-a crash, a rebalance or a restore from the changelog, and never counted twice.
+Every window of an aggregation is answered from the same buckets, so a read merges O(window / period)
+buckets. The applied offsets live in the record they guard: a bucket is restored from one changelog
+record together with the offsets it contains, so a redelivered event (crash, rebalance, restore) is
+recognised and never counted twice. Within a flush the head is written before the buckets (one
+partition, in order): a crash leaves a head that may name a bucket not yet written — read as empty,
+and its events are redelivered and applied.
 
 An aggregation state is a list ``[count, sum, mean, m2, min, max, first_t, first_v, last_t, last_v,
 distinct]``: count and sum are exact running values, mean/m2 are Welford's (merged with Chan's
@@ -20,9 +25,10 @@ most ``EXACT_DISTINCT`` values, then a HyperLogLog sketch (Apache DataSketches) 
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,7 +38,6 @@ import orjson
 from app.expressions import Expression
 from app.spec import FeatureGroupSpec, Pipeline, parse_duration
 
-State = dict[str, Any]
 AggState = list[Any]
 Outcome = Literal["applied", "duplicate", "late"]
 
@@ -106,21 +111,72 @@ def group_plans(pipeline: Pipeline) -> dict[str, GroupPlan]:
     return {name: GroupPlan.from_spec(name, spec) for name, spec in pipeline.features.items()}
 
 
-def new_state() -> State:
-    return {"n": None, "o": {}, "b": {}}
+def head_key(key: bytes) -> bytes:
+    return key + b"\x00"
 
 
-def decode_state(raw: bytes | None) -> State:
-    return orjson.loads(raw) if raw is not None else new_state()
+def bucket_key(key: bytes, bucket: int) -> bytes:
+    return b"%b\x00%d" % (key, bucket)
 
 
-def encode_state(state: State) -> bytes:
-    return orjson.dumps(state)
+Loader = Callable[[bytes], bytes | None]
 
 
-def is_late(plan: GroupPlan, state: State, time_ms: int) -> bool:
+class KeyState:
+    """One key's head and the buckets touched so far, read lazily through ``load`` (a table get),
+    with what changed since the last :meth:`changes`."""
+
+    def __init__(self, key: bytes, load: Loader) -> None:
+        self.key = key
+        self._load = load
+        raw = load(head_key(key))
+        self.head: dict[str, Any] = orjson.loads(raw) if raw is not None else {"n": None, "b": []}
+        self._buckets: dict[int, dict[str, Any] | None] = {}
+        self._head_dirty = False
+        self._dirty: set[int] = set()
+        self._deleted: set[int] = set()
+
+    @property
+    def exists(self) -> bool:
+        """False for a key that never had an event (of the group's streams)."""
+        return self.head["n"] is not None
+
+    @property
+    def newest(self) -> int | None:
+        n: int | None = self.head["n"]
+        return n
+
+    def bucket(self, number: int) -> dict[str, Any] | None:
+        if number not in self._buckets:
+            raw = self._load(bucket_key(self.key, number)) if number in self.head["b"] else None
+            self._buckets[number] = orjson.loads(raw) if raw is not None else None
+        return self._buckets[number]
+
+    def _create(self, number: int, size: int) -> dict[str, Any]:
+        record: dict[str, Any] = {"o": {}, "a": [None] * size}
+        self._buckets[number] = record
+        if number not in self.head["b"]:
+            bisect.insort(self.head["b"], number)
+            self._head_dirty = True
+        return record
+
+    def changes(self) -> list[tuple[bytes, bytes | None]]:
+        """(record key, value or None to delete) to write, head first; then forgets them."""
+        out: list[tuple[bytes, bytes | None]] = []
+        if self._head_dirty:
+            out.append((head_key(self.key), orjson.dumps(self.head)))
+        for number in sorted(self._dirty - self._deleted):
+            out.append((bucket_key(self.key, number), orjson.dumps(self._buckets[number])))
+        out.extend((bucket_key(self.key, number), None) for number in sorted(self._deleted))
+        self._head_dirty = False
+        self._dirty.clear()
+        self._deleted.clear()
+        return out
+
+
+def is_late(plan: GroupPlan, state: KeyState, time_ms: int) -> bool:
     """PRODUCT.md: late when b(event) <= n - R, n the newest bucket of any earlier event of the key."""
-    newest = state["n"]
+    newest = state.newest
     return newest is not None and plan.bucket(time_ms) <= newest - plan.retention
 
 
@@ -130,54 +186,52 @@ def choose(plan: GroupPlan, stream: str, fields: Mapping[str, Any]) -> list[Aggr
     return [agg for agg in plan.by_stream.get(stream, ()) if agg.wants(fields)]
 
 
-def is_duplicate(state: State, source: str, offset: int) -> bool:
-    """True when this source offset (or a later one of the same source partition) was applied."""
-    return bool(state["o"].get(source, -1) >= offset)
-
-
-def mark_applied(state: State, source: str, offset: int) -> None:
-    state["o"][source] = offset
-
-
 def apply_event(
     plan: GroupPlan,
-    state: State,
+    state: KeyState,
     chosen: list[AggregationPlan],
     fields: Mapping[str, Any],
     time_ms: int,
     source: str,
     offset: int,
 ) -> Outcome:
-    """Apply one event to a key's state in place: 'applied', 'duplicate' (this source offset was
-    applied before) or 'late' (dropped; the caller dead-letters it). ``chosen`` comes from
-    :func:`choose`. The source offset is recorded in the same state, which is written as one record."""
-    if is_duplicate(state, source, offset):
-        return "duplicate"
-    mark_applied(state, source, offset)
+    """Apply one event to a key's state: 'applied', 'duplicate' (this source offset was applied to
+    its bucket before) or 'late' (dropped; the caller dead-letters it). ``chosen`` comes from
+    :func:`choose`. Events of one source partition arrive in offset order, so the highest applied
+    offset per source partition in a bucket tells which of its events that bucket already holds."""
     if is_late(plan, state, time_ms):
         return "late"
-    bucket = plan.bucket(time_ms)
-    if state["n"] is None or bucket > state["n"]:
-        state["n"] = bucket
-    buckets = state["b"]
-    for agg in chosen:
-        value = fields.get(agg.field) if agg.field is not None else True
-        if value is None:
-            continue  # like pandas: a null value does not count
-        slot = buckets.get(str(bucket))
-        if slot is None:
-            slot = buckets[str(bucket)] = [None] * len(plan.aggregations)
-        slot[agg.index] = _update(slot[agg.index], value, time_ms)
-    _expire(plan, state)
+    number = plan.bucket(time_ms)
+    record = state.bucket(number)
+    if record is not None and record["o"].get(source, -1) >= offset:
+        return "duplicate"
+    if state.newest is None or number > state.newest:
+        state.head["n"] = number
+        state._head_dirty = True
+        _expire(plan, state)
+    values = [(agg, fields.get(agg.field) if agg.field is not None else True) for agg in chosen]
+    values = [(agg, value) for agg, value in values if value is not None]  # like pandas: nulls don't count
+    if not values:
+        return "applied"
+    if record is None:
+        record = state._create(number, len(plan.aggregations))
+    slots = record["a"]
+    for agg, value in values:
+        slots[agg.index] = _update(slots[agg.index], value, time_ms)
+    record["o"][source] = offset
+    state._dirty.add(number)
     return "applied"
 
 
-def _expire(plan: GroupPlan, state: State) -> None:
+def _expire(plan: GroupPlan, state: KeyState) -> None:
     """Drop buckets <= n - R: no window of a non-late event or an in-retention read needs them."""
-    horizon = state["n"] - plan.retention
-    buckets = state["b"]
-    for key in [k for k in buckets if int(k) <= horizon]:
-        del buckets[key]
+    horizon = state.head["n"] - plan.retention
+    stored: list[int] = state.head["b"]
+    cut = bisect.bisect_right(stored, horizon)
+    if cut:
+        state._deleted.update(stored[:cut])
+        del stored[:cut]
+        state._head_dirty = True
 
 
 def _update(agg: AggState | None, value: Any, time_ms: int) -> AggState:
@@ -296,12 +350,12 @@ class _Merged:
 
 
 def read_features(
-    plan: GroupPlan, state: State, at_ms: int, names: frozenset[str] | set[str] | None = None
+    plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | None = None
 ) -> dict[str, Any]:
     """Every feature (or those in ``names``) with windows ending at ``at_ms``: a window W covers
     buckets (b(at) - W/P, b(at)]. Empty windows: count/sum/distinct 0, the others None."""
     end = plan.bucket(at_ms)
-    buckets = state["b"]
+    stored: list[int] = state.head["b"]
     out: dict[str, Any] = {}
     for agg in plan.aggregations:
         for label, size in agg.windows:
@@ -309,19 +363,21 @@ def read_features(
             if not wanted:
                 continue
             merged = _Merged()
-            for b in range(end - size + 1, end + 1):
-                slot = buckets.get(str(b))
-                if slot is not None and slot[agg.index] is not None:
-                    merged.add(slot[agg.index])
+            lo = bisect.bisect_right(stored, end - size)
+            hi = bisect.bisect_right(stored, end)
+            for number in stored[lo:hi]:
+                record = state.bucket(number)
+                if record is not None and record["a"][agg.index] is not None:
+                    merged.add(record["a"][agg.index])
             for op in wanted:
                 out[f"{agg.name}_{op}_{label}"] = merged.result(op)
     return {name: out[name] for name in plan.feature_names() if name in out}
 
 
-def outside_retention(plan: GroupPlan, state: State, at_ms: int) -> bool:
+def outside_retention(plan: GroupPlan, state: KeyState, at_ms: int) -> bool:
     """PRODUCT.md: a read at T needs buckets from b(T) - W/P + 1 for its largest window; when that
     is <= n - R, those buckets may be gone and the answer would be wrong."""
-    newest = state["n"]
+    newest = state.newest
     if newest is None:
         return False
     return plan.bucket(at_ms) - plan.retention + 1 <= newest - plan.retention
