@@ -154,12 +154,18 @@ async def process_events(stream: Any) -> None:
                     deliveries.append(await forward(producer, route.rekey_topic, raw_key, target, message))
                     continue
                 act_for(event)
-                states = apply_to_groups(route, batch, event, raw_key, fields, ts)
+                apply_to_groups(route, batch, event, raw_key, fields, ts)
 
                 def features(
-                    group: str, _key: str, at: int, states: dict[str, KeyState] = states
+                    group: str,
+                    _key: str,
+                    at: int,
+                    event: Any = event,
+                    raw_key: bytes = raw_key,
+                    batch: BatchState = batch,
                 ) -> dict[str, Any]:
-                    return read_features(GROUPS[group], states[group], at)
+                    # The group's state as this batch holds it (applied above if its stream feeds it).
+                    return read_features(GROUPS[group], batch.get(group, raw_key, event), at)
 
                 rows = [
                     (b.topic, orjson.dumps(b.build(key, ts, fields, lookup_row, features)))

@@ -106,7 +106,7 @@ class FeatureLookup(View):
         state = stored_state(group, raw_key)
         if state is None:
             return error(self, 404, "key_not_found", f"key {key!r} has no state in group {group!r}")
-        if outside_retention(GROUPS[group], state, at):
+        if outside_retention(GROUPS[group], state, at, names):
             return error(
                 self,
                 422,

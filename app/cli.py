@@ -154,13 +154,17 @@ def render_plan(spec: Pipeline, settings: Settings) -> str:
         lines.append(
             f"  lookup-{name:<25} from {lookup.topic}, key {lookup.key}, fields {', '.join(lookup.fields)}"
         )
+    for name, group_spec in spec.features.items():
+        lines.append(
+            f"  features-{name:<23} key {group_spec.key}, period {group_spec.period}, one record per bucket"
+        )
     lines += ["", "agents:"]
     for name in spec.lookups:
-        lines.append(f"  update_{name}")
+        lines.append(f"  update_{name:<24} {spec.lookups[name].topic} -> table lookup-{name}")
     for name, stream in spec.streams.items():
         outs = [o.topic for o in spec.outputs.values() if o.from_ == name]
         target = ", ".join(outs) or "(state only)"
-        lines.append(f"  enrich_{name:<24} {stream.topic} -> {target}; bad -> {stream.dlq_topic}")
+        lines.append(f"  process_events  {stream.topic:<16} -> {target}; bad -> {stream.dlq_topic}")
     for name, group_spec in spec.features.items():
         lines += ["", f"feature group {name} (key {group_spec.key}, period {group_spec.period}):"]
         lines.append("  " + ", ".join(group_spec.feature_names()))

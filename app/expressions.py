@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from simpleeval import DEFAULT_OPERATORS, SimpleEval
+from simpleeval import DEFAULT_OPERATORS, EvalWithCompoundTypes, SimpleEval
 
 #: Functions an expression may call. Pure, bounded, no attribute access or I/O.
 FUNCTIONS: dict[str, Any] = {
@@ -59,7 +59,10 @@ class Expression:
         self.names = frozenset(
             node.id for node in ast.walk(self._tree) if isinstance(node, ast.Name) and node.id not in called
         )
-        self._evaluator = SimpleEval(operators=dict(DEFAULT_OPERATORS), functions=FUNCTIONS, names={})
+        # Compound types: `status in ('a', 'b')` and list literals work; still no attributes or imports.
+        self._evaluator = EvalWithCompoundTypes(
+            operators=dict(DEFAULT_OPERATORS), functions=FUNCTIONS, names={}
+        )
 
     def check_names(self, available: Mapping[str, Any] | set[str] | frozenset[str]) -> None:
         """ExpressionError naming the first unknown column."""

@@ -41,7 +41,7 @@ def parse_duration(value: object) -> int:
 def _duration_text(value: object) -> str:
     """Validate a duration and keep it as written: feature names use the spec's spelling (24h, not 1d)."""
     parse_duration(value)
-    return str(value).strip()
+    return re.sub(r"\s+", "", str(value))
 
 
 def _field_type(value: str) -> str:
@@ -252,7 +252,7 @@ def _cross_check(p: Pipeline) -> Iterator[tuple[Loc, str]]:
             elif agg.field is not None and stream.fields[agg.field] not in ("int", "float"):
                 numeric = [op for op in agg.ops if op in ("sum", "avg", "stddev")]
                 if numeric:
-                    yield (*at, "ops"), f"{', '.join(numeric)} need a numeric field; {agg.field!r} is a str"
+                    yield (*at, "ops"), f"{', '.join(numeric)}: needs a numeric field; {agg.field!r} is a str"
             if agg.where is not None:
                 problem = _expression_problem(agg.where, stream.fields)
                 if problem:
@@ -274,10 +274,18 @@ def _cross_check(p: Pipeline) -> Iterator[tuple[Loc, str]]:
     for section, entries in sections:
         for name, entry in entries.items():
             here: Loc = (section, name, "topic")
-            if entry.topic in topic_owner and section != "streams":
+            if entry.topic in topic_owner:
                 other = ".".join(map(str, topic_owner[entry.topic][:2]))
                 yield here, f"topic {entry.topic!r} is already used by {other}"
             topic_owner.setdefault(entry.topic, here)
+    for section, entries in sections[:2]:
+        for name, entry in entries.items():
+            if entry.dlq_topic in topic_owner:  # dead-letter topics may be shared, but only by dead letters
+                other = ".".join(map(str, topic_owner[entry.dlq_topic][:2]))
+                yield (
+                    (section, name, "dlq"),
+                    f"dead-letter topic {entry.dlq_topic!r} is already used by {other}",
+                )
     for oname, out in p.outputs.items():
         at = ("outputs", oname)
         stream = p.streams.get(out.from_)

@@ -4,21 +4,25 @@ A key's state in a feature table is a few small records, so an event costs one s
 the windows:
 
 - the head, under ``<key>\\0``: ``{"n": newest bucket seen (any stream of the group, before `where`
-  filters), "b": [the bucket numbers stored, ascending]}``; rewritten only when a bucket is created
-  or expired, i.e. at most once per period per key;
+  filters), "b": [the bucket numbers stored, ascending], "o": {source: highest offset processed}}``;
+  rewritten only when a bucket is created or expired, i.e. at most once per period per key;
 - one record per bucket, under ``<key>\\0<bucket>``: ``{"o": {"<source topic>:<partition>": highest
   source offset applied to this bucket}, "a": [aggregation state or None, one per aggregation]}``.
 
 Every window of an aggregation is answered from the same buckets, so a read merges O(window / period)
 buckets. The applied offsets live in the record they guard: a bucket is restored from one changelog
 record together with the offsets it contains, so a redelivered event (crash, rebalance, restore) is
-recognised and never counted twice. Within a flush the head is written before the buckets (one
-partition, in order): a crash leaves a head that may name a bucket not yet written — read as empty,
-and its events are redelivered and applied.
+recognised and never counted twice. Within a flush the buckets are written before the head, and
+expired buckets are deleted last (one partition, in order), so after a crash the stored records are
+a prefix of that sequence: a bucket the head does not list yet was created by events that were not
+committed, which are redelivered and rebuild it; the head's offsets are never ahead of the buckets,
+so they may also mark a redelivered event as a duplicate — the only way to recognise one whose
+bucket has expired meanwhile.
 
 An aggregation state is a list ``[count, sum, mean, m2, min, max, first_t, first_v, last_t, last_v,
-distinct]``: count and sum are exact running values, mean/m2 are Welford's (merged with Chan's
-formula, so stddev stays stable), distinct is a list of 64-bit value hashes while a bucket has at
+distinct, shift]``: count and sum are exact running values, mean/m2 are Welford's over the values
+minus ``shift`` (the bucket's first value, so large offsets such as timestamps lose no digits) and
+are merged with Chan's formula, so stddev stays stable; distinct is a list of 64-bit value hashes while a bucket has at
 most ``EXACT_DISTINCT`` values, then a HyperLogLog sketch (Apache DataSketches) in base64.
 """
 
@@ -43,11 +47,13 @@ Outcome = Literal["applied", "duplicate", "late"]
 
 EXACT_DISTINCT = 128  # per bucket; beyond it a bucket keeps a sketch instead of the hashes
 HLL_LG_K = 14  # relative standard error ~0.8 %; 8 KiB per dense bucket sketch
-_COUNT, _SUM, _MEAN, _M2, _MIN, _MAX, _FIRST_T, _FIRST_V, _LAST_T, _LAST_V, _DISTINCT = range(11)
+_COUNT, _SUM, _MEAN, _M2, _MIN, _MAX, _FIRST_T, _FIRST_V, _LAST_T, _LAST_V, _DISTINCT, _SHIFT = range(12)
 
 
 def value_hash(value: Any) -> int:
     """A stable signed 64-bit hash of a field value (the same online and offline)."""
+    if isinstance(value, float):
+        value += 0.0  # -0.0 == 0.0: one distinct value, one hash
     digest = hashlib.blake2b(orjson.dumps(value), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
 
@@ -130,7 +136,7 @@ class KeyState:
         self.key = key
         self._load = load
         raw = load(head_key(key))
-        self.head: dict[str, Any] = orjson.loads(raw) if raw is not None else {"n": None, "b": []}
+        self.head: dict[str, Any] = orjson.loads(raw) if raw is not None else {"n": None, "b": [], "o": {}}
         self._buckets: dict[int, dict[str, Any] | None] = {}
         self._head_dirty = False
         self._dirty: set[int] = set()
@@ -161,12 +167,14 @@ class KeyState:
         return record
 
     def changes(self) -> list[tuple[bytes, bytes | None]]:
-        """(record key, value or None to delete) to write, head first; then forgets them."""
-        out: list[tuple[bytes, bytes | None]] = []
+        """(record key, value or None to delete) to write in this order: buckets, head, deletions
+        (see the module docstring for why); then forgets them."""
+        out: list[tuple[bytes, bytes | None]] = [
+            (bucket_key(self.key, number), orjson.dumps(self._buckets[number]))
+            for number in sorted(self._dirty - self._deleted)
+        ]
         if self._head_dirty:
             out.append((head_key(self.key), orjson.dumps(self.head)))
-        for number in sorted(self._dirty - self._deleted):
-            out.append((bucket_key(self.key, number), orjson.dumps(self._buckets[number])))
         out.extend((bucket_key(self.key, number), None) for number in sorted(self._deleted))
         self._head_dirty = False
         self._dirty.clear()
@@ -199,12 +207,16 @@ def apply_event(
     its bucket before) or 'late' (dropped; the caller dead-letters it). ``chosen`` comes from
     :func:`choose`. Events of one source partition arrive in offset order, so the highest applied
     offset per source partition in a bucket tells which of its events that bucket already holds."""
-    if is_late(plan, state, time_ms):
-        return "late"
+    processed: dict[str, int] = state.head.setdefault("o", {})
+    if processed.get(source, -1) >= offset:
+        return "duplicate"
     number = plan.bucket(time_ms)
-    record = state.bucket(number)
+    record = state.bucket(number) if not is_late(plan, state, time_ms) else None
     if record is not None and record["o"].get(source, -1) >= offset:
         return "duplicate"
+    processed[source] = offset  # persisted with the head's next write, after the buckets
+    if is_late(plan, state, time_ms):
+        return "late"
     if state.newest is None or number > state.newest:
         state.head["n"] = number
         state._head_dirty = True
@@ -238,15 +250,16 @@ def _update(agg: AggState | None, value: Any, time_ms: int) -> AggState:
     numeric = isinstance(value, int | float) and not isinstance(value, bool)
     if agg is None:
         x = float(value) if numeric else 0.0
-        return [1, x, x, 0.0, value, value, time_ms, value, time_ms, value, [value_hash(value)]]
+        return [1, x, 0.0, 0.0, value, value, time_ms, value, time_ms, value, [value_hash(value)], x]
     count = agg[_COUNT] + 1
     agg[_COUNT] = count
     if numeric:
         x = float(value)
         agg[_SUM] += x
-        delta = x - agg[_MEAN]
+        shifted = x - agg[_SHIFT]
+        delta = shifted - agg[_MEAN]
         agg[_MEAN] += delta / count
-        agg[_M2] += delta * (x - agg[_MEAN])
+        agg[_M2] += delta * (shifted - agg[_MEAN])
     if value < agg[_MIN]:
         agg[_MIN] = value
     if value > agg[_MAX]:
@@ -284,7 +297,8 @@ def _sketch_of(hashes: list[int]) -> Any:
 class _Merged:
     count: int = 0
     sum: float = 0.0
-    mean: float = 0.0
+    shift: float = 0.0
+    mean: float = 0.0  # of the values minus ``shift``
     m2: float = 0.0
     min: Any = None
     max: Any = None
@@ -296,7 +310,10 @@ class _Merged:
     def add(self, agg: AggState) -> None:
         n_a, n_b = self.count, agg[_COUNT]
         total = n_a + n_b
-        delta = agg[_MEAN] - self.mean
+        if n_a == 0:
+            self.shift = agg[_SHIFT]
+        # Chan et al.: both means in this shift's frame; (shift_b - shift_a) is exact for close shifts.
+        delta = (agg[_SHIFT] - self.shift) + agg[_MEAN] - self.mean
         self.mean += delta * n_b / total
         self.m2 += agg[_M2] + delta * delta * n_a * n_b / total
         self.count = total
@@ -374,10 +391,22 @@ def read_features(
     return {name: out[name] for name in plan.feature_names() if name in out}
 
 
-def outside_retention(plan: GroupPlan, state: KeyState, at_ms: int) -> bool:
-    """PRODUCT.md: a read at T needs buckets from b(T) - W/P + 1 for its largest window; when that
-    is <= n - R, those buckets may be gone and the answer would be wrong."""
+def outside_retention(
+    plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | None = None
+) -> bool:
+    """PRODUCT.md: a window W at T needs buckets from b(T) - W/P + 1; when that is <= n - R, those
+    buckets may be gone and the answer would be wrong. Checked for the largest window among the
+    features asked for (all of the group's when ``names`` is None)."""
     newest = state.newest
     if newest is None:
         return False
-    return plan.bucket(at_ms) - plan.retention + 1 <= newest - plan.retention
+    widest = max(
+        (
+            size
+            for agg in plan.aggregations
+            for label, size in agg.windows
+            if names is None or any(f"{agg.name}_{op}_{label}" in names for op in agg.ops)
+        ),
+        default=0,
+    )
+    return plan.bucket(at_ms) - widest + 1 <= newest - plan.retention

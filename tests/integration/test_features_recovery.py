@@ -20,7 +20,7 @@ from app.spec import load_pipeline
 from tests.support.broker import BrokerUnderTest
 from tests.support.checks import check_keys_over_http
 from tests.support.ground_truth import GroundTruth
-from tests.support.kafka import produce
+from tests.support.kafka import consume, produce
 from tests.support.worker import WorkerProcess, wait_for
 
 KEYS = 500
@@ -145,3 +145,34 @@ def test_features_exact_when_a_second_worker_joins_mid_ingest(
     wait_for(lambda: one.ready() and two.ready(), "both ready after the rebalance", 120)
     # Both workers answer every key: the owner from its state, the other by forwarding to the owner.
     settle_and_check([one.url, two.url], truth, events)
+
+
+def test_late_events_are_dead_lettered_and_out_of_order_ones_applied(
+    broker: BrokerUnderTest, shop_pipeline: Path, uid: str, workers: Callable[..., WorkerProcess]
+) -> None:
+    prepare(broker, shop_pipeline, uid)
+    base = {"user_id": "late-user", "product": "p", "status": "paid"}
+    orders = [
+        {**base, "order_id": "a", "amount": 10.0, "ts": T0 + 30 * HOUR},
+        {**base, "order_id": "b", "amount": 20.0, "ts": T0 + 30 * HOUR - 23 * HOUR},  # out of order, kept
+        {**base, "order_id": "c", "amount": 40.0, "ts": T0 + 30 * HOUR - 25 * HOUR},  # > 24 h behind: late
+        {**base, "order_id": "d", "amount": 80.0, "ts": T0 + 30 * HOUR - 5 * 60_000},
+    ]
+    asyncio.run(produce(broker.bootstrap, f"orders-{uid}", [(b"late-user", orjson.dumps(o)) for o in orders]))
+    worker = workers(shop_pipeline)
+    worker.wait_ready()
+    dlq = asyncio.run(consume(broker.bootstrap, f"orders-{uid}.dlq", 1, timeout=60))
+    out = asyncio.run(consume(broker.bootstrap, f"orders-enriched-{uid}", 3, timeout=60))
+
+    assert [orjson.loads(r.value)["order_id"] for r in dlq] == ["c"]  # type: ignore[arg-type]
+    assert dlq[0].headers["hydrant-reason"] == b"late"
+    assert b"retention" in dlq[0].headers["hydrant-error"]
+    assert sorted(r.json()["order_id"] for r in out) == ["a", "b", "d"]
+    assert worker.metric("hydrant_late_events_total", group="user") == 1
+    assert worker.metric("hydrant_dead_letters_total", reason="late") == 1
+    answer = worker.get(f"/features/user/late-user?at={T0 + 30 * HOUR}").json()["features"]
+    assert answer["spend_count_24h"] == 3 and answer["spend_sum_24h"] == 110.0  # a, b, d
+    assert answer["spend_count_1h"] == 2 and answer["spend_sum_1h"] == 90.0  # a, d
+    # `b` was enriched with the windows ending at its own time: itself only in the last 24 h it can see.
+    b_row = next(r.json() for r in out if r.json()["order_id"] == "b")
+    assert b_row["spend_count_1h"] == 1 and b_row["spend_sum_1h"] == 20.0

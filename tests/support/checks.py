@@ -34,14 +34,26 @@ def check_keys_over_http(
 ) -> list[str]:
     """Ask every worker for every key at every ``at``; return the mismatches (empty when all agree)."""
     problems: list[str] = []
+    sizes = {
+        f"{agg.name}_{op}_{label}": size
+        for agg, windows in zip(truth.aggregations, truth.windows, strict=True)
+        for op in agg.ops
+        for label, size in windows
+    }
     with httpx.Client(timeout=10) as client:
         for key in keys:
             for at in ats[key]:
-                if not truth.in_retention(key, at):
+                # Only the windows that retention still fully holds at this `at` (PRODUCT.md).
+                want = {
+                    name: value
+                    for name, value in truth.features(key, at).items()
+                    if truth.window_in_retention(key, at, sizes[name])
+                }
+                if not want:
                     continue
-                want = truth.features(key, at)
+                params = {"at": at, "features": ",".join(want)}
                 for base in base_urls:
-                    response = client.get(f"{base}/features/{group}/{key}", params={"at": at})
+                    response = client.get(f"{base}/features/{group}/{key}", params=params)
                     if response.status_code != 200:
                         problems.append(
                             f"{base} {key}@{at}: HTTP {response.status_code} {response.text[:200]}"
