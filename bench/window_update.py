@@ -61,7 +61,7 @@ def run(
         for offset, (key, ts, fields) in enumerate(events[begin : begin + batch], start=begin):
             state = states.get(key)
             if state is None:
-                state = states[key] = KeyState(key, store.get)
+                state = states[key] = KeyState(key, store.get, plan.retention)
             apply_event(plan, state, choose(plan, "orders", fields), fields, ts, "orders:0", offset)
         for state in states.values():
             for record_key, value in state.changes():

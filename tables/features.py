@@ -19,7 +19,7 @@ FEATURE_TABLES: dict[str, Any] = {
 def load_state(group: str, key: bytes) -> KeyState:
     """A key's state, read lazily from the table: in the current event's partition inside an agent,
     in every local partition outside one."""
-    return KeyState(key, FEATURE_TABLES[group].get)
+    return KeyState(key, FEATURE_TABLES[group].get, GROUPS[group].retention)
 
 
 def store_changes(group: str, state: KeyState) -> int:

@@ -4,8 +4,9 @@ A key's state in a feature table is a few small records, so an event costs one s
 the windows:
 
 - the head, under ``<key>\\0``: ``{"n": newest bucket seen (any stream of the group, before `where`
-  filters), "b": [the bucket numbers stored, ascending], "o": {source: highest offset processed}}``;
-  rewritten only when a bucket is created or expired, i.e. at most once per period per key;
+  filters), "m": which of the R buckets (n - R, n] are stored, as a hex bitmask (bit i = bucket
+  n - i; so the head has the same small size whatever the windows), "o": {source: highest offset
+  processed}}``; rewritten only when a bucket is created or expired (at most once per period per key);
 - one record per bucket, under ``<key>\\0<bucket>``: ``{"o": {"<source topic>:<partition>": highest
   source offset applied to this bucket}, "a": [aggregation state or None, one per aggregation]}``.
 
@@ -22,14 +23,14 @@ bucket has expired meanwhile.
 An aggregation state is a list ``[count, sum, mean, m2, min, max, first_t, first_v, last_t, last_v,
 distinct, shift]``: count and sum are exact running values, mean/m2 are Welford's over the values
 minus ``shift`` (the bucket's first value, so large offsets such as timestamps lose no digits) and
-are merged with Chan's formula, so stddev stays stable; distinct is a list of 64-bit value hashes while a bucket has at
-most ``EXACT_DISTINCT`` values, then a HyperLogLog sketch (Apache DataSketches) in base64.
+are merged with Chan's formula, so stddev stays stable; distinct (kept only by aggregations with
+that op) is a list of 64-bit value hashes while a bucket has at most ``EXACT_DISTINCT`` values,
+then a HyperLogLog sketch (Apache DataSketches) in base64.
 """
 
 from __future__ import annotations
 
 import base64
-import bisect
 import hashlib
 import math
 from collections.abc import Callable, Mapping
@@ -69,6 +70,10 @@ class AggregationPlan:
     ops: tuple[str, ...]
     windows: tuple[tuple[str, int], ...]  # (label as written, number of buckets)
     where: Expression | None
+
+    @property
+    def distinct(self) -> bool:
+        return "distinct" in self.ops
 
     def wants(self, fields: Mapping[str, Any]) -> bool:
         """Whether an event feeds this aggregation (its `where` holds). Raises on expression failure."""
@@ -130,13 +135,18 @@ Loader = Callable[[bytes], bytes | None]
 
 class KeyState:
     """One key's head and the buckets touched so far, read lazily through ``load`` (a table get),
-    with what changed since the last :meth:`changes`."""
+    with what changed since the last :meth:`changes`. The stored buckets are a bitmask (an int)
+    anchored at the newest bucket n: bit i is bucket n - i, for i < R."""
 
-    def __init__(self, key: bytes, load: Loader) -> None:
+    def __init__(self, key: bytes, load: Loader, retention: int) -> None:
         self.key = key
         self._load = load
+        self._retention = retention
         raw = load(head_key(key))
-        self.head: dict[str, Any] = orjson.loads(raw) if raw is not None else {"n": None, "b": [], "o": {}}
+        head = orjson.loads(raw) if raw is not None else {"n": None, "m": "0", "o": {}}
+        self.newest: int | None = head["n"]
+        self.mask = int(head["m"], 16)
+        self.processed: dict[str, int] = head["o"]
         self._buckets: dict[int, dict[str, Any] | None] = {}
         self._head_dirty = False
         self._dirty: set[int] = set()
@@ -145,24 +155,59 @@ class KeyState:
     @property
     def exists(self) -> bool:
         """False for a key that never had an event (of the group's streams)."""
-        return self.head["n"] is not None
+        return self.newest is not None
 
-    @property
-    def newest(self) -> int | None:
-        n: int | None = self.head["n"]
-        return n
+    def stored(self, lo: int, hi: int) -> list[int]:
+        """The stored bucket numbers in [lo, hi], ascending."""
+        n = self.newest
+        if n is None:
+            return []
+        hi = min(hi, n)
+        lo = max(lo, n - self._retention + 1)
+        if lo > hi:
+            return []
+        bits = (self.mask >> (n - hi)) & ((1 << (hi - lo + 1)) - 1)
+        found = []
+        while bits:
+            low = bits & -bits
+            found.append(hi - (low.bit_length() - 1))
+            bits ^= low
+        found.reverse()
+        return found
+
+    def stored_buckets(self) -> list[int]:
+        n = self.newest
+        return [] if n is None else self.stored(n - self._retention + 1, n)
+
+    def is_stored(self, number: int) -> bool:
+        n = self.newest
+        return n is not None and 0 <= n - number < self._retention and bool(self.mask >> (n - number) & 1)
 
     def bucket(self, number: int) -> dict[str, Any] | None:
         if number not in self._buckets:
-            raw = self._load(bucket_key(self.key, number)) if number in self.head["b"] else None
+            raw = self._load(bucket_key(self.key, number)) if self.is_stored(number) else None
             self._buckets[number] = orjson.loads(raw) if raw is not None else None
         return self._buckets[number]
+
+    def advance(self, number: int) -> None:
+        """Make ``number`` the newest bucket; buckets now <= n - R are expired (deleted on write)."""
+        if self.newest is not None:
+            shifted = self.mask << (number - self.newest)
+            expired = shifted >> self._retention
+            while expired:  # bit j: bucket number - R - j
+                low = expired & -expired
+                self._deleted.add(number - self._retention - (low.bit_length() - 1))
+                expired ^= low
+            self.mask = shifted & ((1 << self._retention) - 1)
+        self.newest = number
+        self._head_dirty = True
 
     def _create(self, number: int, size: int) -> dict[str, Any]:
         record: dict[str, Any] = {"o": {}, "a": [None] * size}
         self._buckets[number] = record
-        if number not in self.head["b"]:
-            bisect.insort(self.head["b"], number)
+        if not self.is_stored(number):
+            assert self.newest is not None and number <= self.newest
+            self.mask |= 1 << (self.newest - number)
             self._head_dirty = True
         return record
 
@@ -174,7 +219,8 @@ class KeyState:
             for number in sorted(self._dirty - self._deleted)
         ]
         if self._head_dirty:
-            out.append((head_key(self.key), orjson.dumps(self.head)))
+            head = {"n": self.newest, "m": format(self.mask, "x"), "o": self.processed}
+            out.append((head_key(self.key), orjson.dumps(head)))
         out.extend((bucket_key(self.key, number), None) for number in sorted(self._deleted))
         self._head_dirty = False
         self._dirty.clear()
@@ -207,20 +253,19 @@ def apply_event(
     its bucket before) or 'late' (dropped; the caller dead-letters it). ``chosen`` comes from
     :func:`choose`. Events of one source partition arrive in offset order, so the highest applied
     offset per source partition in a bucket tells which of its events that bucket already holds."""
-    processed: dict[str, int] = state.head.setdefault("o", {})
+    processed = state.processed
     if processed.get(source, -1) >= offset:
         return "duplicate"
+    late = is_late(plan, state, time_ms)
     number = plan.bucket(time_ms)
-    record = state.bucket(number) if not is_late(plan, state, time_ms) else None
+    record = None if late else state.bucket(number)
     if record is not None and record["o"].get(source, -1) >= offset:
         return "duplicate"
     processed[source] = offset  # persisted with the head's next write, after the buckets
-    if is_late(plan, state, time_ms):
+    if late:
         return "late"
     if state.newest is None or number > state.newest:
-        state.head["n"] = number
-        state._head_dirty = True
-        _expire(plan, state)
+        state.advance(number)
     values = [(agg, fields.get(agg.field) if agg.field is not None else True) for agg in chosen]
     values = [(agg, value) for agg, value in values if value is not None]  # like pandas: nulls don't count
     if not values:
@@ -229,28 +274,18 @@ def apply_event(
         record = state._create(number, len(plan.aggregations))
     slots = record["a"]
     for agg, value in values:
-        slots[agg.index] = _update(slots[agg.index], value, time_ms)
+        slots[agg.index] = _update(slots[agg.index], value, time_ms, agg.distinct)
     record["o"][source] = offset
     state._dirty.add(number)
     return "applied"
 
 
-def _expire(plan: GroupPlan, state: KeyState) -> None:
-    """Drop buckets <= n - R: no window of a non-late event or an in-retention read needs them."""
-    horizon = state.head["n"] - plan.retention
-    stored: list[int] = state.head["b"]
-    cut = bisect.bisect_right(stored, horizon)
-    if cut:
-        state._deleted.update(stored[:cut])
-        del stored[:cut]
-        state._head_dirty = True
-
-
-def _update(agg: AggState | None, value: Any, time_ms: int) -> AggState:
+def _update(agg: AggState | None, value: Any, time_ms: int, distinct: bool) -> AggState:
     numeric = isinstance(value, int | float) and not isinstance(value, bool)
     if agg is None:
         x = float(value) if numeric else 0.0
-        return [1, x, 0.0, 0.0, value, value, time_ms, value, time_ms, value, [value_hash(value)], x]
+        hashes = [value_hash(value)] if distinct else []
+        return [1, x, 0.0, 0.0, value, value, time_ms, value, time_ms, value, hashes, x]
     count = agg[_COUNT] + 1
     agg[_COUNT] = count
     if numeric:
@@ -268,7 +303,8 @@ def _update(agg: AggState | None, value: Any, time_ms: int) -> AggState:
         agg[_FIRST_T], agg[_FIRST_V] = time_ms, value
     if time_ms >= agg[_LAST_T]:  # ties: the last to arrive becomes last
         agg[_LAST_T], agg[_LAST_V] = time_ms, value
-    agg[_DISTINCT] = _add_distinct(agg[_DISTINCT], value_hash(value))
+    if distinct:  # hashing costs more than everything else here: only for aggregations that need it
+        agg[_DISTINCT] = _add_distinct(agg[_DISTINCT], value_hash(value))
     return agg
 
 
@@ -372,7 +408,6 @@ def read_features(
     """Every feature (or those in ``names``) with windows ending at ``at_ms``: a window W covers
     buckets (b(at) - W/P, b(at)]. Empty windows: count/sum/distinct 0, the others None."""
     end = plan.bucket(at_ms)
-    stored: list[int] = state.head["b"]
     out: dict[str, Any] = {}
     for agg in plan.aggregations:
         for label, size in agg.windows:
@@ -380,9 +415,7 @@ def read_features(
             if not wanted:
                 continue
             merged = _Merged()
-            lo = bisect.bisect_right(stored, end - size)
-            hi = bisect.bisect_right(stored, end)
-            for number in stored[lo:hi]:
+            for number in state.stored(end - size + 1, end):
                 record = state.bucket(number)
                 if record is not None and record["a"][agg.index] is not None:
                     merged.add(record["a"][agg.index])

@@ -142,7 +142,7 @@ INVALID = [
             "{name: products, stream: orders, field: product, ops: [distinct]",
             "{name: products, stream: orders, field: product, ops: [sum]",
         ),
-        "features.user.aggregations.2.ops: sum need a numeric field; 'product' is a str",
+        "features.user.aggregations.2.ops: sum: needs a numeric field; 'product' is a str",
         "ops: [sum]",
     ),
     (
@@ -193,7 +193,7 @@ def test_hydrant_check_exits_2_with_messages(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "app.cli", "check", str(SHOP)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "pipeline 'shop' is valid" in ok.stdout
-    assert "orders.dlq" in ok.stdout and "lookup-users" in ok.stdout and "enrich_orders" in ok.stdout
+    assert "orders.dlq" in ok.stdout and "lookup-users" in ok.stdout and "process_events" in ok.stdout
 
     missing = subprocess.run(
         [sys.executable, "-m", "app.cli", "check", str(tmp_path / "nope.yaml")],

@@ -1,0 +1,764 @@
+"""tables/windows.py against PRODUCT.md "Window semantics": hypothesis properties checked against the
+independent pandas reference in tests/support/ground_truth.py, plus examples for the edge cases.
+
+A key's state is a :class:`KeyState` over a feature table (head record + one record per bucket); here
+the table is an in-memory dict, written with ``KeyState.changes()`` exactly as tables/features.py does,
+so flushes, reloads and crashes (unflushed changes lost, events redelivered) are part of the tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from app.spec import OPS, parse_duration, parse_pipeline
+from tables.windows import (
+    GroupPlan,
+    KeyState,
+    apply_event,
+    choose,
+    is_late,
+    outside_retention,
+    read_features,
+)
+from tests.support.ground_truth import GroundTruth, accepted_events, expected_features, mark_late
+
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+BASE = 1_699_999_800_000  # a multiple of 10 minutes (so of every period used here)
+STREAMS = """\
+streams:
+  s1:
+    topic: s1
+    key: k
+    time: ts
+    fields: {k: str, ts: int, x: float, n: int, word: str, status: str}
+  s2:
+    topic: s2
+    key: k
+    time: ts
+    fields: {k: str, ts: int, y: float, page: str}
+"""
+APPROX_OPS = ("sum", "avg", "stddev")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def pipeline_text(period: str, aggregations: Iterable[str]) -> str:
+    """A pipeline with streams s1/s2 keyed by k and one feature group g; ``aggregations`` are YAML flow
+    mappings, e.g. ``{name: spend, stream: s1, field: x, ops: [sum], windows: [1h]}``."""
+    lines = "".join(f"      - {a}\n" for a in aggregations)
+    return f"name: t\n{STREAMS}features:\n  g:\n    key: k\n    period: {period}\n    aggregations:\n{lines}"
+
+
+@functools.lru_cache(maxsize=512)
+def group_spec(text: str) -> Any:
+    """The feature group g of a pipeline text (parsing YAML is slow; hypothesis repeats texts)."""
+    return parse_pipeline(text).features["g"]
+
+
+def group(period: str, *aggregations: str) -> tuple[GroupPlan, Any]:
+    spec = group_spec(pipeline_text(period, aggregations))
+    return GroupPlan.from_spec("g", spec), spec
+
+
+@dataclass
+class Event:
+    key: str
+    stream: str
+    time: int
+    fields: dict[str, Any]
+
+
+def s1(key: str, time: int, x: float | None = None, **extra: Any) -> Event:
+    fields = {"k": key, "ts": time, "x": x, "n": None, "word": None, "status": "ok"}
+    fields.update(extra)
+    return Event(key, "s1", time, fields)
+
+
+def s2(key: str, time: int, y: float | None = None, page: str | None = "home") -> Event:
+    return Event(key, "s2", time, {"k": key, "ts": time, "y": y, "page": page})
+
+
+def frame(events: Iterable[Event]) -> pd.DataFrame:
+    rows = [{"key": e.key, "time": e.time, "stream": e.stream, **e.fields} for e in events]
+    return pd.DataFrame(rows, dtype=object)
+
+
+@dataclass
+class Worker:
+    """One group's feature table (record key -> bytes) and the key states of the current batch."""
+
+    plan: GroupPlan
+    table: dict[bytes, bytes] = field(default_factory=dict)
+    states: dict[str, KeyState] = field(default_factory=dict)
+
+    def state(self, key: str) -> KeyState:
+        if key not in self.states:
+            self.states[key] = KeyState(key.encode(), self.table.get, self.plan.retention)
+        return self.states[key]
+
+    def apply(self, event: Event, offset: int, source: str | None = None) -> str:
+        """Source ``<stream>:0`` unless given: each stream is one topic partition."""
+        chosen = choose(self.plan, event.stream, event.fields)
+        source = source or f"{event.stream}:0"
+        state = self.state(event.key)
+        return apply_event(self.plan, state, chosen, event.fields, event.time, source, offset)
+
+    def run(self, events: Iterable[Event], start: int = 0) -> list[str]:
+        """Apply ``events`` in order, at source offsets ``start``, ``start + 1``, ..."""
+        return [self.apply(event, offset) for offset, event in enumerate(events, start=start)]
+
+    def flush(self) -> None:
+        """Write every key's changes (as tables/features.py does) and end the batch."""
+        for state in self.states.values():
+            for record_key, value in state.changes():
+                if value is None:
+                    self.table.pop(record_key, None)
+                else:
+                    self.table[record_key] = value
+        self.states.clear()
+
+    def crash(self) -> None:
+        """Lose what was not flushed."""
+        self.states.clear()
+
+    def read(self, key: str, at_ms: int) -> dict[str, Any]:
+        return read_features(self.plan, self.state(key), at_ms)
+
+    def stored_buckets(self, key: str) -> int:
+        prefix = key.encode() + b"\x00"
+        return sum(1 for k in self.table if k.startswith(prefix) and k != prefix)
+
+
+def op_of(spec: Any) -> dict[str, str]:
+    return {f"{a.name}_{op}_{w}": op for a in spec.aggregations for op in a.ops for w in a.windows}
+
+
+def assert_same(
+    got: Mapping[str, Any], want: Mapping[str, Any], ops: Mapping[str, str], context: str
+) -> None:
+    """Exact for counts, distinct, min, max, first, last; 1e-9 relative (or absolute) for the rest."""
+    assert list(got) == list(want), context
+    for name, expected in want.items():
+        actual = got[name]
+        if ops[name] in APPROX_OPS and expected is not None:
+            assert actual is not None and math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-9), (
+                f"{context}: {name} = {actual!r}, expected {expected!r}"
+            )
+        else:
+            assert actual == expected and (actual is None) == (expected is None), (
+                f"{context}: {name} = {actual!r}, expected {expected!r}"
+            )
+            if ops[name] in ("count", "distinct"):
+                assert type(actual) is int, f"{context}: {name} = {actual!r} is not an int"
+
+
+# -- hypothesis: random streams against the reference --------------------------------------------
+
+PERIODS = {"1m": MINUTE, "5m": 5 * MINUTE, "10m": 10 * MINUTE}
+FIELD_OPS = {
+    "x": OPS,
+    "n": OPS,
+    "word": ("count", "min", "max", "first", "last", "distinct"),
+    "y": OPS,
+}
+WHERE = {
+    "s1": [None, "status == 'failed'", "status != 'ok' or coalesce(n, 0) >= 2"],
+    "s2": [None, "page == 'home'"],
+}
+FLOATS = st.one_of(
+    st.floats(-1000, 1000, allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.5, 1.0, 2.25, -3.0, 1e-3, 0.0, -0.0]),
+    st.floats(1e9, 1e9 + 1),  # large offset, small spread: stddev must stay within 1e-9
+)
+# Strategies are built once: building them per draw costs more than the test itself.
+MAYBE_FLOAT = st.none() | FLOATS
+MAYBE_INT = st.none() | st.integers(0, 4)
+MAYBE_WORD = st.none() | st.sampled_from(["a", "b", "c", "dd"])
+MAYBE_PAGE = st.none() | st.sampled_from(["home", "cart"])
+STATUS = st.sampled_from(["ok", "failed"])
+KEYS = {n: st.sampled_from(["a", "b", "c"][:n]) for n in (1, 2, 3)}
+STREAM_CHOICE = {tuple(s): st.sampled_from(s) for s in (["s1"], ["s2"], ["s1", "s2"])}
+JITTER = st.integers(0, 4)
+
+
+@st.composite
+def aggregation(draw: st.DrawFn, index: int, period_minutes: int) -> str:
+    kind = draw(st.sampled_from(["x", "n", "word", "y", "count-s1", "count-s2"]))
+    multiples = draw(st.lists(st.integers(1, 8), min_size=1, max_size=3, unique=True))
+    labels = []
+    for m in multiples:
+        minutes = m * period_minutes
+        as_hours = minutes % 60 == 0 and draw(st.booleans())
+        labels.append(f"{minutes // 60}h" if as_hours else f"{minutes}m")
+    if kind.startswith("count-"):
+        stream, field_name, ops = kind[len("count-") :], None, ["count"]
+    else:
+        stream, field_name = ("s2" if kind == "y" else "s1"), kind
+        ops = draw(st.lists(st.sampled_from(FIELD_OPS[kind]), min_size=1, max_size=5, unique=True))
+    where = draw(st.sampled_from(WHERE[stream]))
+    parts = [f"name: a{index}", f"stream: {stream}"]
+    parts += [f"field: {field_name}"] if field_name else []
+    parts += [f"ops: [{', '.join(ops)}]", f"windows: [{', '.join(labels)}]"]
+    parts += [f'where: "{where}"'] if where else []
+    return "{" + ", ".join(parts) + "}"
+
+
+@dataclass
+class Scenario:
+    text: str
+    events: list[Event]
+    flushes: list[bool]  # flush (and end the batch) after delivering event i
+    crash: int | None  # crash right after delivering event `crash`, before its flush
+    commit: int  # which flush before the crash was committed (redelivery restarts after it)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Scenario:
+    period = draw(st.sampled_from(list(PERIODS)))
+    period_ms = PERIODS[period]
+    aggs = [draw(aggregation(i, period_ms // MINUTE)) for i in range(draw(st.integers(1, 3)))]
+    text = pipeline_text(period, aggs)
+    largest = group_spec(text).retention_ms
+    span = int(largest * draw(st.sampled_from([0.25, 1.0, 2.0, 4.0]))) + period_ms
+    grid = draw(st.sampled_from([1, 1_000, 30_000, period_ms]))
+    start = BASE + draw(st.sampled_from([0, 1, 17_345, -1]))
+    keys = KEYS[draw(st.integers(1, 3))]
+    streams = STREAM_CHOICE[tuple(sorted({a.stream for a in group_spec(text).aggregations}))]
+    count = draw(st.integers(0, 60))
+    moment = st.integers(0, span // grid)
+    times = [start + grid * draw(moment) for _ in range(count)]
+    if draw(st.booleans()):  # mostly in time order, with local disorder, instead of fully shuffled
+        jitter = [i + draw(JITTER) for i in range(count)]
+        times = [t for _, t in sorted(zip(jitter, sorted(times), strict=True))]
+    events = []
+    for t in times:
+        key = draw(keys)
+        if draw(streams) == "s1":
+            fields = {"n": draw(MAYBE_INT), "word": draw(MAYBE_WORD), "status": draw(STATUS)}
+            events.append(s1(key, t, draw(MAYBE_FLOAT), **fields))
+        else:
+            events.append(s2(key, t, draw(MAYBE_FLOAT), draw(MAYBE_PAGE)))
+    flushes = [draw(st.booleans()) for _ in events]
+    crash = draw(st.none() | st.integers(0, count - 1)) if count else None
+    return Scenario(text, events, flushes, crash, draw(st.integers(0, 100)))
+
+
+CRASH = -1
+
+
+def schedule(scenario: Scenario) -> tuple[list[tuple[int, bool]], int]:
+    """(event index or CRASH, flush after it) in delivery order, and how many events the last flush
+    before the crash persisted. Kafka redelivers from the last committed offset, which is at or before
+    the last flush: the events in between are delivered twice."""
+    n = len(scenario.events)
+    if scenario.crash is None:
+        return [(i, scenario.flushes[i]) for i in range(n)], 0
+    c = scenario.crash
+    flushed = [0] + [i + 1 for i in range(c) if scenario.flushes[i]]  # prefixes persisted before it
+    committed = flushed[scenario.commit % len(flushed)]
+    steps = [(i, scenario.flushes[i] and i < c) for i in range(c + 1)] + [(CRASH, False)]
+    steps += [(i, scenario.flushes[i]) for i in range(committed, n)]
+    return steps, max(flushed)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_matches_ground_truth(scenario: Scenario) -> None:
+    events = scenario.events
+    note(scenario.text)
+    note("\n".join(f"{i}: {e}" for i, e in enumerate(events)))
+    spec = group_spec(scenario.text)
+    plan = GroupPlan.from_spec("g", spec)
+    truth = GroundTruth(spec, frame(events))
+    truth_late = truth.late_seqs()
+    ops = op_of(spec)
+    sizes = {
+        f"{a.name}_{op}_{w}": parse_duration(w) // plan.period_ms
+        for a in spec.aggregations
+        for op in a.ops
+        for w in a.windows
+    }
+    worker = Worker(plan)
+    steps, persisted = schedule(scenario)
+    seen = 0  # the state holds the first `seen` events
+    late: set[int] = set()
+    for i, flush in steps:
+        if i == CRASH:
+            worker.crash()
+            seen = persisted
+            continue
+        event = events[i]
+        outcome = worker.apply(event, i)
+        if i >= seen:  # first delivery (or redelivery of an event whose effect was lost)
+            seen = i + 1
+            assert outcome in ("applied", "late"), f"event {i}: {outcome}"
+            if outcome == "late":
+                late.add(i)
+            else:
+                late.discard(i)
+        else:
+            # Redelivery of an event the state holds. Never counted twice (the features below would
+            # differ). A late event comes back 'late' again, or 'duplicate' once the head recorded it.
+            assert outcome in ("duplicate", "applied", "late"), f"event {i}: {outcome}"
+            assert outcome != "applied" or i not in truth_late, f"late event {i} redelivered: {outcome}"
+            assert outcome != "late" or i in truth_late, f"on-time event {i} redelivered: {outcome}"
+        state = worker.state(event.key)
+        assert state.exists and state.newest == truth.newest_bucket(event.key, upto=seen)
+        assert len(state.stored_buckets()) <= plan.retention
+        # What an enriched output reads: windows ending at the event's own time (those still retained).
+        at = event.time
+        got = read_features(plan, state, at)
+        want = truth.features(event.key, at, upto=seen)
+        kept = [n for n in want if truth.window_in_retention(event.key, at, sizes[n], upto=seen)]
+        assert_same({n: got[n] for n in kept}, {n: want[n] for n in kept}, ops, f"after event {i}, at {at}")
+        if flush:
+            worker.flush()
+    assert late == truth_late
+    live = {key: worker.state(key) for key in ("a", "b", "c")}
+    worker.flush()
+    for key, state in live.items():
+        reloaded = worker.state(key)
+        assert reloaded.exists == state.exists == truth.known(key)
+        if not truth.known(key):
+            assert read_features(plan, reloaded, BASE) == truth.features(key, BASE)
+            continue
+        n = reloaded.newest
+        assert n == state.newest == truth.newest_bucket(key)
+        assert worker.stored_buckets(key) == len(reloaded.stored_buckets()) <= plan.retention
+        # Reads around the newest bucket: before it (only the retained windows), at it, and after it
+        # until every window is empty; from the reloaded state and from the one that wrote it.
+        for j in range(-2, plan.retention + 3):
+            for offset in (0, plan.period_ms // 2 + 7, plan.period_ms - 1):
+                at = (n + j) * plan.period_ms + offset
+                inside = truth.in_retention(key, at)
+                assert outside_retention(plan, reloaded, at) == (not inside), f"at {at}"
+                for name, size in sizes.items():  # asking for one feature: only its window counts
+                    retained = truth.window_in_retention(key, at, size)
+                    assert outside_retention(plan, reloaded, at, {name}) == (not retained), f"{name} at {at}"
+                got = read_features(plan, reloaded, at)
+                assert got == read_features(plan, state, at)
+                want = truth.features(key, at)
+                kept = [name for name in want if truth.window_in_retention(key, at, sizes[name])]
+                assert inside == (len(kept) == len(want))
+                assert_same({k: got[k] for k in kept}, {k: want[k] for k in kept}, ops, f"{key} at {at}")
+
+
+# -- examples --------------------------------------------------------------------------------------
+
+SPEND = (
+    "{name: spend, stream: s1, field: x, ops: [count, sum, avg, min, max, stddev, first, last, distinct], "
+    "windows: [10m, 1h]}"
+)
+
+
+def test_reference_and_implementation_agree_with_a_hand_computed_example() -> None:
+    plan, spec = group(
+        "10m",
+        SPEND,
+        "{name: failed, stream: s1, ops: [count], windows: [1h], where: \"status == 'failed'\"}",
+        "{name: clicks, stream: s2, ops: [count], windows: [10m]}",
+    )
+    t = BASE
+    events = [
+        s1("u", t + 1_000, 10.0),
+        s1("u", t + 11 * MINUTE, 20.0, status="failed"),
+        s2("u", t + 12 * MINUTE),
+        s1("u", t + 15 * MINUTE, 30.0),
+        s1("u", t + 5 * MINUTE, None, status="failed"),  # out of order, null value
+    ]
+    worker = Worker(plan)
+    assert worker.run(events) == ["applied"] * 5
+    at = t + 19 * MINUTE  # bucket 1 of the hour: 10m covers [t+10m, t+20m), 1h covers [t-40m, t+20m)
+    want = {
+        "spend_count_10m": 2,
+        "spend_count_1h": 3,
+        "spend_sum_10m": 50.0,
+        "spend_sum_1h": 60.0,
+        "spend_avg_10m": 25.0,
+        "spend_avg_1h": 20.0,
+        "spend_min_10m": 20.0,
+        "spend_min_1h": 10.0,
+        "spend_max_10m": 30.0,
+        "spend_max_1h": 30.0,
+        "spend_stddev_10m": statistics.stdev([20.0, 30.0]),
+        "spend_stddev_1h": 10.0,
+        "spend_first_10m": 20.0,
+        "spend_first_1h": 10.0,
+        "spend_last_10m": 30.0,
+        "spend_last_1h": 30.0,
+        "spend_distinct_10m": 2,
+        "spend_distinct_1h": 3,
+        "failed_count_1h": 2,
+        "clicks_count_10m": 1,
+    }
+    ops = op_of(spec)
+    assert_same(worker.read("u", at), want, ops, "implementation")
+    assert_same(GroundTruth(spec, frame(events)).features("u", at), want, ops, "reference")
+    accepted = accepted_events(frame(events), plan.period_ms, plan.retention)
+    assert_same(expected_features(spec, accepted, "u", at), want, ops, "expected_features")
+
+
+def test_window_bounds_follow_buckets() -> None:
+    """W at T covers event times [(b(T) - W/P + 1)·P, (b(T) + 1)·P), even later than T in b(T)."""
+    plan, _ = group("10m", "{name: c, stream: s1, ops: [count], windows: [30m]}")
+    at = BASE + 30 * MINUTE + 1  # bucket b(BASE) + 3: the window is buckets +1..+3
+    worker = Worker(plan)
+    worker.run(
+        [
+            s1("u", BASE + 10 * MINUTE - 1),  # bucket +0: out
+            s1("u", BASE + 10 * MINUTE),  # bucket +1: in
+            s1("u", BASE + 40 * MINUTE - 1),  # bucket +3, after `at`: in
+        ]
+    )
+    assert worker.read("u", at) == {"c_count_30m": 2}
+    assert worker.read("u", BASE + 40 * MINUTE) == {"c_count_30m": 1}
+    assert worker.read("u", BASE + 60 * MINUTE) == {"c_count_30m": 0}
+
+
+def test_negative_times_floor() -> None:
+    plan, _ = group("1m", "{name: c, stream: s1, ops: [count], windows: [1m]}")
+    worker = Worker(plan)
+    worker.run([s1("u", -1), s1("u", -MINUTE)])
+    assert worker.state("u").newest == -1
+    assert worker.read("u", -30_000) == {"c_count_1m": 2}
+    assert worker.read("u", 0) == {"c_count_1m": 0}
+
+
+def test_redelivery_is_a_duplicate_and_changes_nothing() -> None:
+    plan, _ = group("5m", SPEND)
+    worker = Worker(plan)
+    first, second = s1("u", BASE, 1.0), s1("u", BASE + MINUTE, 2.0)
+    assert worker.run([first, second]) == ["applied", "applied"]
+    before = worker.read("u", BASE + MINUTE)
+    assert worker.run([first, second]) == ["duplicate", "duplicate"]  # same batch
+    assert worker.read("u", BASE + MINUTE) == before
+    worker.flush()
+    table = dict(worker.table)
+    assert worker.run([first, second]) == ["duplicate", "duplicate"]  # after a reload from the table
+    assert worker.read("u", BASE + MINUTE) == before
+    worker.flush()
+    assert worker.table == table
+    # another partition's offset 0 is another event
+    assert worker.apply(s1("u", BASE, 3.0), 0, source="s1:1") == "applied"
+    assert worker.read("u", BASE)["spend_count_10m"] == 3
+
+
+def test_crash_before_flush_replays_once() -> None:
+    plan, spec = group("1m", SPEND)
+    events = [s1("u", BASE + i * 20_000, float(i)) for i in range(12)]
+    worker = Worker(plan)
+    worker.run(events[:5])
+    worker.flush()
+    worker.run(events[5:9], start=5)
+    worker.crash()  # events 5..8 were not written; the commit was at offset 3
+    assert worker.run(events[3:], start=3) == ["duplicate"] * 2 + ["applied"] * 7
+    at = BASE + 5 * MINUTE
+    assert_same(worker.read("u", at), GroundTruth(spec, frame(events)).features("u", at), op_of(spec), "")
+
+
+@pytest.mark.parametrize("written", [0, 1, 2, 3, 99])
+def test_crash_in_the_middle_of_a_flush_loses_nothing(written: int) -> None:
+    """A crash after the first ``written`` records of a flush (in the order KeyState.changes() gives)
+    and a redelivery from the last commit: every event counted once."""
+    plan, spec = group("1m", SPEND)
+    events = [s1("u", BASE + i * 40_000, float(i % 7)) for i in range(40)]
+    worker = Worker(plan)
+    worker.run(events[:10])
+    worker.flush()
+    worker.run(events[10:25], start=10)
+    changes = worker.state("u").changes()
+    assert len(changes) > 3
+    for record_key, value in changes[:written]:
+        if value is None:
+            worker.table.pop(record_key, None)
+        else:
+            worker.table[record_key] = value
+    worker.crash()
+    outcomes = worker.run(events[10:], start=10)  # redelivered from the last commit
+    assert set(outcomes) <= {"applied", "duplicate"}
+    truth = GroundTruth(spec, frame(events))
+    for at in range(events[-1].time, events[-1].time + HOUR, 7 * MINUTE):
+        assert_same(worker.read("u", at), truth.features("u", at), op_of(spec), f"at {at}")
+
+
+def test_redelivery_after_expiry_is_not_late() -> None:
+    """PRODUCT.md: late iff b(event) <= n - R with n from *earlier* events. Event 0 is on time and is
+    applied; after a crash between the flush and the offset commit it is redelivered, and the state's
+    n now includes the later event 1, so apply_event answers 'late' (the agent dead-letters it and
+    counts it late) although it was counted. Expected 'duplicate'."""
+    plan, _ = group("1m", "{name: c, stream: s1, ops: [count], windows: [2m]}")  # R = 2
+    worker = Worker(plan)
+    events = [s1("u", BASE), s1("u", BASE + 2 * MINUTE)]
+    assert worker.run(events) == ["applied", "applied"]
+    worker.flush()
+    assert worker.run(events) == ["duplicate", "duplicate"]  # got ['late', 'duplicate']
+
+
+def test_flushed_state_reloads_the_same_and_keeps_going() -> None:
+    plan, _ = group(
+        "1m",
+        SPEND,
+        "{name: words, stream: s1, field: word, ops: [distinct, first, last, min, max], windows: [5m]}",
+    )
+    rng = random.Random(7)
+    events = [
+        s1("u", BASE + rng.randrange(0, 50 * MINUTE), rng.uniform(-5, 5), word=f"w{rng.randrange(400)}")
+        for _ in range(800)
+    ]
+    one, batches = Worker(plan), Worker(plan)
+    one.run(events)  # everything in one batch
+    for start in range(0, 800, 37):  # batches of 37, each written and reloaded
+        batches.run(events[start : start + 37], start=start)
+        batches.flush()
+    for at in range(BASE + 45 * MINUTE, BASE + 52 * MINUTE, 20_000):
+        assert batches.read("u", at) == one.read("u", at)
+    one.flush()
+
+    def without_head_offsets(table: dict[bytes, bytes]) -> dict[bytes, Any]:
+        # The head's offsets are persisted only when the head is rewritten: they may differ.
+        decoded = {k: orjson.loads(v) for k, v in table.items()}
+        for k, v in decoded.items():
+            if k.endswith(b"\x00"):
+                v.pop("o", None)
+        return decoded
+
+    assert without_head_offsets(one.table) == without_head_offsets(batches.table)
+
+
+def test_empty_windows() -> None:
+    plan, spec = group(
+        "5m",
+        SPEND,
+        "{name: words, stream: s1, field: word, ops: [count, distinct, min, max, first, last], "
+        "windows: [5m]}",
+        "{name: c, stream: s2, ops: [count], windows: [15m]}",
+    )
+    empty = {
+        "count": 0,
+        "sum": 0,
+        "distinct": 0,
+        "avg": None,
+        "min": None,
+        "max": None,
+        "stddev": None,
+        "first": None,
+        "last": None,
+    }
+    ops = op_of(spec)
+    want = {name: empty[op] for name, op in ops.items()}
+    worker = Worker(plan)
+    assert not worker.state("nobody").exists
+    assert_same(worker.read("nobody", BASE), want, ops, "unknown key")
+    worker.run([s1("u", BASE, 4.0, word="w"), s2("u", BASE), s1("v", BASE, None)])
+    worker.flush()
+    later = BASE + 2 * HOUR
+    assert not outside_retention(plan, worker.state("u"), later)
+    assert_same(worker.read("u", later), want, ops, "long after")
+    truth = GroundTruth(spec, frame([s1("u", BASE, 4.0, word="w")]))
+    assert_same(truth.features("u", later), want, ops, "reference")
+    # a null value leaves the aggregation empty, but the key exists
+    assert worker.state("v").exists
+    assert_same(worker.read("v", BASE), want, ops, "null value")
+
+
+def test_first_and_last_ties_follow_arrival() -> None:
+    plan, spec = group("1m", "{name: w, stream: s1, field: word, ops: [first, last], windows: [1m, 5m]}")
+    t = BASE + 2 * MINUTE
+    events = [
+        s1("u", t + 5, word="not-first"),  # not the earliest time
+        s1("u", t, word="p"),  # earliest time, first to arrive
+        s1("u", t + 59_000, word="q"),  # latest time, first to arrive
+        s1("u", t, word="r"),  # tie with p, arrives later
+        s1("u", t + 59_000, word="s"),  # tie with q, arrives later: last
+        s1("u", t - MINUTE, word="older"),  # earlier bucket, arrives last
+        s1("u", t - MINUTE, word="older-2"),
+    ]
+    worker = Worker(plan)
+    worker.run(events[:4])
+    worker.flush()  # ties must survive a reload too
+    worker.run(events[4:], start=4)
+    want = {"w_first_1m": "p", "w_first_5m": "older", "w_last_1m": "s", "w_last_5m": "s"}
+    assert worker.read("u", t) == want
+    assert_same(GroundTruth(spec, frame(events)).features("u", t), want, op_of(spec), "reference")
+
+
+def test_stddev_needs_two_values() -> None:
+    plan, _ = group("1m", "{name: x, stream: s1, field: x, ops: [stddev, count], windows: [1m]}")
+    worker = Worker(plan)
+    assert worker.read("u", BASE)["x_stddev_1m"] is None
+    worker.apply(s1("u", BASE, 5.0), 0)
+    assert worker.read("u", BASE) == {"x_stddev_1m": None, "x_count_1m": 1}
+    worker.apply(s1("u", BASE, None), 1)
+    assert worker.read("u", BASE) == {"x_stddev_1m": None, "x_count_1m": 1}
+    worker.apply(s1("u", BASE + 1, 8.0), 2)
+    stddev = worker.read("u", BASE)["x_stddev_1m"]
+    assert stddev == pytest.approx(pd.Series([5.0, 8.0]).std(), rel=1e-12)
+
+
+def test_stddev_is_stable_for_moderate_offsets() -> None:
+    plan, _ = group("1m", "{name: x, stream: s1, field: x, ops: [stddev, avg], windows: [30m]}")
+    rng = random.Random(3)
+    values = [1e6 + rng.uniform(0, 1) for _ in range(300)]
+    worker = Worker(plan)
+    worker.run([s1("u", BASE + rng.randrange(30 * MINUTE), v) for v in values])
+    got = worker.read("u", BASE + 29 * MINUTE)
+    assert got["x_stddev_30m"] == pytest.approx(statistics.stdev(values), rel=1e-9)
+    assert got["x_avg_30m"] == pytest.approx(statistics.fmean(values), rel=1e-12)
+
+
+def test_stddev_relative_error_for_large_offsets() -> None:
+    """PRODUCT.md: stddev relative error <= 1e-9. Values 1e9 + U(0, 1) (e.g. a timestamp-like field):
+    Welford's running mean loses the low digits; pandas / statistics (two-pass) are exact."""
+    plan, _ = group("1m", "{name: x, stream: s1, field: x, ops: [stddev], windows: [30m]}")
+    rng = random.Random(3)
+    values = [1e9 + rng.uniform(0, 1) for _ in range(300)]
+    worker = Worker(plan)
+    worker.run([s1("u", BASE + rng.randrange(30 * MINUTE), v) for v in values])
+    # got 0.2843620225476861, expected 0.28436202184872483 (relative error 2.5e-9)
+    assert worker.read("u", BASE + 29 * MINUTE)["x_stddev_30m"] == pytest.approx(
+        statistics.stdev(values), rel=1e-9
+    )
+
+
+def test_late_boundary_and_filtered_events_still_advance_newest() -> None:
+    plan, _ = group(
+        "10m",
+        "{name: f, stream: s1, field: x, ops: [count], windows: [30m], where: \"status == 'failed'\"}",
+    )
+    assert plan.retention == 3
+    worker = Worker(plan)
+    newest = BASE + 60 * MINUTE
+    # An event that no aggregation takes (filtered out) still sets n ...
+    assert worker.apply(s1("u", newest, 1.0, status="ok"), 0) == "applied"
+    assert worker.state("u").newest == newest // plan.period_ms
+    # ... and so does one with a null value (it feeds nothing, but is processed).
+    assert worker.apply(s1("u", newest + 10 * MINUTE, None, status="failed"), 1) == "applied"
+    worker.flush()
+    state = worker.state("u")
+    n = state.newest
+    assert n == newest // plan.period_ms + 1
+    edge = (n - 3) * plan.period_ms  # bucket n - R: late
+    assert is_late(plan, state, edge + plan.period_ms - 1)
+    assert not is_late(plan, state, edge + plan.period_ms)
+    assert worker.apply(s1("u", edge + plan.period_ms - 1, 1.0, status="failed"), 2) == "late"
+    assert worker.apply(s1("u", edge - 10 * MINUTE, 1.0, status="failed"), 3) == "late"
+    assert state.newest == n
+    assert worker.apply(s1("u", edge + plan.period_ms, 1.0, status="failed"), 4) == "applied"
+    assert worker.apply(s1("u", edge + plan.period_ms, 1.0, status="failed"), 4) == "duplicate"
+    assert worker.read("u", n * plan.period_ms) == {"f_count_30m": 1}
+    marked = mark_late(
+        frame([s1("u", newest), s1("u", newest + 10 * MINUTE), s1("u", edge), s1("u", edge + 600_000)]),
+        plan.period_ms,
+        plan.retention,
+    )
+    assert marked["late"].tolist() == [False, False, True, False]
+
+
+def test_late_counts_every_stream_of_the_group() -> None:
+    plan, _ = group(
+        "1m",
+        "{name: a, stream: s1, ops: [count], windows: [2m]}",
+        "{name: b, stream: s2, ops: [count], windows: [3m]}",
+    )
+    assert plan.retention == 3
+    worker = Worker(plan)
+    assert worker.apply(s2("u", BASE + 10 * MINUTE), 0) == "applied"
+    assert worker.apply(s1("u", BASE + 7 * MINUTE), 1) == "late"
+    assert worker.apply(s1("u", BASE + 8 * MINUTE), 2) == "applied"
+    assert worker.read("u", BASE + 10 * MINUTE) == {"a_count_2m": 0, "b_count_3m": 1}
+    assert worker.read("u", BASE + 9 * MINUTE) == {"a_count_2m": 1, "b_count_3m": 0}
+
+
+def test_outside_retention_formula() -> None:
+    plan, _ = group("10m", "{name: c, stream: s1, ops: [count], windows: [10m, 1h]}")
+    worker = Worker(plan)
+    assert not outside_retention(plan, worker.state("u"), BASE)  # no state: nothing was deleted
+    worker.apply(s1("u", BASE + 2 * HOUR), 0)
+    state = worker.state("u")
+    n = state.newest
+    for b in range(n - 8, n + 8):
+        for at in (b * plan.period_ms, (b + 1) * plan.period_ms - 1):
+            assert outside_retention(plan, state, at) == (b - 6 + 1 <= n - 6)
+
+
+def test_state_stays_bounded() -> None:
+    plan, _ = group("5m", SPEND, "{name: w, stream: s1, field: word, ops: [distinct], windows: [30m]}")
+    retention_ms = plan.retention * plan.period_ms
+    rng = random.Random(11)
+    worker = Worker(plan)
+    t = BASE
+    offset = 0
+    while t < BASE + 10 * retention_ms:
+        t += rng.randrange(0, 90_000)
+        event_time = t - rng.randrange(0, retention_ms)  # out of order, some of them late
+        worker.apply(s1("u", event_time, rng.random(), word=str(rng.randrange(1000))), offset)
+        offset += 1
+        if rng.random() < 0.3:
+            worker.flush()
+            assert worker.stored_buckets("u") <= plan.retention + 1
+        state = worker.state("u")
+        assert len(state.stored_buckets()) <= plan.retention + 1
+        assert all(b > state.newest - plan.retention for b in state.stored_buckets())
+    worker.flush()
+    assert worker.stored_buckets("u") <= plan.retention + 1
+    assert sum(len(v) for v in worker.table.values()) < 200_000
+
+
+def test_distinct_is_exact_below_one_hundred() -> None:
+    plan, spec = group("1m", "{name: d, stream: s1, field: word, ops: [distinct], windows: [1m, 1h]}")
+    rng = random.Random(5)
+    one_bucket = [s1("u", BASE + rng.randrange(MINUTE), word=f"v{i % 99}") for i in range(400)]
+    spread = [s1("v", BASE + rng.randrange(HOUR), word=f"v{i % 99}") for i in range(400)]
+    worker = Worker(plan)
+    worker.run(one_bucket + spread)
+    assert worker.read("u", BASE) == {"d_distinct_1m": 99, "d_distinct_1h": 99}
+    assert worker.read("v", BASE + 59 * MINUTE)["d_distinct_1h"] == 99
+    assert GroundTruth(spec, frame(spread)).features("v", BASE + 59 * MINUTE)["d_distinct_1h"] == 99
+    plan_x, _ = group("1m", "{name: d, stream: s1, field: x, ops: [distinct], windows: [1h]}")
+    numbers = Worker(plan_x)
+    numbers.run([s1("w", BASE + rng.randrange(HOUR), float(i % 77) / 7) for i in range(300)])
+    assert numbers.read("w", BASE + 59 * MINUTE) == {"d_distinct_1h": 77}
+
+
+def test_distinct_counts_zero_once() -> None:
+    """0.0 == -0.0 (Python, JSON numbers, pandas nunique() == 1), but value_hash hashes orjson's text."""
+    plan, _ = group("1m", "{name: d, stream: s1, field: x, ops: [distinct], windows: [1m]}")
+    worker = Worker(plan)
+    worker.run([s1("u", BASE, 0.0), s1("u", BASE, -0.0)])
+    assert pd.Series([0.0, -0.0]).nunique() == 1
+    assert worker.read("u", BASE) == {"d_distinct_1m": 1}  # got 2
+
+
+@pytest.mark.parametrize("exact_buckets", [0, 10])
+def test_distinct_within_three_percent_at_ten_thousand(exact_buckets: int) -> None:
+    """10,000 distinct values, each seen twice, over the 60 one-minute buckets of a 1h window; with
+    ``exact_buckets`` buckets small enough to keep exact hashes, merged with the sketches."""
+    plan, _ = group("1m", "{name: d, stream: s1, field: word, ops: [distinct], windows: [1h]}")
+    rng = random.Random(exact_buckets)
+    small = 20 * exact_buckets  # 20 values in each of the exact buckets
+    events = [s1("u", BASE + (i % exact_buckets) * MINUTE, word=f"id-{i}") for i in range(small)]
+    for i in range(small, 10_000):
+        for _ in range(2):
+            bucket = exact_buckets + rng.randrange(60 - exact_buckets)
+            events.append(s1("u", BASE + bucket * MINUTE + rng.randrange(MINUTE), word=f"id-{i}"))
+    rng.shuffle(events)
+    worker = Worker(plan)
+    worker.run(events)
+    worker.flush()
+    estimate = worker.read("u", BASE + 59 * MINUTE)["d_distinct_1h"]
+    assert abs(estimate - 10_000) / 10_000 <= 0.03, estimate
+    assert worker.stored_buckets("u") == 60
