@@ -79,31 +79,27 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class StreamSpec(_Model):
+class _InputSpec(_Model):
+    """What streams and lookups share: a keyed input topic of typed JSON, and its dead letters."""
+
+    topic: Topic
+    key: Name
+    fields: dict[Name, FieldType] = Field(min_length=1)
+    dlq: Topic | None = None
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.dlq or f"{self.topic}.dlq"
+
+
+class StreamSpec(_InputSpec):
     """An input topic of JSON events, keyed by the entity field ``key``."""
 
-    topic: Topic
-    key: Name
     time: Name | None = None
-    fields: dict[Name, FieldType] = Field(min_length=1)
-    dlq: Topic | None = None
-
-    @property
-    def dlq_topic(self) -> str:
-        return self.dlq or f"{self.topic}.dlq"
 
 
-class LookupSpec(_Model):
+class LookupSpec(_InputSpec):
     """A changelog-backed lookup table fed by a (compacted) topic."""
-
-    topic: Topic
-    key: Name
-    fields: dict[Name, FieldType] = Field(min_length=1)
-    dlq: Topic | None = None
-
-    @property
-    def dlq_topic(self) -> str:
-        return self.dlq or f"{self.topic}.dlq"
 
 
 class AggregationSpec(_Model):

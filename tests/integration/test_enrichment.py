@@ -11,11 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app.kafka import create_pipeline_topics
-from app.settings import load_settings
-from app.spec import load_pipeline
 from tests.support.broker import BrokerUnderTest
-from tests.support.kafka import Record, consume, produce
+from tests.support.kafka import Record, consume, create_pipeline_topics_for, produce
 from tests.support.worker import WorkerProcess, wait_for
 
 PIPELINE = """
@@ -46,8 +43,7 @@ outputs:
 def store_pipeline(tmp_path: Path, uid: str, broker: BrokerUnderTest) -> Path:
     path = tmp_path / "store.yaml"
     path.write_text(PIPELINE.format(uid=uid))
-    settings = load_settings(broker=broker.url, pipeline=path, app_id=f"hydrant-test-{uid}")
-    asyncio.run(create_pipeline_topics(settings, load_pipeline(path)))
+    create_pipeline_topics_for(broker.url, path, uid)
     return path
 
 

@@ -14,13 +14,11 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
-from app.kafka import create_pipeline_topics
-from app.settings import load_settings
 from app.spec import load_pipeline
 from tests.support.broker import BrokerUnderTest
 from tests.support.checks import check_keys_over_http
 from tests.support.ground_truth import GroundTruth
-from tests.support.kafka import consume, produce
+from tests.support.kafka import consume, create_pipeline_topics_for, produce
 from tests.support.worker import WorkerProcess, wait_for
 
 KEYS = 500
@@ -97,11 +95,6 @@ def settle_and_check(
     raise AssertionError(f"{len(problems)} mismatches, first: " + "\n".join(problems[:10]))
 
 
-def prepare(broker: BrokerUnderTest, pipeline: Path, uid: str) -> None:
-    settings = load_settings(broker=broker.url, pipeline=pipeline, app_id=f"hydrant-test-{uid}")
-    asyncio.run(create_pipeline_topics(settings, load_pipeline(pipeline)))
-
-
 def test_features_exact_after_sigkill_and_lost_data_dir(
     broker: BrokerUnderTest,
     shop_pipeline: Path,
@@ -109,7 +102,7 @@ def test_features_exact_after_sigkill_and_lost_data_dir(
     workers: Callable[..., WorkerProcess],
     tmp_path: Path,
 ) -> None:
-    prepare(broker, shop_pipeline, uid)
+    create_pipeline_topics_for(broker.url, shop_pipeline, uid)
     events = make_events()
     truth = truth_of(shop_pipeline, events)
     publish(broker, uid, events[: EVENTS // 2])
@@ -131,7 +124,7 @@ def test_features_exact_after_sigkill_and_lost_data_dir(
 def test_features_exact_when_a_second_worker_joins_mid_ingest(
     broker: BrokerUnderTest, shop_pipeline: Path, uid: str, workers: Callable[..., WorkerProcess]
 ) -> None:
-    prepare(broker, shop_pipeline, uid)
+    create_pipeline_topics_for(broker.url, shop_pipeline, uid)
     events = make_events(seed=2)
     truth = truth_of(shop_pipeline, events)
     publish(broker, uid, events[: EVENTS // 2])
@@ -150,7 +143,7 @@ def test_features_exact_when_a_second_worker_joins_mid_ingest(
 def test_late_events_are_dead_lettered_and_out_of_order_ones_applied(
     broker: BrokerUnderTest, shop_pipeline: Path, uid: str, workers: Callable[..., WorkerProcess]
 ) -> None:
-    prepare(broker, shop_pipeline, uid)
+    create_pipeline_topics_for(broker.url, shop_pipeline, uid)
     base = {"user_id": "late-user", "product": "p", "status": "paid"}
     orders = [
         {**base, "order_id": "a", "amount": 10.0, "ts": T0 + 30 * HOUR},

@@ -11,11 +11,8 @@ from pathlib import Path
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.kafka import create_pipeline_topics
-from app.settings import load_settings
-from app.spec import load_pipeline
 from tests.support.broker import BrokerUnderTest
-from tests.support.kafka import consume, produce
+from tests.support.kafka import consume, create_pipeline_topics_for, produce
 from tests.support.worker import WorkerProcess
 
 
@@ -35,25 +32,10 @@ def orders(start: int, count: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def create_topics(broker: BrokerUnderTest, pipeline: Path) -> None:
-    settings = load_settings(broker=broker.url, pipeline=pipeline)
-    asyncio.run(create_pipeline_topics(settings, load_pipeline(pipeline)))
-
-
-def metric(worker: WorkerProcess, name: str, **labels: str) -> float:
-    text = worker.get("/metrics").text
-    return sum(
-        s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
-
-
 def test_restart_resumes_from_committed_offsets(
     broker: BrokerUnderTest, shop_pipeline: Path, uid: str, workers: Callable[..., WorkerProcess]
 ) -> None:
-    create_topics(broker, shop_pipeline)
+    create_pipeline_topics_for(broker.url, shop_pipeline, uid)
     orders_topic, out_topic = f"orders-{uid}", f"orders-enriched-{uid}"
     asyncio.run(produce(broker.bootstrap, orders_topic, orders(0, 500)))
 
@@ -70,13 +52,13 @@ def test_restart_resumes_from_committed_offsets(
     ids = Counter(r.json()["order_id"] for r in records)
     assert len(ids) == 800, "lost events"
     assert max(ids.values()) == 1, f"reprocessed: {[k for k, n in ids.items() if n > 1][:5]}"
-    assert metric(second, "hydrant_events_consumed_total", stream="orders") == 300
+    assert second.metric("hydrant_events_consumed_total", stream="orders") == 300
 
 
 def test_metrics_endpoint_parses_and_follows_conventions(
     broker: BrokerUnderTest, shop_pipeline: Path, uid: str, workers: Callable[..., WorkerProcess]
 ) -> None:
-    create_topics(broker, shop_pipeline)
+    create_pipeline_topics_for(broker.url, shop_pipeline, uid)
     asyncio.run(produce(broker.bootstrap, f"orders-{uid}", orders(0, 100)))
     worker = workers(shop_pipeline)
     not_ready = worker.wait_ready()
@@ -103,7 +85,7 @@ def test_metrics_endpoint_parses_and_follows_conventions(
         if fam.type == "histogram":
             assert name.endswith("_seconds"), f"{name}: histograms here measure time in seconds"
     assert {"hydrant_events_consumed", "hydrant_events_produced", "hydrant_processing_seconds"} <= set(ours)
-    assert metric(worker, "hydrant_events_consumed_total", stream="orders", topic=f"orders-{uid}") == 100
-    assert metric(worker, "hydrant_events_produced_total", topic=f"orders-enriched-{uid}") == 100
-    assert metric(worker, "hydrant_processing_seconds_count", stream="orders") > 0
-    assert metric(worker, "hydrant_ready") == 1
+    assert worker.metric("hydrant_events_consumed_total", stream="orders", topic=f"orders-{uid}") == 100
+    assert worker.metric("hydrant_events_produced_total", topic=f"orders-enriched-{uid}") == 100
+    assert worker.metric("hydrant_processing_seconds_count", stream="orders") > 0
+    assert worker.metric("hydrant_ready") == 1

@@ -131,20 +131,20 @@ class GroundTruth:
         if not drop_late:
             self.marked["late"] = False
         self.accepted = self.marked[~self.marked["late"]]
-        self._first_seq: dict[str, int] = self.marked.groupby("key", sort=False)["seq"].min().to_dict()
+        self._first_seq: dict[Any, int] = self.marked.groupby("key", sort=False)["seq"].min().to_dict()
         by_key = self.marked.groupby("key", sort=False)
         self._seqs = {k: g["seq"].to_numpy() for k, g in by_key}
         self._buckets = {k: g["bucket"].to_numpy() for k, g in by_key}
         self._inputs = [self._index(agg) for agg in self.aggregations]
 
-    def _index(self, agg: AggregationSpec) -> dict[str, _Inputs]:
+    def _index(self, agg: AggregationSpec) -> dict[Any, _Inputs]:
         rows = self.accepted[self.accepted["stream"] == agg.stream]
         if agg.where is not None and len(rows):
             expression = Expression(agg.where)
             fields = [c for c in rows.columns if c not in BASE_COLUMNS and c not in _DERIVED]
             records = rows[fields].astype(object).to_dict("records")
             keep = [
-                bool(expression.evaluate({k: None if _is_null(v) else v for k, v in r.items()}))
+                bool(expression.evaluate({str(k): None if _is_null(v) else v for k, v in r.items()}))
                 for r in records
             ]
             rows = rows[np.array(keep, dtype=bool)]

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -89,3 +90,13 @@ async def consume(
         return out
     finally:
         await consumer.stop()
+
+
+def create_pipeline_topics_for(broker_url: str, pipeline: Path, uid: str) -> None:
+    """Every topic of ``pipeline`` for the consumer group the test workers use (hydrant-test-<uid>)."""
+    from app.kafka import create_pipeline_topics
+    from app.settings import load_settings
+    from app.spec import load_pipeline
+
+    settings = load_settings(broker=broker_url, pipeline=pipeline, app_id=f"hydrant-test-{uid}")
+    asyncio.run(create_pipeline_topics(settings, load_pipeline(pipeline)))

@@ -337,7 +337,7 @@ def test_matches_ground_truth(scenario: Scenario) -> None:
             assert read_features(plan, reloaded, BASE) == truth.features(key, BASE)
             continue
         n = reloaded.newest
-        assert n == state.newest == truth.newest_bucket(key)
+        assert n is not None and n == state.newest == truth.newest_bucket(key)
         assert worker.stored_buckets(key) == len(reloaded.stored_buckets()) <= plan.retention
         # Reads around the newest bucket: before it (only the retained windows), at it, and after it
         # until every window is empty; from the reloaded state and from the one that wrote it.
@@ -690,6 +690,7 @@ def test_outside_retention_formula() -> None:
     worker.apply(s1("u", BASE + 2 * HOUR), 0)
     state = worker.state("u")
     n = state.newest
+    assert n is not None
     for b in range(n - 8, n + 8):
         for at in (b * plan.period_ms, (b + 1) * plan.period_ms - 1):
             assert outside_retention(plan, state, at) == (b - 6 + 1 <= n - 6)
@@ -711,7 +712,7 @@ def test_state_stays_bounded() -> None:
             worker.flush()
             assert worker.stored_buckets("u") <= plan.retention + 1
         state = worker.state("u")
-        assert len(state.stored_buckets()) <= plan.retention + 1
+        assert state.newest is not None and len(state.stored_buckets()) <= plan.retention + 1
         assert all(b > state.newest - plan.retention for b in state.stored_buckets())
     worker.flush()
     assert worker.stored_buckets("u") <= plan.retention + 1
