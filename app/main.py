@@ -63,6 +63,10 @@ def faust_options(settings: Settings, pipeline: Pipeline) -> dict[str, Any]:
         # Dead letters and repartitioned records carry the original value plus headers: a record
         # the broker accepted must fit again with a few hundred bytes more.
         "producer_max_request_size": 8 * 1024 * 1024,
+        # Outputs and changelog records of a batch leave in few large requests, not one per record
+        # (Faust's defaults: no linger, 16 KiB batches).
+        "producer_linger": 0.01,
+        "producer_max_batch_size": 256 * 1024,
         "version": 1,
     }
     if settings.security_protocol != "PLAINTEXT":
