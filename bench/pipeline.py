@@ -5,7 +5,7 @@ computed column; half clicks -> window state only), starts a worker (a real proc
 from /readyz 200 until every event was consumed (`hydrant_events_consumed_total`). Batch figures
 come from the worker's own histograms.
 
-    .venv/bin/python bench/pipeline.py [--events 50000]
+    .venv/bin/python -m bench.pipeline [--events 50000]
 
 Issue 8 adds the baselines of the same run (a plain Faust per-event agent, a raw aiokafka loop)
 and their ratios; until then this prints Hydrant's figure alone.
