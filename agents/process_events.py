@@ -114,9 +114,12 @@ def apply_to_groups(
         raise BadRecord("expression", f"where filter: {type(exc).__name__}: {exc}") from None
     source, offset = source_position(event.message, route.repartitioned)
     states = {g: batch.get(g, key, event) for g in route.groups}
-    late = [g for g, state in states.items() if is_late(GROUPS[g], state, ts)]
+    # A redelivery that a head already recorded is a duplicate there, even if its bucket expired since.
+    fresh = {g: state for g, state in states.items() if state.processed.get(source, -1) < offset}
+    late = [g for g, state in fresh.items() if is_late(GROUPS[g], state, ts)]
     if late:
         for g in late:
+            apply_event(GROUPS[g], fresh[g], [], fields, ts, source, offset)  # 'late': recorded as processed
             LATE[g].inc()
         plan = GROUPS[late[0]]
         horizon = (states[late[0]].newest or 0) - plan.retention
