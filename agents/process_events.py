@@ -8,8 +8,10 @@ Per fetched batch (``take_events``):
 2. forward events that are not on their key's home partition to the stream's repartition topic;
 3. apply the event to each feature group's state of its key (held in the batch, read once);
 4. build every output row (lookups, features as of the event's time, computed columns);
-5. write each touched key's state once, then await every delivery of the batch before Faust
-   acknowledges it (at-least-once; window state is exactly-once through its applied offsets).
+5. write each touched key's state once (tables/store.py StateWriter), then await every delivery of
+   the batch (state changelog, outputs, forwards, dead letters) before Faust acknowledges it, so a
+   committed offset never runs ahead of the state it produced (at-least-once outputs; window state
+   is exactly-once through its applied offsets).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from app.records import BadRecord, decode_event
 from app.spec import StreamSpec, repartition_topic
 from tables.features import GROUPS, load_state, store_changes
 from tables.lookups import lookup_row
-from tables.store import act_for
+from tables.store import StateWriter, act_for
 from tables.windows import KeyState, apply_event, choose, is_late, read_features
 
 BATCH_MAX = 2000
@@ -95,10 +97,10 @@ class BatchState:
             state = self.states[slot] = load_state(group, key)
         return state
 
-    def flush(self) -> None:
-        for (group, _key), state in self.states.items():
-            act_for(self.last_event[(group, _key)])  # the changelog partition is the key's home
-            store_changes(group, state)
+    async def flush(self, writer: StateWriter) -> None:
+        for (group, key), state in self.states.items():
+            # The partition of the key's (last) event is its home: where its state lives.
+            await store_changes(writer, group, self.last_event[(group, key)].message.partition, state)
 
 
 def apply_to_groups(
@@ -183,7 +185,9 @@ async def process_events(stream: Any) -> None:
             for (topic, value), counter in zip(rows, route.produced, strict=True):
                 deliveries.append(await producer.send(topic, raw_key, value, None, None, headers))
                 counter.inc()
-        batch.flush()
+        writer = StateWriter(producer)
+        await batch.flush(writer)
+        await writer.delivered()
         await asyncio.gather(*deliveries)
         elapsed = time.perf_counter() - started
         for name in {ROUTES[e.message.topic].name for e in events}:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.main import app, pipeline, settings
-from tables.store import raw_table
+from tables.store import StateWriter, raw_table
 from tables.windows import GroupPlan, KeyState, group_plans, read_features
 
 GROUPS: dict[str, GroupPlan] = group_plans(pipeline)
@@ -22,15 +22,13 @@ def load_state(group: str, key: bytes) -> KeyState:
     return KeyState(key, FEATURE_TABLES[group].get, GROUPS[group].retention)
 
 
-def store_changes(group: str, state: KeyState) -> int:
-    """Write what changed in a key's state (head first); returns how many records were written."""
+async def store_changes(writer: StateWriter, group: str, partition: int, state: KeyState) -> int:
+    """Write what changed in a key's state, in :meth:`KeyState.changes` order, to its home
+    ``partition``; returns how many records were written."""
     table = FEATURE_TABLES[group]
     changes = state.changes()
     for record_key, value in changes:
-        if value is None:
-            table.pop(record_key, None)
-        else:
-            table[record_key] = value
+        await writer.write(table, partition, record_key, value)
     return len(changes)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from app.main import app, pipeline, settings
-from tables.store import raw_table
+from tables.store import StateWriter, raw_table
 
 LOOKUP_TABLES: dict[str, Any] = {
     name: raw_table(
@@ -27,13 +27,11 @@ def lookup_row(name: str, key: str) -> dict[str, Any] | None:
     return orjson.loads(raw) if raw is not None else None
 
 
-def apply_lookup(name: str, key: str, fields: dict[str, Any] | None) -> str:
-    """Upsert (fields) or delete (None) one row; returns the op for the metric label."""
-    table = LOOKUP_TABLES[name]
-    raw_key = key.encode("utf-8")
-    if fields is None:
-        if raw_key in table:
-            del table[raw_key]
-        return "delete"
-    table[raw_key] = orjson.dumps(fields)
-    return "upsert"
+async def apply_lookup(
+    writer: StateWriter, name: str, partition: int, key: bytes, fields: dict[str, Any] | None
+) -> str:
+    """Upsert (fields) or delete (None) one row on its home ``partition``; returns the op for the
+    metric label."""
+    value = orjson.dumps(fields) if fields is not None else None
+    await writer.write(LOOKUP_TABLES[name], partition, key, value)
+    return "upsert" if fields is not None else "delete"

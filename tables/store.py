@@ -1,10 +1,13 @@
-"""Table construction and the event context Faust's tables route by."""
+"""Table construction, the event context Faust's tables route by, and the durable write path."""
 
 from __future__ import annotations
 
+import asyncio
 import weakref
+from collections.abc import Awaitable
 from typing import Any
 
+import rocksdict
 from faust.streams import _current_event
 
 
@@ -25,8 +28,62 @@ def raw_table(app: Any, name: str, partitions: int, help_text: str) -> Any:
 def act_for(event: Any) -> None:
     """Make ``event`` Faust's current event.
 
-    Faust picks the RocksDB partition a table reads and the changelog partition it writes from the
-    current event. A batch loop over ``take_events`` must set it for each event before touching a
-    table, as Faust's own per-event iteration does.
+    Faust picks the RocksDB partition a table reads from the current event. A batch loop over
+    ``take_events`` must set it for each event before reading a table, as Faust's own per-event
+    iteration does.
     """
     _current_event.set(weakref.ref(event))
+
+
+class StateWriter:
+    """One batch's table writes: each record goes into the local RocksDB partition (one write batch
+    per table partition) and to the table's changelog, and :meth:`delivered` waits until the broker
+    has every changelog record before the agent lets Faust acknowledge the batch's source events.
+
+    Why not ``table[key] = value``: Faust queues that changelog record in its producer buffer, and a
+    commit flushes the buffer with a 0.1 s wait that may return with records still queued. A source
+    offset could then be committed before the state it produced was in the changelog, and a worker
+    taking the partition over (rebalance, crash) would restore the state without the event and never
+    see the event again. Here a source offset is committed only after its state records are acked.
+    """
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+        self._batches: dict[tuple[int, int], tuple[Any, int, rocksdict.WriteBatch]] = {}
+        self._sent: list[tuple[Any, Awaitable[Any]]] = []
+
+    async def write(self, table: Any, partition: int, key: bytes, value: bytes | None) -> None:
+        """Set (``value``) or delete (None) ``key`` in ``table``'s ``partition``; locally visible
+        after :meth:`commit_local`, durable after :meth:`delivered`."""
+        slot = (id(table), partition)
+        entry = self._batches.get(slot)
+        if entry is None:
+            entry = self._batches[slot] = (table, partition, rocksdict.WriteBatch(raw_mode=True))
+        batch = entry[2]
+        if value is None:
+            batch.delete(key)
+        else:
+            batch.put(key, value)
+        topic = table.changelog_topic.get_topic_name()
+        self._sent.append((table, await self._producer.send(topic, key, value, partition, None, None)))
+
+    def commit_local(self) -> None:
+        """Apply the writes to the local RocksDB partitions (one atomic write batch each)."""
+        for table, partition, batch in self._batches.values():
+            table.data._db_for_partition(partition).write(batch)
+        self._batches.clear()
+
+    async def delivered(self) -> None:
+        """Wait for every changelog record, then record the highest changelog offset per partition
+        as persisted (so a restart with the same data dir replays the changelog only from there)."""
+        self.commit_local()
+        sent, self._sent = self._sent, []
+        results = await asyncio.gather(*(future for _, future in sent))
+        persisted: dict[tuple[int, Any], tuple[Any, int]] = {}
+        for (table, _), metadata in zip(sent, results, strict=True):
+            slot = (id(table), metadata.topic_partition)
+            known = persisted.get(slot)
+            if known is None or metadata.offset > known[1]:
+                persisted[slot] = (table, metadata.offset)
+        for (_, tp), (table, offset) in persisted.items():
+            table.data.set_persisted_offset(tp, offset)
