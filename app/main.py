@@ -14,6 +14,7 @@ import faust
 
 from app import __version__, tansu
 from app.errors import HydrantError
+from app.http import application_options
 from app.kafka import client_options, ssl_context
 from app.metrics import WORKER
 from app.settings import Settings, get_settings
@@ -40,7 +41,7 @@ def faust_options(settings: Settings, pipeline: Pipeline) -> dict[str, Any]:
         "broker": settings.faust_broker_url,
         "store": "rocksdb://",
         "datadir": str(settings.data_dir),
-        "autodiscover": ["agents", "tables", "app.views", "app.api_features"],
+        "autodiscover": ["agents", "tables", "app.views", "app.api"],
         "origin": "app",
         "processing_guarantee": "at_least_once",
         "topic_partitions": settings.partitions,
@@ -52,6 +53,9 @@ def faust_options(settings: Settings, pipeline: Pipeline) -> dict[str, Any]:
         "web_host": settings.web_host,
         "web_port": settings.web_port,
         "canonical_url": settings.advertised_url,
+        "web_application_options": application_options(
+            settings.api_token.get_secret_value() if settings.api_token else None
+        ),
         # Faust's own debug pages would collide with and confuse the data API.
         "web_stats_enabled": False,
         "web_graph_enabled": False,

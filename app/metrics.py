@@ -70,6 +70,19 @@ BATCH_SECONDS = Histogram(
     buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
     registry=REGISTRY,
 )
+HTTP_REQUESTS = Counter(
+    "hydrant_http_requests_total",
+    "HTTP requests answered, by method, route template and status code.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "hydrant_http_request_duration_seconds",
+    "Time to answer an HTTP request (including forwarding to the key's owner), by method and route.",
+    ["method", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
 READY = Gauge(
     "hydrant_ready", "1 when every table finished recovery and the worker serves reads.", registry=REGISTRY
 )

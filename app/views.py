@@ -1,15 +1,18 @@
 """HTTP endpoints on Faust's web server: health, readiness, metrics.
 
 Views read state through the App (its table registry and recovery service) and are found by
-autodiscovery; nothing imports this module.
+autodiscovery; the data API (app/api/) uses :func:`readiness` too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from faust.web import Request, Response, View
+import orjson
+from aiohttp import web
+from faust.web import View
 
+from app.http import JSON, error_response
 from app.main import app
 from app.metrics import READY, render
 
@@ -24,37 +27,32 @@ def readiness(faust_app: Any) -> tuple[bool, str]:
     return True, "ready"
 
 
-def error(web: Any, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    """The one JSON error shape of the API."""
-    return web.json({"error": {"code": code, "message": message}}, status=status, headers=headers)
-
-
 @app.page("/healthz")
 class Healthz(View):
     """200 while the process serves HTTP."""
 
-    async def get(self, request: Request) -> Response:
-        return self.json({"status": "ok"})
+    async def get(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps({"status": "ok"}), content_type=JSON)
 
 
 @app.page("/readyz")
 class Readyz(View):
     """200 only after every table finished recovery; 503 with the reason before."""
 
-    async def get(self, request: Request) -> Response:
+    async def get(self, request: web.Request) -> web.Response:
         ready, reason = readiness(self.app)
         READY.set(1 if ready else 0)
         if ready:
-            return self.json({"status": "ready"})
-        return error(self, 503, "not_ready", reason, headers={"Retry-After": "1"})
+            return web.Response(body=orjson.dumps({"status": "ready"}), content_type=JSON)
+        return error_response(503, "not_ready", reason, {"Retry-After": "1"})
 
 
 @app.page("/metrics")
 class Metrics(View):
     """Prometheus text format."""
 
-    async def get(self, request: Request) -> Response:
+    async def get(self, request: web.Request) -> web.Response:
         ready, _ = readiness(self.app)
         READY.set(1 if ready else 0)
         body, content_type = render()
-        return self.bytes(body, content_type=content_type)
+        return web.Response(body=body, headers={"Content-Type": content_type})

@@ -3,10 +3,11 @@ record and one record per bucket (see tables/windows.py for the layout and why).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from app.main import app, pipeline, settings
-from tables.store import StateWriter, raw_table
+from tables.store import StateWriter, local_db, local_keys, raw_table
 from tables.windows import GroupPlan, KeyState, group_plans, read_features
 
 GROUPS: dict[str, GroupPlan] = group_plans(pipeline)
@@ -36,10 +37,16 @@ class UnknownFeature(ValueError):
     """A requested feature name that the group does not define."""
 
 
-def stored_state(group: str, key: bytes) -> KeyState | None:
-    """A key's state as this worker stores it, or None when the key was never seen here."""
-    state = load_state(group, key)
-    return state if state.exists else None
+def local_state(group: str, partition: int, key: bytes) -> KeyState:
+    """A key's state read from its home ``partition`` on this worker (the read path of the API)."""
+    return KeyState(key, local_db(FEATURE_TABLES[group], partition).get, GROUPS[group].retention)
+
+
+def local_entity_keys(group: str, partition: int) -> Iterator[bytes]:
+    """Every entity key with state in ``partition`` here, in key order (one head record each)."""
+    for record_key, _ in local_keys(FEATURE_TABLES[group], partition):
+        if record_key.endswith(b"\0"):
+            yield record_key[:-1]
 
 
 def select_features(group: str, names: list[str] | None) -> frozenset[str] | None:

@@ -35,6 +35,20 @@ def act_for(event: Any) -> None:
     _current_event.set(weakref.ref(event))
 
 
+def local_db(table: Any, partition: int) -> Any:
+    """The RocksDB database (rocksdict, raw mode) holding ``partition`` of ``table`` on this worker."""
+    return table.data._db_for_partition(partition)
+
+
+def local_keys(table: Any, partition: int) -> Any:
+    """(key, value) of every record of ``partition`` stored here, in key order, without Faust's own
+    bookkeeping record (the persisted changelog offset)."""
+    skip = table.data.offset_key
+    for key, value in local_db(table, partition).items():
+        if key != skip:
+            yield key, value
+
+
 class StateWriter:
     """One batch's table writes: each record goes into the local RocksDB partition (one write batch
     per table partition) and to the table's changelog, and :meth:`delivered` waits until the broker
@@ -70,7 +84,7 @@ class StateWriter:
     def commit_local(self) -> None:
         """Apply the writes to the local RocksDB partitions (one atomic write batch each)."""
         for table, partition, batch in self._batches.values():
-            table.data._db_for_partition(partition).write(batch)
+            local_db(table, partition).write(batch)
         self._batches.clear()
 
     async def delivered(self) -> None:

@@ -1,0 +1,206 @@
+"""`GET /features/{group}/{key}` and `POST /features/{group}`: feature values, answered by any worker.
+
+A key's owner answers from its RocksDB state; any other worker forwards a single-key request to the
+owner, and splits a batch into one request per owner, sent concurrently, then puts the answers back
+in request order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiohttp import web
+from faust.web import View
+from pydantic import ValidationError
+
+from app.api.models import AT_LIMIT, MAX_BATCH_KEYS, BatchRequest, FeatureQuery
+from app.api.routing import (
+    Relayed,
+    Unavailable,
+    ask,
+    ensure_ready,
+    holds,
+    home_partition,
+    is_forwarded,
+    owner_of,
+    relay,
+    route_keys,
+)
+from app.http import error_response
+from app.main import app
+from tables.features import (
+    FEATURE_TABLES,
+    GROUPS,
+    UnknownFeature,
+    features_for,
+    local_state,
+    select_features,
+)
+from tables.windows import outside_retention
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class BadRequest(Exception):
+    """A 400 answer: ``code`` and a message naming what is wrong."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def response(self) -> web.Response:
+        return error_response(400, self.code, str(self))
+
+
+def parse_at(value: int | str | None) -> int:
+    """Epoch milliseconds from ``at`` (epoch ms or ISO-8601; None: now); BadRequest otherwise."""
+    if value is None:
+        return int(time.time() * 1000)
+    try:
+        if isinstance(value, int):
+            at = value
+        elif value.strip().lstrip("-").isdecimal():
+            at = int(value)
+        else:
+            text = value.strip()
+            if text[-1:] in ("Z", "z"):
+                text = text[:-1] + "+00:00"
+            parsed = datetime.fromisoformat(text)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            at = (parsed - EPOCH) // timedelta(milliseconds=1)  # exact: no float rounding
+    except (ValueError, OverflowError):
+        raise BadRequest("bad_at", f"at={value!r} is neither epoch milliseconds nor ISO-8601") from None
+    if not -AT_LIMIT <= at <= AT_LIMIT:
+        raise BadRequest("bad_at", f"at={value!r} is out of range (|at| <= {AT_LIMIT} ms)")
+    return at
+
+
+def feature_names(group: str, names: list[str] | None) -> frozenset[str] | None:
+    try:
+        return select_features(group, names)
+    except UnknownFeature as exc:
+        raise BadRequest("unknown_feature", f"group {group!r} has no feature {exc.args[0]!r}") from None
+
+
+def split_names(text: str | None) -> list[str] | None:
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
+def unknown_group(group: str) -> web.Response:
+    return error_response(404, "unknown_group", f"no feature group {group!r} (groups: {', '.join(GROUPS)})")
+
+
+def validation_message(exc: ValidationError) -> str:
+    """``field[index]: message`` of the first error (without pydantic's union member tags)."""
+    first = exc.errors()[0]
+    loc = first["loc"]
+    indices = "".join(f"[{part}]" for part in loc[1:] if isinstance(part, int))
+    where = (str(loc[0]) if loc else "body") + indices
+    return f"{where}: {first['msg']}"
+
+
+def answer_locally(group: str, key: str, at: int, names: frozenset[str] | None) -> dict[str, Any]:
+    """One key's batch result from this worker's state."""
+    raw_key = key.encode("utf-8")
+    state = local_state(group, home_partition(raw_key), raw_key)
+    if not state.exists:
+        return {"key": key, "found": False}
+    if outside_retention(GROUPS[group], state, at, names):
+        return {"key": key, "found": True, "error": retention_error(group, at)}
+    return {"key": key, "found": True, "features": features_for(group, state, at, names)}
+
+
+def retention_error(group: str, at: int) -> dict[str, str]:
+    return {
+        "code": "outside_retention",
+        "message": f"at={at} needs buckets older than the retention of group {group!r} for this key",
+    }
+
+
+@app.page("/features/{group}/{key}")
+class FeatureLookup(View):
+    """Features of one key: 200, 400 (feature name, at), 404 (group, key), 422 (retention), 503."""
+
+    async def get(self, request: web.Request, group: str, key: str) -> web.Response:
+        if group not in GROUPS:
+            return unknown_group(group)
+        try:
+            query = FeatureQuery.model_validate(dict(request.query))
+            names = feature_names(group, split_names(query.features))
+            at = parse_at(query.at)
+            ensure_ready()
+            raw_key = key.encode("utf-8")
+            partition = home_partition(raw_key)
+            table = FEATURE_TABLES[group]
+            if not holds(table, partition):
+                owner = owner_of(table, partition)
+                if is_forwarded(request) or owner is None:
+                    raise Unavailable("rebalancing", f"partition {partition} is moving between workers")
+                return await relay(request, owner)
+        except ValidationError as exc:
+            return error_response(400, "bad_request", validation_message(exc))
+        except (BadRequest, Unavailable) as exc:
+            return exc.response()
+        result = answer_locally(group, key, at, names)
+        if not result["found"]:
+            return error_response(404, "key_not_found", f"key {key!r} has no state in group {group!r}")
+        if "error" in result:
+            return error_response(422, **result["error"])
+        return web.Response(
+            body=orjson.dumps({"group": group, "key": key, "at": at, "features": result["features"]}),
+            content_type="application/json",
+        )
+
+
+@app.page("/features/{group}")
+class FeatureBatch(View):
+    """Features of up to 1000 keys, in request order: 200, 400, 404 (group), 413, 503."""
+
+    async def post(self, request: web.Request, group: str) -> web.Response:
+        if group not in GROUPS:
+            return unknown_group(group)
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return error_response(400, "bad_json", f"the body is not JSON: {exc}")
+        try:
+            batch = BatchRequest.model_validate(body)
+        except ValidationError as exc:
+            return error_response(400, "bad_request", validation_message(exc))
+        if len(batch.keys) > MAX_BATCH_KEYS:
+            return error_response(
+                413, "too_many_keys", f"{len(batch.keys)} keys; a batch takes at most {MAX_BATCH_KEYS}"
+            )
+        try:
+            names = feature_names(group, batch.features)
+            at = parse_at(batch.at)
+            ensure_ready()
+            table = FEATURE_TABLES[group]
+            local, remote = route_keys(table, [k.encode("utf-8") for k in batch.keys], is_forwarded(request))
+            results: list[Any] = [None] * len(batch.keys)
+            asked = [
+                ask(
+                    request,
+                    owner,
+                    "POST",
+                    request.path,
+                    {"keys": [batch.keys[i] for i in positions], "features": batch.features, "at": at},
+                )
+                for owner, positions in remote.items()
+            ]
+            for index in local:
+                results[index] = answer_locally(group, batch.keys[index], at, names)
+            answers = await asyncio.gather(*asked)
+        except (BadRequest, Unavailable, Relayed) as exc:
+            return exc.response()
+        for positions, answer in zip(remote.values(), answers, strict=True):
+            for index, result in zip(positions, answer["results"], strict=True):
+                results[index] = result
+        return web.Response(
+            body=orjson.dumps({"group": group, "at": at, "results": results}), content_type="application/json"
+        )

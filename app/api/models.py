@@ -1,0 +1,143 @@
+"""Request and answer models of the data API: they validate requests and are the OpenAPI schemas."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+MAX_BATCH_KEYS = 1000
+MAX_SCAN_ROWS = 1_000_000
+DEFAULT_SCAN_ROWS = 10_000
+
+#: Reference times beyond ±10^15 ms (year ~33,000) are refused: nothing real is there, and they would
+#: not fit the 64-bit integers of JSON consumers.
+AT_LIMIT = 10**15
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a reference time is epoch milliseconds or ISO-8601, not a boolean")
+    return value
+
+
+Timestamp = (
+    Annotated[int, Field(ge=-AT_LIMIT, le=AT_LIMIT), BeforeValidator(_not_bool)]
+    | Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+)
+AT_HELP = "Reference time: epoch milliseconds or ISO-8601 (default: now)."
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. key_not_found.")
+    message: str = Field(description="What went wrong, for people.")
+
+
+class ErrorAnswer(BaseModel):
+    """Every error of the API has this shape."""
+
+    error: ErrorDetail
+
+
+class FeatureQuery(BaseModel):
+    """Query of ``GET /features/{group}/{key}``."""
+
+    model_config = ConfigDict(extra="ignore")
+    features: str | None = Field(
+        default=None, description="Comma-separated feature names (default: all of the group)."
+    )
+    at: Timestamp | None = Field(default=None, description=AT_HELP)
+
+
+class FeatureAnswer(BaseModel):
+    group: str
+    key: str
+    at: int = Field(description="The reference time used, epoch milliseconds.")
+    features: dict[str, Any] = Field(description="Feature name -> value (null for an empty window).")
+
+
+class BatchRequest(BaseModel):
+    """Body of ``POST /features/{group}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    keys: list[str] = Field(
+        description=f"Entity keys, at most {MAX_BATCH_KEYS} (413 above).",
+        json_schema_extra={"maxItems": MAX_BATCH_KEYS},  # documented; enforced as 413, not 400
+    )
+    features: list[str] | None = Field(default=None, description="Feature names (default: all).")
+    at: Timestamp | None = Field(default=None, description=AT_HELP)
+
+
+class BatchResult(BaseModel):
+    key: str
+    found: bool = Field(description="False when the key has no stored state.")
+    features: dict[str, Any] | None = Field(
+        default=None, description="Present when found and inside retention."
+    )
+    error: ErrorDetail | None = Field(
+        default=None, description="outside_retention when `at` needs expired buckets for this key."
+    )
+
+
+class BatchAnswer(BaseModel):
+    group: str
+    at: int
+    results: list[BatchResult] = Field(description="One result per requested key, in request order.")
+
+
+class LookupAnswer(BaseModel):
+    table: str
+    key: str
+    value: dict[str, Any] = Field(description="The lookup row's fields.")
+
+
+class ScanQuery(BaseModel):
+    """Query of ``GET /tables/{name}``."""
+
+    model_config = ConfigDict(extra="ignore")
+    columns: str | None = Field(default=None, description="Comma-separated columns (default: all).")
+    limit: int = Field(
+        default=DEFAULT_SCAN_ROWS, ge=0, le=MAX_SCAN_ROWS, description="Most rows returned, by key order."
+    )
+    format: Literal["json", "csv", "parquet"] = Field(default="json", description="Answer format.")
+    at: Timestamp | None = Field(default=None, description="Feature groups only. " + AT_HELP)
+
+
+class ScanAnswer(BaseModel):
+    table: str
+    columns: list[str] = Field(description="Column order of every row; `key` first.")
+    rows: list[dict[str, Any]]
+    count: int
+    truncated: bool = Field(description="True when `limit` cut rows off.")
+    skipped: int = Field(description="Feature groups: keys left out because `at` is outside their retention.")
+    at: int | None = Field(default=None, description="Feature groups: the reference time used.")
+
+
+class TopicAnswer(BaseModel):
+    name: str
+    role: str
+    owner: str
+    partitions: int
+    compacted: bool
+
+
+class TableAnswer(BaseModel):
+    name: str
+    kind: Literal["lookup", "features"]
+    changelog_topic: str
+    partitions: int
+    columns: list[str]
+
+
+class PipelineAnswer(BaseModel):
+    name: str
+    consumer_group: str
+    partitions: int
+    spec: dict[str, Any] = Field(description="The normalized pipeline spec.")
+    topics: list[TopicAnswer]
+    tables: list[TableAnswer]
+    features: dict[str, list[str]] = Field(description="Feature group -> feature names.")
+
+
+class StatusAnswer(BaseModel):
+    status: str

@@ -1,0 +1,242 @@
+"""`GET /openapi.json`: the OpenAPI 3.1 document of the whole HTTP API.
+
+Request and answer schemas come from the pydantic models the views validate with (app/api/models.py);
+this module lists the routes, their parameters and every status each can answer, next to one another
+so the document and the server are read (and changed) together.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from aiohttp import web
+from faust.web import View
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from app import __version__
+from app.api.models import (
+    BatchAnswer,
+    BatchRequest,
+    ErrorAnswer,
+    FeatureAnswer,
+    FeatureQuery,
+    LookupAnswer,
+    PipelineAnswer,
+    ScanAnswer,
+    ScanQuery,
+    StatusAnswer,
+)
+from app.api.tables import PARQUET, table_columns
+from app.http import JSON
+from app.main import app, pipeline, settings
+from app.metrics import CONTENT_TYPE
+from tables.features import GROUPS
+from tables.lookups import LOOKUP_TABLES
+
+MODELS: list[type[BaseModel]] = [
+    ErrorAnswer,
+    FeatureAnswer,
+    BatchAnswer,
+    LookupAnswer,
+    ScanAnswer,
+    PipelineAnswer,
+    StatusAnswer,
+]
+ERRORS = {
+    400: "Bad request: a parameter or the body is invalid (the message names it).",
+    401: "Missing or wrong bearer token (only when HYDRANT_API_TOKEN is set).",
+    404: "Unknown table, group or key.",
+    413: "More than 1000 keys, or a body above 1 MiB.",
+    422: "`at` is outside the key's retention.",
+    503: "Not ready, rebalancing, or the key's owner did not answer; retry after Retry-After seconds.",
+}
+
+
+def ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def json_body(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": ref(model)}}}
+
+
+def names_pattern(names: list[str]) -> str:
+    """A regex for a comma-separated list of ``names`` (what `features=` and `columns=` take; empty
+    means all)."""
+    one = "|".join(re.escape(name) for name in names)
+    return f"^(({one})(,({one}))*)?$"
+
+
+KEY = {
+    "name": "key",
+    "in": "path",
+    "required": True,
+    "description": "Entity key (keys containing '/' are asked with POST /features/{group}).",
+    "schema": {"type": "string", "minLength": 1},
+}
+
+
+def query_params(model: type[BaseModel], narrow: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The query parameters of a pydantic query model, from its field schemas (``narrow`` replaces
+    the schema of a parameter whose values depend on the pipeline)."""
+    properties = model.model_json_schema()["properties"]
+    params = []
+    for name, schema in properties.items():
+        schema = narrow.get(name) or {k: v for k, v in schema.items() if k not in ("title", "description")}
+        params.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": model.model_fields[name].description,
+                "schema": schema,
+            }
+        )
+    return params
+
+
+def batch_body(names: list[str]) -> dict[str, Any]:
+    """BatchRequest's schema with `features` narrowed to the group's names."""
+    schema = BatchRequest.model_json_schema()
+    schema["properties"]["features"]["anyOf"][0]["items"] = {"type": "string", "enum": names}
+    return schema
+
+
+def operation(
+    summary: str,
+    ok: dict[str, Any],
+    errors: tuple[int, ...],
+    parameters: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    protected: bool = True,
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": ok}
+    for status in errors:
+        if status == 401 and not protected:
+            continue
+        responses[str(status)] = json_body(ErrorAnswer, ERRORS[status])
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
+    if protected and settings.api_token:
+        op["security"] = [{"bearer": []}]
+    return op
+
+
+def feature_paths(group: str) -> dict[str, Any]:
+    names = GROUPS[group].feature_names()
+    narrow = {"features": {"type": "string", "pattern": names_pattern(names)}}
+    return {
+        f"/features/{group}/{{key}}": {
+            "get": operation(
+                f"Features of one key of group {group}",
+                json_body(FeatureAnswer, "The key's features at `at`."),
+                (400, 401, 404, 422, 503),
+                [KEY, *query_params(FeatureQuery, narrow)],
+            )
+        },
+        f"/features/{group}": {
+            "post": operation(
+                f"Features of up to 1000 keys of group {group}, in request order",
+                json_body(BatchAnswer, "One result per key; found=false for keys without state."),
+                (400, 401, 404, 413, 503),
+                body=batch_body(names),
+            )
+        },
+    }
+
+
+def table_paths(name: str) -> dict[str, Any]:
+    scan_ok = {
+        "description": "The table's rows across every worker, in key order.",
+        "content": {
+            JSON: {"schema": ref(ScanAnswer)},
+            "text/csv": {"schema": {"type": "string"}},
+            PARQUET: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+    narrow = {"columns": {"type": "string", "pattern": names_pattern(table_columns(name))}}
+    params = query_params(ScanQuery, narrow)
+    if name not in GROUPS:
+        params = [p for p in params if p["name"] != "at"]
+    paths = {
+        f"/tables/{name}": {
+            "get": operation(f"Every row of {name}, across workers", scan_ok, (400, 401, 503), params)
+        }
+    }
+    if name in LOOKUP_TABLES:
+        paths[f"/tables/{name}/{{key}}"] = {
+            "get": operation(
+                f"One row of lookup {name}", json_body(LookupAnswer, "The row."), (401, 404, 503), [KEY]
+            )
+        }
+    return paths
+
+
+def open_operation(summary: str, ok: dict[str, Any], errors: tuple[int, ...] = ()) -> dict[str, Any]:
+    return {"get": operation(summary, ok, errors, protected=False)}
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for group in GROUPS:
+        paths.update(feature_paths(group))
+    for name in [*LOOKUP_TABLES, *GROUPS]:
+        paths.update(table_paths(name))
+    metrics_type = CONTENT_TYPE.split(";")[0]
+    paths.update(
+        {
+            "/pipeline": {
+                "get": operation(
+                    "The pipeline spec and its derived topics and tables",
+                    json_body(PipelineAnswer, "The pipeline."),
+                    (401,),
+                )
+            },
+            "/healthz": open_operation("Liveness", json_body(StatusAnswer, "The process serves.")),
+            "/readyz": open_operation(
+                "Readiness", json_body(StatusAnswer, "Every table finished recovery."), (503,)
+            ),
+            "/metrics": open_operation(
+                "Prometheus metrics",
+                {
+                    "description": "Prometheus text format.",
+                    "content": {metrics_type: {"schema": {"type": "string"}}},
+                },
+            ),
+            "/openapi.json": open_operation(
+                "This document",
+                {"description": "OpenAPI 3.1.", "content": {JSON: {"schema": {"type": "object"}}}},
+            ),
+        }
+    )
+    _, top = models_json_schema(
+        [(model, "validation") for model in MODELS], ref_template="#/components/schemas/{model}"
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": f"Hydrant data API — pipeline {pipeline.name}",
+            "version": __version__,
+            "description": "Feature values and table contents; any worker answers any key. "
+            "Paths are this pipeline's groups and tables.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": top["$defs"],
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+@app.page("/openapi.json")
+class OpenAPIView(View):
+    """The OpenAPI document of this worker's API (its groups and tables are the path enums)."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(document()), content_type=JSON)

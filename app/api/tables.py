@@ -1,0 +1,204 @@
+"""`GET /tables/{lookup}/{key}` (one lookup row) and `GET /tables/{name}` (a whole table, across
+every worker, as JSON, CSV or Parquet).
+
+A scan asks each worker for the partitions it holds (one request per worker, concurrently), checks
+that every partition was answered exactly once, and merges the rows in key order. Lookup rows are
+``key`` plus the lookup's fields; feature-group rows are ``key`` plus every feature at ``at``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Any
+
+import orjson
+import pandas as pd
+from aiohttp import web
+from faust.web import View
+from pydantic import ValidationError
+
+from app.api.features import BadRequest, parse_at, split_names, validation_message
+from app.api.models import ScanQuery
+from app.api.routing import (
+    Relayed,
+    Unavailable,
+    ask,
+    ensure_ready,
+    holds,
+    home_partition,
+    is_forwarded,
+    own_url,
+    owner_of,
+    partitions_by_owner,
+    relay,
+)
+from app.http import JSON, error_response
+from app.main import app, pipeline, settings
+from tables.features import FEATURE_TABLES, GROUPS, features_for, local_entity_keys, local_state
+from tables.lookups import LOOKUP_TABLES
+from tables.store import local_db, local_keys
+from tables.windows import outside_retention
+
+PARQUET = "application/vnd.apache.parquet"
+YIELD_EVERY = 500  # rows scanned between giving the event loop back to other requests
+
+
+def table_columns(name: str) -> list[str]:
+    if name in LOOKUP_TABLES:
+        return ["key", *pipeline.lookups[name].fields]
+    return ["key", *GROUPS[name].feature_names()]
+
+
+def unknown_table(name: str) -> web.Response:
+    known = ", ".join([*LOOKUP_TABLES, *GROUPS])
+    return error_response(404, "unknown_table", f"no table {name!r} (lookups and feature groups: {known})")
+
+
+@app.page("/tables/{lookup}/{key}")
+class LookupRow(View):
+    """One lookup row: 200, 404 (table, key), 503."""
+
+    async def get(self, request: web.Request, lookup: str, key: str) -> web.Response:
+        if lookup not in LOOKUP_TABLES:
+            hint = (
+                f"; {lookup!r} is a feature group: use /features/{lookup}/<key>" if lookup in GROUPS else ""
+            )
+            return error_response(
+                404,
+                "unknown_table",
+                f"no lookup table {lookup!r} (lookups: {', '.join(LOOKUP_TABLES)}){hint}",
+            )
+        table = LOOKUP_TABLES[lookup]
+        raw_key = key.encode("utf-8")
+        partition = home_partition(raw_key)
+        try:
+            ensure_ready()
+            if not holds(table, partition):
+                owner = owner_of(table, partition)
+                if is_forwarded(request) or owner is None:
+                    raise Unavailable("rebalancing", f"partition {partition} is moving between workers")
+                return await relay(request, owner)
+        except Unavailable as exc:
+            return exc.response()
+        raw = local_db(table, partition).get(raw_key)
+        if raw is None:
+            return error_response(404, "key_not_found", f"key {key!r} is not in lookup {lookup!r}")
+        body = b'{"table":%b,"key":%b,"value":%b}' % (orjson.dumps(lookup), orjson.dumps(key), raw)
+        return web.Response(body=body, content_type=JSON)
+
+
+async def scan_partitions(
+    name: str, partitions: list[int], columns: list[str], at: int | None, limit: int
+) -> tuple[list[dict[str, Any]], int, bool]:
+    """(rows in key order, keys skipped as outside retention, truncated) of this worker's
+    ``partitions`` of table ``name``; at most ``limit`` rows."""
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    seen = 0
+    wanted = frozenset(columns[1:])
+    for partition in partitions:
+        if name in LOOKUP_TABLES:
+            for raw_key, raw in local_keys(LOOKUP_TABLES[name], partition):
+                fields = orjson.loads(raw)
+                rows.append({"key": raw_key.decode("utf-8"), **{c: fields.get(c) for c in columns[1:]}})
+                seen += 1
+                if seen % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+        else:
+            assert at is not None
+            plan = GROUPS[name]
+            for raw_key in local_entity_keys(name, partition):
+                state = local_state(name, partition, raw_key)
+                if outside_retention(plan, state, at, wanted):
+                    skipped += 1
+                else:
+                    rows.append({"key": raw_key.decode("utf-8"), **features_for(name, state, at, wanted)})
+                seen += 1
+                if seen % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+    rows.sort(key=lambda row: row["key"])
+    return rows[:limit], skipped, len(rows) > limit
+
+
+def encode(fmt: str, answer: dict[str, Any]) -> tuple[bytes, str]:
+    """The answer's body and content type; CSV and Parquet hold the rows only (columns in order)."""
+    if fmt == "json":
+        return orjson.dumps(answer), JSON
+    frame = pd.DataFrame(answer["rows"], columns=answer["columns"])
+    if fmt == "csv":
+        return frame.to_csv(index=False).encode("utf-8"), "text/csv"
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue(), PARQUET
+
+
+@app.page("/tables/{name}")
+class TableScan(View):
+    """A whole lookup table or feature group, across every worker: 200, 400, 404 (table), 503."""
+
+    async def get(self, request: web.Request, name: str) -> web.Response:
+        if name not in LOOKUP_TABLES and name not in GROUPS:
+            return unknown_table(name)
+        table = LOOKUP_TABLES.get(name) or FEATURE_TABLES[name]
+        try:
+            query = ScanQuery.model_validate(dict(request.query))
+            columns = select_columns(name, split_names(query.columns))
+            at = parse_at(query.at) if name in GROUPS else None
+            ensure_ready()
+            if is_forwarded(request):
+                mine = [p for p in range(settings.partitions) if holds(table, p)]
+                rows, skipped, truncated = await scan_partitions(name, mine, columns, at, query.limit)
+                answer = {"partitions": mine, "rows": rows, "skipped": skipped, "truncated": truncated}
+                return web.Response(body=orjson.dumps(answer), content_type=JSON)
+            owners = partitions_by_owner(table)
+            me = own_url()
+            params = {"limit": str(query.limit), "format": "json"}
+            if query.columns:
+                params["columns"] = query.columns
+            if at is not None:
+                params["at"] = str(at)
+            remote = [owner for owner in owners if owner != me]
+            answers = await asyncio.gather(
+                *(ask(request, owner, "GET", request.path, params=params) for owner in remote)
+            )
+            rows, skipped, truncated = await scan_partitions(
+                name, owners.get(me, []), columns, at, query.limit
+            )
+        except ValidationError as exc:
+            return error_response(400, "bad_request", validation_message(exc))
+        except (BadRequest, Unavailable, Relayed) as exc:
+            return exc.response()
+        for owner, answer in zip(remote, answers, strict=True):
+            if sorted(answer["partitions"]) != owners[owner]:
+                return Unavailable(
+                    "rebalancing", f"worker {owner} no longer holds the partitions it was asked for"
+                ).response()
+            rows.extend(answer["rows"])
+            skipped += answer["skipped"]
+            truncated = truncated or answer["truncated"]
+        rows.sort(key=lambda row: row["key"])
+        truncated = truncated or len(rows) > query.limit
+        answer = {
+            "table": name,
+            "columns": columns,
+            "rows": rows[: query.limit],
+            "count": min(len(rows), query.limit),
+            "truncated": truncated,
+            "skipped": skipped,
+            "at": at,
+        }
+        body, content_type = await asyncio.to_thread(encode, query.format, answer)
+        return web.Response(body=body, content_type=content_type)
+
+
+def select_columns(name: str, wanted: list[str] | None) -> list[str]:
+    """``key`` then the wanted columns in the order asked (all when None); BadRequest for an
+    unknown one."""
+    known = table_columns(name)
+    if wanted is None:
+        return known
+    for column in wanted:
+        if column not in known:
+            raise BadRequest("unknown_column", f"table {name!r} has no column {column!r} (columns: {known})")
+    return ["key", *[c for c in dict.fromkeys(wanted) if c != "key"]]

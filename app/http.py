@@ -1,0 +1,113 @@
+"""What every HTTP request goes through, on Faust's aiohttp server: metrics, auth, JSON errors.
+
+The middlewares are given to aiohttp's Application when the App is built (``web_application_options``
+in app/main.py), so they wrap every route — Hydrant's views and aiohttp's own 404/405/413 answers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_BODY_BYTES = 1024 * 1024  # a 1,000-key batch of 256-character keys is ~260 KiB
+PROTECTED_PREFIXES = ("/features", "/tables", "/pipeline")
+JSON = "application/json"
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The one JSON error shape of the API: ``{"error": {"code", "message"}}``."""
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    return web.Response(body=body, status=status, content_type=JSON, headers=headers)
+
+
+def route_label(request: web.Request) -> str:
+    """The route template (``/features/{group}/{key}``), never the raw path: bounded labels."""
+    route = request.match_info.route
+    resource = route.resource if route is not None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors (no route, wrong method, body too large) and anything a view raises
+    become the JSON error shape; an unexpected exception is logged and answered 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = exc.reason if exc.status != 404 else f"no route for {request.method} {request.path}"
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, code, message, headers)
+    except Exception:
+        logger.exception("unhandled error answering %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error; see the worker log")
+
+
+def bearer_auth(token: str | None) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """With a token, the data endpoints need ``Authorization: Bearer <token>`` (401 otherwise);
+    health, readiness, metrics and the OpenAPI document stay open."""
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is not None and request.path.startswith(PROTECTED_PREFIXES):
+            given = request.headers.get("Authorization", "").encode("utf-8", errors="replace")
+            if not hmac.compare_digest(given, expected):
+                return error_response(
+                    401,
+                    "unauthorized",
+                    "this endpoint needs 'Authorization: Bearer <HYDRANT_API_TOKEN>'",
+                    {"WWW-Authenticate": 'Bearer realm="hydrant"'},
+                )
+        return await handler(request)
+
+    return auth
+
+
+@web.middleware
+async def http_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """hydrant_http_requests_total and hydrant_http_request_duration_seconds by route and status."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        route = route_label(request)
+        HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+        HTTP_REQUEST_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
+
+
+def application_options(api_token: str | None) -> dict[str, Any]:
+    """aiohttp Application options: body limit and the middlewares, outermost first."""
+    return {
+        "client_max_size": MAX_BODY_BYTES,
+        "middlewares": [http_metrics, json_errors, bearer_auth(api_token)],
+    }
