@@ -43,7 +43,12 @@ class Readyz(View):
         ready, reason = readiness(self.app)
         READY.set(1 if ready else 0)
         if ready:
-            return web.Response(body=orjson.dumps({"status": "ready"}), content_type=JSON)
+            # Which table partitions this worker serves: what an operator (or a test) checks routing by.
+            changelogs = {t.changelog_topic.get_topic_name() for t in self.app.tables.values()}
+            actives = self.app.assignor.assigned_actives()
+            partitions = sorted({tp.partition for tp in actives if tp.topic in changelogs})
+            body = {"status": "ready", "partitions": partitions}
+            return web.Response(body=orjson.dumps(body), content_type=JSON)
         return error_response(503, "not_ready", reason, {"Retry-After": "1"})
 
 

@@ -141,3 +141,6 @@ class PipelineAnswer(BaseModel):
 
 class StatusAnswer(BaseModel):
     status: str
+    partitions: list[int] | None = Field(
+        default=None, description="/readyz: the table partitions this worker serves."
+    )

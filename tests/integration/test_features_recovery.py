@@ -4,7 +4,6 @@ worker joining mid-ingest (every key compared with the pandas ground truth over 
 from __future__ import annotations
 
 import asyncio
-import random
 import shutil
 import signal
 import time
@@ -12,72 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-import pandas as pd
 
-from app.spec import load_pipeline
 from tests.support.broker import BrokerUnderTest
 from tests.support.checks import check_keys_over_http
 from tests.support.ground_truth import GroundTruth
 from tests.support.kafka import consume, create_pipeline_topics_for, produce
+from tests.support.shop import HOUR, T0, Event, at_values, make_events, publish, truth_of
 from tests.support.worker import WorkerProcess, wait_for
 
-KEYS = 500
 EVENTS = 20_000
-HOUR = 3_600_000
-T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
-def make_events(seed: int = 1) -> list[dict[str, object]]:
-    """20,000 shop events over 500 keys, event times over 30 hours, shuffled within ±30 minutes."""
-    rng = random.Random(seed)
-    events: list[dict[str, object]] = []
-    for n in range(EVENTS):
-        user = f"u{rng.randrange(KEYS):03d}"
-        ts = T0 + int(n * 30 * HOUR / EVENTS) + rng.randint(-HOUR // 2, HOUR // 2)
-        if rng.random() < 0.6:
-            events.append(
-                {
-                    "stream": "orders",
-                    "user_id": user,
-                    "order_id": f"o-{n}",
-                    "product": f"p{rng.randrange(40)}",
-                    "amount": round(rng.uniform(1, 300), 2),
-                    "status": rng.choice(["paid", "failed", "paid"]),
-                    "ts": ts,
-                }
-            )
-        else:
-            events.append({"stream": "clicks", "user_id": user, "page": rng.choice("abcdef"), "ts": ts})
-    return events
-
-
-def truth_of(pipeline: Path, events: list[dict[str, object]]) -> GroundTruth:
-    frame = pd.DataFrame(events).rename(columns={"ts": "time"})
-    frame["key"] = frame["user_id"]
-    frame["ts"] = frame["time"]
-    return GroundTruth(load_pipeline(pipeline).features["user"], frame)
-
-
-def publish(broker: BrokerUnderTest, uid: str, events: list[dict[str, object]]) -> None:
-    for stream in ("orders", "clicks"):
-        payload = [
-            (str(e["user_id"]).encode(), orjson.dumps({k: v for k, v in e.items() if k != "stream"}))
-            for e in events
-            if e["stream"] == stream
-        ]
-        asyncio.run(produce(broker.bootstrap, f"{stream}-{uid}", payload))
-
-
-def at_values(events: list[dict[str, object]]) -> dict[str, list[int]]:
-    newest: dict[str, int] = {}
-    for e in events:
-        newest[str(e["user_id"])] = max(newest.get(str(e["user_id"]), 0), int(e["ts"]))  # type: ignore[call-overload]
-    return {k: [t, t - HOUR, t - 6 * HOUR - 1, t - 20 * HOUR] for k, t in newest.items()}
-
-
-def settle_and_check(
-    urls: list[str], truth: GroundTruth, events: list[dict[str, object]], timeout: float = 180
-) -> None:
+def settle_and_check(urls: list[str], truth: GroundTruth, events: list[Event], timeout: float = 180) -> None:
     """Poll until every key of every worker matches the ground truth (the workers catch up), then
     assert it; on timeout, report the first mismatches."""
     ats = at_values(events)
