@@ -5,7 +5,6 @@ Parquet; auth; the OpenAPI document fuzzed by schemathesis."""
 from __future__ import annotations
 
 import asyncio
-import io
 import random
 import subprocess
 import sys
@@ -22,7 +21,13 @@ import pytest
 from app.partitioning import partition_for
 from tests.conftest import shop_pipeline_text
 from tests.support.broker import BrokerUnderTest
-from tests.support.checks import mismatches
+from tests.support.checks import (
+    expected_scan,
+    mismatches,
+    scan,
+    scan_problems,
+    wait_until_scan_matches,
+)
 from tests.support.ground_truth import GroundTruth
 from tests.support.kafka import create_pipeline_topics_for, produce
 from tests.support.shop import HOUR, Event, make_events, newest_times, publish, truth_of
@@ -47,37 +52,6 @@ class Cluster:
     @property
     def urls(self) -> list[str]:
         return [self.one.url, self.two.url]
-
-
-def scan(client: httpx.Client, url: str, table: str, fmt: str = "json", **params: object) -> pd.DataFrame:
-    answer = client.get(f"{url}/tables/{table}", params={"format": fmt, **params})
-    assert answer.status_code == 200, answer.text
-    if fmt == "json":
-        body = answer.json()
-        return pd.DataFrame(body["rows"], columns=body["columns"])
-    if fmt == "csv":
-        assert answer.headers["content-type"].startswith("text/csv")
-        return pd.read_csv(io.StringIO(answer.text), keep_default_na=True)
-    assert answer.headers["content-type"] == "application/vnd.apache.parquet"
-    return pd.read_parquet(io.BytesIO(answer.content))
-
-
-def expected_scan(truth: GroundTruth, keys: list[str], at: int) -> pd.DataFrame:
-    rows = [{"key": key, **truth.features(key, at)} for key in sorted(keys)]
-    return pd.DataFrame(rows)
-
-
-def scan_problems(actual: pd.DataFrame, expected: pd.DataFrame) -> list[str]:
-    if list(actual["key"]) != list(expected["key"]):
-        return [f"keys differ: {len(actual)} rows, want {len(expected)}"]
-
-    def plain(row: dict[str, object]) -> dict[str, object]:  # pandas turns None into NaN
-        return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items() if k != "key"}
-
-    problems = []
-    for got, want in zip(actual.to_dict("records"), expected.to_dict("records"), strict=True):
-        problems += [f"{got['key']}: {p}" for p in mismatches(plain(got), plain(want))]
-    return problems
 
 
 @pytest.fixture(scope="module")
@@ -116,16 +90,7 @@ def cluster(broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactory) -
         cluster = Cluster(*workers, truth_of(pipeline, events), events, users, end)
         expected = expected_scan(cluster.truth, sorted(users), cluster.end)
         with httpx.Client(headers=AUTH, timeout=30) as client:
-            problems = ["not scanned"]
-
-            def caught_up() -> bool:  # every key of every worker's partitions is in the state
-                problems[:] = scan_problems(scan(client, cluster.one.url, "user", at=cluster.end), expected)
-                return not problems
-
-            try:
-                wait_for(caught_up, "all events applied", 180)
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}; last scan: {len(problems)} problems: {problems[:5]}") from None
+            wait_until_scan_matches(client, cluster.one.url, "user", expected, cluster.end)
         yield cluster
     finally:
         for worker in workers:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
+import pandas as pd
 
 from tests.support.ground_truth import GroundTruth
 
@@ -62,3 +64,53 @@ def check_keys_over_http(
                     for problem in mismatches(response.json()["features"], want):
                         problems.append(f"{base} {key}@{at}: {problem}")
     return problems
+
+
+def scan(client: httpx.Client, url: str, table: str, fmt: str = "json", **params: object) -> pd.DataFrame:
+    answer = client.get(f"{url}/tables/{table}", params={"format": fmt, **params})
+    assert answer.status_code == 200, answer.text
+    if fmt == "json":
+        body = answer.json()
+        return pd.DataFrame(body["rows"], columns=body["columns"])
+    if fmt == "csv":
+        assert answer.headers["content-type"].startswith("text/csv")
+        return pd.read_csv(io.StringIO(answer.text), keep_default_na=True)
+    assert answer.headers["content-type"] == "application/vnd.apache.parquet"
+    return pd.read_parquet(io.BytesIO(answer.content))
+
+
+def expected_scan(truth: GroundTruth, keys: list[str], at: int) -> pd.DataFrame:
+    rows = [{"key": key, **truth.features(key, at)} for key in sorted(keys)]
+    return pd.DataFrame(rows)
+
+
+def scan_problems(actual: pd.DataFrame, expected: pd.DataFrame) -> list[str]:
+    if list(actual["key"]) != list(expected["key"]):
+        return [f"keys differ: {len(actual)} rows, want {len(expected)}"]
+
+    def plain(row: dict[str, object]) -> dict[str, object]:  # pandas turns None into NaN
+        return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items() if k != "key"}
+
+    problems = []
+    for got, want in zip(actual.to_dict("records"), expected.to_dict("records"), strict=True):
+        problems += [f"{got['key']}: {p}" for p in mismatches(plain(got), plain(want))]
+    return problems
+
+
+def wait_until_scan_matches(
+    client: httpx.Client, url: str, table: str, expected: pd.DataFrame, at: int, timeout: float = 180
+) -> None:
+    """Poll a feature group's scan at ``at`` until it equals ``expected`` (the workers caught up);
+    on timeout, fail with the first differences."""
+    from tests.support.worker import wait_for
+
+    problems = ["not scanned"]
+
+    def caught_up() -> bool:
+        problems[:] = scan_problems(scan(client, url, table, at=at), expected)
+        return not problems
+
+    try:
+        wait_for(caught_up, "every event applied", timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last scan: {len(problems)} problems: {problems[:5]}") from None
