@@ -21,13 +21,11 @@ from app.api.models import AT_LIMIT, MAX_BATCH_KEYS, BatchRequest, FeatureQuery
 from app.api.routing import (
     Relayed,
     Unavailable,
+    answer_elsewhere,
     ask,
     ensure_ready,
-    holds,
     home_partition,
     is_forwarded,
-    owner_of,
-    relay,
     route_keys,
 )
 from app.http import error_response
@@ -133,15 +131,9 @@ class FeatureLookup(View):
             query = FeatureQuery.model_validate(dict(request.query))
             names = feature_names(group, split_names(query.features))
             at = parse_at(query.at)
-            ensure_ready()
-            raw_key = key.encode("utf-8")
-            partition = home_partition(raw_key)
-            table = FEATURE_TABLES[group]
-            if not holds(table, partition):
-                owner = owner_of(table, partition)
-                if is_forwarded(request) or owner is None:
-                    raise Unavailable("rebalancing", f"partition {partition} is moving between workers")
-                return await relay(request, owner)
+            relayed = await answer_elsewhere(request, FEATURE_TABLES[group], key.encode("utf-8"))
+            if relayed is not None:
+                return relayed
         except ValidationError as exc:
             return error_response(400, "bad_request", validation_message(exc))
         except (BadRequest, Unavailable) as exc:

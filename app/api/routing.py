@@ -78,6 +78,19 @@ def home_partition(key: bytes) -> int:
     return partition_for(key, settings.partitions)
 
 
+async def answer_elsewhere(request: web.Request, table: Any, key: bytes) -> web.Response | None:
+    """For a one-key request: None when this worker answers ``key`` itself (ready, partition
+    active here); else the owner's answer, relayed. Raises Unavailable while that cannot be known."""
+    ensure_ready()
+    partition = home_partition(key)
+    if holds(table, partition):
+        return None
+    owner = owner_of(table, partition)
+    if is_forwarded(request) or owner is None:
+        raise Unavailable("rebalancing", f"partition {partition} is moving between workers")
+    return await relay(request, owner)
+
+
 def route_keys(table: Any, keys: list[bytes], forwarded: bool) -> tuple[list[int], dict[str, list[int]]]:
     """Split key positions into those this worker answers and those per owner URL. Raises
     Unavailable when an owner is unknown, or (for a forwarded request) when a key is not ours."""

@@ -23,15 +23,14 @@ from app.api.models import ScanQuery
 from app.api.routing import (
     Relayed,
     Unavailable,
+    answer_elsewhere,
     ask,
     ensure_ready,
     holds,
     home_partition,
     is_forwarded,
     own_url,
-    owner_of,
     partitions_by_owner,
-    relay,
 )
 from app.http import JSON, error_response
 from app.main import app, pipeline, settings
@@ -71,17 +70,13 @@ class LookupRow(View):
             )
         table = LOOKUP_TABLES[lookup]
         raw_key = key.encode("utf-8")
-        partition = home_partition(raw_key)
         try:
-            ensure_ready()
-            if not holds(table, partition):
-                owner = owner_of(table, partition)
-                if is_forwarded(request) or owner is None:
-                    raise Unavailable("rebalancing", f"partition {partition} is moving between workers")
-                return await relay(request, owner)
+            relayed = await answer_elsewhere(request, table, raw_key)
         except Unavailable as exc:
             return exc.response()
-        raw = local_db(table, partition).get(raw_key)
+        if relayed is not None:
+            return relayed
+        raw = local_db(table, home_partition(raw_key)).get(raw_key)
         if raw is None:
             return error_response(404, "key_not_found", f"key {key!r} is not in lookup {lookup!r}")
         body = b'{"table":%b,"key":%b,"value":%b}' % (orjson.dumps(lookup), orjson.dumps(key), raw)
