@@ -222,6 +222,33 @@ def produce(topic: str, file: Path, key: str | None, rate: float | None, fmt: st
 
 @cli.command()
 @pipeline_option
+@click.option(
+    "--rate", type=click.FloatRange(min=1), default=50.0, show_default=True, help="Events per second."
+)
+@friendly_errors
+def demo(pipeline: str | None, rate: float) -> None:
+    """Generate shop demo events (users, orders, clicks) into HYDRANT_BROKER until Ctrl-C/SIGTERM."""
+    from app.demo import demo_topics, run_demo
+
+    settings = _settings(pipeline)
+    _need_broker(settings)
+    spec = load_pipeline(settings.pipeline)
+    demo_topics(spec)  # fails clearly when the pipeline is not the shop example
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_demo(settings, spec, stop, rate=rate)
+
+    configure_logging(settings.log_level)
+    sent = asyncio.run(run())
+    click.echo(f"demo: sent {sent} events")
+
+
+@cli.command()
+@pipeline_option
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Generate example shop events.")
 @click.option(
     "--rate", type=click.FloatRange(min=1), default=50.0, show_default=True, help="Demo events per second."

@@ -16,7 +16,7 @@ from app import __version__, tansu
 from app.errors import HydrantError
 from app.http import application_options
 from app.kafka import client_options, ssl_context
-from app.metrics import WORKER
+from app.metrics import REGISTRY, WORKER, LiveCollector
 from app.settings import Settings, get_settings
 from app.spec import Pipeline, load_pipeline
 
@@ -117,3 +117,4 @@ def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
 settings: Settings = get_settings()
 pipeline: Pipeline = load_pipeline(settings.pipeline)
 app: faust.App = create_app(settings, pipeline)
+REGISTRY.register(LiveCollector(app))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -11,7 +14,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 # `_created` series double the output and nobody graphs them.
 disable_created_metrics()
@@ -83,10 +88,70 @@ HTTP_REQUEST_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
     registry=REGISTRY,
 )
+STATE_KEYS = Gauge(
+    "hydrant_state_keys",
+    "Entity keys with window state in the partitions this worker serves (counted every 30 s).",
+    ["group"],
+    registry=REGISTRY,
+)
+STATE_BUCKETS = Gauge(
+    "hydrant_state_buckets",
+    "Stored window buckets in the partitions this worker serves (counted every 30 s).",
+    ["group"],
+    registry=REGISTRY,
+)
+LOOKUP_ROWS = Gauge(
+    "hydrant_lookup_rows",
+    "Rows of a lookup table in the partitions this worker serves (counted every 30 s).",
+    ["lookup"],
+    registry=REGISTRY,
+)
 READY = Gauge(
     "hydrant_ready", "1 when every table finished recovery and the worker serves reads.", registry=REGISTRY
 )
 WORKER = Info("hydrant_worker", "Version and pipeline of this worker.", registry=REGISTRY)
+
+
+class LiveCollector(Collector):
+    """Values read from the running worker at scrape time: consumer lag per input partition and
+    table recovery progress. (Labels: topic and partition, bounded by the pipeline's topics.)"""
+
+    def __init__(self, faust_app: Any) -> None:
+        self.app = faust_app
+
+    def describe(self) -> list[Any]:
+        return []  # known only at scrape time; keeps registration from calling collect()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag = GaugeMetricFamily(
+            "hydrant_consumer_lag",
+            "Records in an assigned input partition not yet read (high watermark - next offset).",
+            labels=["topic", "partition"],
+        )
+        recovery = GaugeMetricFamily(
+            "hydrant_recovery_remaining_records",
+            "Changelog records still to read before the tables are recovered (active or standby).",
+            labels=["kind"],
+        )
+        consumer = self.app.consumer
+        try:
+            assigned = sorted(consumer.assignment())
+        except Exception:
+            assigned = []
+        for tp in assigned:
+            if tp.topic.endswith("-changelog") or "__assignor" in tp.topic:
+                continue  # changelogs: see hydrant_recovery_remaining_records; Faust's own topic
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            read = consumer._read_offset.get(tp)
+            position = read + 1 if read is not None else consumer._committed_offset.get(tp) or 0
+            lag.add_metric([tp.topic, str(tp.partition)], max(0, highwater - position))
+        yield lag
+        tables = self.app.tables
+        recovery.add_metric(["active"], tables.recovery.active_remaining_total() if tables else 0)
+        recovery.add_metric(["standby"], tables.recovery.standby_remaining_total() if tables else 0)
+        yield recovery
 
 
 #: aiohttp wants the charset apart from the content type; Prometheus text is UTF-8 either way.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import rocksdict
 from faust.streams import _current_event
+from faust.types import TP
 
 
 def raw_table(app: Any, name: str, partitions: int, help_text: str) -> Any:
@@ -38,6 +39,21 @@ def act_for(event: Any) -> None:
 def local_db(table: Any, partition: int) -> Any:
     """The RocksDB database (rocksdict, raw mode) holding ``partition`` of ``table`` on this worker."""
     return table.data._db_for_partition(partition)
+
+
+def serves(table: Any, partition: int) -> bool:
+    """True when this worker holds ``partition`` of ``table`` as active (not standby): its RocksDB
+    partition is the one being written."""
+    tp = TP(table.changelog_topic.get_topic_name(), partition)
+    return bool(table.app.assignor.is_active(tp))
+
+
+def local_record_keys(table: Any, partition: int) -> Iterator[bytes]:
+    """Every record key of ``partition`` stored here, in key order, without Faust's bookkeeping."""
+    skip = table.data.offset_key
+    for key in local_db(table, partition).keys():
+        if key != skip:
+            yield key
 
 
 def local_keys(table: Any, partition: int) -> Any:

@@ -23,6 +23,7 @@ from app.http import JSON, error_response
 from app.main import app, settings
 from app.partitioning import partition_for
 from app.views import readiness
+from tables.store import serves
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +63,7 @@ def changelog_tp(table: Any, partition: int) -> TP:
     return TP(table.changelog_topic.get_topic_name(), partition)
 
 
-def holds(table: Any, partition: int) -> bool:
-    """True when this worker serves ``partition`` of ``table`` (active, not standby)."""
-    return bool(app.assignor.is_active(changelog_tp(table, partition)))
+holds = serves  # this worker answers a partition from RocksDB when it holds it active
 
 
 def owner_of(table: Any, partition: int) -> str | None:
