@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint typecheck unit integration clean
+.PHONY: dev test tools lint typecheck unit integration clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,16 @@ unit: $(VENV)/.installed
 integration: $(VENV)/.installed
 	$(BIN)/pytest tests/integration
 
-test: lint typecheck
+# Debian tools the deployment tests drive: a real Prometheus + promtool, docker-compose (parses the
+# compose file without a daemon). Installed when root; otherwise those tests skip, saying so.
+DEBIAN_TOOLS := prometheus docker-compose
+tools:
+	@if command -v promtool >/dev/null && command -v docker-compose >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TOOLS) >/dev/null; \
+	else echo "note: sudo apt-get install $(DEBIAN_TOOLS) to run the deployment tests"; fi
+
+test: tools lint typecheck
 	$(BIN)/pytest
 
 clean:
