@@ -68,7 +68,7 @@ def test_metrics_endpoint_parses_and_follows_conventions(
     assert not_ready[0].json()["error"]["code"] == "not_ready"
     assert "recover" in not_ready[0].json()["error"]["message"]
     assert not_ready[0].headers["Retry-After"] == "1"
-    assert worker.get("/readyz").json() == {"status": "ready"}
+    assert worker.get("/readyz").json() == {"status": "ready", "partitions": [0, 1, 2, 3]}
     assert worker.get("/healthz").status_code == 200
     asyncio.run(consume(broker.bootstrap, f"orders-enriched-{uid}", 100, timeout=60))
 
