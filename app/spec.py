@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from app.errors import SpecError
 from app.expressions import Expression, ExpressionError
@@ -380,6 +380,8 @@ def parse_pipeline(text: str, source: str = "") -> Pipeline:
         mark = exc.problem_mark
         line = f" (line {mark.line + 1})" if mark is not None else ""
         raise SpecError([f"YAML syntax: {exc.problem}{line}"], source) from None
+    except YAMLError as exc:  # e.g. ReaderError: a control character in the text
+        raise SpecError([f"YAML: {exc}".replace("\n", " ")], source) from None
     if not isinstance(doc, dict):
         raise SpecError(
             ["(top level): expected a mapping with name, streams, lookups, features, outputs"], source
