@@ -1,11 +1,16 @@
-"""Shared fixtures: pipeline files written per test with unique topic names."""
+"""Shared fixtures: pipeline files written per test with unique topic names; for the tests that
+need them (integration, reliability), one real broker per session and worker processes."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.broker import BrokerUnderTest, session_broker
+from tests.support.worker import WorkerProcess
 
 SHOP = Path(__file__).resolve().parents[1] / "examples" / "shop" / "pipeline.yaml"
 
@@ -29,3 +34,31 @@ def shop_pipeline(tmp_path: Path, uid: str) -> Path:
     path = tmp_path / "pipeline.yaml"
     path.write_text(shop_pipeline_text(uid))
     return path
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[BrokerUnderTest]:
+    with session_broker() as b:
+        yield b
+
+
+@pytest.fixture
+def workers(broker: BrokerUnderTest, tmp_path: Path, uid: str) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start workers (real processes); every one still running at the end is killed."""
+    started: list[WorkerProcess] = []
+
+    def start(pipeline: Path, name: str = "w1", data_dir: Path | None = None, **env: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            broker,
+            pipeline,
+            data_dir or tmp_path / f"data-{name}",
+            app_id=f"hydrant-test-{uid}",
+            log_path=tmp_path / f"{name}.log",
+            extra_env=env,
+        ).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop(timeout=15)

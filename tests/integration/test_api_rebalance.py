@@ -3,63 +3,20 @@ never get a 5xx other than 503 and never a wrong value."""
 
 from __future__ import annotations
 
-import random
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from tests.support.broker import BrokerUnderTest
-from tests.support.checks import expected_scan, mismatches, wait_until_scan_matches
+from tests.support.checks import expected_scan, wait_until_scan_matches
 from tests.support.kafka import create_pipeline_topics_for
+from tests.support.load import Load
 from tests.support.shop import make_events, newest_times, publish, truth_of
 from tests.support.worker import WorkerProcess, wait_for
 
 KEYS = 400
-
-
-@dataclass
-class Load:
-    """Closed-loop lookups (single GETs and 25-key batches) from one thread, tagged by phase."""
-
-    url: str
-    expected: dict[str, dict[str, object]]
-    at: int
-    phase: str = "one worker"
-    statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
-    wrong: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        rng = random.Random(3)
-        keys = sorted(self.expected)
-        with httpx.Client(timeout=15) as client:
-            while not self.stop.is_set():
-                phase = self.phase
-                try:
-                    if rng.random() < 0.5:
-                        key = rng.choice(keys)
-                        answer = client.get(f"{self.url}/features/user/{key}", params={"at": self.at})
-                        found = {key: answer.json().get("features")} if answer.status_code == 200 else {}
-                    else:
-                        batch = rng.sample(keys, 25)
-                        answer = client.post(f"{self.url}/features/user", json={"keys": batch, "at": self.at})
-                        results = answer.json().get("results", []) if answer.status_code == 200 else []
-                        found = {r["key"]: r.get("features") for r in results}
-                        if answer.status_code == 200 and [r["key"] for r in results] != batch:
-                            self.wrong.append(f"{phase}: batch answered out of order")
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"{phase}: {exc!r}")
-                    continue
-                self.statuses[(phase, answer.status_code)] += 1
-                for key, features in found.items():
-                    problems = mismatches(features or {}, self.expected[key])
-                    self.wrong += [f"{phase} {key}: {p}" for p in problems[:3]]
 
 
 def served(worker: WorkerProcess) -> list[int]:
@@ -83,8 +40,7 @@ def test_lookups_while_a_worker_joins_and_leaves_get_200_or_503_and_never_a_wron
         wait_until_scan_matches(client, one.url, "user", expected_scan(truth, keys, end), end)
 
     load = Load(one.url, {key: truth.features(key, end) for key in keys}, end)
-    thread = threading.Thread(target=load.run, daemon=True)
-    thread.start()
+    thread = load.start()
     try:
         time.sleep(2)
         load.phase = "second worker joining"
