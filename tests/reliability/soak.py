@@ -92,9 +92,8 @@ def main() -> int:
     statuses = dict(load.statuses)
     print(f"events {len(workload.events)} (+{len(workload.malformed)} malformed), keys {len(workload.keys)}")
     print(f"lookups {sum(statuses.values())}: {statuses}")
-    print(
-        f"RSS MiB: max {max(r for _, r in samples):.1f}, middle third median {middle:.1f}, last third {last:.1f}"
-    )
+    peak = max(r for _, r in samples)
+    print(f"RSS MiB: max {peak:.1f}, middle third median {middle:.1f}, last third {last:.1f}")
     print(f"growth last/middle {growth:+.1%} (limit {GROWTH_LIMIT:.0%}); check: {report}")
     bad_status = any(s >= 500 and s != 503 for _, s in statuses)
     return 0 if report.clean and growth <= GROWTH_LIMIT and not bad_status else 1
