@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,9 @@ class BrokerUnderTest:
     url: str  # kafka://host:port
     profile: str  # "kafka" or "tansu": what HYDRANT_BROKER_PROFILE workers need
     kind: str  # "external", "testcontainers", "tansu"
+    #: Stop and start the broker keeping its data (testcontainers only: the container restarts with
+    #: its filesystem, on the same host port).
+    restart: Callable[[], None] | None = field(default=None, compare=False)
 
     @property
     def bootstrap(self) -> str:
@@ -40,8 +43,17 @@ def session_broker() -> Iterator[BrokerUnderTest]:
     if docker_answers():
         from testcontainers.community.kafka import KafkaContainer
 
-        with KafkaContainer("apache/kafka:3.8.0").with_kraft() as kafka:
-            yield BrokerUnderTest(f"kafka://{kafka.get_bootstrap_server()}", "kafka", "testcontainers")
+        from app.broker import free_port
+
+        container = KafkaContainer("apache/kafka:3.8.0").with_kraft()
+        container.with_bind_ports(container.port, free_port())  # a restart keeps the advertised port
+        with container as kafka:
+
+            def restart() -> None:
+                kafka.get_wrapped_container().restart(timeout=10)
+
+            url = f"kafka://{kafka.get_bootstrap_server()}"
+            yield BrokerUnderTest(url, "kafka", "testcontainers", restart=restart)
         return
     from app.broker import EmbeddedBroker
 
