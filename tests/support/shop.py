@@ -21,15 +21,21 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 Event = dict[str, object]
 
 
-def make_events(seed: int = 1, keys: int = 500, count: int = 20_000, every_key: bool = False) -> list[Event]:
+def make_events(
+    seed: int = 1, keys: int = 500, count: int = 20_000, every_key: bool = False, hours: int = 20
+) -> list[Event]:
     """``count`` shop events over ``keys`` keys (``every_key``: each key at least once), event times
-    over 30 hours, shuffled within ±30 minutes; 60 % orders, 40 % clicks."""
+    over ``hours`` hours, shuffled within ±30 minutes; 60 % orders, 40 % clicks.
+
+    Keep ``hours`` + 1 below the group's 24 h retention when the test compares with the ground
+    truth: a worker reads the orders and clicks topics at its own pace, so with a wider span an
+    event could be late (dropped) in the worker's processing order but not in the list's order."""
     rng = random.Random(seed)
     width = max(3, len(str(keys - 1)))
     events: list[Event] = []
     for n in range(count):
         user = f"u{(n if every_key and n < keys else rng.randrange(keys)):0{width}d}"
-        ts = T0 + int(n * 30 * HOUR / count) + rng.randint(-HOUR // 2, HOUR // 2)
+        ts = T0 + int(n * hours * HOUR / count) + rng.randint(-HOUR // 2, HOUR // 2)
         if rng.random() < 0.6:
             events.append(
                 {
