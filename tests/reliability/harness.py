@@ -2,7 +2,8 @@
 its pandas ground truth, publishing it in slices, and a checker that asks the workers for every key
 and counts mismatches, lost events and double-counted events.
 
-Sizes: bounded by default (CI); ``HYDRANT_RELIABILITY=long`` multiplies them (see docs/reliability.md).
+Sizes: bounded by default (CI); ``HYDRANT_RELIABILITY=long`` multiplies them by five (see
+docs/reliability.md), and the per-test time limit with them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from tests.support.kafka import produce
 from tests.support.shop import Event, make_events, newest_times, truth_of
 
 LONG = os.environ.get("HYDRANT_RELIABILITY") == "long"
-SCALE = 10 if LONG else 1
+SCALE = 5 if LONG else 1
+TIME_LIMIT_S = 600 * SCALE  # per scenario (pytest-timeout)
 #: Counts that tell lost from double-counted events: every order feeds spend_count_24h, every click
 #: clicks_count_1h (at the newest event time, over the last day / hour).
 COUNTS = ("spend_count_24h", "clicks_count_1h")

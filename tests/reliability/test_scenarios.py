@@ -2,7 +2,7 @@
 every worker equals the pandas ground truth — 0 mismatches, 0 lost, 0 double-counted — while
 lookups run against a surviving worker and get nothing but 200, 404 (key not there yet) or 503.
 
-Bounded sizes in CI; ``HYDRANT_RELIABILITY=long`` runs ten times more events (docs/reliability.md).
+Bounded sizes in CI; ``HYDRANT_RELIABILITY=long`` runs five times more events (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from app.broker import wait_for_port
-from tests.reliability.harness import SCALE, Workload, make_workload, publish_slice, settle
+from tests.reliability.harness import SCALE, TIME_LIMIT_S, Workload, make_workload, publish_slice, settle
 from tests.support.broker import BrokerUnderTest
 from tests.support.kafka import consume, create_pipeline_topics_for
 from tests.support.load import Load
 from tests.support.worker import WorkerProcess, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.timeout(TIME_LIMIT_S)]
 
 KEYS = 300 * SCALE
 EVENTS = 6_000 * SCALE
