@@ -17,6 +17,7 @@ Per fetched batch (``take_events``):
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from tables.features import GROUPS, load_state, store_changes
 from tables.lookups import lookup_row
 from tables.store import StateWriter, act_for
 from tables.windows import KeyState, apply_event, choose, is_late, read_features
+
+logger = logging.getLogger(__name__)
 
 BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.05
@@ -142,6 +145,10 @@ async def process_events(stream: Any) -> None:
     partitions = settings.partitions
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
         started = time.perf_counter()
+        assigned = app.consumer.assignment()
+        stale = {e.message.tp for e in events} - assigned
+        if stale:  # fetched before a revocation: another worker may own these partitions now
+            logger.warning("batch holds events of partitions no longer assigned here: %s", sorted(stale))
         deliveries: list[Awaitable[Any]] = []
         batch = BatchState()
         for event in events:

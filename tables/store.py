@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import Awaitable, Iterator
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import rocksdict
 from faust.streams import _current_event
 from faust.types import TP
+
+logger = logging.getLogger(__name__)
 
 
 def raw_table(app: Any, name: str, partitions: int, help_text: str) -> Any:
@@ -116,4 +119,15 @@ class StateWriter:
             if known is None or metadata.offset > known[1]:
                 persisted[slot] = (table, metadata.offset)
         for (_, tp), (table, offset) in persisted.items():
+            if not serves(table, tp.partition):
+                # Written while the partition moved away (a batch that straddled a revocation):
+                # another worker may own records before this offset that this one never applied,
+                # so the next recovery must not start after them.
+                logger.warning(
+                    "changelog %s[%d] written at offset %d while not active here; persisted offset kept",
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                )
+                continue
             table.data.set_persisted_offset(tp, offset)
