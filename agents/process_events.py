@@ -139,9 +139,25 @@ def apply_to_groups(
     return states
 
 
+class PartitionCounts:
+    """Partition counts of the input topics as the consumer's metadata last showed them (the
+    snapshot is empty for a moment during a rebalance; a topic's count does not change then)."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+        self._known: dict[str, int] = {}
+
+    def __call__(self, topic: str) -> int | None:
+        count = self._consumer.topic_partitions(topic)
+        if count is None:
+            return self._known.get(topic)
+        self._known[topic] = count
+        return int(count)
+
+
 async def process_events(stream: Any) -> None:
     producer = app.producer
-    topic_partitions = app.consumer.topic_partitions
+    topic_partitions = PartitionCounts(app.consumer)
     partitions = settings.partitions
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
         started = time.perf_counter()

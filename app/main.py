@@ -12,7 +12,7 @@ from typing import Any
 
 import faust
 
-from app import __version__, tansu
+from app import __version__, diagnostics, rebalance, tansu
 from app.errors import HydrantError
 from app.http import application_options
 from app.kafka import client_options, ssl_context
@@ -107,7 +107,9 @@ def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
     """A Faust App for this pipeline; agents and tables attach to it on autodiscovery."""
     if settings.broker_profile == "tansu":
         tansu.install(client_options(settings))
+    rebalance.install()
     faust_app = HydrantApp(settings.group_id(pipeline.name), **faust_options(settings, pipeline))
+    diagnostics.install(faust_app)
     WORKER.info(
         {"version": __version__, "pipeline": pipeline.name, "app_id": settings.group_id(pipeline.name)}
     )

@@ -83,14 +83,6 @@ def test_a_sigkill_mid_ingest_and_a_lost_data_dir(
     assert_clean(report, load)
 
 
-KNOWN_LOSS = pytest.mark.xfail(
-    strict=False,
-    reason="open bug (issue 7): state can lose events when partitions move during ingest; "
-    "seen in CI for (c) and in long mode for (b): docs/reliability.md",
-)
-
-
-@KNOWN_LOSS
 def test_b_second_and_third_workers_join_and_leave_during_ingest(
     broker: BrokerUnderTest, shop_pipeline: Path, uid: str, workers: Callable[..., WorkerProcess]
 ) -> None:
@@ -124,7 +116,6 @@ def test_b_second_and_third_workers_join_and_leave_during_ingest(
     assert_clean(report, load)
 
 
-@KNOWN_LOSS
 def test_c_a_worker_stopped_longer_than_the_session_timeout_does_not_double_apply(
     broker: BrokerUnderTest, shop_pipeline: Path, uid: str, workers: Callable[..., WorkerProcess]
 ) -> None:
