@@ -1,45 +1,61 @@
-"""End-to-end events/s of the shop pipeline on the bundled broker, one worker.
+"""End-to-end events/s of the shop pipeline on the bundled broker, one worker, with two baselines.
 
 Preloads 10,000 users and N events (half orders -> enriched output with lookup join, features and a
-computed column; half clicks -> window state only), starts a worker (a real process), and times
-from /readyz 200 until every event was consumed (`hydrant_events_consumed_total`). Batch figures
-come from the worker's own histograms.
+computed column; half clicks -> window state only) once, then on the same broker and input records:
 
-    .venv/bin/python -m bench.pipeline [--events 50000]
+- hydrant: a worker (a real process), timed from /readyz 200 until every event was consumed
+  (``hydrant_events_consumed_total``) and every enriched order sent (``hydrant_events_produced_total``);
+  batch figures come from the worker's own histograms;
+- (a) faust: a plain Faust app (bench/faust_baseline.py, a real process, fresh group) whose agent
+  iterates both input topics one event at a time with ``await topic.send()`` per event, timed from
+  its first consumed record until the output topic holds N records (counted by reading it);
+- (b) raw: an in-process aiokafka loop, ``getmany()`` batches -> ``producer.send()`` for each record,
+  the delivery futures gathered per batch, timed from its first fetch until all N are delivered.
 
-Issue 8 adds the baselines of the same run (a plain Faust per-event agent, a raw aiokafka loop)
-and their ratios; until then this prints Hydrant's figure alone.
+Prints events/s of each and the ratios hydrant/(a) (target >= 5x) and hydrant/(b) (target >= 25 %).
+Figures, not pass/fail. The default is the issue's size (200,000 events, 10,000 keys; a few minutes
+on a 2-core machine, most of it the Faust baseline at ~3k ev/s).
+
+    .venv/bin/python -m bench.pipeline [--events 200000] [--keys 10000] [--skip-faust] [--skip-raw]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.broker import EmbeddedBroker
+from app.processes import spawn, stop
 from tests.conftest import shop_pipeline_text
 from tests.support.broker import BrokerUnderTest
-from tests.support.kafka import create_pipeline_topics_for, produce
-from tests.support.worker import WorkerProcess, wait_for
+from tests.support.kafka import create_topics, produce
+from tests.support.worker import REPO, WorkerProcess, wait_for
 
 T0 = 1_767_225_600_000
+PARTITIONS = 4  # HYDRANT_PARTITIONS' default, also used for the baselines' topics
 
 
 def shop_events(
-    n: int, keys: int, seed: int = 1
+    n: int, keys: int, seed: int = 1, t0: int = T0, step_ms: int = 50
 ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """``n`` shop events over ``keys`` users, event times ``t0 + i * step_ms``: (orders, clicks)."""
     rng = random.Random(seed)
     orders, clicks = [], []
     for i in range(n):
         user = f"u{rng.randrange(keys):05d}"
-        ts = T0 + i * 50
+        ts = t0 + i * step_ms
         if i % 2:
             value = {
                 "user_id": user,
@@ -55,50 +71,234 @@ def shop_events(
     return orders, clicks
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--keys", type=int, default=10_000)
-    args = parser.parse_args()
-    uid = uuid.uuid4().hex[:8]
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as embedded:
-        broker = BrokerUnderTest(embedded.url, "tansu", "tansu")
-        pipeline = Path(tmp) / "pipeline.yaml"
-        pipeline.write_text(shop_pipeline_text(uid))
-        create_pipeline_topics_for(broker.url, pipeline, uid)
-        users = [
-            (f"u{i:05d}".encode(), orjson.dumps({"user_id": f"u{i:05d}", "country": "DE", "segment": "vip"}))
-            for i in range(args.keys)
-        ]
-        orders, clicks = shop_events(args.events, args.keys)
-        for topic, records in ((f"users-{uid}", users), (f"orders-{uid}", orders), (f"clicks-{uid}", clicks)):
-            asyncio.run(produce(broker.bootstrap, topic, records))
-        worker = WorkerProcess(
-            broker, pipeline, Path(tmp) / "data", f"hydrant-bench-{uid}", Path(tmp) / "w.log"
+def user_rows(keys: int) -> list[tuple[bytes, bytes]]:
+    """The users lookup: one row per key."""
+    return [
+        (f"u{i:05d}".encode(), orjson.dumps({"user_id": f"u{i:05d}", "country": "DE", "segment": "vip"}))
+        for i in range(keys)
+    ]
+
+
+def create_hydrant_topics(broker_url: str, pipeline: Path, app_id: str) -> None:
+    """Every topic of ``pipeline`` (inputs, outputs, dead letters, the repartition topics of
+    consumer group ``app_id``) before the worker starts (BROKER.md: not while it runs)."""
+    from app.kafka import create_pipeline_topics
+    from app.settings import load_settings
+    from app.spec import load_pipeline
+
+    settings = load_settings(broker=broker_url, pipeline=pipeline, app_id=app_id)
+    asyncio.run(create_pipeline_topics(settings, load_pipeline(pipeline)))
+
+
+def preload(bootstrap: str, batches: Iterable[tuple[str, list[tuple[bytes, bytes]]]]) -> None:
+    for topic, records in batches:
+        asyncio.run(produce(bootstrap, topic, records))
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    events: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+
+def run_hydrant(
+    broker: BrokerUnderTest, pipeline: Path, app_id: str, tmp: Path, events: int, orders: int
+) -> tuple[Figure, str]:
+    """Start a worker, time /readyz 200 -> all consumed and every output sent; stop it."""
+    worker = WorkerProcess(broker, pipeline, tmp / "hydrant-data", app_id, tmp / "hydrant.log")
+    worker.start()
+    try:
+        worker.wait_ready(120)
+        started = time.monotonic()
+        wait_for(
+            lambda: (
+                worker.metric("hydrant_events_consumed_total") >= events
+                and worker.metric("hydrant_events_produced_total") >= orders
+            ),
+            "all consumed and produced",
+            3600,
         )
-        worker.start()
-        try:
-            worker.wait_ready(120)
-            started = time.monotonic()
-            wait_for(
-                lambda: worker.metric("hydrant_events_consumed_total") >= args.events, "all consumed", 3600
-            )
-            seconds = time.monotonic() - started
-            batches = worker.metric("hydrant_batch_seconds_count", stream="orders")
-            busy = worker.metric("hydrant_batch_seconds_sum", stream="orders")
-        finally:
-            worker.stop()
-    print(
-        f"{args.events:,} events ({len(orders):,} orders enriched, {len(clicks):,} clicks), "
-        f"{args.keys:,} keys"
-    )
-    print(
-        f"hydrant pipeline: {args.events / seconds:,.0f} events/s ({seconds:.1f}s from ready to last event)"
-    )
-    print(
-        f"batches: {batches:,.0f}, mean {args.events / max(batches, 1):,.0f} events, "
+        seconds = time.monotonic() - started
+        batches = worker.metric("hydrant_batch_seconds_count", stream="orders")
+        busy = worker.metric("hydrant_batch_seconds_sum", stream="orders")
+    finally:
+        worker.stop()
+    detail = (
+        f"hydrant batches: {batches:,.0f}, mean {events / max(batches, 1):,.0f} events, "
         f"{busy / seconds:.0%} of the time inside the batch body"
     )
+    return Figure("hydrant pipeline (1 worker)", events, seconds), detail
+
+
+async def count_until(
+    bootstrap: str, topic: str, expected: int, timeout: float, alive: Callable[[], bool]
+) -> float:
+    """Read ``topic`` from the beginning (no group) until it held ``expected`` records; returns the
+    wall-clock time (time.time()) at which the last one was seen. ``alive()`` False aborts."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen = 0
+        deadline = time.monotonic() + timeout
+        while seen < expected:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: {seen:,} of {expected:,} records after {timeout:.0f}s")
+            if not alive():
+                raise RuntimeError(f"the producing process ended with {seen:,} of {expected:,} records")
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            seen += sum(len(messages) for messages in batch.values())
+        return time.time()
+    finally:
+        await consumer.stop()
+
+
+def run_faust(broker_url: str, bootstrap: str, inputs: list[str], uid: str, tmp: Path, events: int) -> Figure:
+    """Baseline (a): bench/faust_baseline.py as a process; first consumed record -> N outputs."""
+    output = f"faust-out-{uid}"
+    asyncio.run(create_topics(bootstrap, [output], PARTITIONS))
+    marker = tmp / "faust-first-event"
+    log = tmp / "faust.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.faust_baseline",
+        "--broker",
+        broker_url,
+        "--app-id",
+        f"faust-bench-{uid}",
+        "--data-dir",
+        str(tmp / "faust-data"),
+        "--marker",
+        str(marker),
+        "--output",
+        output,
+        "--partitions",
+        str(PARTITIONS),
+        *inputs,
+    ]
+    proc = spawn(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, log_path=log)
+    try:
+        ended = asyncio.run(count_until(bootstrap, output, events, 3600, lambda: proc.poll() is None))
+    except Exception as exc:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"faust baseline: {exc}; log {log}:\n{tail}") from exc
+    finally:
+        stop(proc, 20)
+    return Figure("(a) faust agent, await send() per event", events, ended - float(marker.read_text()))
+
+
+async def raw_loop(bootstrap: str, inputs: list[str], output: str, events: int) -> float:
+    """Baseline (b): getmany() -> send() per record, futures gathered per batch; seconds taken."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=256 * 1024, max_request_size=4 * 1024 * 1024
+    )
+    await consumer.start()
+    await producer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in inputs for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        forwarded = 0
+        started = time.perf_counter()
+        while forwarded < events:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            futures = [
+                await producer.send(output, m.value, key=m.key)
+                for messages in batch.values()
+                for m in messages
+            ]
+            await asyncio.gather(*futures)
+            forwarded += len(futures)
+            if time.perf_counter() - started > 600:
+                raise TimeoutError(f"raw loop: {forwarded:,} of {events:,} after 600s")
+        return time.perf_counter() - started
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def run_raw(bootstrap: str, inputs: list[str], uid: str, events: int) -> Figure:
+    output = f"raw-out-{uid}"
+    asyncio.run(create_topics(bootstrap, [output], PARTITIONS))
+    seconds = asyncio.run(raw_loop(bootstrap, inputs, output, events))
+    return Figure("(b) raw aiokafka getmany -> send, gathered", events, seconds)
+
+
+def report(figures: list[Figure], hydrant: Figure | None) -> list[str]:
+    lines = [f"{'variant':<44}{'events/s':>10}{'seconds':>9}   {'hydrant / this':>14}  target"]
+    targets = {"(a)": (5.0, "x", ">= 5x"), "(b)": (0.25, "%", ">= 25 %")}
+    for figure in figures:
+        ratio = ""
+        target = ""
+        if hydrant is not None and figure is not hydrant:
+            wanted, unit, target = targets[figure.name[:3]]
+            value = hydrant.rate / figure.rate
+            ratio = f"{value:.1f}x" if unit == "x" else f"{value:.0%}"
+            target = f"{target} ({'met' if value >= wanted else 'not met'})"
+        line = f"{figure.name:<44}{figure.rate:>10,.0f}{figure.seconds:>9.1f}   {ratio:>14}  {target}"
+        lines.append(line.rstrip())
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--skip-hydrant", action="store_true", help="only the baselines")
+    parser.add_argument("--skip-faust", action="store_true", help="no baseline (a)")
+    parser.add_argument("--skip-raw", action="store_true", help="no baseline (b)")
+    args = parser.parse_args()
+    uid = uuid.uuid4().hex[:8]
+    app_id = f"hydrant-bench-{uid}"
+    figures: list[Figure] = []
+    hydrant: Figure | None = None
+    detail = ""
+    with tempfile.TemporaryDirectory() as tmp_name, EmbeddedBroker() as embedded:
+        tmp = Path(tmp_name)
+        broker = BrokerUnderTest(embedded.url, "tansu", "tansu")
+        pipeline = tmp / "pipeline.yaml"
+        pipeline.write_text(shop_pipeline_text(uid))
+        create_hydrant_topics(broker.url, pipeline, app_id)
+        orders, clicks = shop_events(args.events, args.keys)
+        inputs = [f"orders-{uid}", f"clicks-{uid}"]
+        preload(
+            broker.bootstrap,
+            [(f"users-{uid}", user_rows(args.keys)), (inputs[0], orders), (inputs[1], clicks)],
+        )
+        print(
+            f"{args.events:,} events ({len(orders):,} orders enriched, {len(clicks):,} clicks), "
+            f"{args.keys:,} keys, {PARTITIONS} partitions, bundled broker {broker.bootstrap}",
+            flush=True,
+        )
+        if not args.skip_hydrant:
+            hydrant, detail = run_hydrant(broker, pipeline, app_id, tmp, args.events, len(orders))
+            figures.append(hydrant)
+            print(f"  {hydrant.name}: {hydrant.rate:,.0f} events/s", flush=True)
+        if not args.skip_faust:
+            figures.append(run_faust(broker.url, broker.bootstrap, inputs, uid, tmp, args.events))
+            print(f"  {figures[-1].name}: {figures[-1].rate:,.0f} events/s", flush=True)
+        if not args.skip_raw:
+            figures.append(run_raw(broker.bootstrap, inputs, uid, args.events))
+            print(f"  {figures[-1].name}: {figures[-1].rate:,.0f} events/s", flush=True)
+    print()
+    print("\n".join(report(figures, hydrant)))
+    if detail:
+        print(detail)
 
 
 if __name__ == "__main__":

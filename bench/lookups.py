@@ -1,0 +1,531 @@
+"""Feature lookups over HTTP: requests/s and latency of one worker (optionally two) under ingest.
+
+Starts the bundled broker, preloads the users lookup and N shop events over K users (event times
+spanning the last 20 h, so reads at "now" merge real buckets), starts a Hydrant worker (a real
+process) and waits until every event is consumed. Then, while a background process keeps ingesting
+~1,000 ev/s (orders and clicks of the same keys, event time = wall clock), an asyncio load generator
+(one process; a minimal keep-alive HTTP/1.1 client on asyncio streams, ~0.1 ms CPU per request here,
+about a third of aiohttp's client, which --client aiohttp uses instead) runs each phase for
+--duration seconds after a 1 s warm-up:
+
+- closed loop, C connections: GET /healthz (the generator's ceiling against a trivial endpoint),
+  GET /features/user/{key} (one random key), POST /features/user {"keys": [100 random keys]};
+- fixed rate (open loop: sent on schedule on an idle or a new connection, never waiting for an
+  answer, so server queueing shows in the latency): GET /features/user/{key} at 500 req/s, POST of
+  100 keys at --batch-rate req/s; how late the generator itself sent is printed apart.
+
+Only keys that have state are asked, so every answer should be 200. Per phase: requests/s, p50/p99/
+max latency, non-200 answers, and the CPU used by the generator and by the worker(s) (from /proc):
+a generator well below 100 % of a core is not the bottleneck. With --two-workers a second worker
+joins and the phases repeat, requests alternating between both workers' URLs (keys the receiving
+worker does not own are forwarded). Targets printed: single-key p99 <= 5 ms at 500 req/s, >= 3,000
+req/s single-key on one worker, 100-key batch p99 <= 20 ms (at the fixed batch rate: in a closed
+loop, latency is mostly queueing, C / throughput). Figures, not pass/fail.
+
+    .venv/bin/python -m bench.lookups [--duration 10] [--keys 10000] [--events 50000] \
+        [--connections 8] [--batch-rate 20] [--ingest-rate 1000] [--two-workers] [--client raw|aiohttp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import random
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from app.broker import EmbeddedBroker
+from bench.pipeline import create_hydrant_topics, preload, shop_events, user_rows
+from tests.conftest import shop_pipeline_text
+from tests.support.broker import BrokerUnderTest
+from tests.support.worker import WorkerProcess, wait_for
+
+SPAN_MS = 20 * 3600 * 1000  # event times of the preload: the last 20 h (retention is 24 h)
+BATCH_KEYS = 100
+WARMUP_S = 1.0
+MAX_IN_FLIGHT = 256  # fixed rate: open connections at most (beyond, a request waits: counted as lag)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+Request = tuple[int, str, str, bytes | None]  # worker index, method, path, body
+
+
+# --- background ingest (a separate process, so it does not share the generator's event loop) ---
+
+
+def ingest(
+    bootstrap: str, topics: tuple[str, str], keys: list[str], rate: float, stop: Event, sent: Any
+) -> None:
+    """Orders and clicks of ``keys`` at ``rate`` ev/s, event time = now, until ``stop`` is set."""
+    asyncio.run(_ingest(bootstrap, topics, keys, rate, stop, sent))
+
+
+async def _ingest(
+    bootstrap: str,
+    topics: tuple[str, str],
+    keys: list[str],
+    rate: float,
+    stop: Event,
+    sent: Any,
+) -> None:
+    rng = random.Random(7)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    await producer.start()
+    try:
+        started = time.monotonic()
+        count = 0
+        pending = []
+        while not stop.is_set():
+            due = int((time.monotonic() - started) * rate)
+            now = int(time.time() * 1000)
+            for i in range(count, due):
+                user = rng.choice(keys)
+                if i % 2:
+                    value = {
+                        "user_id": user,
+                        "order_id": f"live{i}",
+                        "product": f"p{rng.randrange(50)}",
+                        "amount": round(rng.uniform(1, 100), 2),
+                        "status": "paid",
+                        "ts": now,
+                    }
+                    pending.append(await producer.send(topics[0], orjson.dumps(value), key=user.encode()))
+                else:
+                    value = {"user_id": user, "page": "/", "ts": now}
+                    pending.append(await producer.send(topics[1], orjson.dumps(value), key=user.encode()))
+            count = max(count, due)
+            if len(pending) >= 200:
+                await asyncio.gather(*pending)
+                pending.clear()
+            sent.value = count
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+# --- the load generator ---
+
+
+@dataclass
+class Phase:
+    name: str
+    mode: str  # "closed, 8 conns" / "500/s"
+    workers: int
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # seconds
+    statuses: Counter[int] = field(default_factory=Counter)  # 0 = connection error / timeout
+    lags: list[float] = field(default_factory=list)  # fixed rate: seconds sent after the schedule
+    generator_cpu: float = 0.0  # share of one core
+    worker_cpu: float = 0.0  # share of one core, all workers together
+    ingested: float = 0.0  # events/s the worker(s) consumed during the phase (the background ingest)
+    target: str = ""
+    check: Callable[[Phase], bool] | None = None
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def quantile(self, q: float, values: list[float] | None = None) -> float:
+        """The ``q`` quantile of the latencies (or of ``values``) in milliseconds."""
+        ordered = sorted(self.latencies if values is None else values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
+
+    @property
+    def non_200(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status != 200)
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class RawHttp:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams (Content-Length or chunked answers),
+    with a pool of idle connections per worker: a fraction of aiohttp's client CPU per request, so the
+    generator's own cost stays small next to the server's (compare with --client aiohttp)."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.addresses = []
+        for url in urls:
+            host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
+            self.addresses.append((host, int(port)))
+        self.idle: list[list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = [[] for _ in urls]
+
+    async def call(self, request: Request) -> int:
+        worker, method, path, body = request
+        idle = self.idle[worker]
+        host, port = self.addresses[worker]
+        conn = None
+        try:
+            async with asyncio.timeout(10):
+                conn = idle.pop() if idle else await asyncio.open_connection(host, port)
+                reader, writer = conn
+                head = f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                if body is not None:
+                    head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                writer.write(head.encode() + b"\r\n" + (body or b""))
+                headers = (await reader.readuntil(b"\r\n\r\n")).lower()
+                status = int(headers[9:12])
+                at = headers.find(b"\r\ncontent-length:")
+                if at >= 0:
+                    await reader.readexactly(int(headers[at + 17 : headers.index(b"\r\n", at + 2)]))
+                elif b"\r\ntransfer-encoding: chunked" in headers:
+                    while size := int((await reader.readline()).split(b";")[0], 16):
+                        await reader.readexactly(size + 2)
+                    await reader.readuntil(b"\r\n")
+                if b"\r\nconnection: close" in headers:
+                    writer.close()
+                else:
+                    idle.append(conn)
+                return status
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            if conn is not None:
+                conn[1].close()
+            return 0
+
+    async def close(self) -> None:
+        for idle in self.idle:
+            for _, writer in idle:
+                writer.close()
+
+
+class AiohttpClient:
+    """The same calls through aiohttp's client (a cross-check of the raw client's figures)."""
+
+    def __init__(self, urls: list[str], connections: int) -> None:
+        self.urls = urls
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections, ttl_dns_cache=None),
+            timeout=aiohttp.ClientTimeout(total=10),
+        )
+
+    async def call(self, request: Request) -> int:
+        worker, method, path, body = request
+        try:
+            headers = {"Content-Type": "application/json"} if body is not None else None
+            async with self.session.request(
+                method, self.urls[worker] + path, data=body, headers=headers
+            ) as response:
+                await response.read()
+                return response.status
+        except (TimeoutError, aiohttp.ClientError):
+            return 0
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def make_client(kind: str, urls: list[str], connections: int) -> RawHttp | AiohttpClient:
+    return RawHttp(urls) if kind == "raw" else AiohttpClient(urls, connections)
+
+
+Client = RawHttp | AiohttpClient
+
+
+async def closed_loop(
+    phase: Phase,
+    make: Callable[[int], Request],
+    connections: int,
+    duration: float,
+    pids: list[int],
+    new_client: Callable[[], Client],
+) -> Phase:
+    """``connections`` clients, each sending its next request when the previous answer came."""
+    client = new_client()
+    try:
+        start = time.perf_counter()
+        record_from = start + WARMUP_S
+        deadline = record_from + duration
+        cpu_marks: list[tuple[float, float, float]] = []
+
+        async def mark() -> None:
+            await asyncio.sleep(max(0.0, record_from - time.perf_counter()))
+            cpu_marks.append((time.perf_counter(), time.process_time(), sum(map(process_cpu, pids))))
+
+        async def one_client(i: int) -> None:
+            n = 0
+            while (sent_at := time.perf_counter()) < deadline:
+                status = await client.call(make(i + n * connections))
+                n += 1
+                if sent_at >= record_from:
+                    phase.latencies.append(time.perf_counter() - sent_at)
+                    phase.statuses[status] += 1
+
+        await asyncio.gather(mark(), *(one_client(i) for i in range(connections)))
+        ended = time.perf_counter()
+        wall0, gen0, work0 = cpu_marks[0]
+        phase.seconds = ended - wall0
+        phase.generator_cpu = (time.process_time() - gen0) / phase.seconds
+        phase.worker_cpu = (sum(map(process_cpu, pids)) - work0) / phase.seconds
+    finally:
+        await client.close()
+    return phase
+
+
+async def fixed_rate(
+    phase: Phase,
+    make: Callable[[int], Request],
+    rate: float,
+    duration: float,
+    pids: list[int],
+    new_client: Callable[[], Client],
+) -> Phase:
+    """Open loop: request i is sent at start + i / rate whatever the answers, on an idle connection or
+    a new one (never waiting for a busy one, so a slow server cannot slow the senders down: its
+    queueing shows in the latency, counted from the send), up to MAX_IN_FLIGHT at once. How late the
+    generator sent (its timer and loop delays, or that cap) is kept apart, in ``lags``."""
+    client = new_client()
+    try:
+        start = time.perf_counter() + 0.01
+        record_from = start + WARMUP_S
+        total = int(rate * (WARMUP_S + duration))
+        tasks = []
+        cpu0: tuple[float, float] | None = None
+
+        in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+        async def one(i: int, due: float) -> None:
+            async with in_flight:
+                sent = time.perf_counter()
+                status = await client.call(make(i))
+            if due >= record_from:
+                phase.latencies.append(time.perf_counter() - sent)
+                phase.lags.append(sent - due)
+                phase.statuses[status] += 1
+
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if cpu0 is None and due >= record_from:
+                cpu0 = (time.process_time(), sum(map(process_cpu, pids)))
+            tasks.append(asyncio.create_task(one(i, due)))
+        await asyncio.gather(*tasks)
+        phase.seconds = duration
+        elapsed = time.perf_counter() - record_from
+        assert cpu0 is not None
+        phase.generator_cpu = (time.process_time() - cpu0[0]) / elapsed
+        phase.worker_cpu = (sum(map(process_cpu, pids)) - cpu0[1]) / elapsed
+    finally:
+        await client.close()
+    return phase
+
+
+def consumed(workers: list[WorkerProcess]) -> float:
+    return sum(w.metric("hydrant_events_consumed_total") for w in workers)
+
+
+def run_phases(workers: list[WorkerProcess], keys: list[str], args: argparse.Namespace) -> list[Phase]:
+    """Every phase against the workers (request i goes to worker i % len(workers))."""
+    urls = [w.url for w in workers]
+    pids = [w.proc.pid for w in workers if w.proc is not None]
+    rng = random.Random(11)
+    n = len(urls)
+    conns = args.connections * n
+
+    def healthz(i: int) -> Request:
+        return (i % n, "GET", "/healthz", None)
+
+    def single(i: int) -> Request:
+        return (i % n, "GET", f"/features/user/{rng.choice(keys)}", None)
+
+    def batch(i: int) -> Request:
+        return (i % n, "POST", "/features/user", orjson.dumps({"keys": rng.sample(keys, BATCH_KEYS)}))
+
+    def new_client() -> Client:
+        return make_client(args.client, urls, 256)
+
+    closed = f"closed, {conns} conns"
+    single_rate = 500.0
+    phases: list[tuple[Callable[..., Coroutine[Any, Any, Phase]], Phase, Callable[[int], Request], float]] = [
+        (closed_loop, Phase("GET /healthz (generator ceiling)", closed, n), healthz, conns),
+        (
+            closed_loop,
+            Phase(
+                "GET /features/user/{key}",
+                closed,
+                n,
+                target=">= 3,000 req/s" if n == 1 else "",
+                check=(lambda p: p.rate >= 3000) if n == 1 else None,
+            ),
+            single,
+            conns,
+        ),
+        (closed_loop, Phase(f"POST /features/user ({BATCH_KEYS} keys)", closed, n), batch, conns),
+        (
+            fixed_rate,
+            Phase(
+                "GET /features/user/{key}",
+                f"{single_rate:.0f}/s",
+                n,
+                target="p99 <= 5 ms",
+                check=lambda p: p.quantile(0.99) <= 5,
+            ),
+            single,
+            single_rate,
+        ),
+        (
+            fixed_rate,
+            Phase(
+                f"POST /features/user ({BATCH_KEYS} keys)",
+                f"{args.batch_rate:.0f}/s",
+                n,
+                target="p99 <= 20 ms",
+                check=lambda p: p.quantile(0.99) <= 20,
+            ),
+            batch,
+            args.batch_rate,
+        ),
+    ]
+    done = []
+    for runner, phase, make, load in phases:
+        before, started = consumed(workers), time.monotonic()
+        result = asyncio.run(runner(phase, make, load, args.duration, pids, new_client))
+        result.ingested = (consumed(workers) - before) / (time.monotonic() - started)
+        print(f"  {row(result)}", flush=True)
+        done.append(result)
+    return done
+
+
+HEADER = (
+    f"{'phase':<36}{'load':<17}{'wkrs':>4}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+    f"{'non-200':>8}{'gen cpu':>8}{'wkr cpu':>8}{'ingest':>8}  target"
+)
+
+
+def row(p: Phase) -> str:
+    target = f"{p.target} ({'met' if p.check(p) else 'not met'})" if p.check is not None else ""
+    if p.lags:
+        target += f"; sent late by p99 {p.quantile(0.99, p.lags):.1f} ms"
+    text = (
+        f"{p.name:<36}{p.mode:<17}{p.workers:>4}{p.rate:>9,.0f}{p.quantile(0.5):>8.2f}"
+        f"{p.quantile(0.99):>8.2f}{p.quantile(1.0):>8.1f}{p.non_200:>8,}{p.generator_cpu:>8.0%}"
+        f"{p.worker_cpu:>8.0%}{p.ingested:>8,.0f}  {target}"
+    )
+    return text.rstrip()
+
+
+def readyz_partitions(worker: WorkerProcess) -> list[int] | None:
+    try:
+        response = worker.get("/readyz")
+    except httpx.HTTPError:
+        return None
+    return list(response.json()["partitions"]) if response.status_code == 200 else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase (after 1 s warm-up)")
+    parser.add_argument("--keys", type=int, default=10_000, help="users")
+    parser.add_argument("--events", type=int, default=50_000, help="preloaded events")
+    parser.add_argument("--connections", type=int, default=8, help="closed-loop connections per worker")
+    parser.add_argument(
+        "--batch-rate", type=float, default=20.0, help="fixed-rate 100-key batches per second"
+    )
+    parser.add_argument("--ingest-rate", type=float, default=1000.0, help="background events per second")
+    parser.add_argument("--two-workers", action="store_true", help="repeat with a second worker")
+    parser.add_argument(
+        "--client", choices=["raw", "aiohttp"], default="raw", help="HTTP client of the load generator"
+    )
+    args = parser.parse_args()
+    uid = uuid.uuid4().hex[:8]
+    app_id = f"hydrant-bench-{uid}"
+    mp = multiprocessing.get_context("spawn")
+    stop = mp.Event()
+    sent = mp.Value("q", 0)
+    results: list[Phase] = []
+    workers: list[WorkerProcess] = []
+    feeder = None
+    with tempfile.TemporaryDirectory() as tmp_name, EmbeddedBroker() as embedded:
+        tmp = Path(tmp_name)
+        broker = BrokerUnderTest(embedded.url, "tansu", "tansu")
+        pipeline = tmp / "pipeline.yaml"
+        pipeline.write_text(shop_pipeline_text(uid))
+        create_hydrant_topics(broker.url, pipeline, app_id)
+        now = int(time.time() * 1000)
+        step = max(1, SPAN_MS // max(args.events, 1))
+        orders, clicks = shop_events(args.events, args.keys, t0=now - args.events * step, step_ms=step)
+        topics = (f"orders-{uid}", f"clicks-{uid}")
+        preload(
+            broker.bootstrap,
+            [(f"users-{uid}", user_rows(args.keys)), (topics[0], orders), (topics[1], clicks)],
+        )
+        keys = sorted({key.decode() for key, _ in orders + clicks})
+        print(
+            f"{args.events:,} preloaded events over {len(keys):,} keys with state, ingest "
+            f"{args.ingest_rate:,.0f} ev/s during the phases, {args.duration:g} s per phase "
+            f"(+{WARMUP_S:g} s warm-up), bundled broker {broker.bootstrap}",
+            flush=True,
+        )
+
+        def start_worker(name: str) -> WorkerProcess:
+            worker = WorkerProcess(broker, pipeline, tmp / f"data-{name}", app_id, tmp / f"{name}.log")
+            workers.append(worker)
+            return worker.start()
+
+        try:
+            first = start_worker("w1")
+            first.wait_ready(120)
+            wait_for(
+                lambda: first.metric("hydrant_events_consumed_total") >= args.events, "preload consumed", 600
+            )
+            feeder = mp.Process(
+                target=ingest,
+                args=(broker.bootstrap, topics, keys, args.ingest_rate, stop, sent),
+                daemon=True,
+            )
+            feeder.start()
+            print(HEADER)
+            assert first.proc is not None
+            results += run_phases([first], keys, args)
+            if args.two_workers:
+                second = start_worker("w2")
+
+                def split() -> bool:
+                    parts = [readyz_partitions(w) for w in workers]
+                    held = sorted(p for part in parts for p in part or [])
+                    return all(parts) and held == list(range(4))
+
+                wait_for(split, "two workers ready, partitions split between them", 180)
+                print("  second worker ready: /readyz partitions", [readyz_partitions(w) for w in workers])
+                assert second.proc is not None
+                results += run_phases([first, second], keys, args)
+            total = consumed(workers)
+        finally:
+            stop.set()
+            if feeder is not None:
+                feeder.join(15)
+                if feeder.is_alive():
+                    feeder.terminate()
+                    feeder.join()
+            for worker in workers:
+                worker.stop()
+    print()
+    print(HEADER)
+    for phase in results:
+        print(row(phase))
+    print(
+        f"background ingest: {sent.value:,} events sent; the worker(s) consumed {total - args.events:,.0f} "
+        f"of them by the end ('ingest': events/s consumed during a phase; target {args.ingest_rate:,.0f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
