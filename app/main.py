@@ -19,6 +19,7 @@ from app.kafka import client_options, ssl_context
 from app.metrics import REGISTRY, WORKER, LiveCollector
 from app.settings import Settings, get_settings
 from app.spec import Pipeline, load_pipeline
+from tables import restore
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
     if settings.broker_profile == "tansu":
         tansu.install(client_options(settings))
     rebalance.install()
+    restore.install(client_options(settings))
     faust_app = HydrantApp(settings.group_id(pipeline.name), **faust_options(settings, pipeline))
     diagnostics.install(faust_app)
     WORKER.info(

@@ -24,6 +24,8 @@ def readiness(faust_app: Any) -> tuple[bool, str]:
         return False, "tables are recovering from their changelogs (first assignment not finished)"
     if faust_app.in_recovery:
         return False, "tables are recovering after a rebalance"
+    if faust_app.rebalancing:  # partitions are moving; their recovery has not started yet
+        return False, "partitions are being reassigned between workers"
     return True, "ready"
 
 
