@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 FETCH_BYTES = 32 * 1024 * 1024
 STALL_S = 10.0
 #: Fewer records than this are left to Faust (starting a consumer costs more than reading them).
-MIN_RECORDS = 2_000
+MIN_RECORDS = 500
 
 
 async def restore(

@@ -4,6 +4,7 @@ worker joining mid-ingest (every key compared with the pandas ground truth over 
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import signal
 import time
@@ -62,6 +63,9 @@ def test_features_exact_after_sigkill_and_lost_data_dir(
     publish(broker, uid, events[EVENTS // 2 :])
     second = workers(shop_pipeline, name="second", data_dir=data_dir)
     second.wait_ready(timeout=180)
+    # The state came back through the bulk restore (tables/restore.py), not record by record.
+    restored = re.search(r"bulk restore: (\d+) changelog records", second.log())
+    assert restored is not None and int(restored.group(1)) > 0, second.log()[-3000:]
     settle_and_check([second.url], truth, events)
     assert second.metric("hydrant_late_events_total") == 0  # ±30 min of disorder is far within 24 h
 
