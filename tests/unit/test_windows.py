@@ -315,7 +315,15 @@ def test_matches_ground_truth(scenario: Scenario) -> None:
             # differ). A late event comes back 'late' again, or 'duplicate' once the head recorded it.
             assert outcome in ("duplicate", "applied", "late"), f"event {i}: {outcome}"
             assert outcome != "applied" or i not in truth_late, f"late event {i} redelivered: {outcome}"
-            assert outcome != "late" or i in truth_late, f"on-time event {i} redelivered: {outcome}"
+            if outcome == "late" and i not in truth_late:
+                # An on-time event whose bucket expired after it was applied, redelivered before the
+                # head recorded its offset (the head is rewritten only when a bucket opens or expires):
+                # the state cannot tell it from a late one. It is dead-lettered as late, not counted
+                # again (the features below are checked either way).
+                newest = worker.state(event.key).newest
+                assert newest is not None and plan.bucket(event.time) <= newest - plan.retention, (
+                    f"on-time event {i} redelivered: {outcome}"
+                )
         state = worker.state(event.key)
         assert state.exists and state.newest == truth.newest_bucket(event.key, upto=seen)
         assert len(state.stored_buckets()) <= plan.retention
