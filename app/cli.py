@@ -207,17 +207,164 @@ def topics_create(pipeline: str | None) -> None:
     default=None,
     help="File format (default: from the suffix).",
 )
+@click.option(
+    "--order-by",
+    default=None,
+    metavar="COLUMN",
+    help="Send rows in event-time order of COLUMN (epoch ms, ISO-8601 or datetime; stable).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Resumable: keep a checkpoint; a rerun sends only the rows not delivered yet (exactly once).",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Checkpoint file of --resume (default: FILE.TOPIC.checkpoint.json next to FILE).",
+)
 @friendly_errors
-def produce(topic: str, file: Path, key: str | None, rate: float | None, fmt: str | None) -> None:
+def produce(
+    topic: str,
+    file: Path,
+    key: str | None,
+    rate: float | None,
+    fmt: str | None,
+    order_by: str | None,
+    resume: bool,
+    checkpoint: Path | None,
+) -> None:
     """Send every row of a CSV, Parquet or JSONL FILE to TOPIC as a JSON record."""
     from app.produce import produce_file
 
     settings = _settings()
     _need_broker(settings)
+    if checkpoint is not None and not resume:
+        raise HydrantError("--checkpoint needs --resume")
+    if resume and checkpoint is None:
+        checkpoint = file.with_name(f"{file.name}.{topic}.checkpoint.json")
     summary = asyncio.run(
-        produce_file(settings, topic, file, key=key, rate=rate, fmt=fmt, progress=sys.stderr.isatty())
+        produce_file(
+            settings,
+            topic,
+            file,
+            key=key,
+            rate=rate,
+            fmt=fmt,
+            progress=sys.stderr.isatty(),
+            order_by=order_by,
+            checkpoint=checkpoint,
+        )
     )
     click.echo(summary.line())
+
+
+def _inputs(pipeline: Pipeline, files: tuple[Path, ...], inputs: tuple[str, ...]) -> dict[str, Path]:
+    """--input STREAM=FILE pairs, plus positional files named after a stream (orders.parquet)."""
+    out: dict[str, Path] = {}
+    for item in inputs:
+        name, sep, text = item.partition("=")
+        if not sep or not name or not text:
+            raise HydrantError(f"--input {item!r}: expected STREAM=FILE")
+        if name.strip() not in pipeline.streams:
+            raise HydrantError(
+                f"--input {item}: no stream {name.strip()!r} (streams: {', '.join(pipeline.streams)})"
+            )
+        out[name.strip()] = Path(text)
+    for path in files:
+        stem = path.name.split(".")[0]
+        if stem not in pipeline.streams:
+            raise HydrantError(
+                f"{path}: no stream named {stem!r} (streams: {', '.join(pipeline.streams)}); "
+                f"use --input STREAM={path}"
+            )
+        out.setdefault(stem, path)
+    return out
+
+
+@cli.command()
+@click.argument("pipeline_file", metavar="PIPELINE", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--input", "-i", "inputs", multiple=True, metavar="STREAM=FILE", help="A stream's file.")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file: .parquet, .csv or .jsonl.")  # fmt: skip
+@click.option(
+    "--at", "ats", multiple=True, help="Reference time, epoch ms or ISO-8601; repeatable (default: now)."
+)
+@click.option("--keys", "keys", multiple=True, help="Only these keys (comma-separated; repeatable).")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Point-in-time training set: label rows with a key and a time.")  # fmt: skip
+@click.option(
+    "--label-key", default=None, help="Key column of --labels (default: key, else the group's key)."
+)
+@click.option(
+    "--label-time", default=None, help="Time column of --labels (default: at, event_timestamp, ts, ...)."
+)
+@click.option(
+    "--order-by-time",
+    is_flag=True,
+    help="Process each file in event-time order, as `hydrant produce --order-by <time field>` sends it.",
+)
+@click.option("--group", "groups", multiple=True, help="Only this feature group (repeatable; default: all).")
+@friendly_errors
+def compute(
+    pipeline_file: Path,
+    files: tuple[Path, ...],
+    inputs: tuple[str, ...],
+    out: Path,
+    ats: tuple[str, ...],
+    keys: tuple[str, ...],
+    labels: Path | None,
+    label_key: str | None,
+    label_time: str | None,
+    order_by_time: bool,
+    groups: tuple[str, ...],
+) -> None:
+    """The pipeline's features computed offline from files, as the workers compute them.
+
+    Inputs are CSV, Parquet or JSONL, one per stream (--input orders=orders.parquet, or a file named
+    after its stream). Rows: key, at, every feature; with --labels, each label row plus its features
+    as of its own time (no event after it counts). See docs/offline.md.
+    """
+    from tqdm import tqdm
+
+    from app.offline import compute as compute_features
+    from app.offline import parse_at, write_table
+    from app.produce import read_table
+
+    configure_logging(load_settings().log_level)
+    spec = load_pipeline(pipeline_file)
+    streams = _inputs(spec, files, inputs)
+    if labels is not None and ats:
+        raise HydrantError("use either --labels or --at, not both")
+    at_values = [parse_at(a) for a in ats] or [int(time.time() * 1000)]
+    key_list = [k.strip() for item in keys for k in item.split(",") if k.strip()] or None
+    label_frame = read_table(labels) if labels is not None else None
+    plans = [g for name, g in spec.features.items() if not groups or name in groups]
+    stages = 2 + sum(len(g.aggregations) for g in plans)
+    started = time.monotonic()
+    with tqdm(total=stages, desc="compute", unit="step", disable=not sys.stderr.isatty(), leave=False) as bar:
+
+        def step(stage: str) -> None:
+            bar.set_postfix_str(stage)
+            bar.update(1)
+
+        frame, report = compute_features(
+            spec,
+            streams,
+            read_table,
+            ats=at_values,
+            keys=key_list,
+            labels=label_frame,
+            label_key=label_key,
+            label_time=label_time,
+            groups=groups or None,
+            progress=step,
+            order_by_time=order_by_time,
+        )
+        write_table(frame, out)
+    click.echo(report.line(out, time.monotonic() - started))
 
 
 @cli.command()

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
+import uuid
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
 import pandas as pd
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
-from app.errors import InputFileError
-from app.kafka import bulk_producer
+from app.errors import BrokerError, InputFileError
+from app.kafka import bulk_producer, client_options
 from app.settings import Settings
 
 FORMATS = ("csv", "parquet", "jsonl")
@@ -26,6 +32,10 @@ _SUFFIXES = {
     ".json": "jsonl",
 }
 _CHUNK = 5_000
+# pandas 3 parses CSV floats exactly by default; pandas 2 needs the round-trip parser for that.
+_CSV_OPTIONS: dict[str, Any] = (
+    {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+)
 
 
 @dataclass(frozen=True)
@@ -34,10 +44,13 @@ class ProduceSummary:
     records: int
     without_key: int
     seconds: float
+    skipped: int = 0  # rows an earlier run of the same checkpoint already delivered
 
     def line(self) -> str:
         rate = self.records / self.seconds if self.seconds > 0 else float("inf")
         extra = f", {self.without_key} without a key" if self.without_key else ""
+        if self.skipped:
+            extra += f", {self.skipped:,} already delivered by an earlier run"
         return f"sent {self.records:,} records to {self.topic} in {self.seconds:.2f}s ({rate:,.0f}/s){extra}"
 
 
@@ -54,13 +67,14 @@ def detect_format(path: Path, fmt: str | None = None) -> str:
 
 
 def read_table(path: Path, fmt: str | None = None) -> pd.DataFrame:
-    """The file as a DataFrame; InputFileError with a one-line reason when it cannot be read."""
+    """The file as a DataFrame; InputFileError with a one-line reason when it cannot be read.
+    CSV floats are parsed round-trip exact, so every reader of a file sees the same values."""
     kind = detect_format(path, fmt)
     if not path.is_file():
         raise InputFileError(f"{path}: no such file")
     try:
         if kind == "csv":
-            return pd.read_csv(path)
+            return pd.read_csv(path, **_CSV_OPTIONS)
         if kind == "parquet":
             return pd.read_parquet(path)
         return pd.read_json(path, lines=True)
@@ -70,18 +84,43 @@ def read_table(path: Path, fmt: str | None = None) -> pd.DataFrame:
 
 
 def encode_rows(frame: pd.DataFrame, key: str | None) -> tuple[list[bytes | None], list[bytes]]:
-    """(keys, JSON values) for every row; vectorized through pandas' JSON writer (NaN -> null,
-    datetimes -> epoch ms). InputFileError when the key column is missing."""
+    """(keys, JSON values) for every row (NaN -> null, datetimes -> epoch ms). Floats are written
+    with orjson's shortest round-trip form, so a consumer reads back exactly the file's values.
+    InputFileError when the key column is missing."""
     if key is not None and key not in frame.columns:
         raise InputFileError(f"key column {key!r} not found; columns: {', '.join(map(str, frame.columns))}")
     frame = _datetimes_to_epoch_ms(frame)
-    text = frame.to_json(orient="records", lines=True) if len(frame) else ""
-    values = [line.encode("utf-8") for line in text.splitlines() if line]
+    names = [str(c) for c in frame.columns]
+    columns = [_python_values(frame[c]) for c in frame.columns]
+    options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    values = [orjson.dumps(dict(zip(names, row, strict=True)), default=str, option=options)
+              for row in zip(*columns, strict=True)]  # fmt: skip
+    if not columns:
+        values = [b"{}"] * len(frame)
     if key is None:
         return [None] * len(values), values
     column = frame[key]
     keys: list[bytes | None] = [None if pd.isna(v) else _key_text(v).encode("utf-8") for v in column.tolist()]
     return keys, values
+
+
+def _python_values(column: pd.Series) -> list[Any]:
+    """The column as plain Python values, nulls (NaN, NA, NaT, None) as None."""
+    return column.astype(object).where(column.notna(), None).tolist()
+
+
+def order_by_time(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Rows in event-time order (stable: ties keep the file order; rows without a time go last).
+    The column is epoch ms, ISO-8601 or a datetime, read as the worker reads event times."""
+    from app.offline.events import time_to_ms
+
+    if column not in frame.columns:
+        raise InputFileError(
+            f"order column {column!r} not found; columns: {', '.join(map(str, frame.columns))}"
+        )
+    times, valid = time_to_ms(frame[column].reset_index(drop=True), column)
+    order = np.lexsort((np.arange(len(frame)), times, ~valid))
+    return frame.iloc[order].reset_index(drop=True)
 
 
 def _datetimes_to_epoch_ms(frame: pd.DataFrame) -> pd.DataFrame:
@@ -111,27 +150,197 @@ async def produce_file(
     rate: float | None = None,
     fmt: str | None = None,
     progress: bool = True,
+    order_by: str | None = None,
+    checkpoint: Path | None = None,
 ) -> ProduceSummary:
-    """Send every row of the file to ``topic``; returns the summary after every record is acknowledged."""
+    """Send every row of the file to ``topic``; returns the summary after every record is acknowledged.
+
+    ``order_by``: send in event-time order of that column. ``checkpoint``: a resumable run (see
+    :class:`Checkpoint`): rows already delivered by an earlier run with the same checkpoint are not
+    sent again, so an interrupted run restarted delivers every row exactly once."""
     frame = read_table(path, fmt)
+    if order_by is not None:
+        frame = order_by_time(frame, order_by)
     keys, values = encode_rows(frame, key)
     started = time.monotonic()
+    todo = list(range(len(values)))
+    state: Checkpoint | None = None
+    if checkpoint is not None:
+        state = Checkpoint.open(checkpoint, topic, path, len(values), key, order_by)
+        todo = await state.pending(settings)
     producer = bulk_producer(settings)
     await producer.start()
+    chunk = _CHUNK if not rate else max(1, min(_CHUNK, int(rate // 4)))
     try:
         with tqdm(total=len(values), unit="rec", desc=topic, disable=not progress, leave=False) as bar:
-            for begin in range(0, len(values), _CHUNK):
+            bar.update(len(values) - len(todo))
+            for begin in range(0, len(todo), chunk):
+                rows = todo[begin : begin + chunk]
                 pending: list[Awaitable[Any]] = []
-                for i in range(begin, min(begin + _CHUNK, len(values))):
+                for n, i in enumerate(rows, start=begin):
                     if rate:
-                        delay = started + i / rate - time.monotonic()
+                        delay = started + n / rate - time.monotonic()
                         if delay > 0:
                             await asyncio.sleep(delay)
-                    pending.append(await producer.send(topic, values[i], key=keys[i]))
-                await asyncio.gather(*pending)
+                    headers = state.headers(i) if state is not None else None
+                    pending.append(await producer.send(topic, values[i], key=keys[i], headers=headers))
+                delivered = await asyncio.gather(*pending)
+                if state is not None:
+                    state.acknowledged(
+                        todo[begin + len(rows)] if begin + len(rows) < len(todo) else len(values),
+                        [(m.partition, m.offset) for m in delivered],
+                    )
                 bar.update(len(pending))
     finally:
         await producer.stop()
     return ProduceSummary(
-        topic, len(values), sum(k is None for k in keys) if key else 0, time.monotonic() - started
+        topic,
+        len(todo),
+        sum(keys[i] is None for i in todo) if key else 0,
+        time.monotonic() - started,
+        skipped=len(values) - len(todo),
     )
+
+
+RUN_HEADER = "hydrant-produce-run"
+ROW_HEADER = "hydrant-produce-row"
+
+
+@dataclass
+class Checkpoint:
+    """A resumable `hydrant produce` run, kept in a small JSON file (rewritten atomically).
+
+    Every record of the run carries the headers ``hydrant-produce-run`` (the run's id) and
+    ``hydrant-produce-row`` (the row's number in sending order). The file records ``acked``: every
+    row below it is delivered (acknowledged by the broker, or found in the topic); ``offsets``: per
+    partition the highest offset of those rows; ``start``: per partition a lower bound of the end
+    offset when the run began. Rows at or above ``acked`` may have been delivered without their
+    acknowledgement reaching the file (the process was killed): a resumed run reads each partition
+    from after ``offsets`` (or from ``start``) and skips the rows of its run it finds there, then
+    sends the rest. Each partition's records follow sending order, so nothing before that point can
+    belong to a row at or above ``acked``."""
+
+    path: Path
+    topic: str
+    source: str
+    rows: int
+    key: str | None
+    order_by: str | None
+    run: str
+    acked: int = 0
+    offsets: dict[str, int] | None = None
+    start: dict[str, int] | None = None
+    found: list[int] = field(default_factory=list)  # rows above ``acked`` found delivered in the topic
+
+    @classmethod
+    def open(
+        cls, path: Path, topic: str, source: Path, rows: int, key: str | None, order_by: str | None
+    ) -> Checkpoint:
+        if path.exists():
+            try:
+                data = orjson.loads(path.read_bytes())
+            except (OSError, orjson.JSONDecodeError) as exc:
+                raise InputFileError(f"{path}: not a readable checkpoint: {exc}") from None
+            mine = {"topic": topic, "rows": rows, "key": key, "order_by": order_by}
+            theirs = {k: data.get(k) for k in mine}
+            if mine != theirs:
+                diff = ", ".join(f"{k} {theirs[k]!r} (now {v!r})" for k, v in mine.items() if theirs[k] != v)
+                raise InputFileError(
+                    f"{path}: the checkpoint belongs to another run: {diff}; remove it to start over"
+                )
+            return cls(
+                path, topic, data["source"], rows, key, order_by, data["run"], data["acked"],
+                data.get("offsets") or {}, data.get("start"), list(data.get("found") or []),
+            )  # fmt: skip
+        return cls(path, topic, str(source), rows, key, order_by, uuid.uuid4().hex, 0, {}, None)
+
+    def headers(self, row: int) -> list[tuple[str, bytes]]:
+        return [(RUN_HEADER, self.run.encode()), (ROW_HEADER, str(row).encode())]
+
+    def save(self) -> None:
+        data = {
+            "topic": self.topic, "source": self.source, "rows": self.rows, "key": self.key,
+            "order_by": self.order_by, "run": self.run, "acked": self.acked, "offsets": self.offsets,
+            "start": self.start, "found": self.found, "done": self.acked >= self.rows,
+        }  # fmt: skip
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        os.replace(tmp, self.path)
+
+    def acknowledged(self, acked: int, positions: list[tuple[int, int]]) -> None:
+        """Every row below ``acked`` is delivered; ``positions`` are the new acknowledgements."""
+        offsets = self.offsets if self.offsets is not None else {}
+        for partition, offset in positions:
+            offsets[str(partition)] = max(offsets.get(str(partition), -1), offset)
+        self.offsets = offsets
+        self.acked = max(self.acked, acked)
+        self.found = [row for row in self.found if row >= self.acked]
+        self.save()
+
+    async def pending(self, settings: Settings) -> list[int]:
+        """The rows still to send: at or above ``acked`` and not found in the topic."""
+        logging.getLogger("aiokafka.consumer.subscription_state").setLevel(logging.WARNING)
+        consumer = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = await _partitions(consumer, self.topic)
+            tps = [TopicPartition(self.topic, p) for p in partitions]
+            if self.start is None:  # a fresh run: where the topic ends now (a lower bound is enough)
+                ends = await consumer.end_offsets(tps)
+                self.start = {str(tp.partition): int(ends[tp]) for tp in tps}
+                self.save()
+                return list(range(self.acked, self.rows))
+            found = await self._scan(consumer, tps)
+        finally:
+            await consumer.stop()
+        done = set(self.found) | {row for row, _, _ in found}
+        todo = [i for i in range(self.acked, self.rows) if i not in done]
+        # Rows below the first one still missing are all delivered now. Only their offsets may move
+        # the scan's starting point; delivered rows above it are remembered by number instead, since
+        # a later scan starting past them would not see them again.
+        acked = todo[0] if todo else self.rows
+        self.found = sorted(row for row in done if row >= acked)
+        self.acknowledged(acked, [(p, o) for row, p, o in found if row < acked])
+        return todo
+
+    async def _scan(
+        self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+    ) -> list[tuple[int, int, int]]:
+        """(row, partition, offset) of this run's records at or above ``acked`` in the topic."""
+        run = self.run.encode()
+        offsets = self.offsets or {}
+        start = self.start or {}
+        consumer.assign(tps)
+        for tp in tps:
+            begin = max(start.get(str(tp.partition), 0), offsets.get(str(tp.partition), -1) + 1)
+            consumer.seek(tp, begin)
+        found: list[tuple[int, int, int]] = []
+        deadline = time.monotonic() + 120
+        remaining = set(tps)
+        while remaining:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"resume: could not read {self.topic} to its end within 120 s")
+            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=10_000)
+            for messages in batch.values():
+                for m in messages:
+                    headers = dict(m.headers or ())
+                    if headers.get(RUN_HEADER) == run:
+                        row = int(headers[ROW_HEADER])
+                        if row >= self.acked:
+                            found.append((row, m.partition, m.offset))
+            for tp in list(remaining):
+                high = consumer.highwater(tp)
+                if high is not None and await consumer.position(tp) >= high:
+                    remaining.discard(tp)
+        return found
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return sorted(partitions)
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.2)
+    raise BrokerError(f"topic {topic!r} not found; create it first (hydrant topics create)")

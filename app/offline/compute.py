@@ -1,0 +1,392 @@
+"""`hydrant compute`: every feature of a pipeline's groups from files, as the worker computes them.
+
+Two kinds of questions:
+
+- ``--at T`` (one or more): for every key, the features the HTTP API answers at ``at = T`` once the
+  worker has processed all the files' events (PRODUCT.md's windows: whole buckets up to b(T), so
+  events of T's own bucket later than T count, as online).
+- ``--labels FILE``: a point-in-time training set. Each label row (a key and a time T) gets the
+  features as of T: only events with event time <= T count (no leakage), in buckets
+  (b(T) - W/P, b(T)]. Late events are dropped as online.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from app.errors import InputFileError
+from app.offline.events import GroupEvents, StreamEvents, accept, evaluate_where, read_inputs, time_to_ms
+from app.offline.states import States, merge_windows, segment_states, value_hashes
+from app.spec import Pipeline
+from tables.windows import AggregationPlan, GroupPlan, group_plans
+
+Progress = Callable[[str], None]
+LABEL_TIME_COLUMNS = ("at", "event_timestamp", "timestamp", "ts", "time")
+
+
+@dataclass
+class ComputeReport:
+    """What a run read and dropped, for the summary line."""
+
+    events: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    late: int = 0
+    rows: int = 0
+
+    def line(self, out: Path, seconds: float) -> str:
+        rate = self.events / seconds if seconds > 0 else float("inf")
+        dropped = ", ".join(f"{n:,} {reason}" for reason, n in sorted(self.dropped.items()) if n)
+        extra = f"; left out like the worker does: {dropped}" if dropped else ""
+        late = f"; {self.late:,} late" if self.late else ""
+        return (
+            f"computed {self.rows:,} rows from {self.events:,} events in {seconds:.2f}s "
+            f"({rate:,.0f} events/s) -> {out}{late}{extra}"
+        )
+
+
+@dataclass
+class _AggInput:
+    """One aggregation's events of one group: accepted, `where` holds, value not null; sorted by
+    key, bucket, then processing order."""
+
+    key_codes: np.ndarray
+    buckets: np.ndarray
+    times: np.ndarray
+    values: np.ndarray
+    numeric: bool
+    hashes: np.ndarray | None  # value_hash of each value, when the aggregation counts distinct
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def _sorted_order(keys: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+    """Stable order by (key, bucket): events keep their processing order within a bucket."""
+    if not len(keys):
+        return _EMPTY
+    if int(keys.max()) < 2**16:  # buckets first (nearly sorted already), then numpy's radix sort of keys
+        by_bucket = np.argsort(buckets, kind="stable")
+        return by_bucket[np.argsort(keys[by_bucket].astype(np.uint16), kind="stable")]
+    lo_b = int(buckets.min())
+    span = int(buckets.max()) - lo_b + 1
+    if (int(keys.max()) + 1) * span < 2**62:
+        return np.argsort(keys * span + (buckets - lo_b), kind="stable")
+    return np.lexsort((np.arange(len(keys)), buckets, keys))
+
+
+def _agg_input(
+    agg: AggregationPlan,
+    events: GroupEvents,
+    order: np.ndarray,
+    streams: Mapping[str, StreamEvents],
+    stream_index: int,
+    coded: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> _AggInput:
+    """``order``: the group's events sorted by (key, bucket, processing order)."""
+    stream = streams.get(agg.stream)
+    if stream is None:
+        return _AggInput(_EMPTY, _EMPTY, _EMPTY, np.zeros(0), True, _EMPTY)
+    chosen = events.stream[order] == stream_index
+    pos = events.position[order]
+    if agg.where is not None:
+        holds = stream.where.get(agg.where.source)
+        if holds is None:
+            holds = evaluate_where(agg.where, stream.fields, len(stream.keys))[0]
+        chosen &= holds[np.where(chosen, pos, 0)]
+    numeric = True
+    values: np.ndarray
+    hashes = None
+    if agg.field is None:
+        sel = order[chosen]
+        values = np.ones(len(sel), dtype=bool)
+        if agg.distinct:
+            hashes = value_hashes(values[:1]).repeat(len(sel))
+    else:
+        column = stream.fields[agg.field]
+        numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+        if pd.api.types.is_float_dtype(column) or pd.api.types.is_integer_dtype(column):
+            notnull = column.notna().to_numpy()
+            chosen &= notnull[np.where(chosen, pos, 0)]
+            sel = order[chosen]
+            if pd.api.types.is_float_dtype(column):
+                values = column.to_numpy(dtype=np.float64, na_value=np.nan)[events.position[sel]]
+            else:
+                values = column.to_numpy(dtype=np.int64, na_value=0)[events.position[sel]]
+            if agg.distinct:
+                hashes = value_hashes(values)
+        else:  # strings, bools: coded once per stream field (pandas factorizes Arrow strings fast)
+            slot = (agg.stream, agg.field)
+            if slot not in coded:
+                codes, uniques = pd.factorize(column, use_na_sentinel=True)
+                table = np.asarray(uniques, dtype=object)
+                coded[slot] = (np.asarray(codes, dtype=np.int64), table, value_hashes(table))
+            codes, table, table_hashes = coded[slot]
+            chosen &= codes[np.where(chosen, pos, 0)] >= 0
+            sel = order[chosen]
+            value_codes = codes[events.position[sel]]
+            values = table[value_codes]
+            if agg.distinct:
+                hashes = table_hashes[value_codes]
+    return _AggInput(events.keys[sel], events.buckets[sel], events.times[sel], values, numeric, hashes)
+
+
+def _bucket_table(data: _AggInput, ops: frozenset[str]) -> tuple[np.ndarray, np.ndarray, States]:
+    """(key code, bucket, states) of every (key, bucket) with values, sorted by key then bucket."""
+    k, b = data.key_codes, data.buckets
+    if not len(k):
+        return _EMPTY, _EMPTY, segment_states(_EMPTY, data.values[:0], _EMPTY, data.numeric, ops, _EMPTY)
+    change = np.r_[True, (k[1:] != k[:-1]) | (b[1:] != b[:-1])]
+    segment = np.cumsum(change) - 1
+    states = segment_states(segment, data.values, data.times, data.numeric, ops, data.hashes)
+    return k[change], b[change], states
+
+
+def _partial_table(
+    data: _AggInput, q_key: np.ndarray, q_end: np.ndarray, q_time: np.ndarray, ops: frozenset[str]
+) -> tuple[np.ndarray, States]:
+    """Per query: the state of its own bucket b(T) holding only the events with time <= T.
+    Returns (row of that state or -1, states)."""
+    left = pd.DataFrame({"k": q_key, "b": q_end, "t": q_time, "q": np.arange(len(q_key))})
+    right = pd.DataFrame(
+        {"k": data.key_codes, "b": data.buckets, "et": data.times, "i": np.arange(len(data.key_codes))}
+    )
+    pairs = left.merge(right, on=["k", "b"], how="inner")
+    pairs = pairs[pairs["et"].to_numpy() <= pairs["t"].to_numpy()]
+    pairs = pairs.sort_values(["q", "i"], kind="stable")
+    qs = pairs["q"].to_numpy(dtype=np.int64)
+    idx = pairs["i"].to_numpy(dtype=np.int64)
+    hashes = data.hashes[idx] if data.hashes is not None else None
+    states = segment_states(qs, data.values[idx], data.times[idx], data.numeric, ops, hashes)
+    row = np.full(len(q_key), -1, dtype=np.int64)
+    if len(qs):
+        owners = qs[np.r_[True, qs[1:] != qs[:-1]]]
+        row[owners] = np.arange(len(owners))
+    return row, states
+
+
+def group_features(
+    plan: GroupPlan,
+    events: GroupEvents,
+    streams: Mapping[str, StreamEvents],
+    stream_names: Sequence[str],
+    q_codes: np.ndarray,
+    q_times: np.ndarray,
+    point_in_time: bool,
+    progress: Progress,
+) -> dict[str, pd.Series]:
+    """Every feature of ``plan`` for each query (key, time): columns in spec order."""
+    q_end = q_times // plan.period_ms
+    out: dict[str, pd.Series] = {}
+    order = _sorted_order(events.keys, events.buckets)
+    coded: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for agg in plan.aggregations:
+        progress(f"{plan.name}.{agg.name}")
+        data = _agg_input(agg, events, order, streams, list(stream_names).index(agg.stream), coded)
+        ops = frozenset(agg.ops)
+        k, b, full = _bucket_table(data, ops)
+        if point_in_time:
+            extra, partial = _partial_table(data, q_codes, q_end, q_times, ops)
+            states = States.concat([full, partial])
+            extra = np.where(extra >= 0, extra + len(full), -1)
+        else:
+            states, extra = full, np.full(len(q_codes), -1, dtype=np.int64)
+        last = q_end - 1 if point_in_time else q_end
+        per_window = {}
+        for label, size in agg.windows:
+            lo, length = _window_rows(k, b, q_codes, q_end - size + 1, last)
+            per_window[label] = merge_windows(states, lo, length, extra, agg.distinct)
+        for op in agg.ops:
+            for label, _ in agg.windows:
+                values, valid = per_window[label].result(op)
+                out[f"{agg.name}_{op}_{label}"] = _column(op, values, valid, data)
+    return out
+
+
+def _window_rows(
+    k: np.ndarray, b: np.ndarray, q_key: np.ndarray, q_first: np.ndarray, q_last: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(first row, number of rows) of the (key, bucket) rows (sorted) with bucket in [first, last]
+    for each query: one searchsorted over (key, bucket) composites in one int64."""
+    if not len(k):
+        return np.zeros(len(q_key), dtype=np.int64), np.zeros(len(q_key), dtype=np.int64)
+    lo_b, hi_b = int(b.min()), int(b.max())
+    span = hi_b - lo_b + 3  # query bounds are clipped to one below / one above the stored buckets
+    top = max(int(k.max()), int(q_key.max()) if len(q_key) else 0) + 1
+    if top * span < 2**62:
+        composite = k * span + (b - lo_b + 1)
+        first = q_key * span + (np.clip(q_first, lo_b - 1, hi_b + 1) - lo_b + 1)
+        last = q_key * span + (np.clip(q_last, lo_b - 1, hi_b + 1) - lo_b + 1)
+    else:  # sparse buckets: their dense ranks order the same
+        ranks = np.unique(np.concatenate([b, q_first, q_last]))
+        span = len(ranks)
+        composite = k * span + np.searchsorted(ranks, b)
+        first = q_key * span + np.searchsorted(ranks, q_first)
+        last = q_key * span + np.searchsorted(ranks, q_last)
+    lo = np.searchsorted(composite, first, side="left")
+    hi = np.searchsorted(composite, last, side="right")
+    return lo, np.maximum(hi - lo, 0)
+
+
+def _column(op: str, values: np.ndarray, valid: np.ndarray, data: _AggInput) -> pd.Series:
+    if op in ("count", "distinct"):
+        return pd.Series(values.astype(np.int64))
+    if op == "sum":
+        return pd.Series(values.astype(np.float64))
+    if op in ("avg", "stddev"):
+        return pd.Series(pd.arrays.FloatingArray(values.astype(np.float64), ~valid))
+    if values.dtype.kind == "f":
+        return pd.Series(pd.arrays.FloatingArray(values.astype(np.float64), ~valid))
+    if values.dtype.kind in "iu":
+        return pd.Series(pd.arrays.IntegerArray(values.astype(np.int64), ~valid))
+    if values.dtype.kind == "b":
+        return pd.Series(pd.arrays.BooleanArray(values.astype(bool), ~valid))
+    obj = values.astype(object)
+    obj[~valid] = None
+    return pd.Series(obj, dtype=object)
+
+
+def _select_groups(pipeline: Pipeline, groups: Sequence[str] | None) -> dict[str, GroupPlan]:
+    plans = group_plans(pipeline)
+    if not plans:
+        raise InputFileError("the pipeline defines no feature groups")
+    names = list(groups) if groups else list(plans)
+    unknown = [g for g in names if g not in plans]
+    if unknown:
+        raise InputFileError(f"no feature group {unknown[0]!r} (groups: {', '.join(plans)})")
+    chosen = {g: plans[g] for g in names}
+    if len({p.key for p in chosen.values()}) > 1:
+        raise InputFileError(
+            "the groups have different keys ("
+            + ", ".join(f"{g}: {p.key}" for g, p in chosen.items())
+            + "); choose groups with one key using --group"
+        )
+    return chosen
+
+
+def compute(
+    pipeline: Pipeline,
+    inputs: Mapping[str, Path],
+    reader: Callable[[Path], pd.DataFrame],
+    ats: Sequence[int] = (),
+    keys: Sequence[str] | None = None,
+    labels: pd.DataFrame | None = None,
+    label_key: str | None = None,
+    label_time: str | None = None,
+    groups: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    order_by_time: bool = False,
+) -> tuple[pd.DataFrame, ComputeReport]:
+    """The feature table: with ``labels``, each label row plus its features as of its own time;
+    otherwise one row per (at, key) with ``key``, ``at`` and the features."""
+    say = progress or (lambda _stage: None)
+    plans = _select_groups(pipeline, groups)
+    needed = {s for p in plans.values() for s in p.by_stream}
+    missing = sorted(needed - set(inputs))
+    if missing:
+        raise InputFileError(
+            "no input for stream(s) " + ", ".join(missing) + f": pass --input {missing[0]}=FILE"
+        )
+    say("read")
+
+    def read(path: Path, stream: str) -> pd.DataFrame:
+        frame = reader(path)
+        time_field = pipeline.streams[stream].time
+        if order_by_time and time_field is not None and time_field in frame.columns:
+            from app.produce import order_by_time as sort_by_time
+
+            frame = sort_by_time(frame, time_field)  # as `hydrant produce --order-by` sends it
+        return frame
+
+    streams, key_names = read_inputs(pipeline, inputs, read)
+    report = ComputeReport(events=sum(len(s.keys) + sum(s.dropped.values()) for s in streams.values()))
+    say("late events")
+    # Every group of the pipeline decides lateness (an event late for one group is dropped from all,
+    # as online), as far as the given files feed it; only the chosen groups are written.
+    accepted = accept(pipeline, group_plans(pipeline), streams)
+    for s in streams.values():
+        for reason, n in s.dropped.items():
+            report.dropped[reason] = report.dropped.get(reason, 0) + n
+    report.late = next((e.late_all for e in accepted.values()), 0)
+    if labels is not None:
+        frame, q_keys, q_times = _label_queries(labels, next(iter(plans.values())).key, label_key, label_time)
+    else:
+        present = np.zeros(len(key_names), dtype=bool)
+        for g in plans:
+            present[accepted[g].keys] = True
+        known = {key_names[c] for c in np.flatnonzero(present).tolist()}
+        key_list = [k for k in keys if k in known] if keys is not None else sorted(known)
+        q_keys = np.array([k for _ in ats for k in key_list], dtype=object)
+        q_times = np.repeat(np.asarray(list(ats), dtype=np.int64), len(key_list))
+        frame = pd.DataFrame({"key": q_keys, "at": q_times})
+    columns: dict[str, pd.Series] = {}
+    names = list(pipeline.streams)
+    for g, plan in plans.items():
+        q_codes = pd.Index(key_names, dtype=object).get_indexer(pd.Index(q_keys, dtype=object))
+        q_codes = np.where(q_codes < 0, len(key_names), q_codes).astype(np.int64)  # unknown: no events
+        features = group_features(
+            plan, accepted[g], streams, names, q_codes, q_times, labels is not None, say
+        )
+        for name, column in features.items():
+            column_name = name if name not in columns and name not in frame.columns else f"{g}.{name}"
+            columns[column_name] = column.set_axis(frame.index)
+    out = pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
+    report.rows = len(out)
+    return out, report
+
+
+def _label_queries(
+    labels: pd.DataFrame, group_key: str, key_column: str | None, time_column: str | None
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    columns = list(map(str, labels.columns))
+    key_col = key_column or ("key" if "key" in columns else group_key)
+    if key_col not in columns:
+        raise InputFileError(
+            f"labels: no key column {key_col!r} (columns: {', '.join(columns)}); use --label-key"
+        )
+    time_col = time_column or next((c for c in LABEL_TIME_COLUMNS if c in columns), None)
+    if time_col is None or time_col not in columns:
+        raise InputFileError(
+            f"labels: no time column (looked for {time_column or ', '.join(LABEL_TIME_COLUMNS)}; "
+            f"columns: {', '.join(columns)}); use --label-time"
+        )
+    labels = labels.reset_index(drop=True)
+    times, ok = time_to_ms(labels[time_col], time_col)
+    if not ok.all():
+        row = int(np.flatnonzero(~ok)[0])
+        raise InputFileError(f"labels: row {row}: {time_col!r} is not epoch ms or ISO-8601")
+    keys = labels[key_col].map(lambda v: None if v is None or v != v else str(v)).to_numpy(dtype=object)
+    if any(k is None for k in keys):
+        raise InputFileError(f"labels: the key column {key_col!r} has empty values")
+    return labels, keys, times
+
+
+def parse_at(value: str) -> int:
+    """An ``--at`` value: epoch ms or ISO-8601 (UTC when no zone), as the API reads `at`."""
+    from app.records import BadRecord, event_time_ms
+
+    text = value.strip()
+    try:
+        return event_time_ms(int(text), "at") if text.lstrip("-").isdigit() else event_time_ms(text, "at")
+    except BadRecord as exc:
+        raise InputFileError(f"--at {value!r}: {exc}") from None
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Parquet (.parquet/.pq), CSV (.csv) or JSONL (.jsonl/.ndjson) by the suffix."""
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        frame.to_parquet(path, index=False)
+    elif suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix in (".jsonl", ".ndjson", ".json"):
+        from app.produce import encode_rows  # orjson: floats in their shortest round-trip form
+
+        _, rows = encode_rows(frame, None)
+        path.write_bytes(b"".join(row + b"\n" for row in rows))
+    else:
+        raise InputFileError(f"{path}: unknown output format {path.suffix!r}; use .parquet, .csv or .jsonl")

@@ -1,0 +1,302 @@
+"""Offline bucket states and window merges, vectorized, bit-identical to tables/windows.py.
+
+The worker keeps, per key, bucket and aggregation, ``[count, sum, mean, m2, min, max, first, last,
+distinct, shift]`` updated event by event (tables.windows._update), and a read merges the buckets of
+a window in ascending order (tables.windows._Merged). Floating-point addition is not associative,
+so to give the same bits this module performs the same operations in the same order — only across
+all segments at once: step j of every segment (bucket, or window) is one numpy operation over the
+segments that have a j-th element. The number of numpy steps is the largest segment, the work is
+linear in the events.
+
+``distinct`` reuses the worker's own functions: value hashes (``value_hash``, once per distinct
+value), the exact hash list up to ``EXACT_DISTINCT`` per bucket, and for a bucket beyond it the
+DataSketches HLL built by the worker's ``_add_distinct``, replayed in processing order; windows with a
+sketch are merged by the worker's ``_Merged``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tables.windows import EXACT_DISTINCT, _add_distinct, _Merged, value_hash
+
+_EMPTY_I = np.zeros(0, dtype=np.int64)
+
+
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(segment number, index) of every element of the ranges [starts[i], starts[i] + lengths[i])."""
+    lengths = lengths.astype(np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return _EMPTY_I, _EMPTY_I
+    seg = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    first = np.cumsum(lengths) - lengths
+    index = np.arange(total, dtype=np.int64) - np.repeat(first, lengths) + np.repeat(starts, lengths)
+    return seg, index
+
+
+def _python(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def value_hashes(values: np.ndarray) -> np.ndarray:
+    """``tables.windows.value_hash`` of every value, computed once per distinct value."""
+    if len(values) == 0:
+        return _EMPTY_I
+    codes, uniques = pd.factorize(values)
+    table = np.array([value_hash(_python(u)) for u in np.asarray(uniques, dtype=object)], dtype=np.int64)
+    return table[codes]
+
+
+@dataclass
+class States:
+    """Aggregation states of segments (buckets, or partial buckets): one row per segment."""
+
+    count: np.ndarray
+    sum: np.ndarray
+    shift: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    hash_start: np.ndarray  # len + 1: the segment's exact hashes are hashes[hash_start[i]:hash_start[i+1]]
+    hashes: np.ndarray
+    sketches: dict[int, str] = field(default_factory=dict)  # segment -> base64 HLL (no exact hashes then)
+
+    def __len__(self) -> int:
+        return len(self.count)
+
+    @staticmethod
+    def concat(parts: list[States]) -> States:
+        offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
+        hash_offsets = np.cumsum([0] + [len(p.hashes) for p in parts[:-1]])
+        sketches: dict[int, str] = {}
+        for p, off in zip(parts, offsets, strict=True):
+            sketches.update({int(k) + int(off): v for k, v in p.sketches.items()})
+        hash_start = np.concatenate(
+            [p.hash_start[:-1] + ho for p, ho in zip(parts, hash_offsets, strict=True)]
+            + [np.array([sum(len(p.hashes) for p in parts)], dtype=np.int64)]
+        )
+
+        def cat(name: str) -> np.ndarray:
+            arrays = [getattr(p, name) for p in parts]
+            if any(a.dtype == object for a in arrays):
+                arrays = [a.astype(object) for a in arrays]
+            return np.concatenate(arrays)
+
+        return States(
+            cat("count"), cat("sum"), cat("shift"), cat("mean"), cat("m2"),
+            cat("min"), cat("max"), cat("first"), cat("last"),
+            hash_start=hash_start, hashes=np.concatenate([p.hashes for p in parts]), sketches=sketches,
+        )  # fmt: skip
+
+
+def segment_states(
+    segment: np.ndarray,
+    values: np.ndarray,
+    times: np.ndarray,
+    numeric: bool,
+    ops: frozenset[str],
+    hashes: np.ndarray | None = None,
+) -> States:
+    """States of the segments of events given in processing order grouped by ``segment`` (sorted
+    ascending, each segment contiguous), exactly as tables.windows._update builds them."""
+    n = len(segment)
+    if n == 0:
+        empty_f = np.zeros(0)
+        return States(
+            _EMPTY_I, empty_f, empty_f, empty_f, empty_f, values[:0], values[:0], values[:0], values[:0],
+            np.zeros(1, dtype=np.int64), _EMPTY_I,
+        )  # fmt: skip
+    starts = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    count = sizes.astype(np.int64)
+    nseg = len(starts)
+    distinct = "distinct" in ops
+    # count, sum and Welford's mean / m2 of (value - shift), event by event in processing order.
+    if numeric and ops & {"sum", "avg", "stddev"}:
+        x = values.astype(np.float64)
+        perm = np.argsort(-sizes, kind="stable")
+        s_sorted, z = starts[perm], sizes[perm]
+        acc = x[s_sorted].copy()
+        shift = acc.copy()
+        mean = np.zeros(nseg)
+        m2 = np.zeros(nseg)
+        negz = -z
+        for j in range(1, int(z[0])):
+            c = int(np.searchsorted(negz, -j, side="left"))
+            xi = x[s_sorted[:c] + j]
+            acc[:c] += xi
+            shifted = xi - shift[:c]
+            delta = shifted - mean[:c]
+            mean[:c] += delta / (j + 1)
+            m2[:c] += delta * (shifted - mean[:c])
+        inv = np.empty(nseg, dtype=np.int64)
+        inv[perm] = np.arange(nseg)
+        total, shift, mean, m2 = acc[inv], shift[inv], mean[inv], m2[inv]
+    else:
+        total = np.zeros(nseg)
+        shift = np.zeros(nseg)
+        mean = np.zeros(nseg)
+        m2 = np.zeros(nseg)
+    # min / max (exact whatever the order) and first / last by (time, arrival).
+    if not ops & {"min", "max", "first", "last"}:  # not asked for: placeholders
+        vmin = vmax = first = last = np.zeros(nseg)
+    elif values.dtype == object:
+        series = pd.Series(values)
+        seg_ids = np.repeat(np.arange(nseg), sizes)
+        grouped = series.groupby(seg_ids, sort=True)
+        vmin = np.asarray(grouped.min().to_numpy(dtype=object), dtype=object)
+        vmax = np.asarray(grouped.max().to_numpy(dtype=object), dtype=object)
+    else:
+        vmin = np.minimum.reduceat(values, starts)
+        vmax = np.maximum.reduceat(values, starts)
+    if ops & {"first", "last"}:
+        by_time = np.lexsort((np.arange(n), times, segment))
+        first = values[by_time[starts]]
+        last = values[by_time[np.r_[starts[1:], n] - 1]]
+    else:
+        first = last = np.zeros(nseg)
+    # distinct: the exact hash list per bucket up to EXACT_DISTINCT, else the worker's sketch.
+    hash_start = np.zeros(nseg + 1, dtype=np.int64)
+    exact = _EMPTY_I
+    sketches: dict[int, str] = {}
+    if distinct:
+        h = hashes if hashes is not None else value_hashes(values)
+        frame = pd.DataFrame({"s": np.repeat(np.arange(nseg), sizes), "h": h})
+        unique = frame.drop_duplicates()  # keeps first occurrences, in processing order
+        per = np.bincount(unique["s"].to_numpy(), minlength=nseg)
+        big = np.flatnonzero(per > EXACT_DISTINCT)
+        for s in big.tolist():
+            state: list[int] | str = []
+            for value in h[starts[s] : starts[s] + sizes[s]].tolist():
+                state = _add_distinct(state, value)
+            assert isinstance(state, str)
+            sketches[s] = state
+        if len(big):
+            unique = unique[~unique["s"].isin(big)]
+            per[big] = 0
+        exact = unique["h"].to_numpy(dtype=np.int64)
+        hash_start[1:] = np.cumsum(per)
+    return States(count, total, shift, mean, m2, vmin, vmax, first, last, hash_start, exact, sketches)
+
+
+@dataclass
+class Merged:
+    """Window results for each query (the values tables.windows._Merged.result gives)."""
+
+    count: np.ndarray
+    sum: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    distinct: np.ndarray
+
+    def result(self, op: str) -> tuple[np.ndarray, np.ndarray]:
+        """(values, valid mask) of ``op``; invalid means null (empty window, or stddev below 2)."""
+        has = self.count > 0
+        if op == "count":
+            return self.count, np.ones(len(has), dtype=bool)
+        if op == "distinct":
+            return self.distinct, np.ones(len(has), dtype=bool)
+        if op == "sum":
+            return self.sum, np.ones(len(has), dtype=bool)
+        if op == "avg":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return self.sum / np.maximum(self.count, 1), has
+        if op == "stddev":
+            two = self.count >= 2
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.sqrt(np.maximum(self.m2, 0.0) / np.maximum(self.count - 1, 1)), two
+        return getattr(self, op), has
+
+
+def merge_windows(
+    states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarray, distinct: bool
+) -> Merged:
+    """Merge, per query, the states ``lo .. lo + length - 1`` and then ``extra`` (a row of
+    ``states``, or -1 for none), in that order, with the operations of tables.windows._Merged.add."""
+    q = len(lo)
+    total_len = length + (extra >= 0)
+    perm = np.argsort(-total_len, kind="stable")
+    lo_p, len_p, ex_p, tl = lo[perm], length[perm], extra[perm], total_len[perm]
+    count = np.zeros(q, dtype=np.int64)
+    s_sum = np.zeros(q)
+    shift = np.zeros(q)
+    mean = np.zeros(q)
+    m2 = np.zeros(q)
+    obj = states.min.dtype == object
+    vmin = np.empty(q, dtype=object) if obj else np.zeros(q, dtype=states.min.dtype)
+    vmax = vmin.copy()
+    first = vmin.copy()
+    last = vmin.copy()
+    negtl = -tl
+    steps = int(tl[0]) if q else 0
+    for j in range(steps):
+        c = int(np.searchsorted(negtl, -j, side="left"))
+        idx = np.where(j < len_p[:c], lo_p[:c] + j, ex_p[:c])
+        n_a = count[:c]
+        n_b = states.count[idx]
+        tot = n_a + n_b
+        fresh = n_a == 0
+        shift[:c] = np.where(fresh, states.shift[idx], shift[:c])
+        delta = (states.shift[idx] - shift[:c]) + states.mean[idx] - mean[:c]
+        mean[:c] += delta * n_b / tot
+        m2[:c] += states.m2[idx] + delta * delta * n_a * n_b / tot
+        count[:c] = tot
+        s_sum[:c] += states.sum[idx]
+        cand_min, cand_max = states.min[idx], states.max[idx]
+        if j == 0:
+            vmin[:c], vmax[:c], first[:c] = cand_min, cand_max, states.first[idx]
+        else:
+            vmin[:c] = np.where(np.asarray(cand_min < vmin[:c], dtype=bool), cand_min, vmin[:c])
+            vmax[:c] = np.where(np.asarray(cand_max > vmax[:c], dtype=bool), cand_max, vmax[:c])
+        last[:c] = states.last[idx]
+    dist = np.zeros(q, dtype=np.int64)
+    if distinct and q:
+        dist[perm] = _distinct_counts(states, lo_p, len_p, ex_p)
+    inv = np.empty(q, dtype=np.int64)
+    inv[perm] = np.arange(q)
+    return Merged(
+        count[inv], s_sum[inv], mean[inv], m2[inv], vmin[inv], vmax[inv], first[inv], last[inv], dist
+    )
+
+
+def _distinct_counts(states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    q = len(lo)
+    out = np.zeros(q, dtype=np.int64)
+    hs = states.hash_start
+    sketch_rows = np.zeros(len(states) + 1, dtype=np.int64)
+    if states.sketches:
+        sketch_rows[1:] = np.cumsum(np.isin(np.arange(len(states)), list(states.sketches)))
+        with_sketch = (sketch_rows[lo + length] - sketch_rows[lo] > 0) | np.isin(extra, list(states.sketches))
+    else:
+        with_sketch = np.zeros(q, dtype=bool)
+    plain = ~with_sketch
+    # Exact: the hashes of a key's consecutive buckets are one slice of ``states.hashes``.
+    has_extra = extra >= 0
+    ex = np.where(has_extra, extra, 0)
+    seg1, idx1 = ranges(hs[lo], np.where(plain, hs[lo + length] - hs[lo], 0))
+    seg2, idx2 = ranges(hs[ex], np.where(plain & has_extra, hs[ex + 1] - hs[ex], 0))
+    seg = np.concatenate([seg1, seg2])
+    if len(seg):
+        frame = pd.DataFrame({"q": seg, "h": states.hashes[np.concatenate([idx1, idx2])]})
+        per = frame.drop_duplicates().groupby("q", sort=False).size()
+        out[per.index.to_numpy()] = per.to_numpy()
+    for i in np.flatnonzero(with_sketch).tolist():  # the worker's own merge (HLL union)
+        merged = _Merged()
+        rows = list(range(int(lo[i]), int(lo[i] + length[i]))) + ([int(extra[i])] if extra[i] >= 0 else [])
+        for r in rows:
+            digest: list[int] | str = states.sketches.get(r) or states.hashes[hs[r] : hs[r + 1]].tolist()
+            merged.add([int(states.count[r]), 0.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0, digest, 0.0])
+        out[i] = merged.distinct()
+    return out
