@@ -15,6 +15,16 @@ from faust.types import TP
 logger = logging.getLogger(__name__)
 
 
+#: Per RocksDB database (one per table partition). Faust's defaults (64 MiB write buffers, three of
+#: them, and a 2 GiB block cache per database) let a worker's memory grow with its state for a long
+#: time before the first flush; these bound it to a few tens of MiB per partition (docs/operations.md).
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 8 * 2**20,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 32 * 2**20,
+}
+
+
 def raw_table(app: Any, name: str, partitions: int, help_text: str) -> Any:
     """A RocksDB-backed Faust Table whose keys and values are raw bytes (Hydrant encodes them).
 
@@ -23,7 +33,14 @@ def raw_table(app: Any, name: str, partitions: int, help_text: str) -> Any:
     so routing by key hashes the same bytes producers use. The serializers must be set before the
     table's store and changelog topic are first used, which happens only when the worker starts.
     """
-    table = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes, help=help_text)
+    table = app.Table(
+        name,
+        partitions=partitions,
+        key_type=bytes,
+        value_type=bytes,
+        help=help_text,
+        options=dict(ROCKSDB_OPTIONS),
+    )
     table.key_serializer = "raw"
     table.value_serializer = "raw"
     return table
