@@ -43,10 +43,13 @@ class Workload:
         return sorted(newest_times(self.events))
 
 
-def make_workload(pipeline: Path, seed: int, keys: int, count: int, malformed_share: float = 0.0) -> Workload:
+def make_workload(
+    pipeline: Path, seed: int, keys: int, count: int, malformed_share: float = 0.0, hours: int = 20
+) -> Workload:
     # 20 hours of event time (±30 min): no event can be late (24 h retention) whatever order the
-    # worker reads the topics in, so the truth does not depend on the processing order.
-    events = make_events(seed=seed, keys=keys, count=count, every_key=True)
+    # worker reads the topics in, so the truth does not depend on the processing order. A wider span
+    # is safe only while the worker reads both topics within hours of event time of each other.
+    events = make_events(seed=seed, keys=keys, count=count, every_key=True, hours=hours)
     rng = random.Random(seed)
     kinds = [
         lambda n: (b"u0001", b'{"user_id": "u0001", "amount": 3'),  # truncated JSON
