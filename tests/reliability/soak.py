@@ -76,8 +76,10 @@ def main() -> int:
                 publish_slice(broker, uid, workload, second / seconds, (second + 1) / seconds)
                 if second % 30 == 0:
                     samples.append((second, rss_mib(worker)))
+                    buckets = worker.metric("hydrant_state_buckets")  # the state's size (30 s census)
                     print(
-                        f"{second:>5} s  RSS {samples[-1][1]:7.1f} MiB  lookups {sum(load.statuses.values())}"
+                        f"{second:>5} s  RSS {samples[-1][1]:7.1f} MiB  buckets {buckets:>9,.0f}  "
+                        f"lookups {sum(load.statuses.values())}"
                     )
                 time.sleep(max(0.0, started + second + 1 - time.monotonic()))
             deadline = time.monotonic() + 300
