@@ -49,7 +49,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from app.broker import EmbeddedBroker
-from bench.pipeline import create_hydrant_topics, preload, shop_events, user_rows
+from bench.pipeline import create_hydrant_topics, preload, shop_events, shop_value, user_rows
 from tests.conftest import shop_pipeline_text
 from tests.support.broker import BrokerUnderTest
 from tests.support.worker import WorkerProcess, wait_for
@@ -93,19 +93,9 @@ async def _ingest(
             now = int(time.time() * 1000)
             for i in range(count, due):
                 user = rng.choice(keys)
-                if i % 2:
-                    value = {
-                        "user_id": user,
-                        "order_id": f"live{i}",
-                        "product": f"p{rng.randrange(50)}",
-                        "amount": round(rng.uniform(1, 100), 2),
-                        "status": "paid",
-                        "ts": now,
-                    }
-                    pending.append(await producer.send(topics[0], orjson.dumps(value), key=user.encode()))
-                else:
-                    value = {"user_id": user, "page": "/", "ts": now}
-                    pending.append(await producer.send(topics[1], orjson.dumps(value), key=user.encode()))
+                value = shop_value(rng, i, user, now, f"live{i}")
+                topic = topics[0] if i % 2 else topics[1]
+                pending.append(await producer.send(topic, orjson.dumps(value), key=user.encode()))
             count = max(count, due)
             if len(pending) >= 200:
                 await asyncio.gather(*pending)

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -52,23 +53,27 @@ def shop_events(
 ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
     """``n`` shop events over ``keys`` users, event times ``t0 + i * step_ms``: (orders, clicks)."""
     rng = random.Random(seed)
-    orders, clicks = [], []
+    orders: list[tuple[bytes, bytes]] = []
+    clicks: list[tuple[bytes, bytes]] = []
     for i in range(n):
         user = f"u{rng.randrange(keys):05d}"
-        ts = t0 + i * step_ms
-        if i % 2:
-            value = {
-                "user_id": user,
-                "order_id": f"o{i}",
-                "product": f"p{rng.randrange(50)}",
-                "amount": round(rng.uniform(1, 100), 2),
-                "status": "paid",
-                "ts": ts,
-            }
-            orders.append((user.encode(), orjson.dumps(value)))
-        else:
-            clicks.append((user.encode(), orjson.dumps({"user_id": user, "page": "/", "ts": ts})))
+        value = shop_value(rng, i, user, t0 + i * step_ms, f"o{i}")
+        (orders if i % 2 else clicks).append((user.encode(), orjson.dumps(value)))
     return orders, clicks
+
+
+def shop_value(rng: random.Random, i: int, user: str, ts: int, order_id: str) -> dict[str, Any]:
+    """Event ``i`` of ``user`` at ``ts``: an order when ``i`` is odd, else a click."""
+    if i % 2:
+        return {
+            "user_id": user,
+            "order_id": order_id,
+            "product": f"p{rng.randrange(50)}",
+            "amount": round(rng.uniform(1, 100), 2),
+            "status": "paid",
+            "ts": ts,
+        }
+    return {"user_id": user, "page": "/", "ts": ts}
 
 
 def user_rows(keys: int) -> list[tuple[bytes, bytes]]:
