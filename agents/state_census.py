@@ -1,5 +1,6 @@
 """`state_census`: every 30 s, count the state this worker serves (keys and buckets per feature
-group, rows per lookup) for /metrics. The scan gives the event loop back every 5,000 records."""
+group, rows per lookup) for /metrics, then give freed memory back to the system (app/memory.py).
+The scan gives the event loop back every 5,000 records."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 from typing import Any
 
 from app.main import app, settings
+from app.memory import release_free_memory
 from app.metrics import LOOKUP_ROWS, STATE_BUCKETS, STATE_KEYS
 from tables.features import FEATURE_TABLES
 from tables.lookups import LOOKUP_TABLES
@@ -41,3 +43,4 @@ async def state_census() -> None:
     for name, table in LOOKUP_TABLES.items():
         heads, others = await count_records(table)
         LOOKUP_ROWS.labels(name).set(heads + others)
+    await release_free_memory()

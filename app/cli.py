@@ -125,6 +125,9 @@ def worker(pipeline: str | None) -> None:
     load_pipeline(settings.pipeline)  # fail here, with the spec's messages, before Faust starts
     import faust
 
+    from app.memory import limit_arenas
+
+    limit_arenas()  # before Faust, aiokafka and RocksDB start their threads
     from app.main import app
 
     faust.Worker(app, loglevel=settings.log_level.lower(), override_logging=False).execute_from_commandline()

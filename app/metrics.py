@@ -152,6 +152,31 @@ class LiveCollector(Collector):
         recovery.add_metric(["active"], tables.recovery.active_remaining_total() if tables else 0)
         recovery.add_metric(["standby"], tables.recovery.standby_remaining_total() if tables else 0)
         yield recovery
+        memory = GaugeMetricFamily(
+            "hydrant_rocksdb_memory_bytes",
+            "RocksDB memory of this worker's open table partitions: block cache, memtables, table readers.",
+            labels=["kind"],
+        )
+        for kind, value in rocksdb_memory(self.app).items():
+            memory.add_metric([kind], value)
+        yield memory
+
+
+def rocksdb_memory(faust_app: Any) -> dict[str, int]:
+    """RocksDB bytes of this worker: its block cache (shared by every table partition, memtables
+    charged to it), and within it the memtables and table readers summed over the open databases."""
+    totals = {"block_cache": 0, "memtables": 0, "table_readers": 0}
+    caches = {}
+    for table in (faust_app.tables or {}).values():
+        options = getattr(table.data, "rocksdb_options", None)
+        cache = getattr(options, "cache", None)
+        if cache is not None:
+            caches[id(cache)] = cache
+        for db in getattr(table.data, "_dbs", {}).values():
+            totals["memtables"] += db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+            totals["table_readers"] += db.property_int_value("rocksdb.estimate-table-readers-mem") or 0
+    totals["block_cache"] = sum(cache.get_usage() for cache in caches.values())
+    return totals
 
 
 #: aiohttp wants the charset apart from the content type; Prometheus text is UTF-8 either way.

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     api_token: SecretStr | None = Field(default=None, description="Bearer token for the data API.")
     partitions: int = Field(default=4, ge=1, le=10_000, description="Partitions of topics Hydrant creates.")
+    rocksdb_memory_mb: int = Field(
+        default=128,
+        ge=16,
+        le=1_000_000,
+        description="RocksDB memory of the worker (block cache, with a quarter for memtables), shared by "
+        "every table partition.",
+    )
     replication_factor: int = Field(default=1, ge=1, le=10, description="Replication of created topics.")
 
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

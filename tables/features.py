@@ -12,15 +12,15 @@ from tables.windows import GroupPlan, KeyState, group_plans, read_features
 
 GROUPS: dict[str, GroupPlan] = group_plans(pipeline)
 FEATURE_TABLES: dict[str, Any] = {
-    name: raw_table(app, f"features-{name}", settings.partitions, f"Window state of feature group {name!r}")
+    name: raw_table(
+        app,
+        f"features-{name}",
+        settings.partitions,
+        f"Window state of feature group {name!r}",
+        settings.rocksdb_memory_mb,
+    )
     for name in GROUPS
 }
-
-
-def load_state(group: str, key: bytes) -> KeyState:
-    """A key's state, read lazily from the table: in the current event's partition inside an agent,
-    in every local partition outside one."""
-    return KeyState(key, FEATURE_TABLES[group].get, GROUPS[group].retention)
 
 
 async def store_changes(writer: StateWriter, group: str, partition: int, state: KeyState) -> int:

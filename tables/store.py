@@ -3,57 +3,70 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import weakref
 from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import rocksdict
-from faust.streams import _current_event
+from faust.stores.rocksdb import RocksDBOptions
+from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP
 
 logger = logging.getLogger(__name__)
 
 
-#: Per RocksDB database (one per table partition). Faust's defaults (64 MiB write buffers, three of
-#: them, and a 2 GiB block cache per database) let a worker's memory grow with its state for a long
-#: time before the first flush; these bound it to a few tens of MiB per partition (docs/operations.md).
-ROCKSDB_OPTIONS = {
-    "write_buffer_size": 8 * 2**20,
-    "max_write_buffer_number": 2,
-    "block_cache_size": 32 * 2**20,
-}
+class SharedMemoryOptions(RocksDBOptions):
+    """Faust's RocksDB options, except that every database of the worker (one per table partition)
+    shares one block cache, and their memtables share one write-buffer budget charged to that cache.
+
+    Faust gives each database its own 2 GiB block cache and three 64 MiB write buffers, so a worker's
+    memory grows with its partition count and, for a long time, with its state. Here RocksDB's memory
+    is one figure, ``HYDRANT_ROCKSDB_MEMORY_MB``: a quarter of it holds memtables (a flush starts when
+    they fill it), the rest caches blocks (docs/operations.md).
+    """
+
+    def __init__(self, cache: rocksdict.Cache, write_buffers: rocksdict.WriteBufferManager) -> None:
+        super().__init__(write_buffer_size=8 * 2**20, max_write_buffer_number=2)
+        self.cache = cache
+        self.write_buffers = write_buffers
+
+    def as_options(self) -> rocksdict.Options:
+        options = super().as_options()
+        blocks = rocksdict.BlockBasedOptions()
+        blocks.set_bloom_filter(self.bloom_filter_size, True)
+        blocks.set_block_cache(self.cache)
+        blocks.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        options.set_block_based_table_factory(blocks)
+        options.set_write_buffer_manager(self.write_buffers)
+        return options
 
 
-def raw_table(app: Any, name: str, partitions: int, help_text: str) -> Any:
-    """A RocksDB-backed Faust Table whose keys and values are raw bytes (Hydrant encodes them).
+@functools.cache
+def shared_memory(budget_mb: int) -> SharedMemoryOptions:
+    """The worker's one set of RocksDB options (so one cache and one memtable budget)."""
+    cache = rocksdict.Cache(budget_mb * 2**20)
+    write_buffers = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+        budget_mb * 2**20 // 4, False, cache
+    )
+    return SharedMemoryOptions(cache, write_buffers)
+
+
+def raw_table(app: Any, name: str, partitions: int, help_text: str, memory_mb: int) -> Any:
+    """A RocksDB-backed Faust Table whose keys and values are raw bytes (Hydrant encodes them),
+    its databases sharing the worker's RocksDB memory budget of ``memory_mb``.
 
     Faust derives a table's serializers from ``key_type``/``value_type`` and falls back to JSON,
     which would quote the UTF-8 keys; raw keys keep changelog keys equal to the Kafka record keys,
     so routing by key hashes the same bytes producers use. The serializers must be set before the
     table's store and changelog topic are first used, which happens only when the worker starts.
     """
-    table = app.Table(
-        name,
-        partitions=partitions,
-        key_type=bytes,
-        value_type=bytes,
-        help=help_text,
-        options=dict(ROCKSDB_OPTIONS),
-    )
+    table = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes, help=help_text)
     table.key_serializer = "raw"
     table.value_serializer = "raw"
+    if isinstance(table.data, RocksDBStore):
+        table.data.rocksdb_options = shared_memory(memory_mb)
     return table
-
-
-def act_for(event: Any) -> None:
-    """Make ``event`` Faust's current event.
-
-    Faust picks the RocksDB partition a table reads from the current event. A batch loop over
-    ``take_events`` must set it for each event before reading a table, as Faust's own per-event
-    iteration does.
-    """
-    _current_event.set(weakref.ref(event))
 
 
 def local_db(table: Any, partition: int) -> Any:

@@ -32,6 +32,9 @@ RATE = 400  # events per second, in one-second slices
 #: Events are published in time order, so the topics stay minutes, not a day, of event time apart.
 HOURS = 72
 GROWTH_LIMIT = 0.10  # the last third's median RSS may exceed the middle third's by at most 10 %
+#: A RocksDB budget the state outgrows in the first third, so the block cache is full by the middle
+#: third: growth after that is a leak, not a cache filling up to its bound (docs/reliability.md).
+ROCKSDB_MEMORY_MB = 32
 
 
 def rss_mib(worker: WorkerProcess) -> float:
@@ -64,7 +67,12 @@ def main() -> int:
         broker = BrokerUnderTest(embedded.url, "tansu", "tansu")
         create_pipeline_topics_for(broker.url, pipeline, uid)
         worker = WorkerProcess(
-            broker, pipeline, tmp / "data", f"hydrant-test-{uid}", tmp / "worker.log"
+            broker,
+            pipeline,
+            tmp / "data",
+            f"hydrant-test-{uid}",
+            tmp / "worker.log",
+            extra_env={"HYDRANT_ROCKSDB_MEMORY_MB": str(ROCKSDB_MEMORY_MB)},
         ).start()
         try:
             worker.wait_ready(180)
@@ -77,8 +85,13 @@ def main() -> int:
                 if second % 30 == 0:
                     samples.append((second, rss_mib(worker)))
                     buckets = worker.metric("hydrant_state_buckets")  # the state's size (30 s census)
+                    cache, memtables = (
+                        worker.metric("hydrant_rocksdb_memory_bytes", kind=kind) / 2**20
+                        for kind in ("block_cache", "memtables")
+                    )
                     print(
                         f"{second:>5} s  RSS {samples[-1][1]:7.1f} MiB  buckets {buckets:>9,.0f}  "
+                        f"RocksDB cache {cache:5.1f} MiB memtables {memtables:5.1f} MiB  "
                         f"lookups {sum(load.statuses.values())}"
                     )
                 time.sleep(max(0.0, started + second + 1 - time.monotonic()))

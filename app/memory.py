@@ -1,0 +1,47 @@
+"""Keep a long-running worker's resident memory at the size of what it holds.
+
+RocksDB allocates and frees memtable arenas (several MiB each) from its background threads all the
+time. With glibc's defaults every thread may get its own malloc arena, and freed memory stays in the
+arenas rather than going back to the system, so a worker's RSS crept up by ~10 % in the second half
+of a 10-minute soak while its state and RocksDB's own accounting stayed flat (docs/reliability.md).
+Two glibc calls fix that: fewer arenas, and returning free memory every 30 s. Elsewhere (musl,
+macOS) both are no-ops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
+ARENAS = 2
+
+
+def _glibc() -> Any | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 (glibc only)
+        libc.mallopt  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _glibc()
+
+
+def limit_arenas() -> None:
+    """At most :data:`ARENAS` malloc arenas for the threads created from now on."""
+    if _LIBC is not None:
+        _LIBC.mallopt(M_ARENA_MAX, ARENAS)
+
+
+async def release_free_memory() -> None:
+    """Give memory that malloc holds but nothing uses back to the system (off the event loop)."""
+    if _LIBC is not None:
+        await asyncio.to_thread(_LIBC.malloc_trim, 0)
