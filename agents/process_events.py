@@ -3,13 +3,14 @@
 All stream topics (and their repartition topics) feed this single agent, so exactly one coroutine
 writes the feature tables: no two batches interleave a read-modify-write of the same key.
 
-Per fetched batch (``take_events``):
+Records of the stream topics come in batches straight from the consumer (app/intake.py), not
+one Faust Event at a time. Per batch:
 1. decode each event (bad ones go to the dead-letter topic with their reason);
 2. forward events that are not on their key's home partition to the stream's repartition topic;
 3. apply the event to each feature group's state of its key (held in the batch, read once);
 4. build every output row (lookups, features as of the event's time, computed columns);
 5. write each touched key's state once (tables/store.py StateWriter), then await every delivery of
-   the batch (state changelog, outputs, forwards, dead letters) before Faust acknowledges it, so a
+   the batch (state changelog, outputs, forwards, dead letters) before its records are acked, so a
    committed offset never runs ahead of the state it produced (at-least-once outputs; window state
    is exactly-once through its applied offsets).
 """
@@ -27,6 +28,7 @@ import orjson
 
 from app.dead_letters import forward, send_dead_letter, source_headers, source_position
 from app.enrich import OutputBuilder, output_builders
+from app.intake import Intake
 from app.main import app, pipeline, settings
 from app.metrics import (
     BATCH_SECONDS,
@@ -39,15 +41,16 @@ from app.metrics import (
 from app.partitioning import is_home, partition_for
 from app.records import BadRecord, decode_event
 from app.spec import StreamSpec, repartition_topic
-from tables.features import GROUPS, load_state, store_changes
+from tables.features import GROUPS, local_state, store_changes
 from tables.lookups import lookup_row
-from tables.store import StateWriter, act_for
+from tables.store import StateWriter
 from tables.windows import KeyState, apply_event, choose, is_late, read_features
 
 logger = logging.getLogger(__name__)
 
 BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.05
+YIELD_EVERY = 8  # events between two turns of the event loop inside a batch (lookup latency)
 GROUP_ID = settings.group_id(pipeline.name)
 
 
@@ -89,25 +92,23 @@ class BatchState:
     """The window states a batch touches: each record read at most once and written once."""
 
     def __init__(self) -> None:
-        self.states: dict[tuple[str, bytes], KeyState] = {}
-        self.last_event: dict[tuple[str, bytes], Any] = {}
+        self.states: dict[tuple[str, bytes], tuple[int, KeyState]] = {}
 
-    def get(self, group: str, key: bytes, event: Any) -> KeyState:
+    def get(self, group: str, key: bytes, partition: int) -> KeyState:
+        """The state of ``key`` in its home ``partition`` (the partition its events arrive on)."""
         slot = (group, key)
-        self.last_event[slot] = event
-        state = self.states.get(slot)
-        if state is None:
-            state = self.states[slot] = load_state(group, key)
-        return state
+        entry = self.states.get(slot)
+        if entry is None:
+            entry = self.states[slot] = (partition, local_state(group, partition, key))
+        return entry[1]
 
     async def flush(self, writer: StateWriter) -> None:
-        for (group, key), state in self.states.items():
-            # The partition of the key's (last) event is its home: where its state lives.
-            await store_changes(writer, group, self.last_event[(group, key)].message.partition, state)
+        for (group, _), (partition, state) in self.states.items():
+            await store_changes(writer, group, partition, state)
 
 
 def apply_to_groups(
-    route: StreamRoute, batch: BatchState, event: Any, key: bytes, fields: Mapping[str, Any], ts: int
+    route: StreamRoute, batch: BatchState, message: Any, key: bytes, fields: Mapping[str, Any], ts: int
 ) -> dict[str, KeyState]:
     """Apply the event to every group its stream feeds; BadRecord('late') when it is late for any
     of them (then it is applied to none), BadRecord('expression') when a `where` fails."""
@@ -117,8 +118,8 @@ def apply_to_groups(
         chosen = {g: choose(GROUPS[g], route.name, fields) for g in route.groups}
     except Exception as exc:
         raise BadRecord("expression", f"where filter: {type(exc).__name__}: {exc}") from None
-    source, offset = source_position(event.message, route.repartitioned)
-    states = {g: batch.get(g, key, event) for g in route.groups}
+    source, offset = source_position(message, route.repartitioned)
+    states = {g: batch.get(g, key, message.partition) for g in route.groups}
     # A redelivery that a head already recorded is a duplicate there, even if its bucket expired since.
     fresh = {g: state for g, state in states.items() if state.processed.get(source, -1) < offset}
     late = [g for g, state in fresh.items() if is_late(GROUPS[g], state, ts)]
@@ -155,68 +156,80 @@ class PartitionCounts:
         return int(count)
 
 
-async def process_events(stream: Any) -> None:
-    producer = app.producer
+INTAKE = Intake(app, ROUTES, max_buffered=4 * BATCH_MAX)
+#: Subscribes the consumer to the stream topics; their records reach INTAKE, not this channel.
+app.topics.add(app.topic(*ROUTES, key_serializer="raw", value_serializer="raw"))
+
+
+@app.task
+async def process_events() -> None:
+    """Take batches from the intake until the worker stops. An unexpected error stops the worker
+    (its batch is not acked, so a restart redelivers it) instead of leaving its records pending."""
     topic_partitions = PartitionCounts(app.consumer)
+    while not app.should_stop:
+        messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
+        try:
+            await process_batch(messages, topic_partitions)
+        except Exception as exc:
+            logger.exception("process_events failed on a batch of %d records", len(messages))
+            await app.crash(exc)
+            return
+        INTAKE.ack(messages)
+
+
+async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) -> None:
+    producer = app.producer
     partitions = settings.partitions
-    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-        started = time.perf_counter()
-        assigned = app.consumer.assignment()
-        stale = {e.message.tp for e in events} - assigned
-        if stale:  # fetched before a revocation: another worker may own these partitions now
-            logger.warning("batch holds events of partitions no longer assigned here: %s", sorted(stale))
-        deliveries: list[Awaitable[Any]] = []
-        batch = BatchState()
-        for event in events:
-            message = event.message
-            route = ROUTES[message.topic]
-            if not route.repartitioned:
-                route.consumed.inc()
-            try:
-                key, ts, fields = decode_event(message.value, route.spec, int(message.timestamp * 1000))
-                raw_key = key.encode("utf-8")
-                if not route.repartitioned and not is_home(
-                    raw_key, message.partition, topic_partitions(message.topic), partitions
-                ):
-                    target = partition_for(raw_key, partitions)
-                    deliveries.append(await forward(producer, route.rekey_topic, raw_key, target, message))
-                    continue
-                act_for(event)
-                apply_to_groups(route, batch, event, raw_key, fields, ts)
-
-                def features(
-                    group: str,
-                    _key: str,
-                    at: int,
-                    event: Any = event,
-                    raw_key: bytes = raw_key,
-                    batch: BatchState = batch,
-                ) -> dict[str, Any]:
-                    # The group's state as this batch holds it (applied above if its stream feeds it).
-                    return read_features(GROUPS[group], batch.get(group, raw_key, event), at)
-
-                rows = [
-                    (b.topic, orjson.dumps(b.build(key, ts, fields, lookup_row, features)))
-                    for b in route.builders
-                ]
-            except BadRecord as exc:
-                deliveries.append(
-                    await send_dead_letter(producer, route.spec.dlq_topic, message, exc, route.repartitioned)
-                )
+    started = time.perf_counter()
+    stale = {m.tp for m in messages} - app.consumer.assignment()
+    if stale:  # fetched before a revocation: another worker may own these partitions now
+        logger.warning("batch holds events of partitions no longer assigned here: %s", sorted(stale))
+    deliveries: list[Awaitable[Any]] = []
+    batch = BatchState()
+    for n, message in enumerate(messages, 1):
+        if n % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # let HTTP requests in: a whole batch can take a second of CPU
+        route = ROUTES[message.topic]
+        if not route.repartitioned:
+            route.consumed.inc()
+        try:
+            key, ts, fields = decode_event(message.value, route.spec, int(message.timestamp * 1000))
+            raw_key = key.encode("utf-8")
+            if not route.repartitioned and not is_home(
+                raw_key, message.partition, topic_partitions(message.topic), partitions
+            ):
+                target = partition_for(raw_key, partitions)
+                deliveries.append(await forward(producer, route.rekey_topic, raw_key, target, message))
                 continue
-            headers = source_headers(message, route.repartitioned)
-            for (topic, value), counter in zip(rows, route.produced, strict=True):
-                deliveries.append(await producer.send(topic, raw_key, value, None, None, headers))
-                counter.inc()
-        writer = StateWriter(producer)
-        await batch.flush(writer)
-        await writer.delivered()
-        await asyncio.gather(*deliveries)
-        elapsed = time.perf_counter() - started
-        for name in {ROUTES[e.message.topic].name for e in events}:
-            BATCH_SECONDS.labels(name).observe(elapsed)
-            PROCESSING_SECONDS.labels(name).observe(elapsed / len(events))
+            home = message.partition
+            apply_to_groups(route, batch, message, raw_key, fields, ts)
 
+            def features(
+                group: str, _key: str, at: int, raw_key: bytes = raw_key, home: int = home
+            ) -> dict[str, Any]:
+                # The group's state as this batch holds it (applied above if its stream feeds it).
+                return read_features(GROUPS[group], batch.get(group, raw_key, home), at)
 
-_topic = app.topic(*ROUTES, key_serializer="raw", value_serializer="raw")
-app.agent(_topic, name="process_events")(process_events)
+            def lookup(name: str, join_key: str, home: int = home) -> dict[str, Any] | None:
+                return lookup_row(name, join_key, home)  # lookups are co-partitioned with the streams
+
+            rows = [
+                (b.topic, orjson.dumps(b.build(key, ts, fields, lookup, features))) for b in route.builders
+            ]
+        except BadRecord as exc:
+            deliveries.append(
+                await send_dead_letter(producer, route.spec.dlq_topic, message, exc, route.repartitioned)
+            )
+            continue
+        headers = source_headers(message, route.repartitioned)
+        for (topic, value), counter in zip(rows, route.produced, strict=True):
+            deliveries.append(await producer.send(topic, raw_key, value, None, None, headers))
+            counter.inc()
+    writer = StateWriter(producer)
+    await batch.flush(writer)
+    await writer.delivered()
+    await asyncio.gather(*deliveries)
+    elapsed = time.perf_counter() - started
+    for name in {ROUTES[m.topic].name for m in messages}:
+        BATCH_SECONDS.labels(name).observe(elapsed)
+        PROCESSING_SECONDS.labels(name).observe(elapsed / len(messages))

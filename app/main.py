@@ -96,8 +96,17 @@ def faust_credentials(settings: Settings) -> Any:
 
 
 class HydrantApp(faust.App):
-    """faust.App whose autodiscovery fails loudly: Faust only logs a module that fails to import, and
-    the worker would then run without that module's agents or tables."""
+    """faust.App whose autodiscovery fails loudly (Faust only logs a module that fails to import, and
+    the worker would then run without that module's agents or tables), and whose consumer hands
+    the stream topics' records to the intakes registered in :attr:`intakes` (app/intake.py)."""
+
+    intakes: list[Any]
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        for intake in getattr(self, "intakes", ()):
+            intake.install(consumer)
+        return consumer
 
     def _on_autodiscovery_error(self, name: str) -> None:
         error = sys.exc_info()[1]
