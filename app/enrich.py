@@ -24,7 +24,11 @@ class OutputBuilder:
     def __init__(self, name: str, output: OutputSpec, pipeline: Pipeline) -> None:
         self.name = name
         self.topic = output.topic
-        self.joins = [(j.lookup, j.prefix, tuple(pipeline.lookups[j.lookup].fields)) for j in output.join]
+        # (lookup, ((lookup field, output column), ...)) per join
+        self.joins = [
+            (j.lookup, tuple((column, j.prefix + column) for column in pipeline.lookups[j.lookup].fields))
+            for j in output.join
+        ]
         self.groups = tuple(output.features)
         self.computed = [(column, Expression(source)) for column, source in output.computed.items()]
 
@@ -38,10 +42,14 @@ class OutputBuilder:
     ) -> dict[str, Any]:
         """The output row; BadRecord('expression') when a computed column fails."""
         row = dict(fields)
-        for lookup_name, prefix, columns in self.joins:
+        for lookup_name, columns in self.joins:
             found = lookup(lookup_name, key)
-            for column in columns:
-                row[prefix + column] = found.get(column) if found is not None else None
+            if found is None:
+                for _, name in columns:
+                    row[name] = None
+            else:
+                for column, name in columns:
+                    row[name] = found.get(column)
         if features is not None:
             for group in self.groups:
                 row.update(features(group, key, event_time))

@@ -27,6 +27,7 @@ class BadRecord(HydrantError):
 
 
 _CHECKS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+_EXACT: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}  # kept as they are
 
 
 def _typed(name: str, value: Any, declared: str) -> Any:
@@ -84,7 +85,11 @@ def decode_event(raw: bytes | None, stream: StreamSpec, record_ts_ms: int) -> tu
     """(entity key, event time ms, typed declared fields) of one stream record; BadRecord otherwise."""
     value = _load_object(raw)
     key = _entity_key(value, stream.key)
-    fields = {name: _typed(name, value.get(name), kind) for name, kind in stream.fields.items()}
+    get = value.get
+    fields = {  # _typed, skipped for a null or a value of exactly the declared type (the usual case)
+        name: v if (v := get(name)) is None or type(v) is _EXACT[kind] else _typed(name, v, kind)
+        for name, kind in stream.fields.items()
+    }
     fields[stream.key] = key
     if stream.time is None:
         ts = record_ts_ms

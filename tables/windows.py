@@ -31,8 +31,10 @@ then a HyperLogLog sketch (Apache DataSketches) in base64.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -70,10 +72,11 @@ class AggregationPlan:
     ops: tuple[str, ...]
     windows: tuple[tuple[str, int], ...]  # (label as written, number of buckets)
     where: Expression | None
+    # whether it keeps value hashes (`dataclasses.`: the attribute `field` above shadows the function)
+    distinct: bool = dataclasses.field(init=False, compare=False, repr=False)
 
-    @property
-    def distinct(self) -> bool:
-        return "distinct" in self.ops
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "distinct", "distinct" in self.ops)
 
     def wants(self, fields: Mapping[str, Any]) -> bool:
         """Whether an event feeds this aggregation (its `where` holds). Raises on expression failure."""
@@ -90,6 +93,30 @@ class GroupPlan:
     retention: int  # R = largest window / period, in buckets
     aggregations: tuple[AggregationPlan, ...]
     by_stream: Mapping[str, tuple[AggregationPlan, ...]] = field(default_factory=dict)
+    # Precomputed once for read_features: the feature names (output order, each once), then per
+    # (aggregation, window): (aggregation index, buckets, ((op, position in names), ...)).
+    _written: tuple[str, ...] = field(init=False, compare=False, repr=False)  # as feature_names() lists them
+    names: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    reads: tuple[tuple[int, int, tuple[tuple[str, int], ...]], ...] = field(
+        init=False, compare=False, repr=False
+    )
+    widest: int = field(init=False, compare=False, repr=False)  # buckets of the largest window
+
+    def __post_init__(self) -> None:
+        written = [
+            f"{a.name}_{op}_{label}" for a in self.aggregations for op in a.ops for label, _ in a.windows
+        ]
+        names = tuple(dict.fromkeys(written))
+        position = {name: i for i, name in enumerate(names)}
+        reads = tuple(
+            (a.index, size, tuple((op, position[f"{a.name}_{op}_{label}"]) for op in a.ops))
+            for a in self.aggregations
+            for label, size in a.windows
+        )
+        object.__setattr__(self, "_written", tuple(written))
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "reads", reads)
+        object.__setattr__(self, "widest", max((size for _, size, _ in reads), default=0))
 
     @classmethod
     def from_spec(cls, name: str, spec: FeatureGroupSpec) -> GroupPlan:
@@ -115,7 +142,7 @@ class GroupPlan:
         return time_ms // self.period_ms
 
     def feature_names(self) -> list[str]:
-        return [f"{a.name}_{op}_{label}" for a in self.aggregations for op in a.ops for label, _ in a.windows]
+        return list(self._written)
 
 
 def group_plans(pipeline: Pipeline) -> dict[str, GroupPlan]:
@@ -131,6 +158,7 @@ def bucket_key(key: bytes, bucket: int) -> bytes:
 
 
 Loader = Callable[[bytes], bytes | None]
+_UNREAD: Any = object()  # KeyState._buckets: not looked up yet
 
 
 class KeyState:
@@ -138,15 +166,31 @@ class KeyState:
     with what changed since the last :meth:`changes`. The stored buckets are a bitmask (an int)
     anchored at the newest bucket n: bit i is bucket n - i, for i < R."""
 
+    __slots__ = (
+        "_buckets",
+        "_deleted",
+        "_dirty",
+        "_head_dirty",
+        "_load",
+        "_retention",
+        "key",
+        "mask",
+        "newest",
+        "processed",
+    )
+
     def __init__(self, key: bytes, load: Loader, retention: int) -> None:
         self.key = key
         self._load = load
         self._retention = retention
-        raw = load(head_key(key))
-        head = orjson.loads(raw) if raw is not None else {"n": None, "m": "0", "o": {}}
-        self.newest: int | None = head["n"]
-        self.mask = int(head["m"], 16)
-        self.processed: dict[str, int] = head["o"]
+        raw = load(key + b"\x00")  # head_key(key)
+        self.newest: int | None
+        self.processed: dict[str, int]
+        if raw is None:
+            self.newest, self.mask, self.processed = None, 0, {}
+        else:
+            head = orjson.loads(raw)
+            self.newest, self.mask, self.processed = head["n"], int(head["m"], 16), head["o"]
         self._buckets: dict[int, dict[str, Any] | None] = {}
         self._head_dirty = False
         self._dirty: set[int] = set()
@@ -184,10 +228,11 @@ class KeyState:
         return n is not None and 0 <= n - number < self._retention and bool(self.mask >> (n - number) & 1)
 
     def bucket(self, number: int) -> dict[str, Any] | None:
-        if number not in self._buckets:
+        record = self._buckets.get(number, _UNREAD)
+        if record is _UNREAD:
             raw = self._load(bucket_key(self.key, number)) if self.is_stored(number) else None
-            self._buckets[number] = orjson.loads(raw) if raw is not None else None
-        return self._buckets[number]
+            record = self._buckets[number] = orjson.loads(raw) if raw is not None else None
+        return record
 
     def advance(self, number: int) -> None:
         """Make ``number`` the newest bucket; buckets now <= n - R are expired (deleted on write)."""
@@ -214,6 +259,8 @@ class KeyState:
     def changes(self) -> list[tuple[bytes, bytes | None]]:
         """(record key, value or None to delete) to write in this order: buckets, head, deletions
         (see the module docstring for why); then forgets them."""
+        if not (self._dirty or self._head_dirty or self._deleted):
+            return []
         out: list[tuple[bytes, bytes | None]] = [
             (bucket_key(self.key, number), orjson.dumps(self._buckets[number]))
             for number in sorted(self._dirty - self._deleted)
@@ -237,7 +284,7 @@ def is_late(plan: GroupPlan, state: KeyState, time_ms: int) -> bool:
 def choose(plan: GroupPlan, stream: str, fields: Mapping[str, Any]) -> list[AggregationPlan]:
     """The aggregations of ``stream`` that this event feeds (their `where` holds). Raises when a
     `where` expression fails, before any state changes."""
-    return [agg for agg in plan.by_stream.get(stream, ()) if agg.wants(fields)]
+    return [agg for agg in plan.by_stream.get(stream, ()) if agg.where is None or agg.where.evaluate(fields)]
 
 
 def apply_event(
@@ -256,32 +303,40 @@ def apply_event(
     processed = state.processed
     if processed.get(source, -1) >= offset:
         return "duplicate"
-    late = is_late(plan, state, time_ms)
-    number = plan.bucket(time_ms)
+    number = time_ms // plan.period_ms
+    newest = state.newest
+    late = newest is not None and number <= newest - plan.retention  # is_late
     record = None if late else state.bucket(number)
     if record is not None and record["o"].get(source, -1) >= offset:
         return "duplicate"
     processed[source] = offset  # persisted with the head's next write, after the buckets
     if late:
         return "late"
-    if state.newest is None or number > state.newest:
+    if newest is None or number > newest:
         state.advance(number)
-    values = [(agg, fields.get(agg.field) if agg.field is not None else True) for agg in chosen]
-    values = [(agg, value) for agg, value in values if value is not None]  # like pandas: nulls don't count
+    values = []
+    for agg in chosen:
+        value = fields.get(agg.field) if agg.field is not None else True
+        if value is not None:  # like pandas: nulls don't count
+            values.append((agg, value))
     if not values:
         return "applied"
     if record is None:
         record = state._create(number, len(plan.aggregations))
     slots = record["a"]
     for agg, value in values:
-        slots[agg.index] = _update(slots[agg.index], value, time_ms, agg.distinct)
+        index = agg.index
+        slots[index] = _update(slots[index], value, time_ms, agg.distinct)
     record["o"][source] = offset
     state._dirty.add(number)
     return "applied"
 
 
+_NUMBERS = (int, float)
+
+
 def _update(agg: AggState | None, value: Any, time_ms: int, distinct: bool) -> AggState:
-    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    numeric = isinstance(value, _NUMBERS) and not isinstance(value, bool)
     if agg is None:
         x = float(value) if numeric else 0.0
         hashes = [value_hash(value)] if distinct else []
@@ -367,16 +422,7 @@ class _Merged:
             self.sketches.append(agg[_DISTINCT])
 
     def distinct(self) -> int:
-        if not self.sketches:
-            return len(self.hashes)
-        union = datasketches.hll_union(HLL_LG_K)
-        for encoded in self.sketches:
-            union.update(datasketches.hll_sketch.deserialize(base64.b64decode(encoded)))
-        for h in self.hashes:
-            single = datasketches.hll_sketch(HLL_LG_K)
-            single.update(h)
-            union.update(single)
-        return round(union.get_estimate())
+        return _distinct_count(self.hashes, self.sketches)
 
     def result(self, op: str) -> Any:
         if op == "count":
@@ -402,26 +448,122 @@ class _Merged:
         raise ValueError(f"unknown op {op!r}")
 
 
+def _distinct_count(hashes: set[int], sketches: list[str]) -> int:
+    if not sketches:
+        return len(hashes)
+    union = datasketches.hll_union(HLL_LG_K)
+    for encoded in sketches:
+        union.update(datasketches.hll_sketch.deserialize(base64.b64decode(encoded)))
+    for h in hashes:
+        single = datasketches.hll_sketch(HLL_LG_K)
+        single.update(h)
+        union.update(single)
+    return round(union.get_estimate())
+
+
+def _window_results(states: list[AggState], ops: tuple[tuple[str, int], ...], out: list[Any]) -> None:
+    """``out[position] = result`` for each (op, position) of ``ops`` over bucket states in time order:
+    the operations of :meth:`_Merged.add` and :meth:`_Merged.result`, in the same order (so the same
+    floats), only those that the ops need."""
+    count = 0
+    for agg in states:
+        count += agg[_COUNT]
+    total: float | None = None
+    for op, position in ops:
+        if op == "count":
+            out[position] = count
+        elif op == "sum" or op == "avg":
+            if total is None:
+                total = 0.0
+                for agg in states:
+                    total += agg[_SUM]
+            out[position] = total if op == "sum" else total / count if count else None
+        elif op == "distinct":
+            hashes: set[int] = set()
+            sketches: list[str] = []
+            for agg in states:
+                digest = agg[_DISTINCT]
+                if isinstance(digest, list):
+                    hashes.update(digest)
+                else:
+                    sketches.append(digest)
+            out[position] = _distinct_count(hashes, sketches)
+        elif not count:
+            out[position] = None
+        elif op == "stddev":
+            n_a, shift, mean, m2 = 0, states[0][_SHIFT], 0.0, 0.0
+            for agg in states:  # Chan et al., as _Merged.add (whose shift is the first bucket's)
+                n_b = agg[_COUNT]
+                n = n_a + n_b
+                delta = (agg[_SHIFT] - shift) + agg[_MEAN] - mean
+                mean += delta * n_b / n
+                m2 += agg[_M2] + delta * delta * n_a * n_b / n
+                n_a = n
+            out[position] = math.sqrt(max(m2, 0.0) / (count - 1)) if count >= 2 else None
+        elif op == "min":
+            low = None
+            for agg in states:
+                if low is None or agg[_MIN] < low:
+                    low = agg[_MIN]
+            out[position] = low
+        elif op == "max":
+            high = None
+            for agg in states:
+                if high is None or agg[_MAX] > high:
+                    high = agg[_MAX]
+            out[position] = high
+        elif op == "first":
+            first = states[0]
+            for agg in states:  # on equal times the earlier bucket's value stands
+                if agg[_FIRST_T] < first[_FIRST_T]:
+                    first = agg
+            out[position] = first[_FIRST_V]
+        elif op == "last":
+            last = states[0]
+            for agg in states:
+                if agg[_LAST_T] >= last[_LAST_T]:
+                    last = agg
+            out[position] = last[_LAST_V]
+        else:
+            raise ValueError(f"unknown op {op!r}")
+
+
 def read_features(
     plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | None = None
 ) -> dict[str, Any]:
     """Every feature (or those in ``names``) with windows ending at ``at_ms``: a window W covers
     buckets (b(at) - W/P, b(at)]. Empty windows: count/sum/distinct 0, the others None."""
-    end = plan.bucket(at_ms)
-    out: dict[str, Any] = {}
-    for agg in plan.aggregations:
-        for label, size in agg.windows:
-            wanted = [op for op in agg.ops if names is None or f"{agg.name}_{op}_{label}" in names]
-            if not wanted:
-                continue
-            merged = _Merged()
-            for number in state.stored(end - size + 1, end):
-                record = state.bucket(number)
-                if record is not None and record["a"][agg.index] is not None:
-                    merged.add(record["a"][agg.index])
-            for op in wanted:
-                out[f"{agg.name}_{op}_{label}"] = merged.result(op)
-    return {name: out[name] for name in plan.feature_names() if name in out}
+    end = at_ms // plan.period_ms
+    all_names = plan.names
+    reads = plan.reads
+    widest = plan.widest
+    if names is not None:
+        reads = tuple(
+            (index, size, wanted)
+            for index, size, ops in reads
+            if (wanted := tuple((op, i) for op, i in ops if all_names[i] in names))
+        )
+        if not reads:
+            return {}
+        widest = max(size for _, size, _ in reads)
+    # Every window ends at `end`: the buckets of the widest one, loaded once, serve them all.
+    numbers: list[int] = []
+    slots: list[list[AggState | None]] = []
+    loaded = state._buckets
+    for number in state.stored(end - widest + 1, end):
+        record = loaded.get(number, _UNREAD)
+        if record is _UNREAD:
+            record = state.bucket(number)
+        if record is not None:
+            numbers.append(number)
+            slots.append(record["a"])
+    out: list[Any] = [None] * len(all_names)
+    for index, size, ops in reads:
+        states = [agg for a in slots[bisect_left(numbers, end - size + 1) :] if (agg := a[index]) is not None]
+        _window_results(states, ops, out)
+    if names is None:
+        return dict(zip(all_names, out, strict=True))
+    return {name: value for name, value in zip(all_names, out, strict=True) if name in names}
 
 
 def outside_retention(
