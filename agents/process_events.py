@@ -103,7 +103,9 @@ class BatchState:
         return entry[1]
 
     async def flush(self, writer: StateWriter) -> None:
-        for (group, _), (partition, state) in self.states.items():
+        for n, ((group, _), (partition, state)) in enumerate(self.states.items(), 1):
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             await store_changes(writer, group, partition, state)
 
 

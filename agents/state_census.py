@@ -1,6 +1,6 @@
 """`state_census`: every 30 s, count the state this worker serves (keys and buckets per feature
 group, rows per lookup) for /metrics, then give freed memory back to the system (app/memory.py).
-The scan gives the event loop back every 5,000 records."""
+The scan gives the event loop back every 500 records."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tables.lookups import LOOKUP_TABLES
 from tables.store import local_record_keys, serves
 
 CENSUS_INTERVAL_S = 30.0
-YIELD_EVERY = 5_000
+YIELD_EVERY = 500
 
 
 async def count_records(table: Any) -> tuple[int, int]:
