@@ -30,6 +30,7 @@ from app.dead_letters import forward, send_dead_letter, source_headers, source_p
 from app.enrich import OutputBuilder, output_builders
 from app.intake import Intake
 from app.main import app, pipeline, settings
+from app.memory import settle_garbage_collector
 from app.metrics import (
     BATCH_SECONDS,
     DUPLICATE_EVENTS,
@@ -167,6 +168,7 @@ app.topics.add(app.topic(*ROUTES, key_serializer="raw", value_serializer="raw"))
 async def process_events() -> None:
     """Take batches from the intake until the worker stops. An unexpected error stops the worker
     (its batch is not acked, so a restart redelivers it) instead of leaving its records pending."""
+    settle_garbage_collector()  # started and recovered: what exists now lives as long as the worker
     topic_partitions = PartitionCounts(app.consumer)
     while not app.should_stop:
         messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)

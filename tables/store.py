@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import rocksdict
@@ -113,7 +113,8 @@ class StateWriter:
     def __init__(self, producer: Any) -> None:
         self._producer = producer
         self._batches: dict[tuple[int, int], tuple[Any, int, rocksdict.WriteBatch]] = {}
-        self._sent: list[tuple[Any, Awaitable[Any]]] = []
+        #: Changelog records per (table, partition), in write order.
+        self._records: dict[tuple[int, int], tuple[Any, int, list[tuple[bytes, bytes | None]]]] = {}
 
     async def write(self, table: Any, partition: int, key: bytes, value: bytes | None) -> None:
         """Set (``value``) or delete (None) ``key`` in ``table``'s ``partition``; locally visible
@@ -122,13 +123,13 @@ class StateWriter:
         entry = self._batches.get(slot)
         if entry is None:
             entry = self._batches[slot] = (table, partition, rocksdict.WriteBatch(raw_mode=True))
+            self._records[slot] = (table, partition, [])
         batch = entry[2]
         if value is None:
             batch.delete(key)
         else:
             batch.put(key, value)
-        topic = table.changelog_topic.get_topic_name()
-        self._sent.append((table, await self._producer.send(topic, key, value, partition, None, None)))
+        self._records[slot][2].append((key, value))
 
     def commit_local(self) -> None:
         """Apply the writes to the local RocksDB partitions (one atomic write batch each)."""
@@ -136,18 +137,40 @@ class StateWriter:
             local_db(table, partition).write(batch)
         self._batches.clear()
 
+    async def _send(self) -> list[tuple[Any, int, Any]]:
+        """Send the changelog records as whole record batches, one producer future per batch instead
+        of one per record, in write order per partition: (table, record count, batch future)."""
+        producer = self._producer._ensure_producer()  # Faust's aiokafka producer
+        sent: list[tuple[Any, int, Any]] = []
+        for table, partition, records in self._records.values():
+            topic = table.changelog_topic.get_topic_name()
+            batch = producer.create_batch()
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it
+                    count = batch.record_count()
+                    sent.append((table, count, await producer.send_batch(batch, topic, partition=partition)))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        raise ValueError(f"a record of {topic}[{partition}] exceeds a producer batch")
+            count = batch.record_count()
+            if count:
+                sent.append((table, count, await producer.send_batch(batch, topic, partition=partition)))
+        self._records.clear()
+        return sent
+
     async def delivered(self) -> None:
         """Wait for every changelog record, then record the highest changelog offset per partition
         as persisted (so a restart with the same data dir replays the changelog only from there)."""
         self.commit_local()
-        sent, self._sent = self._sent, []
-        results = await asyncio.gather(*(future for _, future in sent))
+        sent = await self._send()
+        results = await asyncio.gather(*(future for _, _, future in sent))
         persisted: dict[tuple[int, Any], tuple[Any, int]] = {}
-        for (table, _), metadata in zip(sent, results, strict=True):
+        for (table, count, _), metadata in zip(sent, results, strict=True):
             slot = (id(table), metadata.topic_partition)
+            last = metadata.offset + count - 1  # a batch's future carries its base offset
             known = persisted.get(slot)
-            if known is None or metadata.offset > known[1]:
-                persisted[slot] = (table, metadata.offset)
+            if known is None or last > known[1]:
+                persisted[slot] = (table, last)
         for (_, tp), (table, offset) in persisted.items():
             if not serves(table, tp.partition):
                 # Written while the partition moved away (a batch that straddled a revocation):
