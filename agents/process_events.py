@@ -8,7 +8,8 @@ one Faust Event at a time. Per batch:
 1. decode each event (bad ones go to the dead-letter topic with their reason);
 2. forward events that are not on their key's home partition to the stream's repartition topic;
 3. apply the event to each feature group's state of its key (held in the batch, read once);
-4. build every output row (lookups, features as of the event's time, computed columns);
+4. build every output row (lookups, features as of the event's time, computed columns); the rows
+   leave as one record batch per output partition (app/batches.py);
 5. write each touched key's state once (tables/store.py StateWriter), then await every delivery of
    the batch (state changelog, outputs, forwards, dead letters) before its records are acked, so a
    committed offset never runs ahead of the state it produced (at-least-once outputs; window state
@@ -26,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from app.batches import RecordBatches
 from app.dead_letters import forward, send_dead_letter, source_headers, source_position
 from app.enrich import OutputBuilder, output_builders
 from app.intake import Intake
@@ -182,13 +184,15 @@ async def process_events() -> None:
 
 
 async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) -> None:
-    producer = app.producer
+    producer: Any = app.producer
     partitions = settings.partitions
     started = time.perf_counter()
     stale = {m.tp for m in messages} - app.consumer.assignment()
     if stale:  # fetched before a revocation: another worker may own these partitions now
         logger.warning("batch holds events of partitions no longer assigned here: %s", sorted(stale))
     deliveries: list[Awaitable[Any]] = []
+    outputs = RecordBatches()
+    aiokafka_producer = producer._ensure_producer()
     batch = BatchState()
     for n, message in enumerate(messages, 1):
         if n % YIELD_EVERY == 0:
@@ -227,8 +231,9 @@ async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) 
             continue
         headers = source_headers(message, route.repartitioned)
         for (topic, value), counter in zip(rows, route.produced, strict=True):
-            deliveries.append(await producer.send(topic, raw_key, value, None, None, headers))
+            await outputs.add_keyed(aiokafka_producer, topic, raw_key, value, headers)
             counter.inc()
+    deliveries.extend(sent.future for sent in await outputs.send(aiokafka_producer))
     writer = StateWriter(producer)
     await batch.flush(writer)
     await writer.delivered()

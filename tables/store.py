@@ -13,6 +13,8 @@ from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP
 
+from app.batches import RecordBatches
+
 logger = logging.getLogger(__name__)
 
 
@@ -113,8 +115,8 @@ class StateWriter:
     def __init__(self, producer: Any) -> None:
         self._producer = producer
         self._batches: dict[tuple[int, int], tuple[Any, int, rocksdict.WriteBatch]] = {}
-        #: Changelog records per (table, partition), in write order.
-        self._records: dict[tuple[int, int], tuple[Any, int, list[tuple[bytes, bytes | None]]]] = {}
+        self._changelog = RecordBatches()
+        self._tables: dict[str, Any] = {}  # changelog topic -> table
 
     async def write(self, table: Any, partition: int, key: bytes, value: bytes | None) -> None:
         """Set (``value``) or delete (None) ``key`` in ``table``'s ``partition``; locally visible
@@ -123,13 +125,14 @@ class StateWriter:
         entry = self._batches.get(slot)
         if entry is None:
             entry = self._batches[slot] = (table, partition, rocksdict.WriteBatch(raw_mode=True))
-            self._records[slot] = (table, partition, [])
         batch = entry[2]
         if value is None:
             batch.delete(key)
         else:
             batch.put(key, value)
-        self._records[slot][2].append((key, value))
+        topic = table.changelog_topic.get_topic_name()
+        self._tables[topic] = table
+        self._changelog.add(topic, partition, key, value)
 
     def commit_local(self) -> None:
         """Apply the writes to the local RocksDB partitions (one atomic write batch each)."""
@@ -137,37 +140,18 @@ class StateWriter:
             local_db(table, partition).write(batch)
         self._batches.clear()
 
-    async def _send(self) -> list[tuple[Any, int, Any]]:
-        """Send the changelog records as whole record batches, one producer future per batch instead
-        of one per record, in write order per partition: (table, record count, batch future)."""
-        producer = self._producer._ensure_producer()  # Faust's aiokafka producer
-        sent: list[tuple[Any, int, Any]] = []
-        for table, partition, records in self._records.values():
-            topic = table.changelog_topic.get_topic_name()
-            batch = producer.create_batch()
-            for key, value in records:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it
-                    count = batch.record_count()
-                    sent.append((table, count, await producer.send_batch(batch, topic, partition=partition)))
-                    batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        raise ValueError(f"a record of {topic}[{partition}] exceeds a producer batch")
-            count = batch.record_count()
-            if count:
-                sent.append((table, count, await producer.send_batch(batch, topic, partition=partition)))
-        self._records.clear()
-        return sent
-
     async def delivered(self) -> None:
-        """Wait for every changelog record, then record the highest changelog offset per partition
-        as persisted (so a restart with the same data dir replays the changelog only from there)."""
+        """Wait for every changelog record (sent as whole record batches, in write order per
+        partition), then record the highest changelog offset per partition as persisted (so a
+        restart with the same data dir replays the changelog only from there)."""
         self.commit_local()
-        sent = await self._send()
-        results = await asyncio.gather(*(future for _, _, future in sent))
+        sent = await self._changelog.send(self._producer._ensure_producer())  # Faust's aiokafka producer
+        results = await asyncio.gather(*(batch.future for batch in sent))
         persisted: dict[tuple[int, Any], tuple[Any, int]] = {}
-        for (table, count, _), metadata in zip(sent, results, strict=True):
+        for batch, metadata in zip(sent, results, strict=True):
+            table = self._tables[batch.topic]
             slot = (id(table), metadata.topic_partition)
-            last = metadata.offset + count - 1  # a batch's future carries its base offset
+            last = metadata.offset + batch.count - 1  # a batch's future carries its base offset
             known = persisted.get(slot)
             if known is None or last > known[1]:
                 persisted[slot] = (table, last)

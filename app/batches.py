@@ -1,0 +1,70 @@
+"""Produce many records with one producer future per record batch instead of one per record.
+
+``AIOKafkaProducer.send`` costs a future, a partitioner call and an accumulator lookup per record;
+a batch of the stream agent sends a few thousand records (outputs, state changelog). Here records
+are grouped per partition, in the order they were added, into aiokafka ``BatchBuilder``s and handed
+over with ``send_batch``; the delivery futures resolve to each batch's base offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.partitioning import partition_for
+
+
+@dataclass(frozen=True)
+class SentBatch:
+    """One record batch handed to the producer: ``future`` resolves to its RecordMetadata."""
+
+    topic: str
+    partition: int
+    count: int
+    future: Any
+
+
+class RecordBatches:
+    """Records to send, grouped per (topic, partition) in the order they were added."""
+
+    def __init__(self) -> None:
+        self._records: dict[tuple[str, int], list[tuple[bytes, bytes | None, list[Any]]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._records)
+
+    def add(
+        self, topic: str, partition: int, key: bytes, value: bytes | None, headers: Sequence[Any] = ()
+    ) -> None:
+        self._records.setdefault((topic, partition), []).append((key, value, list(headers)))
+
+    async def add_keyed(
+        self, producer: Any, topic: str, key: bytes, value: bytes, headers: Sequence[Any] = ()
+    ) -> None:
+        """Add a record on the partition Kafka's default partitioner picks for ``key`` in ``topic``."""
+        partitions = producer.client.cluster.partitions_for_topic(topic)
+        if not partitions:
+            await producer.client._wait_on_metadata(topic)
+            partitions = producer.client.cluster.partitions_for_topic(topic)
+        self.add(topic, partition_for(key, len(partitions)), key, value, headers)
+
+    async def send(self, producer: Any) -> list[SentBatch]:
+        """Hand every record to ``producer`` (an AIOKafkaProducer) as record batches; empties this."""
+        sent: list[SentBatch] = []
+        for (topic, partition), records in self._records.items():
+            batch = producer.create_batch()
+            for key, value, headers in records:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full
+                    count = batch.record_count()
+                    future = await producer.send_batch(batch, topic, partition=partition)
+                    sent.append(SentBatch(topic, partition, count, future))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                        raise ValueError(f"a record for {topic}[{partition}] is larger than a producer batch")
+            count = batch.record_count()
+            if count:
+                future = await producer.send_batch(batch, topic, partition=partition)
+                sent.append(SentBatch(topic, partition, count, future))
+        self._records.clear()
+        return sent
