@@ -37,6 +37,9 @@ class Intake:
         self.topics = frozenset(topics)
         self.max_buffered = max_buffered
         self._buffer: list[Any] = []
+        #: Highest offset per partition whose batch was delivered (consumer lag counts from here: the
+        #: fetch position runs up to ``max_buffered`` records, or a whole fetch, ahead of it).
+        self.done: dict[Any, int] = {}
         self._arrived = asyncio.Event()  # records were added
         self._room = asyncio.Event()  # the buffer is below max_buffered
         self._room.set()
@@ -52,6 +55,7 @@ class Intake:
         """Drop every buffered record (flow control calls this when a rebalance ends; the inputs
         were just positioned at their committed offsets, so the records will be fetched again)."""
         self._buffer.clear()
+        self.done.clear()
         self._room.set()
 
     def install(self, consumer: Any) -> None:
@@ -127,5 +131,8 @@ class Intake:
     def ack(self, batch: Iterable[Any]) -> None:
         """Let the consumer commit past ``batch`` (every record of it delivered)."""
         ack = self.app.consumer.ack
+        done = self.done
         for message in batch:
             ack(message)
+            if message.offset > done.get(message.tp, -1):
+                done[message.tp] = message.offset

@@ -125,7 +125,7 @@ class LiveCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         lag = GaugeMetricFamily(
             "hydrant_consumer_lag",
-            "Records in an assigned input partition not yet read (high watermark - next offset).",
+            "Records in an assigned input partition not yet processed (high watermark - next offset).",
             labels=["topic", "partition"],
         )
         recovery = GaugeMetricFamily(
@@ -144,7 +144,7 @@ class LiveCollector(Collector):
             highwater = consumer.highwater(tp)
             if highwater is None:
                 continue
-            read = consumer._read_offset.get(tp)
+            read = processed_offset(self.app, tp)
             position = read + 1 if read is not None else consumer._committed_offset.get(tp) or 0
             lag.add_metric([tp.topic, str(tp.partition)], max(0, highwater - position))
         yield lag
@@ -160,6 +160,15 @@ class LiveCollector(Collector):
         for kind, value in rocksdb_memory(self.app).items():
             memory.add_metric([kind], value)
         yield memory
+
+
+def processed_offset(faust_app: Any, tp: Any) -> int | None:
+    """The last offset of ``tp`` processed: delivered by the agent for a stream topic (app/intake.py),
+    read by Faust's consumer for the others."""
+    for intake in getattr(faust_app, "intakes", ()):
+        if tp.topic in intake.topics:
+            return intake.done.get(tp)
+    return faust_app.consumer._read_offset.get(tp)
 
 
 def rocksdb_memory(faust_app: Any) -> dict[str, int]:
