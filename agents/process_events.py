@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from agents.serving_process import SERVING
 from app.batches import RecordBatches
 from app.dead_letters import forward, send_dead_letter, source_headers, source_position
 from app.enrich import OutputBuilder, output_builders
@@ -234,7 +235,7 @@ async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) 
             await outputs.add_keyed(aiokafka_producer, topic, raw_key, value, headers)
             counter.inc()
     deliveries.extend(sent.future for sent in await outputs.send(aiokafka_producer))
-    writer = StateWriter(producer)
+    writer = StateWriter(producer, on_write=SERVING.wrote)
     await batch.flush(writer)
     await writer.delivered()
     await asyncio.gather(*deliveries)

@@ -128,9 +128,16 @@ def worker(pipeline: str | None) -> None:
     from app.memory import limit_arenas
 
     limit_arenas()  # before Faust, aiokafka and RocksDB start their threads
+    from agents.serving_process import SERVING
     from app.main import app
 
-    faust.Worker(app, loglevel=settings.log_level.lower(), override_logging=False).execute_from_commandline()
+    SERVING.start()  # before Faust: the port answers (503, with the reason) while the worker starts
+    try:
+        faust.Worker(
+            app, loglevel=settings.log_level.lower(), override_logging=False
+        ).execute_from_commandline()
+    finally:
+        SERVING.stop()
 
 
 @cli.command()

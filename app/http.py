@@ -76,7 +76,11 @@ def bearer_auth(token: str | None) -> Callable[[web.Request, Handler], Awaitable
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is not None and request.path.startswith(PROTECTED_PREFIXES):
+        if (
+            expected is not None
+            and request.path.startswith(PROTECTED_PREFIXES)
+            and not request.get("passed_on")  # the worker checks it (app/serving.py)
+        ):
             given = request.headers.get("Authorization", "").encode("utf-8", errors="replace")
             if not hmac.compare_digest(given, expected):
                 return error_response(
@@ -100,9 +104,10 @@ async def http_metrics(request: web.Request, handler: Handler) -> web.StreamResp
         status = response.status
         return response
     finally:
-        route = route_label(request)
-        HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
-        HTTP_REQUEST_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
+        if not request.get("passed_on"):  # the serving process hands it to the worker, which counts it
+            route = route_label(request)
+            HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+            HTTP_REQUEST_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
 
 
 def application_options(api_token: str | None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 import faust
 
 from app import __version__, diagnostics, rebalance, tansu
+from app.bulletin import worker_socket
 from app.errors import HydrantError
 from app.http import application_options
 from app.kafka import client_options, ssl_context
@@ -54,6 +55,11 @@ def faust_options(settings: Settings, pipeline: Pipeline) -> dict[str, Any]:
         "web_host": settings.web_host,
         "web_port": settings.web_port,
         "canonical_url": settings.advertised_url,
+        # With a serving process (app/serving.py) on the public port, the worker's own web server
+        # listens on a Unix socket that only the serving process talks to.
+        "web_transport": f"unix://{worker_socket(settings.data_dir)}"
+        if settings.serving_process
+        else "tcp://",
         "web_application_options": application_options(
             settings.api_token.get_secret_value() if settings.api_token else None
         ),

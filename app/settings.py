@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         description="URL other workers use to reach this one (pod DNS name in Kubernetes); "
         "default http://<web_host>:<web_port>.",
     )
+    serving_process: bool = Field(
+        default=True,
+        description="Answer feature reads (`/features`) in a separate serving process that owns the HTTP "
+        "port and reads RocksDB as a secondary, so reads do not wait behind the agents; the worker's own "
+        "web server then listens on a Unix socket and the serving process passes every other request "
+        "to it. `false`: the worker serves everything on its event loop.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     api_token: SecretStr | None = Field(default=None, description="Bearer token for the data API.")
     partitions: int = Field(default=4, ge=1, le=10_000, description="Partitions of topics Hydrant creates.")

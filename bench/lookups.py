@@ -33,6 +33,7 @@ import asyncio
 import multiprocessing
 import os
 import random
+import shutil
 import tempfile
 import time
 import uuid
@@ -46,6 +47,7 @@ from typing import Any
 import aiohttp
 import httpx
 import orjson
+import uvloop
 from aiokafka import AIOKafkaProducer
 
 from app.broker import EmbeddedBroker
@@ -121,6 +123,7 @@ class Phase:
     lags: list[float] = field(default_factory=list)  # fixed rate: seconds sent after the schedule
     generator_cpu: float = 0.0  # share of one core
     worker_cpu: float = 0.0  # share of one core, all workers together
+    serving_cpu: float = 0.0  # share of one core, the workers' serving processes together
     ingested: float = 0.0  # events/s the worker(s) consumed during the phase (the background ingest)
     target: str = ""
     check: Callable[[Phase], bool] | None = None
@@ -143,6 +146,26 @@ def process_cpu(pid: int) -> float:
     """utime + stime of ``pid`` in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (the worker's serving process)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def cpu_of(pids: list[int]) -> tuple[float, float]:
+    """CPU seconds of the worker processes and of their serving processes."""
+    serving = [child for pid in pids for child in children(pid)]
+    return sum(map(process_cpu, pids)), sum(map(process_cpu, serving))
 
 
 class RawHttp:
@@ -242,11 +265,11 @@ async def closed_loop(
         start = time.perf_counter()
         record_from = start + WARMUP_S
         deadline = record_from + duration
-        cpu_marks: list[tuple[float, float, float]] = []
+        cpu_marks: list[tuple[float, float, tuple[float, float]]] = []
 
         async def mark() -> None:
             await asyncio.sleep(max(0.0, record_from - time.perf_counter()))
-            cpu_marks.append((time.perf_counter(), time.process_time(), sum(map(process_cpu, pids))))
+            cpu_marks.append((time.perf_counter(), time.process_time(), cpu_of(pids)))
 
         async def one_client(i: int) -> None:
             n = 0
@@ -262,7 +285,9 @@ async def closed_loop(
         wall0, gen0, work0 = cpu_marks[0]
         phase.seconds = ended - wall0
         phase.generator_cpu = (time.process_time() - gen0) / phase.seconds
-        phase.worker_cpu = (sum(map(process_cpu, pids)) - work0) / phase.seconds
+        work1 = cpu_of(pids)
+        phase.worker_cpu = (work1[0] - work0[0]) / phase.seconds
+        phase.serving_cpu = (work1[1] - work0[1]) / phase.seconds
     finally:
         await client.close()
     return phase
@@ -286,7 +311,7 @@ async def fixed_rate(
         record_from = start + WARMUP_S
         total = int(rate * (WARMUP_S + duration))
         tasks = []
-        cpu0: tuple[float, float] | None = None
+        cpu0: tuple[float, tuple[float, float]] | None = None
 
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
@@ -305,14 +330,16 @@ async def fixed_rate(
             if delay > 0:
                 await asyncio.sleep(delay)
             if cpu0 is None and due >= record_from:
-                cpu0 = (time.process_time(), sum(map(process_cpu, pids)))
+                cpu0 = (time.process_time(), cpu_of(pids))
             tasks.append(asyncio.create_task(one(i, due)))
         await asyncio.gather(*tasks)
         phase.seconds = duration
         elapsed = time.perf_counter() - record_from
         assert cpu0 is not None
         phase.generator_cpu = (time.process_time() - cpu0[0]) / elapsed
-        phase.worker_cpu = (sum(map(process_cpu, pids)) - cpu0[1]) / elapsed
+        work1 = cpu_of(pids)
+        phase.worker_cpu = (work1[0] - cpu0[1][0]) / elapsed
+        phase.serving_cpu = (work1[1] - cpu0[1][1]) / elapsed
     finally:
         await client.close()
     return phase
@@ -387,7 +414,7 @@ def run_phases(workers: list[WorkerProcess], keys: list[str], args: argparse.Nam
     done = []
     for runner, phase, make, load in phases:
         before, started = consumed(workers), time.monotonic()
-        result = asyncio.run(runner(phase, make, load, args.duration, pids, new_client))
+        result = uvloop.run(runner(phase, make, load, args.duration, pids, new_client))
         result.ingested = (consumed(workers) - before) / (time.monotonic() - started)
         print(f"  {row(result)}", flush=True)
         done.append(result)
@@ -396,18 +423,22 @@ def run_phases(workers: list[WorkerProcess], keys: list[str], args: argparse.Nam
 
 HEADER = (
     f"{'phase':<36}{'load':<17}{'wkrs':>4}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
-    f"{'non-200':>8}{'gen cpu':>8}{'wkr cpu':>8}{'ingest':>8}  target"
+    f"{'non-200':>8}{'gen cpu':>8}{'wkr cpu':>8}{'srv cpu':>8}{'ingest':>8}  target"
 )
 
 
 def row(p: Phase) -> str:
     target = f"{p.target} ({'met' if p.check(p) else 'not met'})" if p.check is not None else ""
+    if p.non_200:
+        target += "; answers " + ", ".join(
+            f"{s or 'none'}: {n}" for s, n in sorted(p.statuses.items()) if s != 200
+        )
     if p.lags:
         target += f"; sent late by p99 {p.quantile(0.99, p.lags):.1f} ms"
     text = (
         f"{p.name:<36}{p.mode:<17}{p.workers:>4}{p.rate:>9,.0f}{p.quantile(0.5):>8.2f}"
         f"{p.quantile(0.99):>8.2f}{p.quantile(1.0):>8.1f}{p.non_200:>8,}{p.generator_cpu:>8.0%}"
-        f"{p.worker_cpu:>8.0%}{p.ingested:>8,.0f}  {target}"
+        f"{p.worker_cpu:>8.0%}{p.serving_cpu:>8.0%}{p.ingested:>8,.0f}  {target}"
     )
     return text.rstrip()
 
@@ -507,6 +538,9 @@ def main() -> None:
                     feeder.join()
             for worker in workers:
                 worker.stop()
+                kept = Path(tempfile.gettempdir()) / f"hydrant-bench-lookups-{worker.log_path.name}"
+                shutil.copyfile(worker.log_path, kept)
+                print(f"worker log: {kept}")
     print()
     print(HEADER)
     for phase in results:

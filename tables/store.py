@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import rocksdict
@@ -112,8 +112,9 @@ class StateWriter:
     see the event again. Here a source offset is committed only after its state records are acked.
     """
 
-    def __init__(self, producer: Any) -> None:
+    def __init__(self, producer: Any, on_write: Callable[[str, int], None] | None = None) -> None:
         self._producer = producer
+        self._on_write = on_write  # told (table name, partition) after each local write batch
         self._batches: dict[tuple[int, int], tuple[Any, int, rocksdict.WriteBatch]] = {}
         self._changelog = RecordBatches()
         self._tables: dict[str, Any] = {}  # changelog topic -> table
@@ -138,6 +139,8 @@ class StateWriter:
         """Apply the writes to the local RocksDB partitions (one atomic write batch each)."""
         for table, partition, batch in self._batches.values():
             local_db(table, partition).write(batch)
+            if self._on_write is not None:
+                self._on_write(table.name, partition)
         self._batches.clear()
 
     async def delivered(self) -> None:

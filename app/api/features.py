@@ -19,26 +19,20 @@ from pydantic import ValidationError
 
 from app.api.models import AT_LIMIT, MAX_BATCH_KEYS, BatchRequest, FeatureQuery
 from app.api.routing import (
+    WORKER,
+    Placement,
     Relayed,
     Unavailable,
     answer_elsewhere,
     ask,
-    ensure_ready,
     home_partition,
     is_forwarded,
     route_keys,
 )
 from app.http import error_response
 from app.main import app
-from tables.features import (
-    FEATURE_TABLES,
-    GROUPS,
-    UnknownFeature,
-    features_for,
-    local_state,
-    select_features,
-)
-from tables.windows import outside_retention
+from tables.features import FEATURE_TABLES, GROUPS, UnknownFeature, features_for, select_features
+from tables.windows import KeyState, outside_retention
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -102,10 +96,13 @@ def validation_message(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-def answer_locally(group: str, key: str, at: int, names: frozenset[str] | None) -> dict[str, Any]:
+def answer_locally(
+    group: str, key: str, at: int, names: frozenset[str] | None, placement: Placement
+) -> dict[str, Any]:
     """One key's batch result from this worker's state."""
     raw_key = key.encode("utf-8")
-    state = local_state(group, home_partition(raw_key), raw_key)
+    load = placement.loader(FEATURE_TABLES[group], home_partition(raw_key))
+    state = KeyState(raw_key, load, GROUPS[group].retention)
     if not state.exists:
         return {"key": key, "found": False}
     if outside_retention(GROUPS[group], state, at, names):
@@ -120,79 +117,95 @@ def retention_error(group: str, at: int) -> dict[str, str]:
     }
 
 
+async def lookup_one(request: web.Request, group: str, key: str, placement: Placement) -> web.Response:
+    """Features of one key: 200, 400 (feature name, at), 404 (group, key), 422 (retention), 503."""
+    if group not in GROUPS:
+        return unknown_group(group)
+    try:
+        if request.query_string:
+            query = FeatureQuery.model_validate(dict(request.query))
+            names, at = feature_names(group, split_names(query.features)), parse_at(query.at)
+        else:  # the common case, without pydantic
+            names, at = None, parse_at(None)
+        relayed = await answer_elsewhere(request, FEATURE_TABLES[group], key.encode("utf-8"), placement)
+        if relayed is not None:
+            return relayed
+    except ValidationError as exc:
+        return error_response(400, "bad_request", validation_message(exc))
+    except (BadRequest, Unavailable) as exc:
+        return exc.response()
+    result = answer_locally(group, key, at, names, placement)
+    if not result["found"]:
+        return error_response(404, "key_not_found", f"key {key!r} has no state in group {group!r}")
+    if "error" in result:
+        return error_response(422, **result["error"])
+    return web.Response(
+        body=orjson.dumps({"group": group, "key": key, "at": at, "features": result["features"]}),
+        content_type="application/json",
+    )
+
+
+async def lookup_batch(request: web.Request, group: str, placement: Placement) -> web.Response:
+    """Features of up to 1000 keys, in request order: 200, 400, 404 (group), 413, 503."""
+    if group not in GROUPS:
+        return unknown_group(group)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        return error_response(400, "bad_json", f"the body is not JSON: {exc}")
+    try:
+        batch = BatchRequest.model_validate(body)
+    except ValidationError as exc:
+        return error_response(400, "bad_request", validation_message(exc))
+    if len(batch.keys) > MAX_BATCH_KEYS:
+        return error_response(
+            413, "too_many_keys", f"{len(batch.keys)} keys; a batch takes at most {MAX_BATCH_KEYS}"
+        )
+    try:
+        names = feature_names(group, batch.features)
+        at = parse_at(batch.at)
+        placement.ensure_ready()
+        table = FEATURE_TABLES[group]
+        local, remote = route_keys(
+            table, [k.encode("utf-8") for k in batch.keys], is_forwarded(request), placement
+        )
+        results: list[Any] = [None] * len(batch.keys)
+        asked = [
+            ask(
+                request,
+                owner,
+                "POST",
+                request.path,
+                {"keys": [batch.keys[i] for i in positions], "features": batch.features, "at": at},
+                placement=placement,
+            )
+            for owner, positions in remote.items()
+        ]
+        for index in local:
+            results[index] = answer_locally(group, batch.keys[index], at, names, placement)
+        answers = await asyncio.gather(*asked)
+    except (BadRequest, Unavailable, Relayed) as exc:
+        return exc.response()
+    for positions, answer in zip(remote.values(), answers, strict=True):
+        for index, result in zip(positions, answer["results"], strict=True):
+            results[index] = result
+    return web.Response(
+        body=orjson.dumps({"group": group, "at": at, "results": results}), content_type="application/json"
+    )
+
+
 @app.page("/features/{group}/{key}")
 class FeatureLookup(View):
-    """Features of one key: 200, 400 (feature name, at), 404 (group, key), 422 (retention), 503."""
+    """``GET /features/{group}/{key}`` on the worker's own web server (app/serving.py answers it
+    on the public port when the serving process runs)."""
 
     async def get(self, request: web.Request, group: str, key: str) -> web.Response:
-        if group not in GROUPS:
-            return unknown_group(group)
-        try:
-            query = FeatureQuery.model_validate(dict(request.query))
-            names = feature_names(group, split_names(query.features))
-            at = parse_at(query.at)
-            relayed = await answer_elsewhere(request, FEATURE_TABLES[group], key.encode("utf-8"))
-            if relayed is not None:
-                return relayed
-        except ValidationError as exc:
-            return error_response(400, "bad_request", validation_message(exc))
-        except (BadRequest, Unavailable) as exc:
-            return exc.response()
-        result = answer_locally(group, key, at, names)
-        if not result["found"]:
-            return error_response(404, "key_not_found", f"key {key!r} has no state in group {group!r}")
-        if "error" in result:
-            return error_response(422, **result["error"])
-        return web.Response(
-            body=orjson.dumps({"group": group, "key": key, "at": at, "features": result["features"]}),
-            content_type="application/json",
-        )
+        return await lookup_one(request, group, key, WORKER)
 
 
 @app.page("/features/{group}")
 class FeatureBatch(View):
-    """Features of up to 1000 keys, in request order: 200, 400, 404 (group), 413, 503."""
+    """``POST /features/{group}`` on the worker's own web server."""
 
     async def post(self, request: web.Request, group: str) -> web.Response:
-        if group not in GROUPS:
-            return unknown_group(group)
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as exc:
-            return error_response(400, "bad_json", f"the body is not JSON: {exc}")
-        try:
-            batch = BatchRequest.model_validate(body)
-        except ValidationError as exc:
-            return error_response(400, "bad_request", validation_message(exc))
-        if len(batch.keys) > MAX_BATCH_KEYS:
-            return error_response(
-                413, "too_many_keys", f"{len(batch.keys)} keys; a batch takes at most {MAX_BATCH_KEYS}"
-            )
-        try:
-            names = feature_names(group, batch.features)
-            at = parse_at(batch.at)
-            ensure_ready()
-            table = FEATURE_TABLES[group]
-            local, remote = route_keys(table, [k.encode("utf-8") for k in batch.keys], is_forwarded(request))
-            results: list[Any] = [None] * len(batch.keys)
-            asked = [
-                ask(
-                    request,
-                    owner,
-                    "POST",
-                    request.path,
-                    {"keys": [batch.keys[i] for i in positions], "features": batch.features, "at": at},
-                )
-                for owner, positions in remote.items()
-            ]
-            for index in local:
-                results[index] = answer_locally(group, batch.keys[index], at, names)
-            answers = await asyncio.gather(*asked)
-        except (BadRequest, Unavailable, Relayed) as exc:
-            return exc.response()
-        for positions, answer in zip(remote.values(), answers, strict=True):
-            for index, result in zip(positions, answer["results"], strict=True):
-                results[index] = result
-        return web.Response(
-            body=orjson.dumps({"group": group, "at": at, "results": results}), content_type="application/json"
-        )
+        return await lookup_batch(request, group, WORKER)

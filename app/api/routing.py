@@ -11,7 +11,7 @@ Retry-After — never an answer from state that may be stale.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -23,7 +23,7 @@ from app.http import JSON, error_response
 from app.main import app, settings
 from app.partitioning import partition_for
 from app.views import readiness
-from tables.store import serves
+from tables.store import local_db, serves
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,46 @@ class Unavailable(Exception):
         return error_response(503, self.code, str(self), RETRY)
 
 
+class Placement:
+    """Where table partitions live and how to reach the other workers, as this process sees it.
+
+    This is the worker process's view: Faust's assignment and recovery state. The serving process
+    (app/serving.py) has its own, read from the worker's bulletin."""
+
+    def ensure_ready(self) -> None:
+        ready, reason = readiness(app)
+        if not ready:
+            raise Unavailable("not_ready", reason)
+        if app.rebalancing:
+            raise Unavailable("rebalancing", "partitions are being reassigned between workers")
+
+    def holds(self, table: Any, partition: int) -> bool:
+        """This worker answers ``partition`` of ``table`` from RocksDB: it holds it active."""
+        return serves(table, partition)
+
+    def owner_of(self, table: Any, partition: int) -> str | None:
+        """Base URL of the worker with ``partition`` of ``table`` active; None while unknown."""
+        urls: Mapping[TP, str] = app.assignor._tps_url  # type: ignore[attr-defined]  # Faust keeps it private
+        url = urls.get(changelog_tp(table, partition))
+        return str(url).rstrip("/") if url else None
+
+    def own_url(self) -> str:
+        return str(app.conf.canonical_url).rstrip("/")
+
+    def loader(self, table: Any, partition: int) -> Callable[[bytes], bytes | None]:
+        """Point reads of ``partition`` of ``table`` (one this worker holds) from its RocksDB."""
+        return local_db(table, partition).get
+
+    @property
+    def client(self) -> aiohttp.ClientSession:
+        return app.http_client
+
+
+WORKER = Placement()
+
+
 def own_url() -> str:
-    return str(app.conf.canonical_url).rstrip("/")
+    return WORKER.own_url()
 
 
 def is_forwarded(request: web.Request) -> bool:
@@ -52,56 +90,54 @@ def is_forwarded(request: web.Request) -> bool:
 
 
 def ensure_ready() -> None:
-    ready, reason = readiness(app)
-    if not ready:
-        raise Unavailable("not_ready", reason)
-    if app.rebalancing:
-        raise Unavailable("rebalancing", "partitions are being reassigned between workers")
+    WORKER.ensure_ready()
 
 
 def changelog_tp(table: Any, partition: int) -> TP:
     return TP(table.changelog_topic.get_topic_name(), partition)
 
 
-holds = serves  # this worker answers a partition from RocksDB when it holds it active
+def holds(table: Any, partition: int) -> bool:
+    return WORKER.holds(table, partition)
 
 
 def owner_of(table: Any, partition: int) -> str | None:
-    """Base URL of the worker with ``partition`` of ``table`` active; None while unknown."""
-    urls: Mapping[TP, str] = app.assignor._tps_url  # type: ignore[attr-defined]  # Faust keeps it private
-    url = urls.get(changelog_tp(table, partition))
-    return str(url).rstrip("/") if url else None
+    return WORKER.owner_of(table, partition)
 
 
 def home_partition(key: bytes) -> int:
     return partition_for(key, settings.partitions)
 
 
-async def answer_elsewhere(request: web.Request, table: Any, key: bytes) -> web.Response | None:
+async def answer_elsewhere(
+    request: web.Request, table: Any, key: bytes, placement: Placement = WORKER
+) -> web.Response | None:
     """For a one-key request: None when this worker answers ``key`` itself (ready, partition
     active here); else the owner's answer, relayed. Raises Unavailable while that cannot be known."""
-    ensure_ready()
+    placement.ensure_ready()
     partition = home_partition(key)
-    if holds(table, partition):
+    if placement.holds(table, partition):
         return None
-    owner = owner_of(table, partition)
+    owner = placement.owner_of(table, partition)
     if is_forwarded(request) or owner is None:
         raise Unavailable("rebalancing", f"partition {partition} is moving between workers")
-    return await relay(request, owner)
+    return await relay(request, owner, placement)
 
 
-def route_keys(table: Any, keys: list[bytes], forwarded: bool) -> tuple[list[int], dict[str, list[int]]]:
+def route_keys(
+    table: Any, keys: list[bytes], forwarded: bool, placement: Placement = WORKER
+) -> tuple[list[int], dict[str, list[int]]]:
     """Split key positions into those this worker answers and those per owner URL. Raises
     Unavailable when an owner is unknown, or (for a forwarded request) when a key is not ours."""
     local: list[int] = []
     remote: dict[str, list[int]] = {}
-    me = own_url()
+    me = placement.own_url()
     for index, key in enumerate(keys):
         partition = home_partition(key)
-        if holds(table, partition):
+        if placement.holds(table, partition):
             local.append(index)
             continue
-        owner = owner_of(table, partition)
+        owner = placement.owner_of(table, partition)
         if forwarded or owner is None or owner == me:
             raise Unavailable(
                 "rebalancing", f"partition {partition} is moving between workers; its owner is not known yet"
@@ -130,11 +166,11 @@ def _forward_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
-async def relay(request: web.Request, owner: str) -> web.Response:
+async def relay(request: web.Request, owner: str, placement: Placement = WORKER) -> web.Response:
     """Forward a GET to ``owner`` and return its answer unchanged (status, body, content type)."""
     url = owner + request.path_qs
     try:
-        async with app.http_client.get(
+        async with placement.client.get(
             url, headers=_forward_headers(request), timeout=FORWARD_TIMEOUT
         ) as answer:
             body = await answer.read()
@@ -153,11 +189,12 @@ async def ask(
     path: str,
     body: Mapping[str, Any] | None = None,
     params: Mapping[str, str] | None = None,
+    placement: Placement = WORKER,
 ) -> Any:
     """A forwarded JSON request to another worker; its 200 answer parsed. An error answer from the
     owner is passed on as :class:`Relayed`; no answer at all is Unavailable."""
     try:
-        async with app.http_client.request(
+        async with placement.client.request(
             method,
             owner + path,
             params=params,

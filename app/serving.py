@@ -1,0 +1,322 @@
+"""The serving process: feature reads on their own core, beside the worker that computes them.
+
+A worker's event loop runs its agents; an HTTP request answered on that loop waits behind whatever
+batch is being processed, and shares one core (one GIL) with it. So ``hydrant worker`` starts this
+process (agents/serving_process.py) and moves its own web server to a Unix socket:
+
+- this process owns the public port (``HYDRANT_WEB_HOST``/``HYDRANT_WEB_PORT``);
+- it answers ``GET /features/{group}/{key}`` and ``POST /features/{group}`` itself, with the same
+  code as the worker (app/api/features.py), reading each table partition from a RocksDB secondary
+  instance of the worker's database, caught up whenever the worker has written to it since
+  (app/bulletin.py), so a read that starts after a batch was applied sees it;
+- readiness and ownership come from the worker's bulletin; keys of other workers are forwarded to
+  their public URL, as the worker would;
+- every other request (tables, pipeline, health, readiness, metrics, OpenAPI) is passed to the
+  worker's own web server unchanged; ``/metrics`` adds this process's request counts to the worker's.
+
+    python -m app.serving       (started by the worker, which it never outlives)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import rocksdict
+import uvloop
+from aiohttp import web
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from app.api.features import lookup_batch, lookup_one
+from app.api.routing import Placement, Unavailable
+from app.bulletin import (
+    STATUS_SLOT,
+    Bulletin,
+    Status,
+    bulletin_dir,
+    monotonic_ms,
+    open_bulletin,
+    worker_socket,
+)
+from app.http import Handler, application_options, error_response
+from app.main import settings
+from app.memory import settle_garbage_collector
+from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, REGISTRY
+from tables.features import FEATURE_TABLES
+
+logger = logging.getLogger("hydrant.serving")
+
+#: The worker's heartbeat is older than this: its loop is frozen or the process stopped; another
+#: worker may have taken its partitions over, so answer 503 rather than from this state.
+STALE_HEARTBEAT_MS = 2_000
+#: A partition read this long after its last catch-up is caught up even without a counted write.
+CATCH_UP_AT_LEAST_EVERY_MS = 1_000
+SLOW_CATCH_UP_MS = 5  # a catch-up slower than this is logged
+UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=60)
+PASS_ON_NAME = "pass_on"  # noqa: S105 (the route of what the worker answers itself)
+HOP_BY_HOP = frozenset(
+    ("connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "date", "server")
+)
+
+
+class Secondaries:
+    """One RocksDB secondary instance per table partition the worker holds, opened on first read,
+    closed when the worker no longer holds it (or holds it at another path)."""
+
+    def __init__(self, bulletin: Bulletin, scratch: Path) -> None:
+        self._bulletin = bulletin
+        self._scratch = scratch
+        self._dbs: dict[tuple[str, int], tuple[str, rocksdict.Rdict]] = {}
+        self._seen: dict[tuple[str, int], tuple[int, int]] = {}  # counter, monotonic ms at catch-up
+
+    def refresh(self, status: Status) -> None:
+        for slot, (path, db) in list(self._dbs.items()):
+            table, partition = slot
+            if status.active.get(table, {}).get(partition) != path:
+                del self._dbs[slot]
+                self._seen.pop(slot, None)
+                db.close()
+        self._seen.clear()  # after any change of status, catch every partition up on its next read
+
+    def get(self, table: str, partition: int, path: str) -> rocksdict.Rdict:
+        slot = (table, partition)
+        entry = self._dbs.get(slot)
+        if entry is None:
+            options = rocksdict.Options(raw_mode=True)
+            options.set_max_open_files(-1)  # what RocksDB asks of secondaries
+            # ...which makes every catch-up that sees a new file start 16 threads to open tables
+            # (~2 ms); one opener: ~0.05 ms.
+            options.set_max_file_opening_threads(1)
+            scratch = self._scratch / f"{table}-{partition}"
+            scratch.mkdir(parents=True, exist_ok=True)
+            db = rocksdict.Rdict(
+                path, options=options, access_type=rocksdict.AccessType.secondary(str(scratch))
+            )
+            entry = self._dbs[slot] = (path, db)
+        db = entry[1]
+        counter = self._bulletin.read(self._bulletin.slot(table, partition))
+        seen = self._seen.get(slot)
+        now = monotonic_ms()
+        if seen is None or seen[0] != counter or now - seen[1] > CATCH_UP_AT_LEAST_EVERY_MS:
+            db.try_catch_up_with_primary()
+            self._seen[slot] = (counter, now)
+            took = monotonic_ms() - now
+            if took > SLOW_CATCH_UP_MS:
+                logger.warning("catching up %s[%d] took %d ms", table, partition, took)
+        return db
+
+    def close(self) -> None:
+        for _, db in self._dbs.values():
+            db.close()
+        self._dbs.clear()
+
+
+class BulletinPlacement(Placement):
+    """Readiness, ownership and state as the worker last published them."""
+
+    def __init__(self, bulletin: Bulletin, secondaries: Secondaries, client: aiohttp.ClientSession) -> None:
+        self._bulletin = bulletin
+        self._secondaries = secondaries
+        self._client = client
+        self._version = -1
+        self.status = Status()
+
+    def current(self) -> Status:
+        version = self._bulletin.read(STATUS_SLOT)
+        if version != self._version:
+            self.status = self._bulletin.load_status()
+            self._version = version
+            self._secondaries.refresh(self.status)
+        return self.status
+
+    def ensure_ready(self) -> None:
+        status = self.current()
+        if not status.ready:
+            raise Unavailable("not_ready", status.reason)
+        age = self._bulletin.heartbeat_age_ms()
+        if age > STALE_HEARTBEAT_MS:
+            logger.warning("answering 503: no heartbeat from the worker for %d ms", age)
+            raise Unavailable("worker_unresponsive", f"the worker has not reported for {age} ms")
+
+    def holds(self, table: Any, partition: int) -> bool:
+        return partition in self.status.active.get(table.name, {})
+
+    def owner_of(self, table: Any, partition: int) -> str | None:
+        return self.status.owners.get(table.name, {}).get(partition)
+
+    def own_url(self) -> str:
+        return self.status.own_url
+
+    def loader(self, table: Any, partition: int) -> Callable[[bytes], bytes | None]:
+        path = self.status.active[table.name][partition]
+        return self._secondaries.get(table.name, partition, path).get
+
+    @property
+    def client(self) -> aiohttp.ClientSession:
+        return self._client
+
+
+def merged_metrics(worker_text: str) -> bytes:
+    """The worker's metrics with this process's HTTP request counts added to the same series."""
+    own: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in REGISTRY.collect():
+        if family.name not in (HTTP_REQUESTS._name, HTTP_REQUEST_SECONDS._name):
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_created"):
+                own[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    families = list(text_string_to_metric_families(worker_text))
+    for family in families:
+        for i, sample in enumerate(family.samples):
+            extra = own.pop((sample.name, tuple(sorted(sample.labels.items()))), None)
+            if extra is not None:
+                family.samples[i] = Sample(sample.name, sample.labels, sample.value + extra, sample.timestamp)
+    for (name, labels), value in own.items():  # series the worker has not seen itself
+        for family in families:
+            if name.startswith(family.name):
+                family.samples.append(Sample(name, dict(labels), value))
+                break
+
+    class Collected:
+        def collect(self) -> Any:
+            return families
+
+    return generate_latest(Collected())
+
+
+@web.middleware
+async def mark_passed_on(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Requests for the worker's own web server are counted and authenticated there, not here."""
+    route = request.match_info.route
+    request["passed_on"] = route.resource is not None and route.resource.name == PASS_ON_NAME
+    return await handler(request)
+
+
+class Server:
+    """The serving process's aiohttp application."""
+
+    def __init__(self, bulletin: Bulletin) -> None:
+        self.bulletin = bulletin
+        self.secondaries = Secondaries(bulletin, bulletin_dir(settings.data_dir) / "secondary")
+        self.upstream = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(worker_socket(settings.data_dir))),
+            timeout=UPSTREAM_TIMEOUT,
+            auto_decompress=False,
+        )
+        self.peers = aiohttp.ClientSession()
+        self.placement = BulletinPlacement(bulletin, self.secondaries, self.peers)
+        token = settings.api_token.get_secret_value() if settings.api_token else None
+        options = application_options(token)
+        options["middlewares"] = [mark_passed_on, *options["middlewares"]]
+        self.web = web.Application(**options)
+        self.web.router.add_get("/features/{group}/{key}", self.lookup_one)
+        self.web.router.add_post("/features/{group}", self.lookup_batch)
+        self.web.router.add_get("/readyz", self.readyz)
+        self.web.router.add_route("*", "/{path:.*}", self.pass_on, name=PASS_ON_NAME)
+
+    async def lookup_one(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        return await lookup_one(request, info["group"], info["key"], self.placement)
+
+    async def lookup_batch(self, request: web.Request) -> web.Response:
+        return await lookup_batch(request, request.match_info["group"], self.placement)
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        """Not ready: the worker's reason, from the bulletin (also while the worker's own web
+        server is not up yet); ready: the worker's own answer (with its partitions)."""
+        status = self.placement.current()
+        if not status.ready:
+            return Unavailable("not_ready", status.reason).response()
+        request["passed_on"] = True
+        return await self.pass_on(request)
+
+    async def pass_on(self, request: web.Request) -> web.StreamResponse:
+        """Hand the request to the worker's web server and its answer back, unchanged."""
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"host"}}
+        body = await request.read()
+        try:
+            async with self.upstream.request(
+                request.method,
+                "http://worker" + request.path_qs,
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
+            ) as answer:
+                payload = await answer.read()
+                out = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+                status = answer.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return error_response(
+                503, "worker_unavailable", f"the worker did not answer: {exc!r}", {"Retry-After": "1"}
+            )
+        if request.path == "/metrics" and status == 200:
+            payload = merged_metrics(payload.decode("utf-8"))
+        return web.Response(body=payload, status=status, headers=out)
+
+    async def close(self) -> None:
+        await self.upstream.close()
+        await self.peers.close()
+        self.secondaries.close()
+
+
+async def serve(bulletin: Bulletin) -> None:
+    server = Server(bulletin)
+    runner = web.AppRunner(server.web, access_log=None)
+    await runner.setup()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        site = web.TCPSite(runner, settings.web_host, settings.web_port, reuse_address=True)
+        for attempt in range(150):  # a worker restarted on the same port: its old serving process may
+            try:  # still be letting go of it
+                await site.start()
+                break
+            except OSError as exc:
+                if attempt == 149:
+                    raise
+                logger.warning("port %d busy (%s); retrying", settings.web_port, exc)
+                await asyncio.sleep(0.2)
+        logger.info(
+            "serving process %d answers http://%s:%d", os.getpid(), settings.web_host, settings.web_port
+        )
+        settle_garbage_collector()  # Faust, the app and the spec are imported: freeze them
+        parent = os.getppid()
+        while not stopping.is_set():
+            if os.getppid() != parent:
+                break
+            try:
+                await asyncio.wait_for(stopping.wait(), 1.0)
+            except TimeoutError:
+                pass
+    finally:
+        await runner.cleanup()
+        await server.close()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        stream=sys.stdout,
+        format="[%(asctime)s] [%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    tables = [table.name for table in FEATURE_TABLES.values()]
+    bulletin = open_bulletin(settings.data_dir, tables, settings.partitions, create=False)
+    try:
+        uvloop.run(serve(bulletin))  # libuv's loop: about half the per-request cost of asyncio's
+    finally:
+        bulletin.close()
+
+
+if __name__ == "__main__":
+    main()
