@@ -2,38 +2,48 @@
 
 Starts the bundled broker, preloads the users lookup and N shop events over K users (event times
 spanning the last 20 h, so reads at "now" merge real buckets), starts a Hydrant worker (a real
-process) and waits until every event is consumed. Then, while a background process keeps ingesting
-~1,000 ev/s (orders and clicks of the same keys, event time = wall clock), an asyncio load generator
-(one process; a minimal keep-alive HTTP/1.1 client on asyncio streams, ~0.1 ms CPU per request here,
-about a third of aiohttp's client, which --client aiohttp uses instead) runs each phase for
---duration seconds after a 1 s warm-up:
+process, with its serving process: app/serving.py) and waits until every event is consumed. Then,
+while a background process keeps ingesting ~1,000 ev/s (orders and clicks of the same keys, event
+time = wall clock), a load generator (one process on uvloop, its garbage collector frozen during a
+phase; a minimal keep-alive HTTP/1.1 client on asyncio streams, a third of aiohttp's client CPU per
+request, which --client aiohttp uses instead) runs each phase for --duration seconds after a 1 s
+warm-up:
 
-- closed loop, C connections: GET /healthz (the generator's ceiling against a trivial endpoint),
-  GET /features/user/{key} (one random key), POST /features/user {"keys": [100 random keys]};
+- the HTTP floor first: closed loop against a trivial aiohttp handler on uvloop in a process of its
+  own (no worker), the most requests/s this machine gives any aiohttp server with this generator;
+- closed loop, C connections: GET /features/user/{key} (one random key), POST /features/user
+  {"keys": [100 random keys]};
 - fixed rate (open loop: sent on schedule on an idle or a new connection, never waiting for an
   answer, so server queueing shows in the latency): GET /features/user/{key} at 500 req/s, POST of
   100 keys at --batch-rate req/s; how late the generator itself sent is printed apart.
 
-Only keys that have state are asked, so every answer should be 200. Per phase: requests/s, p50/p99/
-max latency, non-200 answers, and the CPU used by the generator and by the worker(s) (from /proc):
-a generator well below 100 % of a core is not the bottleneck. With --two-workers a second worker
-joins and the phases repeat, requests alternating between both workers' URLs (keys the receiving
-worker does not own are forwarded). Targets printed: single-key p99 <= 5 ms at 500 req/s, >= 3,000
-req/s single-key on one worker, 100-key batch p99 <= 20 ms (at the fixed batch rate: in a closed
-loop, latency is mostly queueing, C / throughput). Figures, not pass/fail.
+Then the same-run baseline (unless --no-in-loop): the worker restarts on the same state with
+HYDRANT_SERVING_PROCESS=false, answering on its own event loop beside the agents, and the phases
+repeat. With --two-workers a second worker joins first and the phases repeat, requests alternating
+between both workers' URLs (keys the receiving worker does not own are forwarded).
+
+Only keys that have state are asked, so every answer should be 200. Per phase: who answers (api),
+requests/s, p50/p99/max latency, non-200 answers, and the CPU of the generator, the worker(s) and
+their serving process(es) (from /proc). Targets printed: single-key p99 <= 5 ms at 500 req/s, >=
+3,000 req/s single-key on one worker, 100-key batch p99 <= 20 ms (at the fixed batch rate: in a
+closed loop, latency is mostly queueing, C / throughput). Figures, not pass/fail. The worker logs
+are kept in the temp dir (printed at the end).
 
     .venv/bin/python -m bench.lookups [--duration 10] [--keys 10000] [--events 50000] \
-        [--connections 8] [--batch-rate 20] [--ingest-rate 1000] [--two-workers] [--client raw|aiohttp]
+        [--connections 8] [--batch-rate 20] [--ingest-rate 1000] [--two-workers] [--no-in-loop] \
+        [--client raw|aiohttp]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing
 import os
 import random
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -48,6 +58,7 @@ import aiohttp
 import httpx
 import orjson
 import uvloop
+from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from app.broker import EmbeddedBroker
@@ -117,6 +128,7 @@ class Phase:
     name: str
     mode: str  # "closed, 8 conns" / "500/s"
     workers: int
+    api: str = "serving"  # who answers: "serving" (the serving process), "in-loop" (the worker), "floor"
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)  # seconds
     statuses: Counter[int] = field(default_factory=Counter)  # 0 = connection error / timeout
@@ -345,20 +357,73 @@ async def fixed_rate(
     return phase
 
 
+def measure(phase: Coroutine[Any, Any, Phase]) -> Phase:
+    """One phase on uvloop, with the generator's garbage collector out of the way: everything
+    alive is frozen and collection is off while it runs (a full collection of this process, which
+    imports half of Hydrant, would hold its loop for tens of ms and show up as server latency)."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        return uvloop.run(phase)
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+def trivial_server(port: int) -> None:
+    """The HTTP floor: aiohttp on uvloop answering a constant, nothing else (a spawned process)."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+    application = web.Application()
+    application.router.add_get("/floor", answer)
+    uvloop.install()
+    web.run_app(application, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def http_floor(args: argparse.Namespace) -> Phase:
+    """Closed loop against :func:`trivial_server` in its own process: the most requests/s this
+    machine gives an aiohttp server with this generator, whatever the server does per request."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = multiprocessing.get_context("spawn").Process(target=trivial_server, args=(port,), daemon=True)
+    server.start()
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/floor").status_code == 200, "trivial server", 30)
+        assert server.pid is not None
+        urls = [f"http://127.0.0.1:{port}"]
+        phase = Phase("GET trivial handler (HTTP floor)", f"closed, {args.connections} conns", 1, api="floor")
+        return measure(
+            closed_loop(
+                phase,
+                lambda i: (0, "GET", "/floor", None),
+                args.connections,
+                args.duration,
+                [server.pid],
+                lambda: make_client(args.client, urls, 256),
+            )
+        )
+    finally:
+        server.terminate()
+        server.join()
+
+
 def consumed(workers: list[WorkerProcess]) -> float:
     return sum(w.metric("hydrant_events_consumed_total") for w in workers)
 
 
-def run_phases(workers: list[WorkerProcess], keys: list[str], args: argparse.Namespace) -> list[Phase]:
+def run_phases(
+    workers: list[WorkerProcess], keys: list[str], args: argparse.Namespace, api: str
+) -> list[Phase]:
     """Every phase against the workers (request i goes to worker i % len(workers))."""
     urls = [w.url for w in workers]
     pids = [w.proc.pid for w in workers if w.proc is not None]
     rng = random.Random(11)
     n = len(urls)
     conns = args.connections * n
-
-    def healthz(i: int) -> Request:
-        return (i % n, "GET", "/healthz", None)
 
     def single(i: int) -> Request:
         return (i % n, "GET", f"/features/user/{rng.choice(keys)}", None)
@@ -372,7 +437,6 @@ def run_phases(workers: list[WorkerProcess], keys: list[str], args: argparse.Nam
     closed = f"closed, {conns} conns"
     single_rate = 500.0
     phases: list[tuple[Callable[..., Coroutine[Any, Any, Phase]], Phase, Callable[[int], Request], float]] = [
-        (closed_loop, Phase("GET /healthz (generator ceiling)", closed, n), healthz, conns),
         (
             closed_loop,
             Phase(
@@ -413,8 +477,9 @@ def run_phases(workers: list[WorkerProcess], keys: list[str], args: argparse.Nam
     ]
     done = []
     for runner, phase, make, load in phases:
+        phase.api = api
         before, started = consumed(workers), time.monotonic()
-        result = uvloop.run(runner(phase, make, load, args.duration, pids, new_client))
+        result = measure(runner(phase, make, load, args.duration, pids, new_client))
         result.ingested = (consumed(workers) - before) / (time.monotonic() - started)
         print(f"  {row(result)}", flush=True)
         done.append(result)
@@ -422,7 +487,7 @@ def run_phases(workers: list[WorkerProcess], keys: list[str], args: argparse.Nam
 
 
 HEADER = (
-    f"{'phase':<36}{'load':<17}{'wkrs':>4}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+    f"{'phase':<36}{'api':<9}{'load':<17}{'wkrs':>4}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
     f"{'non-200':>8}{'gen cpu':>8}{'wkr cpu':>8}{'srv cpu':>8}{'ingest':>8}  target"
 )
 
@@ -436,7 +501,7 @@ def row(p: Phase) -> str:
     if p.lags:
         target += f"; sent late by p99 {p.quantile(0.99, p.lags):.1f} ms"
     text = (
-        f"{p.name:<36}{p.mode:<17}{p.workers:>4}{p.rate:>9,.0f}{p.quantile(0.5):>8.2f}"
+        f"{p.name:<36}{p.api:<9}{p.mode:<17}{p.workers:>4}{p.rate:>9,.0f}{p.quantile(0.5):>8.2f}"
         f"{p.quantile(0.99):>8.2f}{p.quantile(1.0):>8.1f}{p.non_200:>8,}{p.generator_cpu:>8.0%}"
         f"{p.worker_cpu:>8.0%}{p.serving_cpu:>8.0%}{p.ingested:>8,.0f}  {target}"
     )
@@ -462,6 +527,12 @@ def main() -> None:
     )
     parser.add_argument("--ingest-rate", type=float, default=1000.0, help="background events per second")
     parser.add_argument("--two-workers", action="store_true", help="repeat with a second worker")
+    parser.add_argument(
+        "--no-in-loop",
+        action="store_true",
+        help="skip the same-run baseline: the phases again on a worker that answers on its own event "
+        "loop (HYDRANT_SERVING_PROCESS=false)",
+    )
     parser.add_argument(
         "--client", choices=["raw", "aiohttp"], default="raw", help="HTTP client of the load generator"
     )
@@ -496,13 +567,18 @@ def main() -> None:
             flush=True,
         )
 
-        def start_worker(name: str) -> WorkerProcess:
-            worker = WorkerProcess(broker, pipeline, tmp / f"data-{name}", app_id, tmp / f"{name}.log")
+        def start_worker(name: str, data: str, **env: str) -> WorkerProcess:
+            worker = WorkerProcess(
+                broker, pipeline, tmp / f"data-{data}", app_id, tmp / f"{name}.log", extra_env=env
+            )
             workers.append(worker)
             return worker.start()
 
         try:
-            first = start_worker("w1")
+            print(HEADER)
+            results.append(http_floor(args))
+            print(f"  {row(results[-1])}", flush=True)
+            first = start_worker("w1", "w1")
             first.wait_ready(120)
             wait_for(
                 lambda: first.metric("hydrant_events_consumed_total") >= args.events, "preload consumed", 600
@@ -513,22 +589,28 @@ def main() -> None:
                 daemon=True,
             )
             feeder.start()
-            print(HEADER)
-            assert first.proc is not None
-            results += run_phases([first], keys, args)
+            results += run_phases([first], keys, args, "serving")
             if args.two_workers:
-                second = start_worker("w2")
+                second = start_worker("w2", "w2")
 
                 def split() -> bool:
-                    parts = [readyz_partitions(w) for w in workers]
+                    parts = [readyz_partitions(w) for w in (first, second)]
                     held = sorted(p for part in parts for p in part or [])
                     return all(parts) and held == list(range(4))
 
                 wait_for(split, "two workers ready, partitions split between them", 180)
                 print("  second worker ready: /readyz partitions", [readyz_partitions(w) for w in workers])
-                assert second.proc is not None
-                results += run_phases([first, second], keys, args)
-            total = consumed(workers)
+                results += run_phases([first, second], keys, args, "serving")
+                second.stop()
+                wait_for(lambda: readyz_partitions(first) == [0, 1, 2, 3], "w1 alone again", 180)
+            if not args.no_in_loop:
+                # The same worker and state, answering on its own event loop (the same-run baseline).
+                first.stop()
+                inloop = start_worker("w1-in-loop", "w1", HYDRANT_SERVING_PROCESS="false")
+                inloop.wait_ready(180)
+                wait_for(lambda: inloop.metric("hydrant_events_consumed_total") > 0, "in-loop consuming", 120)
+                print("  worker restarted with HYDRANT_SERVING_PROCESS=false")
+                results += run_phases([inloop], keys, args, "in-loop")
         finally:
             stop.set()
             if feeder is not None:
@@ -546,8 +628,8 @@ def main() -> None:
     for phase in results:
         print(row(phase))
     print(
-        f"background ingest: {sent.value:,} events sent; the worker(s) consumed {total - args.events:,.0f} "
-        f"of them by the end ('ingest': events/s consumed during a phase; target {args.ingest_rate:,.0f})"
+        f"background ingest: {sent.value:,} events sent ('ingest': events/s the worker(s) consumed during "
+        f"a phase; target {args.ingest_rate:,.0f})"
     )
 
 
