@@ -25,7 +25,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -163,12 +162,3 @@ def bulletin_dir(data_dir: Path) -> Path:
 
 def open_bulletin(data_dir: Path, tables: list[str], partitions: int, create: bool) -> Bulletin:
     return Bulletin(bulletin_dir(data_dir), tables, partitions, create)
-
-
-def describe(bulletin: Bulletin) -> dict[str, Any]:
-    """Counters by name, for logs and tests."""
-    return {
-        "status_version": bulletin.read(STATUS_SLOT),
-        "heartbeat_age_ms": bulletin.heartbeat_age_ms(),
-        "writes": {f"{t}[{p}]": bulletin.read(s) for (t, p), s in bulletin._slots.items()},
-    }

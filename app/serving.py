@@ -83,7 +83,6 @@ class Secondaries:
             table, partition = slot
             if status.active.get(table, {}).get(partition) != path:
                 del self._dbs[slot]
-                self._seen.pop(slot, None)
                 db.close()
         self._seen.clear()  # after any change of status, catch every partition up on its next read
 
