@@ -10,10 +10,11 @@ one Faust Event at a time. Per batch:
 3. apply the event to each feature group's state of its key (held in the batch, read once);
 4. build every output row (lookups, features as of the event's time, computed columns); the rows
    leave as one record batch per output partition (app/batches.py);
-5. write each touched key's state once (tables/store.py StateWriter), then await every delivery of
-   the batch (state changelog, outputs, forwards, dead letters) before its records are acked, so a
-   committed offset never runs ahead of the state it produced (at-least-once outputs; window state
-   is exactly-once through its applied offsets).
+5. write each touched key's state once (tables/store.py StateWriter), locally at once and to the
+   changelog; every delivery of the batch (state changelog, outputs, forwards, dead letters) is
+   awaited, while the next batch is processed, before its records are acked, so a committed offset
+   never runs ahead of the state it produced (at-least-once outputs; window state is exactly-once
+   through its applied offsets).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class StreamRoute:
     spec: StreamSpec
     repartitioned: bool
     groups: tuple[str, ...]
+    reads: frozenset[str]  # groups whose features its output rows carry (their state is read whole)
     builders: tuple[OutputBuilder, ...]
     rekey_topic: str
     consumed: Any
@@ -77,12 +79,13 @@ def _routes() -> dict[str, StreamRoute]:
     for name, spec in pipeline.streams.items():
         builders = tuple(output_builders(pipeline, name))
         groups = tuple(g for g, plan in GROUPS.items() if name in plan.by_stream)
+        reads = frozenset(g for b in builders for g in b.groups)
         rekey = repartition_topic(GROUP_ID, "stream", name)
         consumed = EVENTS_CONSUMED.labels(name, spec.topic)
         produced = tuple(EVENTS_PRODUCED.labels(b.name, b.topic) for b in builders)
         for topic, repartitioned in ((spec.topic, False), (rekey, True)):
             routes[topic] = StreamRoute(
-                name, spec, repartitioned, groups, builders, rekey, consumed, produced
+                name, spec, repartitioned, groups, reads, builders, rekey, consumed, produced
             )
     return routes
 
@@ -98,12 +101,13 @@ class BatchState:
     def __init__(self) -> None:
         self.states: dict[tuple[str, bytes], tuple[int, KeyState]] = {}
 
-    def get(self, group: str, key: bytes, partition: int) -> KeyState:
-        """The state of ``key`` in its home ``partition`` (the partition its events arrive on)."""
+    def get(self, group: str, key: bytes, partition: int, whole: bool = False) -> KeyState:
+        """The state of ``key`` in its home ``partition`` (the partition its events arrive on);
+        ``whole`` when its features will be read (all its records in one range read)."""
         slot = (group, key)
         entry = self.states.get(slot)
         if entry is None:
-            entry = self.states[slot] = (partition, local_state(group, partition, key))
+            entry = self.states[slot] = (partition, local_state(group, partition, key, scan=whole))
         return entry[1]
 
     async def flush(self, writer: StateWriter) -> None:
@@ -125,7 +129,7 @@ def apply_to_groups(
     except Exception as exc:
         raise BadRecord("expression", f"where filter: {type(exc).__name__}: {exc}") from None
     source, offset = source_position(message, route.repartitioned)
-    states = {g: batch.get(g, key, message.partition) for g in route.groups}
+    states = {g: batch.get(g, key, message.partition, g in route.reads) for g in route.groups}
     # A redelivery that a head already recorded is a duplicate there, even if its bucket expired since.
     fresh = {g: state for g, state in states.items() if state.processed.get(source, -1) < offset}
     late = [g for g, state in fresh.items() if is_late(GROUPS[g], state, ts)]
@@ -169,22 +173,38 @@ app.topics.add(app.topic(*ROUTES, key_serializer="raw", value_serializer="raw"))
 
 @app.task
 async def process_events() -> None:
-    """Take batches from the intake until the worker stops. An unexpected error stops the worker
-    (its batch is not acked, so a restart redelivers it) instead of leaving its records pending."""
+    """Take batches from the intake until the worker stops. A batch's deliveries are awaited while
+    the next batch is processed (one batch in flight), and its records are acked once they all
+    arrived. An unexpected error stops the worker (the batches not acked are redelivered after a
+    restart) instead of leaving their records pending."""
     settle_garbage_collector()  # started and recovered: what exists now lives as long as the worker
     topic_partitions = PartitionCounts(app.consumer)
-    while not app.should_stop:
-        messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
-        try:
-            await process_batch(messages, topic_partitions)
-        except Exception as exc:
-            logger.exception("process_events failed on a batch of %d records", len(messages))
-            await app.crash(exc)
-            return
-        INTAKE.ack(messages)
+    in_flight: asyncio.Future[None] | None = None
+    try:
+        while not app.should_stop:
+            messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
+            try:
+                delivered = await process_batch(messages, topic_partitions)
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.ensure_future(acked(delivered, messages))
+            except Exception as exc:
+                logger.exception("process_events failed on a batch of %d records", len(messages))
+                await app.crash(exc)
+                return
+    finally:
+        if in_flight is not None and not in_flight.done():
+            await asyncio.wait([in_flight], timeout=10.0)
 
 
-async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) -> None:
+async def acked(delivered: Awaitable[None], messages: list[Any]) -> None:
+    await delivered
+    INTAKE.ack(messages)
+
+
+async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) -> Awaitable[None]:
+    """Process a batch up to handing its records to the producer (its state is then written
+    locally, so the next batch reads it); returns what awaits their delivery."""
     producer: Any = app.producer
     partitions = settings.partitions
     started = time.perf_counter()
@@ -217,7 +237,7 @@ async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) 
                 group: str, _key: str, at: int, raw_key: bytes = raw_key, home: int = home
             ) -> dict[str, Any]:
                 # The group's state as this batch holds it (applied above if its stream feeds it).
-                return read_features(GROUPS[group], batch.get(group, raw_key, home), at)
+                return read_features(GROUPS[group], batch.get(group, raw_key, home, True), at)
 
             def lookup(name: str, join_key: str, home: int = home) -> dict[str, Any] | None:
                 return lookup_row(name, join_key, home)  # lookups are co-partitioned with the streams
@@ -237,9 +257,17 @@ async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) 
     deliveries.extend(sent.future for sent in await outputs.send(aiokafka_producer))
     writer = StateWriter(producer, on_write=SERVING.wrote)
     await batch.flush(writer)
-    await writer.delivered()
+    await writer.send()
+    return delivery(writer, deliveries, {ROUTES[m.topic].name for m in messages}, started, len(messages))
+
+
+async def delivery(
+    writer: StateWriter, deliveries: list[Awaitable[Any]], streams: set[str], started: float, count: int
+) -> None:
+    """Every delivery of a batch: state changelog, outputs, forwards, dead letters."""
+    await writer.acked()
     await asyncio.gather(*deliveries)
     elapsed = time.perf_counter() - started
-    for name in {ROUTES[m.topic].name for m in messages}:
+    for name in streams:
         BATCH_SECONDS.labels(name).observe(elapsed)
-        PROCESSING_SECONDS.labels(name).observe(elapsed / len(messages))
+        PROCESSING_SECONDS.labels(name).observe(elapsed / count)

@@ -11,6 +11,7 @@ what makes the serving process catch that partition's secondary up before its ne
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import subprocess
@@ -30,9 +31,22 @@ PUBLISH_EVERY_S = 0.01
 RESTART_AFTER_S = 1.0
 
 
+@functools.cache
+def partition_path(table: str, partition: int) -> str:
+    """Where RocksDB keeps ``partition`` of feature table ``table`` (fixed for the worker's life;
+    Faust derives it through its settings on every call, ~4 % of the worker's time at 100 calls/s)."""
+    tables = {t.name: t for t in FEATURE_TABLES.values()}
+    return str(tables[table].data.partition_path(partition))
+
+
+@functools.cache
+def own_url() -> str:
+    return WORKER.own_url()  # the configured canonical URL: fixed once the worker runs
+
+
 def current_status() -> Status:
     ready, reason = readiness(app)
-    own = WORKER.own_url()
+    own = own_url()
     if not ready:
         return Status(ready=False, reason=reason, own_url=own)
     active: dict[str, dict[int, str]] = {}
@@ -43,7 +57,7 @@ def current_status() -> Status:
         for partition in range(settings.partitions):
             if serves(table, partition):
                 local_db(table, partition)  # open (or create) it: the secondary needs its files
-                held[partition] = str(table.data.partition_path(partition))
+                held[partition] = partition_path(table.name, partition)
             elif (url := WORKER.owner_of(table, partition)) is not None:
                 known[partition] = url
     return Status(ready=True, reason=reason, own_url=own, active=active, owners=owners)

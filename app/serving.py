@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +154,9 @@ class BulletinPlacement(Placement):
     def own_url(self) -> str:
         return self.status.own_url
 
-    def loader(self, table: Any, partition: int) -> Callable[[bytes], bytes | None]:
+    def database(self, table: Any, partition: int) -> Any:
         path = self.status.active[table.name][partition]
-        return self._secondaries.get(table.name, partition, path).get
+        return self._secondaries.get(table.name, partition, path)
 
     @property
     def client(self) -> aiohttp.ClientSession:
