@@ -611,13 +611,15 @@ def outside_retention(
     newest = state.newest
     if newest is None:
         return False
-    widest = max(
-        (
-            size
-            for agg in plan.aggregations
-            for label, size in agg.windows
-            if names is None or any(f"{agg.name}_{op}_{label}" in names for op in agg.ops)
-        ),
-        default=0,
-    )
+    widest = plan.widest
+    if names is not None:
+        widest = max(
+            (
+                size
+                for agg in plan.aggregations
+                for label, size in agg.windows
+                if any(f"{agg.name}_{op}_{label}" in names for op in agg.ops)
+            ),
+            default=0,
+        )
     return plan.bucket(at_ms) - widest + 1 <= newest - plan.retention
