@@ -179,14 +179,14 @@ async def process_events() -> None:
     restart) instead of leaving their records pending."""
     settle_garbage_collector()  # started and recovered: what exists now lives as long as the worker
     topic_partitions = PartitionCounts(app.consumer)
-    in_flight: asyncio.Future[None] | None = None
+    in_flight: asyncio.Future[bool] | None = None
     try:
         while not app.should_stop:
             messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
             try:
                 delivered = await process_batch(messages, topic_partitions)
-                if in_flight is not None:
-                    await in_flight
+                if in_flight is not None and not await in_flight:
+                    return  # the previous batch failed to deliver and stopped the worker
                 in_flight = asyncio.ensure_future(acked(delivered, messages))
             except Exception as exc:
                 logger.exception("process_events failed on a batch of %d records", len(messages))
@@ -197,9 +197,17 @@ async def process_events() -> None:
             await asyncio.wait([in_flight], timeout=10.0)
 
 
-async def acked(delivered: Awaitable[None], messages: list[Any]) -> None:
-    await delivered
+async def acked(delivered: Awaitable[None], messages: list[Any]) -> bool:
+    """Ack ``messages`` once their batch is delivered; a failed delivery stops the worker at once
+    (not when the next batch comes), its records unacked."""
+    try:
+        await delivered
+    except Exception as exc:
+        logger.exception("delivering a batch of %d records failed", len(messages))
+        await app.crash(exc)
+        return False
     INTAKE.ack(messages)
+    return True
 
 
 async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) -> Awaitable[None]:
