@@ -152,16 +152,8 @@ def worker_socket(data_dir: Path) -> Path:
     """The Unix socket of the worker's own web server when a serving process owns the public port:
     in the temp dir (a socket path must stay under ~100 bytes), named after the data dir (one worker
     per data dir)."""
-    return Path(tempfile.gettempdir()) / f"hydrant-{_digest(data_dir)}.sock"
-
-
-def sibling_socket(data_dir: Path, index: int) -> Path:
-    """The Unix socket on which serving process ``index`` answers its siblings' shares of a batch."""
-    return Path(tempfile.gettempdir()) / f"hydrant-{_digest(data_dir)}-{index}.sock"
-
-
-def _digest(data_dir: Path) -> str:
-    return hashlib.sha1(str(data_dir.resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
+    digest = hashlib.sha1(str(data_dir.resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"hydrant-{digest}.sock"
 
 
 def bulletin_dir(data_dir: Path) -> Path:

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import rocksdict
 import uvloop
 from aiohttp import web
@@ -37,7 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from app.api.features import answer_keys, lookup_batch, lookup_one
+from app.api.features import lookup_batch, lookup_one
 from app.api.routing import Placement, Unavailable
 from app.bulletin import (
     SERVING_INDEX_ENV,
@@ -47,10 +46,9 @@ from app.bulletin import (
     bulletin_dir,
     monotonic_ms,
     open_bulletin,
-    sibling_socket,
     worker_socket,
 )
-from app.http import MAX_BODY_BYTES, Handler, application_options, error_response
+from app.http import Handler, application_options, error_response
 from app.main import settings
 from app.memory import settle_garbage_collector
 from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, REGISTRY
@@ -65,7 +63,6 @@ STALE_HEARTBEAT_MS = 2_000
 CATCH_UP_AT_LEAST_EVERY_MS = 1_000
 SLOW_CATCH_UP_MS = 5  # a catch-up slower than this is logged
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=60)
-SIBLING_TIMEOUT = aiohttp.ClientTimeout(total=10)
 PASS_ON_NAME = "pass_on"  # noqa: S105 (the route of what the worker answers itself)
 HOP_BY_HOP = frozenset(
     ("connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "date", "server")
@@ -123,53 +120,15 @@ class Secondaries:
         self._dbs.clear()
 
 
-class Sibling:
-    """Another serving process of the same worker, reached on its Unix socket: it answers a share
-    of a batch's keys from its own secondaries, on its own core (app/api/features.py answer_here)."""
-
-    def __init__(self, path: Path) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=str(path)), timeout=SIBLING_TIMEOUT
-        )
-
-    async def answer(
-        self, group: str, keys: list[str], at: int, names: frozenset[str] | None
-    ) -> list[dict[str, Any]]:
-        body = orjson.dumps(
-            {"keys": keys, "at": at, "features": sorted(names) if names is not None else None}
-        )
-        async with self.session.post(f"http://sibling/share/{group}", data=body) as answer:
-            payload = await answer.read()
-            if answer.status != 200:
-                raise RuntimeError(f"sibling answered {answer.status}: {payload[:200]!r}")
-        results: list[dict[str, Any]] = orjson.loads(payload)["results"]
-        if len(results) != len(keys):
-            raise RuntimeError(f"sibling answered {len(results)} results for {len(keys)} keys")
-        return results
-
-    async def close(self) -> None:
-        await self.session.close()
-
-
 class BulletinPlacement(Placement):
     """Readiness, ownership and state as the worker last published them."""
 
-    def __init__(
-        self,
-        bulletin: Bulletin,
-        secondaries: Secondaries,
-        client: aiohttp.ClientSession,
-        sibling: Sibling | None = None,
-    ) -> None:
+    def __init__(self, bulletin: Bulletin, secondaries: Secondaries, client: aiohttp.ClientSession) -> None:
         self._bulletin = bulletin
         self._secondaries = secondaries
         self._client = client
-        self._sibling = sibling
         self._version = -1
         self.status = Status()
-
-    def helper(self) -> Sibling | None:
-        return self._sibling
 
     def current(self) -> Status:
         version = self._bulletin.read(STATUS_SLOT)
@@ -263,16 +222,7 @@ class Server:
             auto_decompress=False,
         )
         self.peers = aiohttp.ClientSession()
-        count = settings.serving_processes
-        self.index = int(index)
-        self.sibling = (
-            Sibling(sibling_socket(settings.data_dir, (self.index + 1) % count)) if count > 1 else None
-        )
-        self.placement = BulletinPlacement(bulletin, self.secondaries, self.peers, self.sibling)
-        # Shares of batches from the siblings, on a Unix socket only they use (no auth, no metrics:
-        # the request they belong to is authenticated and counted where it arrived).
-        self.shares = web.Application(client_max_size=MAX_BODY_BYTES)
-        self.shares.router.add_post("/share/{group}", self.share)
+        self.placement = BulletinPlacement(bulletin, self.secondaries, self.peers)
         token = settings.api_token.get_secret_value() if settings.api_token else None
         options = application_options(token)
         options["middlewares"] = [mark_passed_on, *options["middlewares"]]
@@ -288,18 +238,6 @@ class Server:
 
     async def lookup_batch(self, request: web.Request) -> web.Response:
         return await lookup_batch(request, request.match_info["group"], self.placement)
-
-    async def share(self, request: web.Request) -> web.Response:
-        """A sibling's share of a batch: ``{"keys", "at", "features"}`` -> ``{"results"}``."""
-        group = request.match_info["group"]
-        body = orjson.loads(await request.read())
-        names = frozenset(body["features"]) if body["features"] is not None else None
-        try:
-            self.placement.ensure_ready()
-        except Unavailable as exc:
-            return exc.response()
-        results = await answer_keys(group, body["keys"], body["at"], names, self.placement)
-        return web.Response(body=orjson.dumps({"results": results}), content_type="application/json")
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         """Not ready: the worker's reason, from the bulletin (also while the worker's own web
@@ -336,8 +274,6 @@ class Server:
     async def close(self) -> None:
         await self.upstream.close()
         await self.peers.close()
-        if self.sibling is not None:
-            await self.sibling.close()
         self.secondaries.close()
 
 
@@ -345,11 +281,6 @@ async def serve(bulletin: Bulletin) -> None:
     server = Server(bulletin)
     runner = web.AppRunner(server.web, access_log=None)
     await runner.setup()
-    shares = web.AppRunner(server.shares, access_log=None)
-    await shares.setup()
-    share_path = sibling_socket(settings.data_dir, server.index)
-    share_path.unlink(missing_ok=True)  # left by a process of an earlier run
-    await web.UnixSite(shares, str(share_path)).start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -380,7 +311,6 @@ async def serve(bulletin: Bulletin) -> None:
                 pass
     finally:
         await runner.cleanup()
-        await shares.cleanup()
         await server.close()
 
 

@@ -8,7 +8,6 @@ in request order.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,9 +42,6 @@ from tables.features import (
 from tables.windows import outside_retention
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-SHARE_FROM = 32  # a batch with at least this many keys here shares half with a helper process
-YIELD_EVERY_KEYS = 8
-logger = logging.getLogger(__name__)
 
 
 class BadRequest(Exception):
@@ -121,39 +117,6 @@ def answer_locally(
     return {"key": key, "found": True, "features": features_for(group, state, at, names)}
 
 
-async def answer_here(
-    group: str, keys: list[str], at: int, names: frozenset[str] | None, placement: Placement
-) -> list[dict[str, Any]]:
-    """The batch results of ``keys``, all held by this worker. With a helper (a sibling serving
-    process), the second half of a batch of at least SHARE_FROM keys is answered there meanwhile,
-    on another core; if the helper fails, here."""
-    helper = placement.helper() if len(keys) >= SHARE_FROM else None
-    if helper is None:
-        return await answer_keys(group, keys, at, names, placement)
-    half = len(keys) // 2
-    shared = asyncio.ensure_future(helper.answer(group, keys[half:], at, names))
-    mine = await answer_keys(group, keys[:half], at, names, placement)
-    try:
-        theirs: list[dict[str, Any]] = await shared
-    except Exception as exc:  # any failure of the helper: answer its share here
-        logger.warning("a sibling serving process did not answer its share (%r); answering here", exc)
-        theirs = await answer_keys(group, keys[half:], at, names, placement)
-    return mine + theirs
-
-
-async def answer_keys(
-    group: str, keys: list[str], at: int, names: frozenset[str] | None, placement: Placement
-) -> list[dict[str, Any]]:
-    """``answer_locally`` for each key, yielding to the loop every few keys (other requests, and a
-    share sent to a helper, go on meanwhile)."""
-    results = []
-    for n, key in enumerate(keys, 1):
-        if n % YIELD_EVERY_KEYS == 0:
-            await asyncio.sleep(0)
-        results.append(answer_locally(group, key, at, names, placement))
-    return results
-
-
 def retention_error(group: str, at: int) -> dict[str, str]:
     return {
         "code": "outside_retention",
@@ -225,9 +188,8 @@ async def lookup_batch(request: web.Request, group: str, placement: Placement) -
             )
             for owner, positions in remote.items()
         ]
-        answered = await answer_here(group, [batch.keys[i] for i in local], at, names, placement)
-        for index, result in zip(local, answered, strict=True):
-            results[index] = result
+        for index in local:
+            results[index] = answer_locally(group, batch.keys[index], at, names, placement)
         answers = await asyncio.gather(*asked)
     except (BadRequest, Unavailable, Relayed) as exc:
         return exc.response()

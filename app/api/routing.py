@@ -56,11 +56,6 @@ class Placement:
         if app.rebalancing:
             raise Unavailable("rebalancing", "partitions are being reassigned between workers")
 
-    def helper(self) -> Any:
-        """Another process of this worker that can answer a share of a batch's keys (with an async
-        ``answer(group, keys, at, names)``), or None. The worker's own loop has none."""
-        return None
-
     def holds(self, table: Any, partition: int) -> bool:
         """This worker answers ``partition`` of ``table`` from RocksDB: it holds it active."""
         return serves(table, partition)

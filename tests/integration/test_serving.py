@@ -16,7 +16,7 @@ import httpx
 import orjson
 import psutil
 
-from app.bulletin import sibling_socket, worker_socket
+from app.bulletin import worker_socket
 from tests.support.broker import BrokerUnderTest
 from tests.support.kafka import consume, create_pipeline_topics_for, produce
 from tests.support.worker import WorkerProcess, wait_for
@@ -75,23 +75,6 @@ def test_serving_process_reads_as_fresh_as_the_worker_and_follows_its_lifecycle(
         direct = own.get("http://worker/features/user/u1", params={"at": T0 + HOUR}).json()["features"]
     assert {"count": direct["spend_count_24h"], "sum": direct["spend_sum_24h"]} == {"count": 27, "sum": 210.5}
     assert spend(worker, "u1", T0 + HOUR) == {"count": 27, "sum": 210.5}
-
-    # A batch of 32 keys or more is shared: the second half is answered by the other serving process
-    # (on its Unix socket), and the answer is the worker's own, in request order.
-    keys = [f"u{i}" for i in range(40)]
-    keys[35] = "u1"  # in the shared half
-    body = {"keys": keys, "at": T0 + HOUR, "features": ["spend_count_24h", "spend_sum_24h"]}
-    with httpx.Client(transport=httpx.HTTPTransport(uds=uds)) as own:
-        direct = own.post("http://worker/features/user", json=body).json()
-    served = httpx.post(f"{worker.url}/features/user", json=body, timeout=10)
-    assert served.status_code == 200 and served.json() == direct
-    found = [r["key"] for r in direct["results"] if r["found"]]
-    assert found == ["u1", "u1"] and direct["results"][35]["features"]["spend_count_24h"] == 27
-    data_dir = Path(worker.env["HYDRANT_DATA_DIR"])
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sibling_socket(data_dir, 1)))) as sibling:
-        share = sibling.post("http://sibling/share/user", json={**body, "keys": ["u1", "nobody"]}).json()
-    assert share["results"] == [direct["results"][1], {"key": "nobody", "found": False}]
-    assert "did not answer its share" not in worker.log_path.read_text()  # no fallback: it was shared
 
     # Everything else is passed to the worker: readiness, tables, metrics (with the serving
     # process's request counts merged into the worker's series).
