@@ -10,11 +10,10 @@ one Faust Event at a time. Per batch:
 3. apply the event to each feature group's state of its key (held in the batch, read once);
 4. build every output row (lookups, features as of the event's time, computed columns); the rows
    leave as one record batch per output partition (app/batches.py);
-5. write each touched key's state once (tables/store.py StateWriter), locally at once and to the
-   changelog; every delivery of the batch (state changelog, outputs, forwards, dead letters) is
-   awaited, while the next batch is processed, before its records are acked, so a committed offset
-   never runs ahead of the state it produced (at-least-once outputs; window state is exactly-once
-   through its applied offsets).
+5. write each touched key's state once (tables/store.py StateWriter), then await every delivery of
+   the batch (state changelog, outputs, forwards, dead letters) before its records are acked, so a
+   committed offset never runs ahead of the state it produced (at-least-once outputs; window state
+   is exactly-once through its applied offsets).
 """
 
 from __future__ import annotations
@@ -173,46 +172,22 @@ app.topics.add(app.topic(*ROUTES, key_serializer="raw", value_serializer="raw"))
 
 @app.task
 async def process_events() -> None:
-    """Take batches from the intake until the worker stops. A batch's deliveries are awaited while
-    the next batch is processed (one batch in flight), and its records are acked once they all
-    arrived. An unexpected error stops the worker (the batches not acked are redelivered after a
-    restart) instead of leaving their records pending."""
+    """Take batches from the intake until the worker stops. An unexpected error stops the worker
+    (its batch is not acked, so a restart redelivers it) instead of leaving its records pending."""
     settle_garbage_collector()  # started and recovered: what exists now lives as long as the worker
     topic_partitions = PartitionCounts(app.consumer)
-    in_flight: asyncio.Future[bool] | None = None
-    try:
-        while not app.should_stop:
-            messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
-            try:
-                delivered = await process_batch(messages, topic_partitions)
-                if in_flight is not None and not await in_flight:
-                    return  # the previous batch failed to deliver and stopped the worker
-                in_flight = asyncio.ensure_future(acked(delivered, messages))
-            except Exception as exc:
-                logger.exception("process_events failed on a batch of %d records", len(messages))
-                await app.crash(exc)
-                return
-    finally:
-        if in_flight is not None and not in_flight.done():
-            await asyncio.wait([in_flight], timeout=10.0)
+    while not app.should_stop:
+        messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
+        try:
+            await process_batch(messages, topic_partitions)
+        except Exception as exc:
+            logger.exception("process_events failed on a batch of %d records", len(messages))
+            await app.crash(exc)
+            return
+        INTAKE.ack(messages)
 
 
-async def acked(delivered: Awaitable[None], messages: list[Any]) -> bool:
-    """Ack ``messages`` once their batch is delivered; a failed delivery stops the worker at once
-    (not when the next batch comes), its records unacked."""
-    try:
-        await delivered
-    except Exception as exc:
-        logger.exception("delivering a batch of %d records failed", len(messages))
-        await app.crash(exc)
-        return False
-    INTAKE.ack(messages)
-    return True
-
-
-async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) -> Awaitable[None]:
-    """Process a batch up to handing its records to the producer (its state is then written
-    locally, so the next batch reads it); returns what awaits their delivery."""
+async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) -> None:
     producer: Any = app.producer
     partitions = settings.partitions
     started = time.perf_counter()
@@ -265,17 +240,9 @@ async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) 
     deliveries.extend(sent.future for sent in await outputs.send(aiokafka_producer))
     writer = StateWriter(producer, on_write=SERVING.wrote)
     await batch.flush(writer)
-    await writer.send()
-    return delivery(writer, deliveries, {ROUTES[m.topic].name for m in messages}, started, len(messages))
-
-
-async def delivery(
-    writer: StateWriter, deliveries: list[Awaitable[Any]], streams: set[str], started: float, count: int
-) -> None:
-    """Every delivery of a batch: state changelog, outputs, forwards, dead letters."""
-    await writer.acked()
+    await writer.delivered()
     await asyncio.gather(*deliveries)
     elapsed = time.perf_counter() - started
-    for name in streams:
+    for name in {ROUTES[m.topic].name for m in messages}:
         BATCH_SECONDS.labels(name).observe(elapsed)
-        PROCESSING_SECONDS.labels(name).observe(elapsed / count)
+        PROCESSING_SECONDS.labels(name).observe(elapsed / len(messages))
