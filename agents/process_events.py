@@ -66,6 +66,7 @@ class StreamRoute:
     spec: StreamSpec
     repartitioned: bool
     groups: tuple[str, ...]
+    reads: frozenset[str]  # groups whose features its output rows carry (their state is read whole)
     builders: tuple[OutputBuilder, ...]
     rekey_topic: str
     consumed: Any
@@ -77,12 +78,13 @@ def _routes() -> dict[str, StreamRoute]:
     for name, spec in pipeline.streams.items():
         builders = tuple(output_builders(pipeline, name))
         groups = tuple(g for g, plan in GROUPS.items() if name in plan.by_stream)
+        reads = frozenset(g for b in builders for g in b.groups)
         rekey = repartition_topic(GROUP_ID, "stream", name)
         consumed = EVENTS_CONSUMED.labels(name, spec.topic)
         produced = tuple(EVENTS_PRODUCED.labels(b.name, b.topic) for b in builders)
         for topic, repartitioned in ((spec.topic, False), (rekey, True)):
             routes[topic] = StreamRoute(
-                name, spec, repartitioned, groups, builders, rekey, consumed, produced
+                name, spec, repartitioned, groups, reads, builders, rekey, consumed, produced
             )
     return routes
 
@@ -98,12 +100,13 @@ class BatchState:
     def __init__(self) -> None:
         self.states: dict[tuple[str, bytes], tuple[int, KeyState]] = {}
 
-    def get(self, group: str, key: bytes, partition: int) -> KeyState:
-        """The state of ``key`` in its home ``partition`` (the partition its events arrive on)."""
+    def get(self, group: str, key: bytes, partition: int, whole: bool = False) -> KeyState:
+        """The state of ``key`` in its home ``partition`` (the partition its events arrive on);
+        ``whole`` when its features will be read (all its records in one range read)."""
         slot = (group, key)
         entry = self.states.get(slot)
         if entry is None:
-            entry = self.states[slot] = (partition, local_state(group, partition, key))
+            entry = self.states[slot] = (partition, local_state(group, partition, key, scan=whole))
         return entry[1]
 
     async def flush(self, writer: StateWriter) -> None:
@@ -125,7 +128,7 @@ def apply_to_groups(
     except Exception as exc:
         raise BadRecord("expression", f"where filter: {type(exc).__name__}: {exc}") from None
     source, offset = source_position(message, route.repartitioned)
-    states = {g: batch.get(g, key, message.partition) for g in route.groups}
+    states = {g: batch.get(g, key, message.partition, g in route.reads) for g in route.groups}
     # A redelivery that a head already recorded is a duplicate there, even if its bucket expired since.
     fresh = {g: state for g, state in states.items() if state.processed.get(source, -1) < offset}
     late = [g for g, state in fresh.items() if is_late(GROUPS[g], state, ts)]
@@ -217,7 +220,7 @@ async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) 
                 group: str, _key: str, at: int, raw_key: bytes = raw_key, home: int = home
             ) -> dict[str, Any]:
                 # The group's state as this batch holds it (applied above if its stream feeds it).
-                return read_features(GROUPS[group], batch.get(group, raw_key, home), at)
+                return read_features(GROUPS[group], batch.get(group, raw_key, home, True), at)
 
             def lookup(name: str, join_key: str, home: int = home) -> dict[str, Any] | None:
                 return lookup_row(name, join_key, home)  # lookups are co-partitioned with the streams

@@ -160,5 +160,14 @@ def bulletin_dir(data_dir: Path) -> Path:
     return data_dir / "serving"
 
 
+#: Which of the worker's serving processes this is (0, 1, ...), in the environment it starts with.
+SERVING_INDEX_ENV = "HYDRANT_SERVING_INDEX"
+
+
+def metrics_dir(data_dir: Path) -> Path:
+    """Where the serving processes keep their metrics (prometheus_client multiprocess files)."""
+    return bulletin_dir(data_dir) / "metrics"
+
+
 def open_bulletin(data_dir: Path, tables: list[str], partitions: int, create: bool) -> Bulletin:
     return Bulletin(bulletin_dir(data_dir), tables, partitions, create)

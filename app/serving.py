@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,14 @@ import rocksdict
 import uvloop
 from aiohttp import web
 from prometheus_client import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from app.api.features import lookup_batch, lookup_one
 from app.api.routing import Placement, Unavailable
 from app.bulletin import (
+    SERVING_INDEX_ENV,
     STATUS_SLOT,
     Bulletin,
     Status,
@@ -155,19 +156,27 @@ class BulletinPlacement(Placement):
     def own_url(self) -> str:
         return self.status.own_url
 
-    def loader(self, table: Any, partition: int) -> Callable[[bytes], bytes | None]:
+    def database(self, table: Any, partition: int) -> Any:
         path = self.status.active[table.name][partition]
-        return self._secondaries.get(table.name, partition, path).get
+        return self._secondaries.get(table.name, partition, path)
 
     @property
     def client(self) -> aiohttp.ClientSession:
         return self._client
 
 
+def serving_metrics() -> Any:
+    """The metric families of every serving process of the worker (prometheus_client's multiprocess
+    files, which the worker passes in PROMETHEUS_MULTIPROC_DIR), or of this process alone."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return MultiProcessCollector(None).collect()
+    return REGISTRY.collect()
+
+
 def merged_metrics(worker_text: str) -> bytes:
-    """The worker's metrics with this process's HTTP request counts added to the same series."""
+    """The worker's metrics with the serving processes' HTTP request counts added to the same series."""
     own: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in REGISTRY.collect():
+    for family in serving_metrics():
         if family.name not in (HTTP_REQUESTS._name, HTTP_REQUEST_SECONDS._name):
             continue
         for sample in family.samples:
@@ -205,7 +214,8 @@ class Server:
 
     def __init__(self, bulletin: Bulletin) -> None:
         self.bulletin = bulletin
-        self.secondaries = Secondaries(bulletin, bulletin_dir(settings.data_dir) / "secondary")
+        index = os.environ.get(SERVING_INDEX_ENV, "0")
+        self.secondaries = Secondaries(bulletin, bulletin_dir(settings.data_dir) / "secondary" / index)
         self.upstream = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=str(worker_socket(settings.data_dir))),
             timeout=UPSTREAM_TIMEOUT,
@@ -276,7 +286,8 @@ async def serve(bulletin: Bulletin) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     try:
-        site = web.TCPSite(runner, settings.web_host, settings.web_port, reuse_address=True)
+        # SO_REUSEPORT: the worker's serving processes all listen; the kernel spreads connections.
+        site = web.TCPSite(runner, settings.web_host, settings.web_port, reuse_address=True, reuse_port=True)
         for attempt in range(150):  # a worker restarted on the same port: its old serving process may
             try:  # still be letting go of it
                 await site.start()

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         "web server then listens on a Unix socket and the serving process passes every other request "
         "to it. `false`: the worker serves everything on its event loop.",
     )
+    serving_processes: int = Field(
+        default=2,
+        ge=1,
+        le=32,
+        description="How many serving processes share the HTTP port (SO_REUSEPORT: the kernel spreads "
+        "connections over them); each reads on its own core. With `serving_process` only.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     api_token: SecretStr | None = Field(default=None, description="Bearer token for the data API.")
     partitions: int = Field(default=4, ge=1, le=10_000, description="Partitions of topics Hydrant creates.")

@@ -2,7 +2,8 @@
 
 Starts the bundled broker, preloads the users lookup and N shop events over K users (event times
 spanning the last 20 h, so reads at "now" merge real buckets), starts a Hydrant worker (a real
-process, with its serving process: app/serving.py) and waits until every event is consumed. Then,
+process, with its serving processes: app/serving.py, HYDRANT_SERVING_PROCESSES of them, 2 by
+default) and waits until every event is consumed. Then,
 while a background process keeps ingesting ~1,000 ev/s (orders and clicks of the same keys, event
 time = wall clock), a load generator (one process on uvloop, its garbage collector frozen during a
 phase; a minimal keep-alive HTTP/1.1 client on asyncio streams, a third of aiohttp's client CPU per

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from app.main import app, pipeline, settings
-from tables.store import StateWriter, local_db, local_keys, raw_table
+from tables.store import StateWriter, local_db, local_keys, prefix_scan, raw_table
 from tables.windows import GroupPlan, KeyState, group_plans, read_features
 
 GROUPS: dict[str, GroupPlan] = group_plans(pipeline)
@@ -37,9 +37,16 @@ class UnknownFeature(ValueError):
     """A requested feature name that the group does not define."""
 
 
-def local_state(group: str, partition: int, key: bytes) -> KeyState:
-    """A key's state read from its home ``partition`` on this worker (the read path of the API)."""
-    return KeyState(key, local_db(FEATURE_TABLES[group], partition).get, GROUPS[group].retention)
+def local_state(group: str, partition: int, key: bytes, scan: bool = False) -> KeyState:
+    """A key's state read from its home ``partition`` on this worker; ``scan`` when its features
+    will be read (all records in one range read, see KeyState)."""
+    return stored_state(group, local_db(FEATURE_TABLES[group], partition), key, scan)
+
+
+def stored_state(group: str, db: Any, key: bytes, scan: bool = True) -> KeyState:
+    """A key's state in ``db``, a RocksDB partition of the group's table (the worker's own or a
+    secondary instance of it)."""
+    return KeyState(key, db.get, GROUPS[group].retention, prefix_scan(db) if scan else None)
 
 
 def local_entity_keys(group: str, partition: int) -> Iterator[bytes]:

@@ -13,7 +13,7 @@ from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP
 
-from app.batches import RecordBatches
+from app.batches import RecordBatches, SentBatch
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,18 @@ def serves(table: Any, partition: int) -> bool:
     return bool(table.app.assignor.is_active(tp))
 
 
+def prefix_scan(db: rocksdict.Rdict) -> Callable[[bytes], list[tuple[bytes, bytes]]]:
+    """A range read of ``db`` (raw mode): every (key, value) whose key starts with a prefix ending
+    in a NUL byte (a feature key's records), in key order, from one seek."""
+
+    def scan(prefix: bytes) -> list[tuple[bytes, bytes]]:
+        bounds = rocksdict.ReadOptions()
+        bounds.set_iterate_upper_bound(prefix[:-1] + b"\x01")  # the first key past the prefix
+        return list(db.items(from_key=prefix, read_opt=bounds))  # type: ignore[arg-type]
+
+    return scan
+
+
 def local_record_keys(table: Any, partition: int) -> Iterator[bytes]:
     """Every record key of ``partition`` stored here, in key order, without Faust's bookkeeping."""
     skip = table.data.offset_key
@@ -118,6 +130,7 @@ class StateWriter:
         self._batches: dict[tuple[int, int], tuple[Any, int, rocksdict.WriteBatch]] = {}
         self._changelog = RecordBatches()
         self._tables: dict[str, Any] = {}  # changelog topic -> table
+        self._sent: list[SentBatch] = []  # handed to the producer, not yet acked
 
     async def write(self, table: Any, partition: int, key: bytes, value: bytes | None) -> None:
         """Set (``value``) or delete (None) ``key`` in ``table``'s ``partition``; locally visible
@@ -144,11 +157,24 @@ class StateWriter:
         self._batches.clear()
 
     async def delivered(self) -> None:
-        """Wait for every changelog record (sent as whole record batches, in write order per
-        partition), then record the highest changelog offset per partition as persisted (so a
-        restart with the same data dir replays the changelog only from there)."""
+        """:meth:`send`, then :meth:`acked`."""
+        await self.send()
+        await self.acked()
+
+    async def send(self) -> None:
+        """Apply the writes locally (:meth:`commit_local`) and hand every changelog record to the
+        producer, as whole record batches in write order per partition. A later writer's records
+        follow these on each partition."""
         self.commit_local()
-        sent = await self._changelog.send(self._producer._ensure_producer())  # Faust's aiokafka producer
+        self._sent = await self._changelog.send(
+            self._producer._ensure_producer()
+        )  # Faust's aiokafka producer
+
+    async def acked(self) -> None:
+        """Wait until the broker has every changelog record :meth:`send` handed over, then record the
+        highest changelog offset per partition as persisted (so a restart with the same data dir
+        replays the changelog only from there)."""
+        sent, self._sent = self._sent, []
         results = await asyncio.gather(*(batch.future for batch in sent))
         persisted: dict[tuple[int, Any], tuple[Any, int]] = {}
         for batch, metadata in zip(sent, results, strict=True):

@@ -34,8 +34,9 @@ import base64
 import dataclasses
 import hashlib
 import math
+import re
 from bisect import bisect_left
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -158,13 +159,21 @@ def bucket_key(key: bytes, bucket: int) -> bytes:
 
 
 Loader = Callable[[bytes], bytes | None]
+#: Every (record key, value) whose key starts with the given prefix, in key order (a range read).
+Scanner = Callable[[bytes], Iterable[tuple[bytes, bytes]]]
 _UNREAD: Any = object()  # KeyState._buckets: not looked up yet
+_BUCKET_NUMBER = re.compile(rb"-?[0-9]+")
 
 
 class KeyState:
-    """One key's head and the buckets touched so far, read lazily through ``load`` (a table get),
-    with what changed since the last :meth:`changes`. The stored buckets are a bitmask (an int)
-    anchored at the newest bucket n: bit i is bucket n - i, for i < R."""
+    """One key's head and the buckets touched so far, with what changed since the last
+    :meth:`changes`. The stored buckets are a bitmask (an int) anchored at the newest bucket n:
+    bit i is bucket n - i, for i < R.
+
+    Records are read through ``load`` (a table get), the head at once and each bucket when first
+    needed (an event touches one); or, given ``scan``, all of the key's records in one range read
+    (a feature read needs every bucket of its widest window: one seek instead of one get per
+    bucket, about 3x cheaper in RocksDB), each bucket decoded when first needed."""
 
     __slots__ = (
         "_buckets",
@@ -172,6 +181,7 @@ class KeyState:
         "_dirty",
         "_head_dirty",
         "_load",
+        "_raw",
         "_retention",
         "key",
         "mask",
@@ -179,11 +189,16 @@ class KeyState:
         "processed",
     )
 
-    def __init__(self, key: bytes, load: Loader, retention: int) -> None:
+    def __init__(self, key: bytes, load: Loader, retention: int, scan: Scanner | None = None) -> None:
         self.key = key
         self._load = load
         self._retention = retention
-        raw = load(key + b"\x00")  # head_key(key)
+        # scanned: the encoded stored buckets (a bucket absent here is not stored); else None
+        self._raw: dict[int, bytes] | None = None
+        if scan is None:
+            raw = load(key + b"\x00")  # head_key(key)
+        else:
+            raw, self._raw = self._scan(scan)
         self.newest: int | None
         self.processed: dict[str, int]
         if raw is None:
@@ -195,6 +210,22 @@ class KeyState:
         self._head_dirty = False
         self._dirty: set[int] = set()
         self._deleted: set[int] = set()
+
+    def _scan(self, scan: Scanner) -> tuple[bytes | None, dict[int, bytes]]:
+        """The head and the encoded buckets, from one range read of the key's records. Records of
+        other keys that share the prefix (a key that itself contains a NUL) do not parse as a bucket
+        number and are skipped; the head decides below which buckets count as stored."""
+        prefix = self.key + b"\x00"
+        head: bytes | None = None
+        buckets: dict[int, bytes] = {}
+        size = len(prefix)
+        for record_key, value in scan(prefix):
+            rest = record_key[size:]
+            if not rest:
+                head = value
+            elif _BUCKET_NUMBER.fullmatch(rest):
+                buckets[int(rest)] = value
+        return head, buckets
 
     @property
     def exists(self) -> bool:
@@ -230,7 +261,12 @@ class KeyState:
     def bucket(self, number: int) -> dict[str, Any] | None:
         record = self._buckets.get(number, _UNREAD)
         if record is _UNREAD:
-            raw = self._load(bucket_key(self.key, number)) if self.is_stored(number) else None
+            if not self.is_stored(number):
+                raw = None
+            elif self._raw is not None:
+                raw = self._raw.get(number)
+            else:
+                raw = self._load(bucket_key(self.key, number))
             record = self._buckets[number] = orjson.loads(raw) if raw is not None else None
         return record
 
@@ -575,13 +611,15 @@ def outside_retention(
     newest = state.newest
     if newest is None:
         return False
-    widest = max(
-        (
-            size
-            for agg in plan.aggregations
-            for label, size in agg.windows
-            if names is None or any(f"{agg.name}_{op}_{label}" in names for op in agg.ops)
-        ),
-        default=0,
-    )
+    widest = plan.widest
+    if names is not None:
+        widest = max(
+            (
+                size
+                for agg in plan.aggregations
+                for label, size in agg.windows
+                if any(f"{agg.name}_{op}_{label}" in names for op in agg.ops)
+            ),
+            default=0,
+        )
     return plan.bucket(at_ms) - widest + 1 <= newest - plan.retention

@@ -31,8 +31,15 @@ from app.api.routing import (
 )
 from app.http import error_response
 from app.main import app
-from tables.features import FEATURE_TABLES, GROUPS, UnknownFeature, features_for, select_features
-from tables.windows import KeyState, outside_retention
+from tables.features import (
+    FEATURE_TABLES,
+    GROUPS,
+    UnknownFeature,
+    features_for,
+    select_features,
+    stored_state,
+)
+from tables.windows import outside_retention
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -101,8 +108,8 @@ def answer_locally(
 ) -> dict[str, Any]:
     """One key's batch result from this worker's state."""
     raw_key = key.encode("utf-8")
-    load = placement.loader(FEATURE_TABLES[group], home_partition(raw_key))
-    state = KeyState(raw_key, load, GROUPS[group].retention)
+    db = placement.database(FEATURE_TABLES[group], home_partition(raw_key))
+    state = stored_state(group, db, raw_key)
     if not state.exists:
         return {"key": key, "found": False}
     if outside_retention(GROUPS[group], state, at, names):

@@ -11,7 +11,7 @@ Retry-After — never an answer from state that may be stale.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -69,9 +69,10 @@ class Placement:
     def own_url(self) -> str:
         return str(app.conf.canonical_url).rstrip("/")
 
-    def loader(self, table: Any, partition: int) -> Callable[[bytes], bytes | None]:
-        """Point reads of ``partition`` of ``table`` (one this worker holds) from its RocksDB."""
-        return local_db(table, partition).get
+    def database(self, table: Any, partition: int) -> Any:
+        """The RocksDB database (rocksdict, raw mode) of ``partition`` of ``table``, one this worker
+        holds."""
+        return local_db(table, partition)
 
     @property
     def client(self) -> aiohttp.ClientSession:

@@ -104,7 +104,7 @@ async def scan_partitions(
             assert at is not None
             plan = GROUPS[name]
             for raw_key in local_entity_keys(name, partition):
-                state = local_state(name, partition, raw_key)
+                state = local_state(name, partition, raw_key, scan=True)
                 if outside_retention(plan, state, at, wanted):
                     skipped += 1
                 else:

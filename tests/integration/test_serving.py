@@ -30,18 +30,17 @@ def order(i: int, user: str, amount: float, ts: int) -> tuple[bytes, bytes]:
     return user.encode(), orjson.dumps({**value, "status": "paid", "ts": ts})
 
 
-def serving_child(worker: WorkerProcess) -> psutil.Process:
+def serving_children(worker: WorkerProcess) -> list[psutil.Process]:
     assert worker.proc is not None
-    children = [p for p in psutil.Process(worker.proc.pid).children() if "app.serving" in p.cmdline()]
-    assert len(children) == 1, f"expected one serving process, found {children}"
-    return children[0]
+    return [p for p in psutil.Process(worker.proc.pid).children() if "app.serving" in p.cmdline()]
 
 
-def listener_pid(port: int) -> int | None:
-    for conn in psutil.net_connections("tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-            return conn.pid
-    return None
+def listener_pids(port: int) -> set[int | None]:
+    return {
+        conn.pid
+        for conn in psutil.net_connections("tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+    }
 
 
 def spend(worker: WorkerProcess, user: str, at: int) -> dict[str, float]:
@@ -59,8 +58,9 @@ def test_serving_process_reads_as_fresh_as_the_worker_and_follows_its_lifecycle(
     asyncio.run(produce(broker.bootstrap, orders_topic, [order(i, "u1", 10.0, T0 + i) for i in range(20)]))
     worker = workers(shop_pipeline)
     worker.wait_ready()
-    serving = serving_child(worker)
-    assert listener_pid(worker.port) == serving.pid, "the serving process should own the public port"
+    serving = serving_children(worker)
+    assert len(serving) == 2, f"expected HYDRANT_SERVING_PROCESSES' default of two, found {serving}"
+    assert listener_pids(worker.port) == {p.pid for p in serving}, "the serving processes own the port"
     wait_for(lambda: spend(worker, "u1", T0 + HOUR) == {"count": 20, "sum": 200.0}, "first 20 orders")
 
     # The worker's own web server (on its Unix socket) and the serving process agree as soon as
@@ -81,6 +81,14 @@ def test_serving_process_reads_as_fresh_as_the_worker_and_follows_its_lifecycle(
     assert worker.get("/readyz").json()["status"] == "ready"
     assert worker.get("/tables/user?limit=5").status_code == 200
     assert worker.metric("hydrant_http_requests_total", route="/features/{group}/{key}", status="200") >= 2
+    # ...from both serving processes (each new connection may land on either), exactly.
+    route = {"route": "/features/{group}/{key}", "status": "200"}
+    timed = "hydrant_http_request_duration_seconds_count"
+    before = worker.metric("hydrant_http_requests_total", **route), worker.metric(timed, route=route["route"])
+    for _ in range(30):
+        spend(worker, "u1", T0 + HOUR)
+    after = worker.metric("hydrant_http_requests_total", **route), worker.metric(timed, route=route["route"])
+    assert after == (before[0] + 30, before[1] + 30)
     assert worker.metric("hydrant_http_requests_total", route="/tables/{name}", status="200") >= 1
 
     # A frozen worker: its partitions may move to another worker, so no answers from this state.
@@ -99,8 +107,8 @@ def test_serving_process_reads_as_fresh_as_the_worker_and_follows_its_lifecycle(
     # Killed worker: the kernel stops the serving process too, and the port is free again.
     worker.stop(sig=signal.SIGKILL)
     wait_for(
-        lambda: not serving.is_running() or serving.status() == psutil.STATUS_ZOMBIE,
-        "the serving process to end with its worker",
+        lambda: all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in serving),
+        "the serving processes to end with their worker",
         10,
     )
     with socket.socket() as probe:
@@ -115,6 +123,6 @@ def test_without_a_serving_process_the_worker_answers_on_the_port(
     worker = workers(shop_pipeline, HYDRANT_SERVING_PROCESS="false")
     worker.wait_ready()
     assert worker.proc is not None
-    assert listener_pid(worker.port) == worker.proc.pid
+    assert listener_pids(worker.port) == {worker.proc.pid}
     assert not [p for p in psutil.Process(worker.proc.pid).children() if "app.serving" in p.cmdline()]
     wait_for(lambda: spend(worker, "u2", T0 + HOUR) == {"count": 5, "sum": 10.0}, "5 orders")

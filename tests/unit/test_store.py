@@ -1,0 +1,75 @@
+"""tables/store.py prefix_scan on a real RocksDB database (rocksdict, the worker's options): a key's
+records in one range read, and KeyState built from it equal to one built from point reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import rocksdict
+
+from app.spec import parse_pipeline
+from tables.store import prefix_scan, shared_memory
+from tables.windows import KeyState, apply_event, choose, group_plans, read_features
+
+PIPELINE = """\
+name: t
+streams:
+  s:
+    topic: s
+    key: k
+    time: ts
+    fields: {k: str, ts: int, x: float}
+features:
+  g:
+    key: k
+    period: 10m
+    aggregations:
+      - {name: x, stream: s, field: x, ops: [count, sum, min, max, stddev, last], windows: [10m, 1h]}
+"""
+BASE = 1_700_000_400_000  # a multiple of 10 minutes
+
+
+def test_prefix_scan_reads_only_the_keys_records_and_equals_point_reads(tmp_path: Path) -> None:
+    plan = group_plans(parse_pipeline(PIPELINE))["g"]
+    db = rocksdict.Rdict(str(tmp_path / "db"), options=shared_memory(16).as_options())
+    try:
+        # "a", a key that extends it after a NUL ("a\0b", whose records share the prefix "a\0"), "a1"
+        # and "b": four keys whose events interleave, written as the worker writes them.
+        keys = [b"a", b"a\x00b", b"a1", b"b"]
+        states = {k: KeyState(k, db.get, plan.retention) for k in keys}
+        for i in range(40):
+            key = keys[i % len(keys)]
+            fields = {"k": key.decode(), "ts": BASE + i * 170_000, "x": float(i)}
+            apply_event(plan, states[key], choose(plan, "s", fields), fields, fields["ts"], "s:0", i)
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for state in states.values():
+            for record_key, value in state.changes():
+                if value is None:
+                    batch.delete(record_key)
+                else:
+                    batch.put(record_key, value)
+        db.write(batch)
+
+        scan = prefix_scan(db)
+        records = scan(b"a\x00")
+        assert [k for k, _ in records] == sorted(k for k in db.keys() if k.startswith(b"a\x00"))
+        assert b"a\x00" in dict(records) and b"a\x00b\x00" in dict(records)  # the NUL key's head too
+        assert not any(k.startswith(b"a1") for k, _ in records)
+
+        at = BASE + 39 * 170_000
+        for key in keys:
+            pointwise = KeyState(key, db.get, plan.retention)
+            scanned = KeyState(key, db.get, plan.retention, scan)
+            assert scanned.newest == pointwise.newest and scanned.mask == pointwise.mask
+            expected = read_features(plan, pointwise, at)
+            assert expected == read_features(plan, scanned, at)
+        # "a" had x = 0, 4, ..., 36 at BASE + x * 170 s; the hour ending in b(at) holds those from bucket
+        # b(at) - 5 on (PRODUCT.md window bounds).
+        end = at // 600_000
+        mine = [x for x in range(0, 40, 4) if (BASE + x * 170_000) // 600_000 > end - 6]
+        a = read_features(plan, KeyState(b"a", db.get, plan.retention, scan), at)
+        assert (a["x_count_1h"], a["x_min_1h"], a["x_last_1h"]) == (len(mine), float(mine[0]), 36.0)
+        assert 0 < len(mine) < 10
+        assert not KeyState(b"zz", db.get, plan.retention, scan).exists
+    finally:
+        db.close()
