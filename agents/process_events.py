@@ -33,7 +33,7 @@ from app.dead_letters import forward, send_dead_letter, source_headers, source_p
 from app.enrich import OutputBuilder, output_builders
 from app.intake import Intake
 from app.main import app, pipeline, settings
-from app.memory import settle_garbage_collector
+from app.memory import collections_paused, settle_garbage_collector
 from app.metrics import (
     BATCH_SECONDS,
     DUPLICATE_EVENTS,
@@ -179,7 +179,8 @@ async def process_events() -> None:
     while not app.should_stop:
         messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
         try:
-            await process_batch(messages, topic_partitions)
+            with collections_paused():
+                await process_batch(messages, topic_partitions)
         except Exception as exc:
             logger.exception("process_events failed on a batch of %d records", len(messages))
             await app.crash(exc)
@@ -198,12 +199,13 @@ async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) 
     outputs = RecordBatches()
     aiokafka_producer = producer._ensure_producer()
     batch = BatchState()
+    counts: dict[Any, int] = {}  # consumed and produced counters: added to once per batch, when done
     for n, message in enumerate(messages, 1):
         if n % YIELD_EVERY == 0:
             await asyncio.sleep(0)  # let HTTP requests in: a whole batch can take a second of CPU
         route = ROUTES[message.topic]
         if not route.repartitioned:
-            route.consumed.inc()
+            counts[route.consumed] = counts.get(route.consumed, 0) + 1
         try:
             key, ts, fields = decode_event(message.value, route.spec, int(message.timestamp * 1000))
             raw_key = key.encode("utf-8")
@@ -236,12 +238,14 @@ async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) 
         headers = source_headers(message, route.repartitioned)
         for (topic, value), counter in zip(rows, route.produced, strict=True):
             await outputs.add_keyed(aiokafka_producer, topic, raw_key, value, headers)
-            counter.inc()
+            counts[counter] = counts.get(counter, 0) + 1
     deliveries.extend(sent.future for sent in await outputs.send(aiokafka_producer))
     writer = StateWriter(producer, on_write=SERVING.wrote)
     await batch.flush(writer)
     await writer.delivered()
     await asyncio.gather(*deliveries)
+    for counter, count in counts.items():
+        counter.inc(count)
     elapsed = time.perf_counter() - started
     for name in {ROUTES[m.topic].name for m in messages}:
         BATCH_SECONDS.labels(name).observe(elapsed)

@@ -12,10 +12,12 @@ macOS) both are no-ops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import gc
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -62,3 +64,19 @@ def settle_garbage_collector() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+@contextlib.contextmanager
+def collections_paused() -> Iterator[None]:
+    """No automatic garbage collection inside: for a batch body, whose hundreds of thousands of
+    objects all live until its end. A young collection mid-batch finds them alive and moves them
+    to older generations, which later collections walk again: ~15 µs per event in a worker, 11 % of
+    the batch (docs/performance.md). Collection resumes after the batch, when they are freed."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

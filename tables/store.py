@@ -28,8 +28,13 @@ class SharedMemoryOptions(RocksDBOptions):
     they fill it), the rest caches blocks (docs/operations.md).
     """
 
-    def __init__(self, cache: rocksdict.Cache, write_buffers: rocksdict.WriteBufferManager) -> None:
-        super().__init__(write_buffer_size=8 * 2**20, max_write_buffer_number=2)
+    def __init__(
+        self, cache: rocksdict.Cache, write_buffers: rocksdict.WriteBufferManager, memtables: int
+    ) -> None:
+        # A database's memtable may grow to the whole memtable budget: the manager starts a flush when
+        # the budget fills. Small write buffers (8 MiB) flushed often, and the L0 files piling up
+        # between compactions made every range read seek more files: 2x slower (docs/performance.md).
+        super().__init__(write_buffer_size=memtables, max_write_buffer_number=2)
         self.cache = cache
         self.write_buffers = write_buffers
 
@@ -48,10 +53,9 @@ class SharedMemoryOptions(RocksDBOptions):
 def shared_memory(budget_mb: int) -> SharedMemoryOptions:
     """The worker's one set of RocksDB options (so one cache and one memtable budget)."""
     cache = rocksdict.Cache(budget_mb * 2**20)
-    write_buffers = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
-        budget_mb * 2**20 // 4, False, cache
-    )
-    return SharedMemoryOptions(cache, write_buffers)
+    memtables = budget_mb * 2**20 // 4  # bytes
+    write_buffers = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(memtables, False, cache)
+    return SharedMemoryOptions(cache, write_buffers, memtables)
 
 
 def raw_table(app: Any, name: str, partitions: int, help_text: str, memory_mb: int) -> Any:
