@@ -5,15 +5,18 @@ writes the feature tables: no two batches interleave a read-modify-write of the 
 
 Records of the stream topics come in batches straight from the consumer (app/intake.py), not
 one Faust Event at a time. Per batch:
-1. decode each event (bad ones go to the dead-letter topic with their reason);
-2. forward events that are not on their key's home partition to the stream's repartition topic;
-3. apply the event to each feature group's state of its key (held in the batch, read once);
-4. build every output row (lookups, features as of the event's time, computed columns); the rows
-   leave as one record batch per output partition (app/batches.py);
-5. write each touched key's state once (tables/store.py StateWriter), then await every delivery of
-   the batch (state changelog, outputs, forwards, dead letters) before its records are acked, so a
-   committed offset never runs ahead of the state it produced (at-least-once outputs; window state
-   is exactly-once through its applied offsets).
+1. decode each event (bad ones go to the dead-letter topic with their reason), forward events that
+   are not on their key's home partition to the stream's repartition topic, and split the rest by
+   entity key into shards: one for the worker, one per helper process (HYDRANT_COMPUTE_PROCESSES);
+2. read each shard's stored records (each key's state read once) and lookup rows, and run the
+   shards (app/keyed_work.py): the helpers' in their processes while the worker runs its own. A
+   shard applies each event to its key's window state and builds its output rows (lookups, features
+   as of the event's time, computed columns);
+3. in batch order, send the output rows (one record batch per output partition, app/batches.py),
+   dead letters and forwards; write each touched key's state once (tables/store.py StateWriter),
+   then await every delivery of the batch (state changelog, outputs, forwards, dead letters) before
+   its records are acked, so a committed offset never runs ahead of the state it produced
+   (at-least-once outputs; window state is exactly-once through its applied offsets).
 """
 
 from __future__ import annotations
@@ -21,17 +24,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
-
-import orjson
 
 from agents.serving_process import SERVING
 from app.batches import RecordBatches
 from app.dead_letters import forward, send_dead_letter, source_headers, source_position
-from app.enrich import OutputBuilder, output_builders
 from app.intake import Intake
+from app.keyed_work import BatchWork, HelperPool, Shard, ShardEvent, ShardResult, read_records
 from app.main import app, pipeline, settings
 from app.memory import collections_paused, settle_garbage_collector
 from app.metrics import (
@@ -44,11 +46,10 @@ from app.metrics import (
 )
 from app.partitioning import is_home, partition_for
 from app.records import BadRecord, decode_event
-from app.spec import StreamSpec, repartition_topic
-from tables.features import GROUPS, local_state, store_changes
-from tables.lookups import lookup_row
-from tables.store import StateWriter
-from tables.windows import KeyState, apply_event, choose, is_late, read_features
+from app.spec import StreamSpec, load_pipeline, repartition_topic
+from tables.features import FEATURE_TABLES, GROUPS
+from tables.lookups import LOOKUP_TABLES
+from tables.store import StateWriter, local_db
 
 logger = logging.getLogger(__name__)
 
@@ -65,88 +66,28 @@ class StreamRoute:
     name: str
     spec: StreamSpec
     repartitioned: bool
-    groups: tuple[str, ...]
-    reads: frozenset[str]  # groups whose features its output rows carry (their state is read whole)
-    builders: tuple[OutputBuilder, ...]
     rekey_topic: str
     consumed: Any
-    produced: tuple[Any, ...]
+    produced: tuple[Any, ...]  # per output of the stream, as BatchWork builds its rows
 
 
 def _routes() -> dict[str, StreamRoute]:
     routes: dict[str, StreamRoute] = {}
     for name, spec in pipeline.streams.items():
-        builders = tuple(output_builders(pipeline, name))
-        groups = tuple(g for g, plan in GROUPS.items() if name in plan.by_stream)
-        reads = frozenset(g for b in builders for g in b.groups)
         rekey = repartition_topic(GROUP_ID, "stream", name)
         consumed = EVENTS_CONSUMED.labels(name, spec.topic)
-        produced = tuple(EVENTS_PRODUCED.labels(b.name, b.topic) for b in builders)
+        produced = tuple(EVENTS_PRODUCED.labels(b.name, b.topic) for b in WORK.streams[name].builders)
         for topic, repartitioned in ((spec.topic, False), (rekey, True)):
-            routes[topic] = StreamRoute(
-                name, spec, repartitioned, groups, reads, builders, rekey, consumed, produced
-            )
+            routes[topic] = StreamRoute(name, spec, repartitioned, rekey, consumed, produced)
     return routes
 
 
+WORK = BatchWork(pipeline)
+#: Helper processes that run part of every batch (HYDRANT_COMPUTE_PROCESSES); started by the agent.
+HELPERS = HelperPool(settings.compute_processes, partial(load_pipeline, settings.pipeline))
 ROUTES = _routes()
 LATE = {g: LATE_EVENTS.labels(g) for g in GROUPS}
 DUPLICATES = {g: DUPLICATE_EVENTS.labels(g) for g in GROUPS}
-
-
-class BatchState:
-    """The window states a batch touches: each record read at most once and written once."""
-
-    def __init__(self) -> None:
-        self.states: dict[tuple[str, bytes], tuple[int, KeyState]] = {}
-
-    def get(self, group: str, key: bytes, partition: int, whole: bool = False) -> KeyState:
-        """The state of ``key`` in its home ``partition`` (the partition its events arrive on);
-        ``whole`` when its features will be read (all its records in one range read)."""
-        slot = (group, key)
-        entry = self.states.get(slot)
-        if entry is None:
-            entry = self.states[slot] = (partition, local_state(group, partition, key, scan=whole))
-        return entry[1]
-
-    async def flush(self, writer: StateWriter) -> None:
-        for n, ((group, _), (partition, state)) in enumerate(self.states.items(), 1):
-            if n % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            await store_changes(writer, group, partition, state)
-
-
-def apply_to_groups(
-    route: StreamRoute, batch: BatchState, message: Any, key: bytes, fields: Mapping[str, Any], ts: int
-) -> dict[str, KeyState]:
-    """Apply the event to every group its stream feeds; BadRecord('late') when it is late for any
-    of them (then it is applied to none), BadRecord('expression') when a `where` fails."""
-    if not route.groups:
-        return {}
-    try:
-        chosen = {g: choose(GROUPS[g], route.name, fields) for g in route.groups}
-    except Exception as exc:
-        raise BadRecord("expression", f"where filter: {type(exc).__name__}: {exc}") from None
-    source, offset = source_position(message, route.repartitioned)
-    states = {g: batch.get(g, key, message.partition, g in route.reads) for g in route.groups}
-    # A redelivery that a head already recorded is a duplicate there, even if its bucket expired since.
-    fresh = {g: state for g, state in states.items() if state.processed.get(source, -1) < offset}
-    late = [g for g, state in fresh.items() if is_late(GROUPS[g], state, ts)]
-    if late:
-        for g in late:
-            apply_event(GROUPS[g], fresh[g], [], fields, ts, source, offset)  # 'late': recorded as processed
-            LATE[g].inc()
-        plan = GROUPS[late[0]]
-        horizon = (states[late[0]].newest or 0) - plan.retention
-        raise BadRecord(
-            "late",
-            f"event time {ts} is in bucket {plan.bucket(ts)} <= {horizon} (the key's newest bucket minus "
-            f"the retention of group {late[0]!r})",
-        )
-    for g, state in states.items():
-        if apply_event(GROUPS[g], state, chosen[g], fields, ts, source, offset) == "duplicate":
-            DUPLICATES[g].inc()
-    return states
 
 
 class PartitionCounts:
@@ -174,18 +115,24 @@ app.topics.add(app.topic(*ROUTES, key_serializer="raw", value_serializer="raw"))
 async def process_events() -> None:
     """Take batches from the intake until the worker stops. An unexpected error stops the worker
     (its batch is not acked, so a restart redelivers it) instead of leaving its records pending."""
+    await HELPERS.start()
+    if HELPERS.count:
+        logger.info("helper processes for batches: pids %s", HELPERS.pids())
     settle_garbage_collector()  # started and recovered: what exists now lives as long as the worker
     topic_partitions = PartitionCounts(app.consumer)
-    while not app.should_stop:
-        messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
-        try:
-            with collections_paused():
-                await process_batch(messages, topic_partitions)
-        except Exception as exc:
-            logger.exception("process_events failed on a batch of %d records", len(messages))
-            await app.crash(exc)
-            return
-        INTAKE.ack(messages)
+    try:
+        while not app.should_stop:
+            messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
+            try:
+                with collections_paused():
+                    await process_batch(messages, topic_partitions)
+            except Exception as exc:
+                logger.exception("process_events failed on a batch of %d records", len(messages))
+                await app.crash(exc)
+                return
+            INTAKE.ack(messages)
+    finally:
+        HELPERS.close()
 
 
 async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) -> None:
@@ -195,53 +142,90 @@ async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) 
     stale = {m.tp for m in messages} - app.consumer.assignment()
     if stale:  # fetched before a revocation: another worker may own these partitions now
         logger.warning("batch holds events of partitions no longer assigned here: %s", sorted(stale))
-    deliveries: list[Awaitable[Any]] = []
-    outputs = RecordBatches()
-    aiokafka_producer = producer._ensure_producer()
-    batch = BatchState()
     counts: dict[Any, int] = {}  # consumed and produced counters: added to once per batch, when done
-    for n, message in enumerate(messages, 1):
-        if n % YIELD_EVERY == 0:
-            await asyncio.sleep(0)  # let HTTP requests in: a whole batch can take a second of CPU
+    shards = [Shard() for _ in range(1 + HELPERS.count)]
+    shard_of: dict[bytes, int] = {}  # entity key -> its shard
+    home_of: dict[bytes, int] = {}  # entity key -> the partition its state is read from and written to
+    # Per record, what pass 3 does: (message, route, BadRecord | None, key, shard, position in shard);
+    # shard -1: forward to the repartition topic.
+    steps: list[tuple[Any, StreamRoute, BadRecord | None, bytes, int, int]] = []
+    for n, message in enumerate(messages, 1):  # 1. decode, route, shard by key
+        if n % (4 * YIELD_EVERY) == 0:
+            await asyncio.sleep(0)
         route = ROUTES[message.topic]
         if not route.repartitioned:
             counts[route.consumed] = counts.get(route.consumed, 0) + 1
+        record_ts = int(message.timestamp * 1000)
         try:
-            key, ts, fields = decode_event(message.value, route.spec, int(message.timestamp * 1000))
-            raw_key = key.encode("utf-8")
-            if not route.repartitioned and not is_home(
-                raw_key, message.partition, topic_partitions(message.topic), partitions
-            ):
-                target = partition_for(raw_key, partitions)
-                deliveries.append(await forward(producer, route.rekey_topic, raw_key, target, message))
-                continue
-            home = message.partition
-            apply_to_groups(route, batch, message, raw_key, fields, ts)
-
-            def features(
-                group: str, _key: str, at: int, raw_key: bytes = raw_key, home: int = home
-            ) -> dict[str, Any]:
-                # The group's state as this batch holds it (applied above if its stream feeds it).
-                return read_features(GROUPS[group], batch.get(group, raw_key, home, True), at)
-
-            def lookup(name: str, join_key: str, home: int = home) -> dict[str, Any] | None:
-                return lookup_row(name, join_key, home)  # lookups are co-partitioned with the streams
-
-            rows = [
-                (b.topic, orjson.dumps(b.build(key, ts, fields, lookup, features))) for b in route.builders
-            ]
+            decoded = decode_event(message.value, route.spec, record_ts)
         except BadRecord as exc:
+            steps.append((message, route, exc, b"", 0, 0))
+            continue
+        key, ts, _ = decoded
+        raw_key = key.encode("utf-8")
+        if not route.repartitioned and not is_home(
+            raw_key, message.partition, topic_partitions(message.topic), partitions
+        ):
+            steps.append((message, route, None, raw_key, -1, 0))
+            continue
+        s = shard_of.get(raw_key)
+        if s is None:
+            s = shard_of[raw_key] = HELPERS.shard_for(len(shard_of))
+            home_of[raw_key] = message.partition
+        source, offset = source_position(message, route.repartitioned)
+        event = ShardEvent(route.name, message.value, record_ts, source, offset, decoded if s == 0 else None)
+        steps.append((message, route, None, raw_key, s, WORK.add(shards[s], event, key, raw_key, ts)))
+
+    def feature_db(group: str, key: bytes) -> Any:
+        return local_db(FEATURE_TABLES[group], home_of[key])
+
+    def lookup_db(name: str, key: bytes) -> Any:  # lookups are co-partitioned with the streams
+        return local_db(LOOKUP_TABLES[name], home_of[key])
+
+    running = {}  # 2. read what each shard needs and run it: the helpers' first, in parallel
+    for s, shard in enumerate(shards[1:], 1):
+        if shard.events:
+            read_records(shard, feature_db, lookup_db)
+            running[s] = asyncio.ensure_future(HELPERS.run(s, shard))
+    read_records(shards[0], feature_db, lookup_db)
+    own = ShardResult()
+    for n, _ in enumerate(WORK.steps(shards[0], own), 1):
+        if n % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # let HTTP requests in: a whole batch can take a second of CPU
+    done = dict(zip(running, await asyncio.gather(*running.values()), strict=True))
+    done[0] = own
+    deliveries: list[Awaitable[Any]] = []
+    outputs = RecordBatches()
+    aiokafka_producer = producer._ensure_producer()
+    for n, (message, route, error, raw_key, s, position) in enumerate(steps, 1):  # 3. send, in order
+        if n % (4 * YIELD_EVERY) == 0:
+            await asyncio.sleep(0)
+        if error is None and s < 0:
+            target = partition_for(raw_key, partitions)
+            deliveries.append(await forward(producer, route.rekey_topic, raw_key, target, message))
+            continue
+        outcome = done[s].outcomes[position] if error is None else None
+        if error is not None or isinstance(outcome, tuple):
+            if error is None:
+                error = BadRecord(*outcome)  # type: ignore[misc]
             deliveries.append(
-                await send_dead_letter(producer, route.spec.dlq_topic, message, exc, route.repartitioned)
+                await send_dead_letter(producer, route.spec.dlq_topic, message, error, route.repartitioned)
             )
             continue
         headers = source_headers(message, route.repartitioned)
-        for (topic, value), counter in zip(rows, route.produced, strict=True):
+        for (topic, value), counter in zip(outcome, route.produced, strict=True):  # type: ignore[arg-type]
             await outputs.add_keyed(aiokafka_producer, topic, raw_key, value, headers)
             counts[counter] = counts.get(counter, 0) + 1
     deliveries.extend(sent.future for sent in await outputs.send(aiokafka_producer))
     writer = StateWriter(producer, on_write=SERVING.wrote)
-    await batch.flush(writer)
+    for result in done.values():
+        for group, entity, changes in result.changes:
+            for record_key, change in changes:
+                await writer.write(FEATURE_TABLES[group], home_of[entity], record_key, change)
+        for group, count in result.late.items():
+            LATE[group].inc(count)
+        for group, count in result.duplicates.items():
+            DUPLICATES[group].inc(count)
     await writer.delivered()
     await asyncio.gather(*deliveries)
     for counter, count in counts.items():

