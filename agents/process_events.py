@@ -26,7 +26,6 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from agents.serving_process import SERVING
@@ -46,7 +45,7 @@ from app.metrics import (
 )
 from app.partitioning import is_home, partition_for
 from app.records import BadRecord, decode_event
-from app.spec import StreamSpec, load_pipeline, repartition_topic
+from app.spec import StreamSpec, repartition_topic
 from tables.features import FEATURE_TABLES, GROUPS
 from tables.lookups import LOOKUP_TABLES
 from tables.store import StateWriter, local_db
@@ -83,8 +82,9 @@ def _routes() -> dict[str, StreamRoute]:
 
 
 WORK = BatchWork(pipeline)
-#: Helper processes that run part of every batch (HYDRANT_COMPUTE_PROCESSES); started by the agent.
-HELPERS = HelperPool(settings.compute_processes, partial(load_pipeline, settings.pipeline))
+#: Helper processes that run part of every batch (HYDRANT_COMPUTE_PROCESSES): started before Faust
+#: (app/cli.py `worker`), attached to the event loop by the agent.
+HELPERS = HelperPool(settings.compute_processes, settings.pipeline)
 ROUTES = _routes()
 LATE = {g: LATE_EVENTS.labels(g) for g in GROUPS}
 DUPLICATES = {g: DUPLICATE_EVENTS.labels(g) for g in GROUPS}
@@ -115,24 +115,21 @@ app.topics.add(app.topic(*ROUTES, key_serializer="raw", value_serializer="raw"))
 async def process_events() -> None:
     """Take batches from the intake until the worker stops. An unexpected error stops the worker
     (its batch is not acked, so a restart redelivers it) instead of leaving its records pending."""
-    await HELPERS.start()
+    await HELPERS.connect()
     if HELPERS.count:
         logger.info("helper processes for batches: pids %s", HELPERS.pids())
     settle_garbage_collector()  # started and recovered: what exists now lives as long as the worker
     topic_partitions = PartitionCounts(app.consumer)
-    try:
-        while not app.should_stop:
-            messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
-            try:
-                with collections_paused():
-                    await process_batch(messages, topic_partitions)
-            except Exception as exc:
-                logger.exception("process_events failed on a batch of %d records", len(messages))
-                await app.crash(exc)
-                return
-            INTAKE.ack(messages)
-    finally:
-        HELPERS.close()
+    while not app.should_stop:
+        messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
+        try:
+            with collections_paused():
+                await process_batch(messages, topic_partitions)
+        except Exception as exc:
+            logger.exception("process_events failed on a batch of %d records", len(messages))
+            await app.crash(exc)
+            return
+        INTAKE.ack(messages)
 
 
 async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) -> None:

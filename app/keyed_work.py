@@ -18,19 +18,21 @@ import asyncio
 import gc
 import os
 import pickle
-import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from multiprocessing import get_context
-from multiprocessing.connection import Connection
+from functools import partial
+from pathlib import Path
 from typing import Any, cast
 
 import orjson
 
 from app.enrich import OutputBuilder, output_builders
+from app.processes import _die_with_parent
 from app.records import BadRecord, decode_event
-from app.spec import Pipeline, StreamSpec
+from app.spec import Pipeline, StreamSpec, load_pipeline
 from tables.windows import (
     KeyState,
     apply_event,
@@ -247,73 +249,86 @@ def read_records(
         lookups[name, key] = lookup_db(name, raw_key).get(raw_key)
 
 
-def helper_main(connection: Connection, load: Callable[[], Pipeline]) -> None:
-    """A helper process: load the pipeline, then run each pickled shard that arrives on
-    ``connection`` and answer with its pickled result, until the worker closes its end."""
-    work = BatchWork(load())
+_FRAME = struct.Struct("!Q")  # a shard or a result: its byte length, then its pickle
+
+
+def helper_main(pipeline_path: str) -> None:
+    """A helper process (``python -m app.keyed_work PIPELINE``): run each pickled shard that arrives
+    on stdin and answer with its pickled result on stdout, until stdin ends (the worker closed it,
+    or is gone)."""
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed goes to stderr, never between the frames
+    requests = sys.stdin.buffer
+    work = BatchWork(load_pipeline(pipeline_path))
     gc.collect()
     gc.freeze()
-    connection.send_bytes(b"ready")
-    while True:
-        try:
-            shard = pickle.loads(connection.recv_bytes())  # noqa: S301 (from the worker that started us)
-        except EOFError:  # the worker closed its end, or is gone
-            return
+    _send(answers, b"ready")
+    while len(header := requests.read(_FRAME.size)) == _FRAME.size:
+        (size,) = _FRAME.unpack(header)
+        shard = pickle.loads(requests.read(size))  # noqa: S301 (from the worker that started us)
         gc.disable()  # as in the worker's batches: the shard's objects all live until its end
         try:
             result = work.run(shard)
         finally:
             gc.enable()
-        connection.send_bytes(pickle.dumps(result, pickle.HIGHEST_PROTOCOL))
+        _send(answers, pickle.dumps(result, pickle.HIGHEST_PROTOCOL))
 
 
-_SIZE = struct.Struct("!i")  # multiprocessing.Connection's frame header (up to 2 GiB)
-_LONG_SIZE = struct.Struct("!Q")  # after a header of -1
+def _send(out: Any, payload: bytes) -> None:
+    out.write(_FRAME.pack(len(payload)))
+    out.write(payload)
+    out.flush()
+
+
+async def _receive(stream: asyncio.StreamReader) -> bytes:
+    (size,) = _FRAME.unpack(await stream.readexactly(_FRAME.size))
+    return await stream.readexactly(size)
 
 
 class HelperPool:
     """``count`` helper processes, each running one shard of every batch (none when 0). The worker
-    keeps two keys in ``count + 2`` for its own shard: it also decodes, reads, sends and writes,
-    and a helper's shard costs ~1.35x the worker's (pickling, sending, decoding again).
+    keeps two keys in ``count + 2`` for its own shard: it also decodes, reads, sends and writes, and
+    a helper's shard costs ~1.35x the worker's (pickling, the pipes, decoding again).
 
-    Shards and results go over a socket pair that the worker's event loop reads and writes without
-    blocking. Not a ProcessPoolExecutor: its threads pass work and results on, each waiting for the
-    GIL while the worker runs its own shard, which added ~20 ms to a helper's ~20 ms shard."""
+    Shards and results go through each helper's stdin and stdout, which the worker's event loop
+    writes and reads without blocking. Not a ProcessPoolExecutor: its threads pass work and results
+    on, each waiting for the GIL while the worker runs its own shard, which added ~20 ms to a
+    helper's ~20 ms shard."""
 
-    def __init__(self, count: int, load: Callable[[], Pipeline]) -> None:
+    def __init__(self, count: int, pipeline_path: Path) -> None:
         self.count = count
-        self._load = load
-        self._processes: list[Any] = []
+        self._pipeline_path = pipeline_path
+        self._processes: list[subprocess.Popen[bytes]] = []
         self._streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self._sockets: list[socket.socket] = []
 
-    async def start(self) -> None:
-        """Start the processes (spawned: the worker has threads) and wait until they have loaded the
-        pipeline, so the first batch does not wait for them."""
-        if not self.count or self._processes:
-            return
-        for connection in await asyncio.to_thread(self._spawn):
-            sock = socket.socket(fileno=os.dup(connection.fileno()))  # Pipe() is a socket pair here
-            connection.close()
-            self._sockets.append(sock)
-            self._streams.append(await asyncio.open_unix_connection(sock=sock))
-
-    def _spawn(self) -> list[Connection]:
-        context = get_context("spawn")
-        ours: list[Connection] = []
-        for index in range(self.count):
-            mine, theirs = context.Pipe()
-            process = context.Process(
-                target=helper_main, args=(theirs, self._load), name=f"hydrant-helper-{index}", daemon=True
+    def start(self) -> None:
+        """Start the processes (the worker does it before Faust starts, so that they have loaded the
+        pipeline before the first batch)."""
+        while len(self._processes) < self.count:
+            self._processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "app.keyed_work", str(self._pipeline_path)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    start_new_session=True,  # a terminal's Ctrl-C reaches the worker, which ends them
+                    preexec_fn=_die_with_parent(),  # and if the worker is killed, they end too
+                )
             )
-            process.start()
-            theirs.close()
-            self._processes.append(process)
-            ours.append(mine)
-        for process, mine in zip(self._processes, ours, strict=True):
-            if not mine.poll(120) or mine.recv_bytes() != b"ready":
+
+    async def connect(self) -> None:
+        """Attach the helpers' pipes to the running event loop; wait until each has loaded the
+        pipeline."""
+        self.start()
+        loop = asyncio.get_running_loop()
+        for process in self._processes[len(self._streams) :]:
+            assert process.stdin is not None and process.stdout is not None
+            reader = asyncio.StreamReader()
+            await loop.connect_read_pipe(partial(asyncio.StreamReaderProtocol, reader), process.stdout)
+            pipe, flow = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, process.stdin)
+            writer = asyncio.StreamWriter(pipe, flow, None, loop)
+            if await asyncio.wait_for(_receive(reader), 120) != b"ready":
                 raise RuntimeError(f"helper process {process.pid} did not start")
-        return ours
+            self._streams.append((reader, writer))
 
     def shard_for(self, n: int) -> int:
         """The shard of the batch's ``n``-th key (0: the worker's own, s > 0: helper s - 1)."""
@@ -324,30 +339,29 @@ class HelperPool:
         """``shard`` run by helper ``s - 1`` (IncompleteReadError if it died)."""
         reader, writer = self._streams[s - 1]
         payload = pickle.dumps(shard, pickle.HIGHEST_PROTOCOL)
-        writer.write(_SIZE.pack(len(payload)))
+        writer.write(_FRAME.pack(len(payload)))
         writer.write(payload)
         await writer.drain()
-        (size,) = _SIZE.unpack(await reader.readexactly(_SIZE.size))
-        if size == -1:
-            (size,) = _LONG_SIZE.unpack(await reader.readexactly(_LONG_SIZE.size))
-        return cast(ShardResult, pickle.loads(await reader.readexactly(size)))  # noqa: S301 (our helper)
+        return cast(ShardResult, pickle.loads(await _receive(reader)))  # noqa: S301 (our helper)
 
     def pids(self) -> list[int]:
         return [process.pid for process in self._processes]
 
-    def close(self) -> None:
-        """Stop the helpers (the end of their input ends their loop), waiting for each by its PID."""
-        for sock in self._sockets:
+    def stop(self) -> None:
+        """End the helpers (the end of their stdin ends them) and wait for each, by its PID."""
+        processes, self._processes, self._streams = self._processes, [], []
+        for process in processes:
+            if process.stdin is not None:
+                process.stdin.close()
+        for process in processes:
             try:
-                sock.shutdown(socket.SHUT_RDWR)  # now, not on a later turn of the event loop
-            except OSError:
-                pass
-        for _, writer in self._streams:
-            writer.close()
-        self._streams, self._sockets = [], []
-        for process in self._processes:
-            process.join(10)
-            if process.is_alive():
+                process.wait(10)
+            except subprocess.TimeoutExpired:
                 process.kill()
-                process.join()
-        self._processes = []
+                process.wait()
+
+
+if __name__ == "__main__":  # by its module name, so that pickles name app.keyed_work's classes
+    from app import keyed_work
+
+    keyed_work.helper_main(sys.argv[1])

@@ -1,7 +1,7 @@
 """Per-event CPU cost of the worker's batch body on the shop example, without Kafka.
 
-Runs what agents/process_events.py does per event with the real modules: decode_event, the
-window update of apply_to_groups (choose, duplicate/late checks, apply_event), then every output
+Runs what a worker's shard does per event with the real modules: decode_event, the window update
+of app/keyed_work.py BatchWork._apply (choose, duplicate/late checks, apply_event), then every output
 row (lookup join, read_features, computed columns) serialised with orjson; one coalesced write of
 the changed records per key per batch into a RocksDB database opened with the worker's options
 (keys whose features an output reads are read with one range read, as the worker does). Prints events/s

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +59,8 @@ async def run_async(
     """Every batch through ``shards`` shards (keys dealt round-robin), as the worker does: records
     read before, changes written after each batch; shard 1 in a real helper process. Returns each
     event's outcome in batch order, and the late and duplicate counts."""
-    helpers = HelperPool(1 if shards > 1 else 0, partial(load_pipeline, SHOP))
-    await helpers.start()
+    helpers = HelperPool(1 if shards > 1 else 0, SHOP)
+    await helpers.connect()
     assert len(helpers.pids()) == (1 if shards > 1 else 0)
     outcomes: list[Any] = []
     counts: dict[str, int] = {}
@@ -92,7 +91,7 @@ async def run_async(
                         writes.put(record_key, value) if value is not None else writes.delete(record_key)
             db.write(writes)
     finally:
-        helpers.close()
+        helpers.stop()
     return outcomes, counts
 
 

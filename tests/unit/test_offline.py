@@ -2,7 +2,7 @@
 
 The reference runs what the worker runs for every event: the record `hydrant produce` would send
 (app.produce.encode_rows), decoded by app.records.decode_event, then tables.windows' choose /
-is_late / apply_event as agents/process_events.apply_to_groups calls them, and read_features. The
+is_late / apply_event as app/keyed_work.py BatchWork._apply calls them, and read_features. The
 offline table must equal it exactly (==, floats included) wherever the worker can answer.
 """
 
