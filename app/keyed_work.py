@@ -15,7 +15,6 @@ CPU-bound Python, and one process holds one core (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import pickle
 import struct
@@ -30,7 +29,8 @@ from typing import Any, cast
 import orjson
 
 from app.enrich import OutputBuilder, output_builders
-from app.processes import _die_with_parent
+from app.memory import collections_paused, settle_garbage_collector
+from app.processes import die_with_parent
 from app.records import BadRecord, decode_event
 from app.spec import Pipeline, StreamSpec, load_pipeline
 from tables.windows import (
@@ -260,17 +260,13 @@ def helper_main(pipeline_path: str) -> None:
     os.dup2(2, 1)  # anything printed goes to stderr, never between the frames
     requests = sys.stdin.buffer
     work = BatchWork(load_pipeline(pipeline_path))
-    gc.collect()
-    gc.freeze()
+    settle_garbage_collector()
     _send(answers, b"ready")
     while len(header := requests.read(_FRAME.size)) == _FRAME.size:
         (size,) = _FRAME.unpack(header)
         shard = pickle.loads(requests.read(size))  # noqa: S301 (from the worker that started us)
-        gc.disable()  # as in the worker's batches: the shard's objects all live until its end
-        try:
+        with collections_paused():  # as in the worker's batches
             result = work.run(shard)
-        finally:
-            gc.enable()
         _send(answers, pickle.dumps(result, pickle.HIGHEST_PROTOCOL))
 
 
@@ -311,7 +307,7 @@ class HelperPool:
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     start_new_session=True,  # a terminal's Ctrl-C reaches the worker, which ends them
-                    preexec_fn=_die_with_parent(),  # and if the worker is killed, they end too
+                    preexec_fn=die_with_parent(),  # and if the worker is killed, they end too
                 )
             )
 

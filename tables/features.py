@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from app.main import app, pipeline, settings
-from tables.store import StateWriter, local_db, local_keys, prefix_scan, raw_table
+from tables.store import local_db, local_keys, prefix_scan, raw_table
 from tables.windows import GroupPlan, KeyState, group_plans, read_features
 
 GROUPS: dict[str, GroupPlan] = group_plans(pipeline)
@@ -21,16 +21,6 @@ FEATURE_TABLES: dict[str, Any] = {
     )
     for name in GROUPS
 }
-
-
-async def store_changes(writer: StateWriter, group: str, partition: int, state: KeyState) -> int:
-    """Write what changed in a key's state, in :meth:`KeyState.changes` order, to its home
-    ``partition``; returns how many records were written."""
-    table = FEATURE_TABLES[group]
-    changes = state.changes()
-    for record_key, value in changes:
-        await writer.write(table, partition, record_key, value)
-    return len(changes)
 
 
 class UnknownFeature(ValueError):

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from app.main import app, pipeline, settings
-from tables.store import StateWriter, local_db, raw_table
+from tables.store import StateWriter, raw_table
 
 LOOKUP_TABLES: dict[str, Any] = {
     name: raw_table(
@@ -23,13 +23,6 @@ LOOKUP_TABLES: dict[str, Any] = {
     )
     for name, spec in pipeline.lookups.items()
 }
-
-
-def lookup_row(name: str, key: str, partition: int) -> dict[str, Any] | None:
-    """The current row of lookup ``name`` for ``key`` in ``partition`` here, or None when absent
-    (never seen or deleted)."""
-    raw = local_db(LOOKUP_TABLES[name], partition).get(key.encode("utf-8"))
-    return orjson.loads(raw) if raw is not None else None
 
 
 async def apply_lookup(
