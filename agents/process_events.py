@@ -7,16 +7,19 @@ Records of the stream topics come in batches straight from the consumer (app/int
 one Faust Event at a time. Per batch:
 1. decode each event (bad ones go to the dead-letter topic with their reason), forward events that
    are not on their key's home partition to the stream's repartition topic, and split the rest by
-   entity key into shards: one for the worker, one per helper process (HYDRANT_COMPUTE_PROCESSES);
+   entity key into shards, one per helper process (HYDRANT_COMPUTE_PROCESSES; with none, the
+   worker's own shard takes every key);
 2. read each shard's stored records (each key's state read once) and lookup rows, and run the
-   shards (app/keyed_work.py): the helpers' in their processes while the worker runs its own. A
-   shard applies each event to its key's window state and builds its output rows (lookups, features
-   as of the event's time, computed columns);
+   shards (app/keyed_work.py) in the helpers. A shard applies each event to its key's window state
+   and builds its output rows (lookups, features as of the event's time, computed columns);
 3. in batch order, send the output rows (one record batch per output partition, app/batches.py),
    dead letters and forwards; write each touched key's state once (tables/store.py StateWriter),
    then await every delivery of the batch (state changelog, outputs, forwards, dead letters) before
    its records are acked, so a committed offset never runs ahead of the state it produced
    (at-least-once outputs; window state is exactly-once through its applied offsets).
+
+Batches overlap (see :func:`process_events`): the helpers run batch k + 1 while the worker does
+pass 3 of batch k and pass 1 of batch k + 2, and batch k's deliveries are awaited in the background.
 """
 
 from __future__ import annotations
@@ -25,14 +28,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agents.serving_process import SERVING
 from app.batches import RecordBatches
 from app.dead_letters import forward, send_dead_letter, source_headers, source_position
 from app.intake import Intake
-from app.keyed_work import BatchWork, HelperPool, Shard, ShardEvent, ShardResult, read_records
+from app.keyed_work import (
+    BatchWork,
+    HelperPool,
+    Overlay,
+    Shard,
+    ShardEvent,
+    ShardResult,
+    changed_records,
+    read_records,
+)
 from app.main import app, pipeline, settings
 from app.memory import collections_paused, settle_garbage_collector
 from app.metrics import (
@@ -111,42 +123,84 @@ INTAKE = Intake(app, ROUTES, max_buffered=4 * BATCH_MAX)
 app.topics.add(app.topic(*ROUTES, key_serializer="raw", value_serializer="raw"))
 
 
+@dataclass
+class Batch:
+    """A batch after pass 1: what passes 2 and 3 do with each of its records."""
+
+    messages: list[Any]
+    started: float
+    # Per record: (message, route, BadRecord | None, key, shard, position in shard); shard -1: forward
+    # to the repartition topic.
+    steps: list[tuple[Any, StreamRoute, BadRecord | None, bytes, int, int]] = field(default_factory=list)
+    shards: list[Shard] = field(default_factory=lambda: [Shard() for _ in range(1 + HELPERS.count)])
+    shard_of: dict[bytes, int] = field(default_factory=dict)  # entity key -> its shard
+    #: entity key -> the partition its state is read from and written to
+    home_of: dict[bytes, int] = field(default_factory=dict)
+    counts: dict[Any, int] = field(default_factory=dict)  # consumed/produced counters, added when done
+
+
 @app.task
 async def process_events() -> None:
     """Take batches from the intake until the worker stops. An unexpected error stops the worker
-    (its batch is not acked, so a restart redelivers it) instead of leaving its records pending."""
+    (its batch is not acked, so a restart redelivers it) instead of leaving its records pending.
+
+    Batches overlap: while the helpers run batch k + 1, the worker sends and writes batch k and
+    decodes batch k + 2. Batch k + 1 reads its state before batch k's is written locally, so the
+    records batch k changes are laid over what it reads (:func:`changed_records`). Batch k's
+    deliveries are awaited, and then its records acked in batch order, in the background."""
     await HELPERS.connect()
     if HELPERS.count:
         logger.info("helper processes for batches: pids %s", HELPERS.pids())
     settle_garbage_collector()  # started and recovered: what exists now lives as long as the worker
     topic_partitions = PartitionCounts(app.consumer)
-    while not app.should_stop:
-        messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
-        try:
+    delivering: asyncio.Task[None] | None = None  # the previous batch, until delivered and acked
+    batch: Batch | None = None  # running in the shards
+    running: Awaitable[dict[int, ShardResult]] | None = None
+    try:
+        while batch is not None or not app.should_stop:  # a batch taken is a batch processed
             with collections_paused():
-                await process_batch(messages, topic_partitions)
-        except Exception as exc:
-            logger.exception("process_events failed on a batch of %d records", len(messages))
-            await app.crash(exc)
-            return
-        INTAKE.ack(messages)
+                if batch is None or running is None:
+                    messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
+                    batch = await decode_batch(messages, topic_partitions)
+                    running = await run_batch(batch, {})
+                ready = [] if app.should_stop else INTAKE.take_ready(BATCH_MAX)
+                after = await decode_batch(ready, topic_partitions) if ready else None
+                done = await running
+                if after is not None:  # start the next batch before this one's state is written
+                    running = await run_batch(after, changed_records(done.values()))
+                deliveries = await send_batch(batch, done)
+            if delivering is not None:
+                await delivering  # acks stay in batch order; at most one batch awaits its deliveries
+            delivering = asyncio.ensure_future(_acked(deliveries, batch.messages))
+            batch = after
+        if delivering is not None:
+            await delivering
+    except Exception as exc:
+        logger.exception("process_events failed")
+        await app.crash(exc)
 
 
-async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) -> None:
-    producer: Any = app.producer
-    partitions = settings.partitions
-    started = time.perf_counter()
+async def _acked(deliveries: Awaitable[None], messages: list[Any]) -> None:
+    """Ack ``messages`` once every delivery of their batch is done."""
+    await deliveries
+    INTAKE.ack(messages)
+
+
+async def decode_batch(messages: list[Any], topic_partitions: PartitionCounts) -> Batch:
+    """Pass 1: decode, route and shard by key."""
+    batch = Batch(messages, time.perf_counter())
     stale = {m.tp for m in messages} - app.consumer.assignment()
     if stale:  # fetched before a revocation: another worker may own these partitions now
         logger.warning("batch holds events of partitions no longer assigned here: %s", sorted(stale))
-    counts: dict[Any, int] = {}  # consumed and produced counters: added to once per batch, when done
-    shards = [Shard() for _ in range(1 + HELPERS.count)]
-    shard_of: dict[bytes, int] = {}  # entity key -> its shard
-    home_of: dict[bytes, int] = {}  # entity key -> the partition its state is read from and written to
-    # Per record, what pass 3 does: (message, route, BadRecord | None, key, shard, position in shard);
-    # shard -1: forward to the repartition topic.
-    steps: list[tuple[Any, StreamRoute, BadRecord | None, bytes, int, int]] = []
-    for n, message in enumerate(messages, 1):  # 1. decode, route, shard by key
+    partitions = settings.partitions
+    counts, shards, shard_of, home_of, steps = (
+        batch.counts,
+        batch.shards,
+        batch.shard_of,
+        batch.home_of,
+        batch.steps,
+    )
+    for n, message in enumerate(messages, 1):
         if n % (4 * YIELD_EVERY) == 0:
             await asyncio.sleep(0)
         route = ROUTES[message.topic]
@@ -172,6 +226,14 @@ async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) 
         source, offset = source_position(message, route.repartitioned)
         event = ShardEvent(route.name, message.value, record_ts, source, offset, decoded if s == 0 else None)
         steps.append((message, route, None, raw_key, s, WORK.add(shards[s], event, key, raw_key, ts)))
+    return batch
+
+
+async def run_batch(batch: Batch, overlay: Overlay) -> Awaitable[dict[int, ShardResult]]:
+    """Pass 2: read what each shard needs (with ``overlay``, the previous batch's changes, laid
+    over the stored records), start the helpers' shards and run the worker's own; the wait for
+    every shard's result."""
+    home_of = batch.home_of
 
     def feature_db(group: str, key: bytes) -> Any:
         return local_db(FEATURE_TABLES[group], home_of[key])
@@ -179,22 +241,35 @@ async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) 
     def lookup_db(name: str, key: bytes) -> Any:  # lookups are co-partitioned with the streams
         return local_db(LOOKUP_TABLES[name], home_of[key])
 
-    running = {}  # 2. read what each shard needs and run it: the helpers' first, in parallel
-    for s, shard in enumerate(shards[1:], 1):
+    running = {}
+    for s, shard in enumerate(batch.shards[1:], 1):
         if shard.events:
-            read_records(shard, feature_db, lookup_db)
+            read_records(shard, feature_db, lookup_db, overlay)
             running[s] = asyncio.ensure_future(HELPERS.run(s, shard))
-    read_records(shards[0], feature_db, lookup_db)
+    read_records(batch.shards[0], feature_db, lookup_db, overlay)
     own = ShardResult()
-    for n, _ in enumerate(WORK.steps(shards[0], own), 1):
+    for n, _ in enumerate(WORK.steps(batch.shards[0], own), 1):
         if n % YIELD_EVERY == 0:
             await asyncio.sleep(0)  # let HTTP requests in: a whole batch can take a second of CPU
-    done = dict(zip(running, await asyncio.gather(*running.values()), strict=True))
-    done[0] = own
+
+    async def results() -> dict[int, ShardResult]:
+        done = dict(zip(running, await asyncio.gather(*running.values()), strict=True))
+        done[0] = own
+        return done
+
+    return results()
+
+
+async def send_batch(batch: Batch, done: dict[int, ShardResult]) -> Awaitable[None]:
+    """Pass 3: send, in batch order, and write the state; the wait for every delivery (the next
+    batch is processed meanwhile: its reads see this batch's state, committed locally here)."""
+    producer: Any = app.producer
+    partitions = settings.partitions
+    counts, home_of = batch.counts, batch.home_of
     deliveries: list[Awaitable[Any]] = []
     outputs = RecordBatches()
     aiokafka_producer = producer._ensure_producer()
-    for n, (message, route, error, raw_key, s, position) in enumerate(steps, 1):  # 3. send, in order
+    for n, (message, route, error, raw_key, s, position) in enumerate(batch.steps, 1):
         if n % (4 * YIELD_EVERY) == 0:
             await asyncio.sleep(0)
         if error is None and s < 0:
@@ -223,11 +298,18 @@ async def process_batch(messages: list[Any], topic_partitions: PartitionCounts) 
             LATE[group].inc(count)
         for group, count in result.duplicates.items():
             DUPLICATES[group].inc(count)
-    await writer.delivered()
+    await writer.send()  # the state is now local: the next batch reads it
+    return _delivered(writer, deliveries, counts, batch)
+
+
+async def _delivered(
+    writer: StateWriter, deliveries: list[Awaitable[Any]], counts: dict[Any, int], batch: Batch
+) -> None:
+    await writer.acked()
     await asyncio.gather(*deliveries)
     for counter, count in counts.items():
         counter.inc(count)
-    elapsed = time.perf_counter() - started
-    for name in {ROUTES[m.topic].name for m in messages}:
+    elapsed = time.perf_counter() - batch.started
+    for name in {ROUTES[m.topic].name for m in batch.messages}:
         BATCH_SECONDS.labels(name).observe(elapsed)
-        PROCESSING_SECONDS.labels(name).observe(elapsed / len(messages))
+        PROCESSING_SECONDS.labels(name).observe(elapsed / len(batch.messages))

@@ -119,6 +119,9 @@ class Intake:
                 )
             except TimeoutError:
                 pass
+        return self._hand_out(max_)
+
+    def _hand_out(self, max_: int) -> list[Any]:
         batch = self._buffer[:max_]
         del self._buffer[:max_]
         if len(self._buffer) < self.max_buffered:
@@ -127,6 +130,13 @@ class Intake:
         for message in batch:
             track(message)
         return batch
+
+    def take_ready(self, max_: int) -> list[Any]:
+        """Up to ``max_`` records that are already here, without waiting (none while the flow is
+        suspended); each is tracked as pending ack."""
+        if not self._buffer or not self.app.flow_control.is_active():
+            return []
+        return self._hand_out(max_)
 
     def ack(self, batch: Iterable[Any]) -> None:
         """Let the consumer commit past ``batch`` (every record of it delivered)."""

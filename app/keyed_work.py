@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -48,6 +50,8 @@ Slot = tuple[str, bytes]  # (feature group, entity key)
 Decoded = tuple[str, int, dict[str, Any]]  # decode_event's (key, event time ms, fields)
 Rows = list[tuple[str, bytes]]  # (output topic, value) per output of the event's stream
 Rejected = tuple[str, str]  # a BadRecord's (reason, message)
+Changes = list[tuple[bytes, bytes | None]]  # (record key, value or None: deleted), in write order
+Overlay = dict[Slot, Changes]  # what a batch changed per slot, before it is written locally
 
 
 @dataclass
@@ -77,7 +81,7 @@ class Shard:
 @dataclass
 class ShardResult:
     outcomes: list[Rows | Rejected] = field(default_factory=list)  # per event of the shard
-    changes: list[tuple[str, bytes, list[tuple[bytes, bytes | None]]]] = field(default_factory=list)
+    changes: list[tuple[str, bytes, Changes]] = field(default_factory=list)
     late: dict[str, int] = field(default_factory=dict)  # per group
     duplicates: dict[str, int] = field(default_factory=dict)
 
@@ -214,6 +218,12 @@ class BatchWork:
                 result.duplicates[g] = result.duplicates.get(g, 0) + 1
 
 
+def changed_records(results: Iterable[ShardResult]) -> Overlay:
+    """Per (group, entity key), the records a batch's shards change: what the next batch reads in
+    their place while they are not written locally yet (:func:`read_records`)."""
+    return {(group, entity): changes for result in results for group, entity, changes in result.changes}
+
+
 def _state(key: bytes, whole: bool, records: dict[bytes, bytes | None], retention: int) -> KeyState:
     if whole:  # records: every record of the key, from one range read
         return KeyState(key, _unread, retention, lambda prefix: records.items())  # type: ignore[arg-type, return-value]
@@ -226,84 +236,129 @@ def _unread(record_key: bytes) -> bytes | None:
 
 
 def read_records(
-    shard: Shard, feature_db: Callable[[str, bytes], Any], lookup_db: Callable[[str, bytes], Any]
+    shard: Shard,
+    feature_db: Callable[[str, bytes], Any],
+    lookup_db: Callable[[str, bytes], Any],
+    overlay: Overlay | None = None,
 ) -> None:
     """Fill ``shard`` with the stored records and lookup rows its events read; ``feature_db(group,
     key)`` and ``lookup_db(lookup, key)`` give the RocksDB partition (rocksdict, raw mode) holding
     the key. A key whose features are read: all its records (one range read); else its head and
-    the buckets its events fall in."""
+    the buckets its events fall in. ``overlay``: changes not written yet (the previous batch's),
+    which take the place of what is stored."""
     from tables.store import prefix_scan  # the worker's side only: it imports Faust, helpers need not
 
     for slot, (whole, buckets) in shard.wants.items():
         group, raw_key = slot
         db = feature_db(group, raw_key)
+        changes = overlay.get(slot) if overlay else None
         if whole:
-            shard.records[slot] = dict(prefix_scan(db)(head_key(raw_key)))
+            records = shard.records[slot] = dict(prefix_scan(db)(head_key(raw_key)))
+            for record_key, value in changes or ():
+                if value is None:
+                    records.pop(record_key, None)
+                else:
+                    records[record_key] = value
         else:
             get = db.get
             record_keys = [head_key(raw_key), *(bucket_key(raw_key, number) for number in buckets)]
-            shard.records[slot] = {record_key: get(record_key) for record_key in record_keys}
+            records = shard.records[slot] = {record_key: get(record_key) for record_key in record_keys}
+            for record_key, value in changes or ():
+                if record_key in records:
+                    records[record_key] = value
     lookups = shard.lookups
     for name, key in list(lookups):
         raw_key = key.encode("utf-8")
         lookups[name, key] = lookup_db(name, raw_key).get(raw_key)
 
 
-_FRAME = struct.Struct("!Q")  # a shard or a result: its byte length, then its pickle
+_FRAME = struct.Struct("!Q")  # a message on the pipes: the byte length of a pickle in a file
 
 
-def helper_main(pipeline_path: str) -> None:
-    """A helper process (``python -m app.keyed_work PIPELINE``): run each pickled shard that arrives
-    on stdin and answer with its pickled result on stdout, until stdin ends (the worker closed it,
-    or is gone)."""
+def helper_main(pipeline_path: str, shard_path: str, result_path: str) -> None:
+    """A helper process (``python -m app.keyed_work PIPELINE SHARD_FILE RESULT_FILE``): for each
+    frame on stdin, run the pickled shard in ``shard_path`` and answer with a frame on stdout once
+    the pickled result is in ``result_path``, until stdin ends (the worker closed it, or is gone)."""
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes to stderr, never between the frames
     requests = sys.stdin.buffer
     work = BatchWork(load_pipeline(pipeline_path))
     settle_garbage_collector()
-    _send(answers, b"ready")
+    _send(answers, 0)
     while len(header := requests.read(_FRAME.size)) == _FRAME.size:
         (size,) = _FRAME.unpack(header)
-        shard = pickle.loads(requests.read(size))  # noqa: S301 (from the worker that started us)
+        shard = pickle.loads(_read(shard_path, size))  # noqa: S301 (from the worker that started us)
         with collections_paused():  # as in the worker's batches
             result = work.run(shard)
-        _send(answers, pickle.dumps(result, pickle.HIGHEST_PROTOCOL))
+        _send(answers, _write(result_path, pickle.dumps(result, pickle.HIGHEST_PROTOCOL)))
 
 
-def _send(out: Any, payload: bytes) -> None:
-    out.write(_FRAME.pack(len(payload)))
-    out.write(payload)
+def _send(out: Any, size: int) -> None:
+    out.write(_FRAME.pack(size))
     out.flush()
 
 
-async def _receive(stream: asyncio.StreamReader) -> bytes:
-    (size,) = _FRAME.unpack(await stream.readexactly(_FRAME.size))
-    return await stream.readexactly(size)
+def _write(path: str, payload: bytes) -> int:
+    with open(path, "wb") as file:
+        file.write(payload)
+    return len(payload)
+
+
+def _read(path: str, size: int) -> bytes:
+    with open(path, "rb") as file:
+        payload = file.read()
+    if len(payload) != size:
+        raise RuntimeError(f"{path}: {len(payload)} bytes, {size} expected")
+    return payload
+
+
+def _exchange_dir() -> str:
+    """Where shards and results are passed: memory (/dev/shm) where there is one."""
+    shm = Path("/dev/shm")  # noqa: S108 (mkdtemp: a new directory only this user can enter)
+    return tempfile.mkdtemp(
+        prefix="hydrant-helpers-", dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    )
 
 
 class HelperPool:
-    """``count`` helper processes, each running one shard of every batch (none when 0). The worker
-    keeps two keys in ``count + 2`` for its own shard: it also decodes, reads, sends and writes, and
-    a helper's shard costs ~1.35x the worker's (pickling, the pipes, decoding again).
+    """``count`` helper processes, each running one shard of every batch (none when 0); the worker
+    runs no shard itself then (shard 0 stays empty): it reads, sends and writes, and decodes the
+    next batch while the helpers run this one.
 
-    Shards and results go through each helper's stdin and stdout, which the worker's event loop
-    writes and reads without blocking. Not a ProcessPoolExecutor: its threads pass work and results
-    on, each waiting for the GIL while the worker runs its own shard, which added ~20 ms to a
-    helper's ~20 ms shard."""
+    A shard and its result are passed as a pickle in a file in memory (/dev/shm), with only its size
+    on the helper's stdin or stdout, which the worker's event loop reads without blocking. A whole
+    shard (up to a few MB: the records of its keys) through the pipe itself moved 64 KiB per turn
+    of the worker's event loop, so a helper waited for most of it. Not a ProcessPoolExecutor: its
+    threads pass work and results on, each waiting for the GIL while the worker runs."""
 
     def __init__(self, count: int, pipeline_path: Path) -> None:
         self.count = count
         self._pipeline_path = pipeline_path
         self._processes: list[subprocess.Popen[bytes]] = []
         self._streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._dir: str | None = None
+
+    def _paths(self, n: int) -> tuple[str, str]:
+        assert self._dir is not None
+        return os.path.join(self._dir, f"shard-{n}"), os.path.join(self._dir, f"result-{n}")
 
     def start(self) -> None:
         """Start the processes (the worker does it before Faust starts, so that they have loaded the
         pipeline before the first batch)."""
+        if self.count and self._dir is None:
+            self._dir = _exchange_dir()
         while len(self._processes) < self.count:
+            shard_path, result_path = self._paths(len(self._processes))
             self._processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "app.keyed_work", str(self._pipeline_path)],
+                    [
+                        sys.executable,
+                        "-m",
+                        "app.keyed_work",
+                        str(self._pipeline_path),
+                        shard_path,
+                        result_path,
+                    ],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     start_new_session=True,  # a terminal's Ctrl-C reaches the worker, which ends them
@@ -322,23 +377,24 @@ class HelperPool:
             await loop.connect_read_pipe(partial(asyncio.StreamReaderProtocol, reader), process.stdout)
             pipe, flow = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, process.stdin)
             writer = asyncio.StreamWriter(pipe, flow, None, loop)
-            if await asyncio.wait_for(_receive(reader), 120) != b"ready":
-                raise RuntimeError(f"helper process {process.pid} did not start")
+            try:
+                await asyncio.wait_for(reader.readexactly(_FRAME.size), 120)
+            except (asyncio.IncompleteReadError, TimeoutError):
+                raise RuntimeError(f"helper process {process.pid} did not start") from None
             self._streams.append((reader, writer))
 
     def shard_for(self, n: int) -> int:
         """The shard of the batch's ``n``-th key (0: the worker's own, s > 0: helper s - 1)."""
-        position = n % (self.count + 2)
-        return 0 if position < 2 else position - 1
+        return n % self.count + 1 if self.count else 0
 
     async def run(self, s: int, shard: Shard) -> ShardResult:
         """``shard`` run by helper ``s - 1`` (IncompleteReadError if it died)."""
         reader, writer = self._streams[s - 1]
-        payload = pickle.dumps(shard, pickle.HIGHEST_PROTOCOL)
-        writer.write(_FRAME.pack(len(payload)))
-        writer.write(payload)
+        shard_path, result_path = self._paths(s - 1)
+        writer.write(_FRAME.pack(_write(shard_path, pickle.dumps(shard, pickle.HIGHEST_PROTOCOL))))
         await writer.drain()
-        return cast(ShardResult, pickle.loads(await _receive(reader)))  # noqa: S301 (our helper)
+        (size,) = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+        return cast(ShardResult, pickle.loads(_read(result_path, size)))  # noqa: S301 (our helper)
 
     def pids(self) -> list[int]:
         return [process.pid for process in self._processes]
@@ -355,9 +411,12 @@ class HelperPool:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
 
 
 if __name__ == "__main__":  # by its module name, so that pickles name app.keyed_work's classes
     from app import keyed_work
 
-    keyed_work.helper_main(sys.argv[1])
+    keyed_work.helper_main(*sys.argv[1:4])

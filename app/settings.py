@@ -85,12 +85,12 @@ class Settings(BaseSettings):
         "connections over them); each reads on its own core. With `serving_process` only.",
     )
     compute_processes: int = Field(
-        default=1,
+        default=2,
         ge=0,
         le=32,
-        description="Helper processes that take part of every batch of events (split by entity key): "
-        "window updates and output rows are CPU-bound Python, so each helper adds a core's worth. "
-        "0: the worker does all of it.",
+        description="Helper processes that run every batch's window updates and output rows (split by "
+        "entity key), while the worker reads, sends, writes and decodes the next batch: that work is "
+        "CPU-bound Python, so each helper adds a core's worth. 0: the worker does all of it.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     api_token: SecretStr | None = Field(default=None, description="Bearer token for the data API.")

@@ -1,6 +1,7 @@
 """app/keyed_work.py: a batch split by key over several shards, one of them run in a real helper
 process, gives the same output rows, dead-letter reasons and stored records (a real RocksDB) as the
-same batches run as one shard."""
+same batches run as one shard; so do batches that read their records before the previous batch is
+written, with its changes laid over them (as the worker overlaps batches)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import orjson
 import pytest
 import rocksdict
 
-from app.keyed_work import BatchWork, HelperPool, Shard, ShardEvent, read_records
+from app.keyed_work import BatchWork, HelperPool, Overlay, Shard, ShardEvent, changed_records, read_records
 from app.records import decode_event
 from app.spec import load_pipeline
 from tables.store import shared_memory
@@ -47,23 +48,26 @@ def shop_batches(seed: int = 3, keys: int = 30, events: int = 1_200) -> list[lis
 
 
 def run(
-    batches: list[list[tuple[str, bytes, int]]], shards: int, db: Any
+    batches: list[list[tuple[str, bytes, int]]], shards: int, db: Any, overlapped: bool = False
 ) -> tuple[list[Any], dict[str, int]]:
     """Every batch through ``shards`` shards, shard 1 in a helper process when there are several."""
-    return asyncio.run(run_async(batches, shards, db))
+    return asyncio.run(run_async(batches, shards, db, overlapped))
 
 
 async def run_async(
-    batches: list[list[tuple[str, bytes, int]]], shards: int, db: Any
+    batches: list[list[tuple[str, bytes, int]]], shards: int, db: Any, overlapped: bool
 ) -> tuple[list[Any], dict[str, int]]:
     """Every batch through ``shards`` shards (keys dealt round-robin), as the worker does: records
-    read before, changes written after each batch; shard 1 in a real helper process. Returns each
-    event's outcome in batch order, and the late and duplicate counts."""
+    read before, changes written after each batch; shard 1 in a real helper process. ``overlapped``:
+    a batch's changes are written only after the next batch read its records, with those changes
+    laid over them. Returns each event's outcome in batch order, and the late and duplicate counts."""
     helpers = HelperPool(1 if shards > 1 else 0, SHOP)
     await helpers.connect()
     assert len(helpers.pids()) == (1 if shards > 1 else 0)
     outcomes: list[Any] = []
     counts: dict[str, int] = {}
+    unwritten: Any = None  # overlapped: the previous batch's writes
+    overlay: Overlay = {}
     try:
         for batch in batches:
             parts = [Shard() for _ in range(shards)]
@@ -77,7 +81,9 @@ async def run_async(
                 event = ShardEvent(stream, value, 0, source, offset, (key, ts, fields) if s == 0 else None)
                 placed.append((s, WORK.add(parts[s], event, key, raw_key, ts)))
             for part in parts:
-                read_records(part, lambda _group, _key: db, lambda _name, _key: db)
+                read_records(part, lambda _group, _key: db, lambda _name, _key: db, overlay)
+            if unwritten is not None:
+                db.write(unwritten)
             results = [
                 await helpers.run(1, part) if s == 1 else WORK.run(part) for s, part in enumerate(parts)
             ]
@@ -89,7 +95,12 @@ async def run_async(
                 for _, _, changes in result.changes:
                     for record_key, value in changes:
                         writes.put(record_key, value) if value is not None else writes.delete(record_key)
-            db.write(writes)
+            if overlapped:
+                unwritten, overlay = writes, changed_records(results)
+            else:
+                db.write(writes)
+        if unwritten is not None:
+            db.write(unwritten)
     finally:
         helpers.stop()
     return outcomes, counts
@@ -102,17 +113,23 @@ def open_db(path: Path) -> Any:
     return db
 
 
-def test_shards_and_a_helper_process_give_the_rows_and_records_of_one_shard(tmp_path: Path) -> None:
+def test_shards_a_helper_process_and_overlapped_batches_give_the_rows_and_records_of_one_shard(
+    tmp_path: Path,
+) -> None:
     batches = shop_batches()
     one = open_db(tmp_path / "one")
     split = open_db(tmp_path / "split")
+    overlapped = open_db(tmp_path / "overlapped")
     try:
         expected, counts = run(batches, 1, one)
         assert run(batches, 3, split) == (expected, counts)
         assert list(split.items()) == list(one.items())
+        assert run(batches, 3, overlapped, overlapped=True) == (expected, counts)
+        assert list(overlapped.items()) == list(one.items())
     finally:
         one.close()
         split.close()
+        overlapped.close()
     rows = [orjson.loads(o[0][1]) for o in expected if isinstance(o, list) and o]
     assert len(rows) > 500 and {"spend_count_24h", "country", "ticket_ratio"} <= set(rows[0])
     joined = [r for r in rows if r["user_id"] == "u2"]
