@@ -15,8 +15,8 @@ CPU-bound Python, and one process holds one core (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
+import marshal
 import os
-import pickle
 import shutil
 import struct
 import subprocess
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
@@ -272,13 +272,39 @@ def read_records(
         lookups[name, key] = lookup_db(name, raw_key).get(raw_key)
 
 
-_FRAME = struct.Struct("!Q")  # a message on the pipes: the byte length of a pickle in a file
+_FRAME = struct.Struct("!Q")  # a message on the pipes: the byte length of a file's contents
+
+
+def encode_shard(shard: Shard) -> bytes:
+    """``shard`` for a helper, in ``marshal`` form: plain values only, so it is written and read
+    ~1.5x and ~2x faster than a pickle (a shard holds tens of thousands of records)."""
+    events = [(e.stream, e.value, e.record_ts, e.source, e.offset) for e in shard.events]
+    wants = {slot: whole for slot, (whole, _) in shard.wants.items()}  # the buckets were for reading
+    return marshal.dumps((events, wants, shard.records, shard.lookups))
+
+
+def decode_shard(payload: bytes) -> Shard:
+    events, wants, records, lookups = marshal.loads(payload)  # noqa: S302 (from the worker that started us)
+    return Shard(
+        [ShardEvent(*event) for event in events],
+        {slot: (whole, set()) for slot, whole in wants.items()},
+        records,
+        lookups,
+    )
+
+
+def encode_result(result: ShardResult) -> bytes:
+    return marshal.dumps((result.outcomes, result.changes, result.late, result.duplicates))
+
+
+def decode_result(payload: bytes) -> ShardResult:
+    return ShardResult(*marshal.loads(payload))  # noqa: S302 (from our own helper)
 
 
 def helper_main(pipeline_path: str, shard_path: str, result_path: str) -> None:
     """A helper process (``python -m app.keyed_work PIPELINE SHARD_FILE RESULT_FILE``): for each
-    frame on stdin, run the pickled shard in ``shard_path`` and answer with a frame on stdout once
-    the pickled result is in ``result_path``, until stdin ends (the worker closed it, or is gone)."""
+    frame on stdin, run the shard in ``shard_path`` and answer with a frame on stdout once the
+    result is in ``result_path``, until stdin ends (the worker closed it, or is gone)."""
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes to stderr, never between the frames
     requests = sys.stdin.buffer
@@ -287,10 +313,10 @@ def helper_main(pipeline_path: str, shard_path: str, result_path: str) -> None:
     _send(answers, 0)
     while len(header := requests.read(_FRAME.size)) == _FRAME.size:
         (size,) = _FRAME.unpack(header)
-        shard = pickle.loads(_read(shard_path, size))  # noqa: S301 (from the worker that started us)
+        shard = decode_shard(_read(shard_path, size))
         with collections_paused():  # as in the worker's batches
             result = work.run(shard)
-        _send(answers, _write(result_path, pickle.dumps(result, pickle.HIGHEST_PROTOCOL)))
+        _send(answers, _write(result_path, encode_result(result)))
 
 
 def _send(out: Any, size: int) -> None:
@@ -325,7 +351,7 @@ class HelperPool:
     runs no shard itself then (shard 0 stays empty): it reads, sends and writes, and decodes the
     next batch while the helpers run this one.
 
-    A shard and its result are passed as a pickle in a file in memory (/dev/shm), with only its size
+    A shard and its result are passed in a file in memory (/dev/shm), with only its size
     on the helper's stdin or stdout, which the worker's event loop reads without blocking. A whole
     shard (up to a few MB: the records of its keys) through the pipe itself moved 64 KiB per turn
     of the worker's event loop, so a helper waited for most of it. Not a ProcessPoolExecutor: its
@@ -391,10 +417,10 @@ class HelperPool:
         """``shard`` run by helper ``s - 1`` (IncompleteReadError if it died)."""
         reader, writer = self._streams[s - 1]
         shard_path, result_path = self._paths(s - 1)
-        writer.write(_FRAME.pack(_write(shard_path, pickle.dumps(shard, pickle.HIGHEST_PROTOCOL))))
+        writer.write(_FRAME.pack(_write(shard_path, encode_shard(shard))))
         await writer.drain()
         (size,) = _FRAME.unpack(await reader.readexactly(_FRAME.size))
-        return cast(ShardResult, pickle.loads(_read(result_path, size)))  # noqa: S301 (our helper)
+        return decode_result(_read(result_path, size))
 
     def pids(self) -> list[int]:
         return [process.pid for process in self._processes]
@@ -416,7 +442,7 @@ class HelperPool:
             self._dir = None
 
 
-if __name__ == "__main__":  # by its module name, so that pickles name app.keyed_work's classes
+if __name__ == "__main__":  # by its module name: one copy of the module, whatever imports it
     from app import keyed_work
 
     keyed_work.helper_main(*sys.argv[1:4])
