@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import marshal
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -301,10 +300,10 @@ def decode_result(payload: bytes) -> ShardResult:
     return ShardResult(*marshal.loads(payload))  # noqa: S302 (from our own helper)
 
 
-def helper_main(pipeline_path: str, shard_path: str, result_path: str) -> None:
-    """A helper process (``python -m app.keyed_work PIPELINE SHARD_FILE RESULT_FILE``): for each
-    frame on stdin, run the shard in ``shard_path`` and answer with a frame on stdout once the
-    result is in ``result_path``, until stdin ends (the worker closed it, or is gone)."""
+def helper_main(pipeline_path: str, shard_fd: str, result_fd: str) -> None:
+    """A helper process (``python -m app.keyed_work PIPELINE SHARD_FD RESULT_FD``): for each frame
+    on stdin, run the shard in the memory file ``shard_fd`` and answer with a frame on stdout once
+    the result is in ``result_fd``, until stdin ends (the worker closed it, or is gone)."""
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes to stderr, never between the frames
     requests = sys.stdin.buffer
@@ -313,10 +312,10 @@ def helper_main(pipeline_path: str, shard_path: str, result_path: str) -> None:
     _send(answers, 0)
     while len(header := requests.read(_FRAME.size)) == _FRAME.size:
         (size,) = _FRAME.unpack(header)
-        shard = decode_shard(_read(shard_path, size))
+        shard = decode_shard(_read(int(shard_fd), size))
         with collections_paused():  # as in the worker's batches
             result = work.run(shard)
-        _send(answers, _write(result_path, encode_result(result)))
+        _send(answers, _write(int(result_fd), encode_result(result)))
 
 
 def _send(out: Any, size: int) -> None:
@@ -324,26 +323,37 @@ def _send(out: Any, size: int) -> None:
     out.flush()
 
 
-def _write(path: str, payload: bytes) -> int:
-    with open(path, "wb") as file:
-        file.write(payload)
+def _write(fd: int, payload: bytes) -> int:
+    """``payload`` at the start of the file ``fd`` (overwritten in place: a file kept at its size
+    does not give back and zero its pages every batch); its length."""
+    done = 0
+    view = memoryview(payload)
+    while done < len(payload):
+        done += os.pwrite(fd, view[done:], done)
     return len(payload)
 
 
-def _read(path: str, size: int) -> bytes:
-    with open(path, "rb") as file:
-        payload = file.read()
-    if len(payload) != size:
-        raise RuntimeError(f"{path}: {len(payload)} bytes, {size} expected")
-    return payload
+def _read(fd: int, size: int) -> bytes:
+    """The first ``size`` bytes of the file ``fd``."""
+    chunks = []
+    done = 0
+    while done < size:
+        chunk = os.pread(fd, size - done, done)
+        if not chunk:
+            raise RuntimeError(f"exchange file: {done} bytes, {size} expected")
+        chunks.append(chunk)
+        done += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _exchange_dir() -> str:
-    """Where shards and results are passed: memory (/dev/shm) where there is one."""
-    shm = Path("/dev/shm")  # noqa: S108 (mkdtemp: a new directory only this user can enter)
-    return tempfile.mkdtemp(
-        prefix="hydrant-helpers-", dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    )
+def _memory_file(name: str) -> int:
+    """A file in memory, shared with a helper through its descriptor (no file system: nothing to
+    clean up after a crash, and no /dev/shm size limit)."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create(name)
+    fd, path = tempfile.mkstemp(prefix=f"{name}-")  # elsewhere than Linux: an unlinked temp file
+    os.unlink(path)
+    return fd
 
 
 class HelperPool:
@@ -351,7 +361,7 @@ class HelperPool:
     runs no shard itself then (shard 0 stays empty): it reads, sends and writes, and decodes the
     next batch while the helpers run this one.
 
-    A shard and its result are passed in a file in memory (/dev/shm), with only its size
+    A shard and its result are passed in a file in memory (``memfd_create``), with only its size
     on the helper's stdin or stdout, which the worker's event loop reads without blocking. A whole
     shard (up to a few MB: the records of its keys) through the pipe itself moved 64 KiB per turn
     of the worker's event loop, so a helper waited for most of it. Not a ProcessPoolExecutor: its
@@ -362,19 +372,14 @@ class HelperPool:
         self._pipeline_path = pipeline_path
         self._processes: list[subprocess.Popen[bytes]] = []
         self._streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self._dir: str | None = None
-
-    def _paths(self, n: int) -> tuple[str, str]:
-        assert self._dir is not None
-        return os.path.join(self._dir, f"shard-{n}"), os.path.join(self._dir, f"result-{n}")
+        self._files: list[tuple[int, int]] = []  # per helper: its shard's and its result's file
 
     def start(self) -> None:
         """Start the processes (the worker does it before Faust starts, so that they have loaded the
         pipeline before the first batch)."""
-        if self.count and self._dir is None:
-            self._dir = _exchange_dir()
         while len(self._processes) < self.count:
-            shard_path, result_path = self._paths(len(self._processes))
+            files = _memory_file("hydrant-shard"), _memory_file("hydrant-result")
+            self._files.append(files)
             self._processes.append(
                 subprocess.Popen(
                     [
@@ -382,11 +387,11 @@ class HelperPool:
                         "-m",
                         "app.keyed_work",
                         str(self._pipeline_path),
-                        shard_path,
-                        result_path,
+                        *map(str, files),
                     ],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
+                    pass_fds=files,
                     start_new_session=True,  # a terminal's Ctrl-C reaches the worker, which ends them
                     preexec_fn=die_with_parent(),  # and if the worker is killed, they end too
                 )
@@ -416,11 +421,11 @@ class HelperPool:
     async def run(self, s: int, shard: Shard) -> ShardResult:
         """``shard`` run by helper ``s - 1`` (IncompleteReadError if it died)."""
         reader, writer = self._streams[s - 1]
-        shard_path, result_path = self._paths(s - 1)
-        writer.write(_FRAME.pack(_write(shard_path, encode_shard(shard))))
+        shard_fd, result_fd = self._files[s - 1]
+        writer.write(_FRAME.pack(_write(shard_fd, encode_shard(shard))))
         await writer.drain()
         (size,) = _FRAME.unpack(await reader.readexactly(_FRAME.size))
-        return decode_result(_read(result_path, size))
+        return decode_result(_read(result_fd, size))
 
     def pids(self) -> list[int]:
         return [process.pid for process in self._processes]
@@ -437,9 +442,10 @@ class HelperPool:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        for files in self._files:
+            for fd in files:
+                os.close(fd)
+        self._files = []
 
 
 if __name__ == "__main__":  # by its module name: one copy of the module, whatever imports it
