@@ -94,7 +94,7 @@ def _routes() -> dict[str, StreamRoute]:
 
 
 WORK = BatchWork(pipeline)
-#: Helper processes that run part of every batch (HYDRANT_COMPUTE_PROCESSES): started before Faust
+#: Helper processes that run every batch's shards (HYDRANT_COMPUTE_PROCESSES): started before Faust
 #: (app/cli.py `worker`), attached to the event loop by the agent.
 HELPERS = HelperPool(settings.compute_processes, settings.pipeline)
 ROUTES = _routes()
