@@ -45,7 +45,7 @@ from app.keyed_work import (
     changed_records,
     read_records,
 )
-from app.main import app, pipeline, settings
+from app.main import FETCH_RECORDS, app, pipeline, settings
 from app.memory import collections_paused, settle_garbage_collector
 from app.metrics import (
     BATCH_SECONDS,
@@ -64,7 +64,7 @@ from tables.store import StateWriter, local_db
 
 logger = logging.getLogger(__name__)
 
-BATCH_MAX = 2000
+BATCH_MAX = FETCH_RECORDS  # a fetch is at most one batch
 BATCH_WITHIN_S = 0.05
 YIELD_EVERY = 8  # events between two turns of the event loop inside a batch (lookup latency)
 GROUP_ID = settings.group_id(pipeline.name)

@@ -112,3 +112,14 @@ def test_tansu_profile_shortens_group_timeouts(tmp_path) -> None:  # type: ignor
         load_settings(broker="kafka://b:1", data_dir=tmp_path), load_pipeline(settings.pipeline)
     ).conf
     assert kafka_conf.broker_session_timeout > 10.0
+
+
+def test_a_fetch_hands_over_at_most_one_agent_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Unbounded, one fetch of a backlog held ~110,000 records, buffered in one turn of the event
+    loop (docs/performance.md); aiokafka's max_poll_records bounds it to the agent's batch size."""
+    from app.main import FETCH_RECORDS, create_app
+    from app.spec import load_pipeline
+
+    settings = load_settings(broker="kafka://b:1", data_dir=tmp_path)
+    conf = create_app(settings, load_pipeline(settings.pipeline)).conf
+    assert conf.broker_max_poll_records == FETCH_RECORDS == 2000
