@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.serving_process import SERVING
-from app.batches import RecordBatches
+from app.batches import RecordBatches, partition_count
 from app.dead_letters import forward, send_dead_letter, source_headers, source_position
 from app.intake import Intake
 from app.keyed_work import (
@@ -43,6 +43,7 @@ from app.keyed_work import (
     ShardEvent,
     ShardResult,
     changed_records,
+    lay_over,
     read_records,
 )
 from app.main import FETCH_RECORDS, app, pipeline, settings
@@ -162,9 +163,12 @@ async def process_events() -> None:
                 if batch is None or running is None:
                     messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
                     batch = await decode_batch(messages, topic_partitions)
+                    read_batch(batch)
                     running = await run_batch(batch, {})
                 ready = [] if app.should_stop else INTAKE.take_ready(BATCH_MAX)
                 after = await decode_batch(ready, topic_partitions) if ready else None
+                if after is not None:
+                    read_batch(after)  # as batch k is written: what batch k + 1 changes is laid over
                 done = await running
                 if after is not None:  # start the next batch before this one's state is written
                     running = await run_batch(after, changed_records(done.values()))
@@ -224,15 +228,13 @@ async def decode_batch(messages: list[Any], topic_partitions: PartitionCounts) -
             s = shard_of[raw_key] = HELPERS.shard_for(len(shard_of))
             home_of[raw_key] = message.partition
         source, offset = source_position(message, route.repartitioned)
-        event = ShardEvent(route.name, message.value, record_ts, source, offset, decoded if s == 0 else None)
+        event = ShardEvent(route.name, decoded, source, offset)
         steps.append((message, route, None, raw_key, s, WORK.add(shards[s], event, key, raw_key, ts)))
     return batch
 
 
-async def run_batch(batch: Batch, overlay: Overlay) -> Awaitable[dict[int, ShardResult]]:
-    """Pass 2: read what each shard needs (with ``overlay``, the previous batch's changes, laid
-    over the stored records), start the helpers' shards and run the worker's own; the wait for
-    every shard's result."""
+def read_batch(batch: Batch) -> None:
+    """Pass 2a: read what each shard needs from the local state."""
     home_of = batch.home_of
 
     def feature_db(group: str, key: bytes) -> Any:
@@ -241,16 +243,25 @@ async def run_batch(batch: Batch, overlay: Overlay) -> Awaitable[dict[int, Shard
     def lookup_db(name: str, key: bytes) -> Any:  # lookups are co-partitioned with the streams
         return local_db(LOOKUP_TABLES[name], home_of[key])
 
+    for shard in batch.shards:
+        if shard.events:
+            read_records(shard, feature_db, lookup_db)
+
+
+async def run_batch(batch: Batch, overlay: Overlay) -> Awaitable[dict[int, ShardResult]]:
+    """Pass 2b: lay ``overlay``, the previous batch's changes, over what each shard read, start the
+    helpers' shards and run the worker's own; the wait for every shard's result."""
     running = {}
     for s, shard in enumerate(batch.shards[1:], 1):
         if shard.events:
-            read_records(shard, feature_db, lookup_db, overlay)
+            lay_over(shard, overlay)
             running[s] = asyncio.ensure_future(HELPERS.run(s, shard))
-    read_records(batch.shards[0], feature_db, lookup_db, overlay)
     own = ShardResult()
-    for n, _ in enumerate(WORK.steps(batch.shards[0], own), 1):
-        if n % YIELD_EVERY == 0:
-            await asyncio.sleep(0)  # let HTTP requests in: a whole batch can take a second of CPU
+    if batch.shards[0].events:
+        lay_over(batch.shards[0], overlay)
+        for n, _ in enumerate(WORK.steps(batch.shards[0], own), 1):
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let HTTP requests in: a whole batch can take a second of CPU
 
     async def results() -> dict[int, ShardResult]:
         done = dict(zip(running, await asyncio.gather(*running.values()), strict=True))
@@ -269,6 +280,7 @@ async def send_batch(batch: Batch, done: dict[int, ShardResult]) -> Awaitable[No
     deliveries: list[Awaitable[Any]] = []
     outputs = RecordBatches()
     aiokafka_producer = producer._ensure_producer()
+    output_partitions: dict[str, int] = {}  # asked once per batch
     for n, (message, route, error, raw_key, s, position) in enumerate(batch.steps, 1):
         if n % (4 * YIELD_EVERY) == 0:
             await asyncio.sleep(0)
@@ -286,14 +298,16 @@ async def send_batch(batch: Batch, done: dict[int, ShardResult]) -> Awaitable[No
             continue
         headers = source_headers(message, route.repartitioned)
         for (topic, value), counter in zip(outcome, route.produced, strict=True):  # type: ignore[arg-type]
-            await outputs.add_keyed(aiokafka_producer, topic, raw_key, value, headers)
+            count = output_partitions.get(topic)
+            if count is None:
+                count = output_partitions[topic] = await partition_count(aiokafka_producer, topic)
+            outputs.add(topic, partition_for(raw_key, count), raw_key, value, headers)
             counts[counter] = counts.get(counter, 0) + 1
     deliveries.extend(sent.future for sent in await outputs.send(aiokafka_producer))
     writer = StateWriter(producer, on_write=SERVING.wrote)
     for result in done.values():
         for group, entity, changes in result.changes:
-            for record_key, change in changes:
-                await writer.write(FEATURE_TABLES[group], home_of[entity], record_key, change)
+            writer.write_many(FEATURE_TABLES[group], home_of[entity], changes)
         for group, count in result.late.items():
             LATE[group].inc(count)
         for group, count in result.duplicates.items():

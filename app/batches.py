@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.partitioning import partition_for
+
+async def partition_count(producer: Any, topic: str) -> int:
+    """How many partitions ``topic`` has, as ``producer`` (an AIOKafkaProducer) knows it; waits
+    for the topic's metadata when it has none yet."""
+    partitions = producer.client.cluster.partitions_for_topic(topic)
+    if not partitions:
+        await producer.client._wait_on_metadata(topic)
+        partitions = producer.client.cluster.partitions_for_topic(topic)
+    return len(partitions)
 
 
 @dataclass(frozen=True)
@@ -38,16 +46,6 @@ class RecordBatches:
         self, topic: str, partition: int, key: bytes, value: bytes | None, headers: Sequence[Any] = ()
     ) -> None:
         self._records.setdefault((topic, partition), []).append((key, value, list(headers)))
-
-    async def add_keyed(
-        self, producer: Any, topic: str, key: bytes, value: bytes, headers: Sequence[Any] = ()
-    ) -> None:
-        """Add a record on the partition Kafka's default partitioner picks for ``key`` in ``topic``."""
-        partitions = producer.client.cluster.partitions_for_topic(topic)
-        if not partitions:
-            await producer.client._wait_on_metadata(topic)
-            partitions = producer.client.cluster.partitions_for_topic(topic)
-        self.add(topic, partition_for(key, len(partitions)), key, value, headers)
 
     async def send(self, producer: Any) -> list[SentBatch]:
         """Hand every record to ``producer`` (an AIOKafkaProducer) as record batches; empties this."""

@@ -32,7 +32,7 @@ import orjson
 from app.enrich import OutputBuilder, output_builders
 from app.memory import collections_paused, settle_garbage_collector
 from app.processes import die_with_parent
-from app.records import BadRecord, decode_event
+from app.records import BadRecord
 from app.spec import Pipeline, StreamSpec, load_pipeline
 from tables.windows import (
     KeyState,
@@ -56,11 +56,11 @@ Overlay = dict[Slot, Changes]  # what a batch changed per slot, before it is wri
 @dataclass
 class ShardEvent:
     stream: str
-    value: bytes
-    record_ts: int  # the Kafka record's timestamp, ms (event time when the stream has no time field)
+    #: decode_event's (entity key, event time ms, typed fields), from the worker, which decodes every
+    #: record to route it: shipped to a helper as it is (marshal), not decoded there again
+    decoded: Decoded
     source: str  # "<topic>:<partition>" of the original record (window state's duplicate check)
     offset: int
-    decoded: Decoded | None = None  # already decoded (not shipped to a helper: it decodes again)
 
 
 @dataclass
@@ -160,7 +160,7 @@ class BatchWork:
     ) -> Rows | Rejected:
         work = self.streams[event.stream]
         try:
-            key, ts, fields = event.decoded or decode_event(event.value, work.spec, event.record_ts)
+            key, ts, fields = event.decoded
             raw_key = key.encode("utf-8")
             self._apply(work, states, raw_key, fields, ts, event.source, event.offset, result)
 
@@ -243,32 +243,42 @@ def read_records(
     """Fill ``shard`` with the stored records and lookup rows its events read; ``feature_db(group,
     key)`` and ``lookup_db(lookup, key)`` give the RocksDB partition (rocksdict, raw mode) holding
     the key. A key whose features are read: all its records (one range read); else its head and
-    the buckets its events fall in. ``overlay``: changes not written yet (the previous batch's),
-    which take the place of what is stored."""
+    the buckets its events fall in. ``overlay``: see :func:`lay_over`."""
     from tables.store import prefix_scan  # the worker's side only: it imports Faust, helpers need not
 
     for slot, (whole, buckets) in shard.wants.items():
         group, raw_key = slot
         db = feature_db(group, raw_key)
-        changes = overlay.get(slot) if overlay else None
         if whole:
-            records = shard.records[slot] = dict(prefix_scan(db)(head_key(raw_key)))
-            for record_key, value in changes or ():
-                if value is None:
-                    records.pop(record_key, None)
-                else:
-                    records[record_key] = value
+            shard.records[slot] = dict(prefix_scan(db)(head_key(raw_key)))
         else:
             get = db.get
             record_keys = [head_key(raw_key), *(bucket_key(raw_key, number) for number in buckets)]
-            records = shard.records[slot] = {record_key: get(record_key) for record_key in record_keys}
-            for record_key, value in changes or ():
-                if record_key in records:
-                    records[record_key] = value
+            shard.records[slot] = {record_key: get(record_key) for record_key in record_keys}
     lookups = shard.lookups
     for name, key in list(lookups):
         raw_key = key.encode("utf-8")
         lookups[name, key] = lookup_db(name, raw_key).get(raw_key)
+    if overlay:
+        lay_over(shard, overlay)
+
+
+def lay_over(shard: Shard, overlay: Overlay) -> None:
+    """Replace what :func:`read_records` read with the changes of ``overlay`` (a previous batch's,
+    not written locally yet): a key read whole gets every changed record, others those they read."""
+    for slot, (whole, _) in shard.wants.items():
+        changes = overlay.get(slot)
+        if not changes:
+            continue
+        records = shard.records[slot]
+        for record_key, value in changes:
+            if whole:
+                if value is None:
+                    records.pop(record_key, None)
+                else:
+                    records[record_key] = value
+            elif record_key in records:
+                records[record_key] = value
 
 
 _FRAME = struct.Struct("!Q")  # a message on the pipes: the byte length of a file's contents
@@ -277,7 +287,7 @@ _FRAME = struct.Struct("!Q")  # a message on the pipes: the byte length of a fil
 def encode_shard(shard: Shard) -> bytes:
     """``shard`` for a helper, in ``marshal`` form: plain values only, so it is written and read
     ~1.5x and ~2x faster than a pickle (a shard holds tens of thousands of records)."""
-    events = [(e.stream, e.value, e.record_ts, e.source, e.offset) for e in shard.events]
+    events = [(e.stream, e.decoded, e.source, e.offset) for e in shard.events]
     wants = {slot: whole for slot, (whole, _) in shard.wants.items()}  # the buckets were for reading
     return marshal.dumps((events, wants, shard.records, shard.lookups))
 

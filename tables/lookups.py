@@ -31,5 +31,5 @@ async def apply_lookup(
     """Upsert (fields) or delete (None) one row on its home ``partition``; returns the op for the
     metric label."""
     value = orjson.dumps(fields) if fields is not None else None
-    await writer.write(LOOKUP_TABLES[name], partition, key, value)
+    writer.write(LOOKUP_TABLES[name], partition, key, value)
     return "upsert" if fields is not None else "delete"

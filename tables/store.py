@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import rocksdict
@@ -131,30 +131,37 @@ class StateWriter:
     def __init__(self, producer: Any, on_write: Callable[[str, int], None] | None = None) -> None:
         self._producer = producer
         self._on_write = on_write  # told (table name, partition) after each local write batch
-        self._batches: dict[tuple[int, int], tuple[Any, int, rocksdict.WriteBatch]] = {}
+        #: per (id(table), partition): (table, its changelog topic, the partition's write batch)
+        self._batches: dict[tuple[int, int], tuple[Any, str, rocksdict.WriteBatch]] = {}
         self._changelog = RecordBatches()
         self._tables: dict[str, Any] = {}  # changelog topic -> table
         self._sent: list[SentBatch] = []  # handed to the producer, not yet acked
 
-    async def write(self, table: Any, partition: int, key: bytes, value: bytes | None) -> None:
+    def write(self, table: Any, partition: int, key: bytes, value: bytes | None) -> None:
         """Set (``value``) or delete (None) ``key`` in ``table``'s ``partition``; locally visible
         after :meth:`commit_local`, durable after :meth:`delivered`."""
+        self.write_many(table, partition, ((key, value),))
+
+    def write_many(self, table: Any, partition: int, changes: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """:meth:`write` each (key, value or None) of ``changes``, in order."""
         slot = (id(table), partition)
         entry = self._batches.get(slot)
         if entry is None:
-            entry = self._batches[slot] = (table, partition, rocksdict.WriteBatch(raw_mode=True))
-        batch = entry[2]
-        if value is None:
-            batch.delete(key)
-        else:
-            batch.put(key, value)
-        topic = table.changelog_topic.get_topic_name()
-        self._tables[topic] = table
-        self._changelog.add(topic, partition, key, value)
+            topic = table.changelog_topic.get_topic_name()
+            self._tables[topic] = table
+            entry = self._batches[slot] = (table, topic, rocksdict.WriteBatch(raw_mode=True))
+        _, topic, batch = entry
+        add = self._changelog.add
+        for key, value in changes:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+            add(topic, partition, key, value)
 
     def commit_local(self) -> None:
         """Apply the writes to the local RocksDB partitions (one atomic write batch each)."""
-        for table, partition, batch in self._batches.values():
+        for (_, partition), (table, _, batch) in self._batches.items():
             local_db(table, partition).write(batch)
             if self._on_write is not None:
                 self._on_write(table.name, partition)

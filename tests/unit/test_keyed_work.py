@@ -78,7 +78,7 @@ async def run_async(
                 raw_key = key.encode()
                 s = shard_of.setdefault(raw_key, len(shard_of) % shards)
                 source = "orders:0" if stream == "orders" else "clicks:0"
-                event = ShardEvent(stream, value, 0, source, offset, (key, ts, fields) if s == 0 else None)
+                event = ShardEvent(stream, (key, ts, fields), source, offset)
                 placed.append((s, WORK.add(parts[s], event, key, raw_key, ts)))
             for part in parts:
                 read_records(part, lambda _group, _key: db, lambda _name, _key: db, overlay)
@@ -147,7 +147,8 @@ def test_a_record_the_worker_did_not_read_is_an_error_not_an_absent_bucket(tmp_p
         ts = newest * WORK.plans["user"].period_ms + 1
         value = orjson.dumps({"user_id": "u1", "page": "/", "ts": ts})
         shard = Shard()
-        WORK.add(shard, ShardEvent("clicks", value, 0, "clicks:9", 0), "u1", b"u1", ts)
+        event = ShardEvent("clicks", decode_event(value, WORK.streams["clicks"].spec, 0), "clicks:9", 0)
+        WORK.add(shard, event, "u1", b"u1", ts)
         read_records(shard, lambda _group, _key: db, lambda _name, _key: db)
         records = shard.records["user", b"u1"]
         assert records[bucket_key(b"u1", newest)] is not None  # read: the click updates it
