@@ -8,8 +8,9 @@ rows they join. A shard then runs anywhere the pipeline spec is loaded: :meth:`B
 returns, per event, its output rows or why it goes to the dead letters, and per key the records to
 write (in :meth:`KeyState.changes` order). The worker sends and writes them in batch order.
 
-The worker runs one shard itself while the helper processes run the others: the batch body is
-CPU-bound Python, and one process holds one core (docs/performance.md).
+The helper processes run the shards, one each, while the worker sends and writes the previous
+batch (with none, the worker runs the one shard itself): the batch body is CPU-bound Python, and
+one process holds one core (docs/performance.md).
 """
 
 from __future__ import annotations
