@@ -19,7 +19,8 @@ one Faust Event at a time. Per batch:
    (at-least-once outputs; window state is exactly-once through its applied offsets).
 
 Batches overlap (see :func:`process_events`): the helpers run batch k + 1 while the worker does
-pass 3 of batch k and pass 1 of batch k + 2, and batch k's deliveries are awaited in the background.
+pass 3 of batch k, then passes 1 and 2a (decode, read) of batch k + 2, and batch k's deliveries are
+awaited in the background.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ from tables.store import StateWriter, local_db
 
 logger = logging.getLogger(__name__)
 
-BATCH_MAX = FETCH_RECORDS  # a fetch is at most one batch
+BATCH_MAX = FETCH_RECORDS  # at most what one fetch hands over
 BATCH_WITHIN_S = 0.05
 YIELD_EVERY = 8  # events between two turns of the event loop inside a batch (lookup latency)
 GROUP_ID = settings.group_id(pipeline.name)
@@ -272,8 +273,9 @@ async def run_batch(batch: Batch, overlay: Overlay) -> Awaitable[dict[int, Shard
 
 
 async def send_batch(batch: Batch, done: dict[int, ShardResult]) -> Awaitable[None]:
-    """Pass 3: send, in batch order, and write the state; the wait for every delivery (the next
-    batch is processed meanwhile: its reads see this batch's state, committed locally here)."""
+    """Pass 3: send, in batch order, and write the state; the wait for every delivery (later
+    batches are processed meanwhile: the next one has read already and gets this batch's changes
+    laid over; the one after reads them from the local state, committed here)."""
     producer: Any = app.producer
     partitions = settings.partitions
     counts, home_of = batch.counts, batch.home_of
@@ -312,7 +314,7 @@ async def send_batch(batch: Batch, done: dict[int, ShardResult]) -> Awaitable[No
             LATE[group].inc(count)
         for group, count in result.duplicates.items():
             DUPLICATES[group].inc(count)
-    await writer.send()  # the state is now local: the next batch reads it
+    await writer.send()  # the state is now local: the batch after the next reads it
     return _delivered(writer, deliveries, counts, batch)
 
 

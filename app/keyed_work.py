@@ -220,7 +220,7 @@ class BatchWork:
 
 def changed_records(results: Iterable[ShardResult]) -> Overlay:
     """Per (group, entity key), the records a batch's shards change: what the next batch reads in
-    their place while they are not written locally yet (:func:`read_records`)."""
+    their place while they are not written locally yet (:func:`lay_over`)."""
     return {(group, entity): changes for result in results for group, entity, changes in result.changes}
 
 
@@ -239,12 +239,11 @@ def read_records(
     shard: Shard,
     feature_db: Callable[[str, bytes], Any],
     lookup_db: Callable[[str, bytes], Any],
-    overlay: Overlay | None = None,
 ) -> None:
     """Fill ``shard`` with the stored records and lookup rows its events read; ``feature_db(group,
     key)`` and ``lookup_db(lookup, key)`` give the RocksDB partition (rocksdict, raw mode) holding
     the key. A key whose features are read: all its records (one range read); else its head and
-    the buckets its events fall in. ``overlay``: see :func:`lay_over`."""
+    the buckets its events fall in. Changes not written yet are laid over by :func:`lay_over`."""
     from tables.store import prefix_scan  # the worker's side only: it imports Faust, helpers need not
 
     for slot, (whole, buckets) in shard.wants.items():
@@ -260,8 +259,6 @@ def read_records(
     for name, key in list(lookups):
         raw_key = key.encode("utf-8")
         lookups[name, key] = lookup_db(name, raw_key).get(raw_key)
-    if overlay:
-        lay_over(shard, overlay)
 
 
 def lay_over(shard: Shard, overlay: Overlay) -> None:

@@ -138,7 +138,8 @@ def run_hydrant(
         }
     finally:
         worker.stop()
-    # A batch is one fetch (max 2,000 records), often of one topic: counted under each stream it holds.
+    # A fetch hands over at most 2,000 records, mostly of one topic, so most batches hold one stream;
+    # a batch is counted under each stream it holds.
     detail = "hydrant batches holding " + ", ".join(
         f"{stream}: {count:,.0f} (mean latency {busy / max(count, 1) * 1000:,.0f} ms)"
         for stream, (count, busy) in batches.items()

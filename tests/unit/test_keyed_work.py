@@ -14,7 +14,16 @@ import orjson
 import pytest
 import rocksdict
 
-from app.keyed_work import BatchWork, HelperPool, Overlay, Shard, ShardEvent, changed_records, read_records
+from app.keyed_work import (
+    BatchWork,
+    HelperPool,
+    Overlay,
+    Shard,
+    ShardEvent,
+    changed_records,
+    lay_over,
+    read_records,
+)
 from app.records import decode_event
 from app.spec import load_pipeline
 from tables.store import shared_memory
@@ -80,8 +89,9 @@ async def run_async(
                 source = "orders:0" if stream == "orders" else "clicks:0"
                 event = ShardEvent(stream, (key, ts, fields), source, offset)
                 placed.append((s, WORK.add(parts[s], event, key, raw_key, ts)))
-            for part in parts:
-                read_records(part, lambda _group, _key: db, lambda _name, _key: db, overlay)
+            for part in parts:  # as the worker: read, then lay the previous batch's changes over
+                read_records(part, lambda _group, _key: db, lambda _name, _key: db)
+                lay_over(part, overlay)
             if unwritten is not None:
                 db.write(unwritten)
             results = [

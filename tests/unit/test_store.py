@@ -1,14 +1,16 @@
-"""tables/store.py prefix_scan on a real RocksDB database (rocksdict, the worker's options): a key's
-records in one range read, and KeyState built from it equal to one built from point reads."""
+"""tables/store.py on real RocksDB databases (rocksdict): prefix_scan (a key's records in one range
+read, and KeyState built from it equal to one built from point reads), and StateWriter's local
+writes and changelog records."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import rocksdict
 
 from app.spec import parse_pipeline
-from tables.store import prefix_scan, shared_memory
+from tables.store import StateWriter, prefix_scan, shared_memory
 from tables.windows import KeyState, apply_event, choose, group_plans, read_features
 
 PIPELINE = """\
@@ -73,3 +75,44 @@ def test_prefix_scan_reads_only_the_keys_records_and_equals_point_reads(tmp_path
         assert not KeyState(b"zz", db.get, plan.retention, scan).exists
     finally:
         db.close()
+
+
+class _Table:
+    """What StateWriter uses of a Faust table: its name, changelog topic and RocksDB partitions."""
+
+    def __init__(self, name: str, dbs: dict[int, rocksdict.Rdict]) -> None:
+        self.name = name
+        self.changelog_topic = SimpleNamespace(get_topic_name=lambda: f"{name}-changelog")
+        self.data = SimpleNamespace(_db_for_partition=dbs.__getitem__)
+
+
+def test_state_writer_writes_each_partition_in_order_locally_and_to_its_changelog(tmp_path: Path) -> None:
+    dbs = {
+        p: rocksdict.Rdict(str(tmp_path / f"p{p}"), options=rocksdict.Options(raw_mode=True)) for p in (0, 1)
+    }
+    try:
+        dbs[0][b"gone"] = b"old"
+        table = _Table("features", dbs)
+        told: list[tuple[str, int]] = []
+        writer = StateWriter(producer=None, on_write=lambda name, partition: told.append((name, partition)))
+        writer.write_many(table, 0, [(b"k\x001", b"v1"), (b"gone", None), (b"k\x00", b"head")])
+        writer.write(table, 1, b"other", b"v")
+        writer.write_many(table, 0, [(b"k\x001", b"v1 again")])
+        assert dbs[0].get(b"k\x001") is None  # nothing is local before commit_local
+        writer.commit_local()
+        assert dict(dbs[0].items()) == {b"k\x00": b"head", b"k\x001": b"v1 again"}
+        assert dict(dbs[1].items()) == {b"other": b"v"}
+        assert told == [("features", 0), ("features", 1)]
+        changelog = writer._changelog._records  # what send() hands to the producer, per partition
+        assert changelog == {
+            ("features-changelog", 0): [
+                (b"k\x001", b"v1", []),
+                (b"gone", None, []),
+                (b"k\x00", b"head", []),
+                (b"k\x001", b"v1 again", []),
+            ],
+            ("features-changelog", 1): [(b"other", b"v", [])],
+        }
+    finally:
+        for db in dbs.values():
+            db.close()
