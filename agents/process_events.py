@@ -164,12 +164,10 @@ async def process_events() -> None:
                 if batch is None or running is None:
                     messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
                     batch = await decode_batch(messages, topic_partitions)
-                    read_batch(batch)
                     running = await run_batch(batch, {})
                 ready = [] if app.should_stop else INTAKE.take_ready(BATCH_MAX)
+                # Decoded and read as batch k is written: what batch k + 1 changes is laid over.
                 after = await decode_batch(ready, topic_partitions) if ready else None
-                if after is not None:
-                    read_batch(after)  # as batch k is written: what batch k + 1 changes is laid over
                 done = await running
                 if after is not None:  # start the next batch before this one's state is written
                     running = await run_batch(after, changed_records(done.values()))
@@ -192,7 +190,7 @@ async def _acked(deliveries: Awaitable[None], messages: list[Any]) -> None:
 
 
 async def decode_batch(messages: list[Any], topic_partitions: PartitionCounts) -> Batch:
-    """Pass 1: decode, route and shard by key."""
+    """Pass 1: decode, route and shard by key; then pass 2a, :func:`read_batch`."""
     batch = Batch(messages, time.perf_counter())
     stale = {m.tp for m in messages} - app.consumer.assignment()
     if stale:  # fetched before a revocation: another worker may own these partitions now
@@ -231,6 +229,7 @@ async def decode_batch(messages: list[Any], topic_partitions: PartitionCounts) -
         source, offset = source_position(message, route.repartitioned)
         event = ShardEvent(route.name, decoded, source, offset)
         steps.append((message, route, None, raw_key, s, WORK.add(shards[s], event, key, raw_key, ts)))
+    read_batch(batch)
     return batch
 
 

@@ -53,7 +53,7 @@ def _make_agent(name: str, spec: LookupSpec, repartitioned: bool) -> Any:
                     target = partition_for(raw_key, partitions)
                     deliveries.append(await forward(producer, rekey_topic, raw_key, target, message))
                     continue
-                updates[await apply_lookup(writer, name, message.partition, raw_key, fields)].inc()
+                updates[apply_lookup(writer, name, message.partition, raw_key, fields)].inc()
             # Every changelog record and forward is on the broker before Faust acknowledges the batch.
             await writer.delivered()
             await asyncio.gather(*deliveries)

@@ -236,9 +236,7 @@ def _unread(record_key: bytes) -> bytes | None:
 
 
 def read_records(
-    shard: Shard,
-    feature_db: Callable[[str, bytes], Any],
-    lookup_db: Callable[[str, bytes], Any],
+    shard: Shard, feature_db: Callable[[str, bytes], Any], lookup_db: Callable[[str, bytes], Any]
 ) -> None:
     """Fill ``shard`` with the stored records and lookup rows its events read; ``feature_db(group,
     key)`` and ``lookup_db(lookup, key)`` give the RocksDB partition (rocksdict, raw mode) holding
@@ -269,14 +267,14 @@ def lay_over(shard: Shard, overlay: Overlay) -> None:
         if not changes:
             continue
         records = shard.records[slot]
-        for record_key, value in changes:
-            if whole:
+        if whole:
+            for record_key, value in changes:
                 if value is None:
                     records.pop(record_key, None)
                 else:
                     records[record_key] = value
-            elif record_key in records:
-                records[record_key] = value
+        else:
+            records.update((record_key, value) for record_key, value in changes if record_key in records)
 
 
 _FRAME = struct.Struct("!Q")  # a message on the pipes: the byte length of a file's contents
@@ -316,14 +314,15 @@ def helper_main(pipeline_path: str, shard_fd: str, result_fd: str) -> None:
     os.dup2(2, 1)  # anything printed goes to stderr, never between the frames
     requests = sys.stdin.buffer
     work = BatchWork(load_pipeline(pipeline_path))
+    shards, results = int(shard_fd), int(result_fd)
     settle_garbage_collector()
     _send(answers, 0)
     while len(header := requests.read(_FRAME.size)) == _FRAME.size:
         (size,) = _FRAME.unpack(header)
-        shard = decode_shard(_read(int(shard_fd), size))
+        shard = decode_shard(_read(shards, size))
         with collections_paused():  # as in the worker's batches
             result = work.run(shard)
-        _send(answers, _write(int(result_fd), encode_result(result)))
+        _send(answers, _write(results, encode_result(result)))
 
 
 def _send(out: Any, size: int) -> None:

@@ -25,7 +25,7 @@ LOOKUP_TABLES: dict[str, Any] = {
 }
 
 
-async def apply_lookup(
+def apply_lookup(
     writer: StateWriter, name: str, partition: int, key: bytes, fields: dict[str, Any] | None
 ) -> str:
     """Upsert (fields) or delete (None) one row on its home ``partition``; returns the op for the
