@@ -35,7 +35,7 @@ from typing import Any
 from agents.serving_process import SERVING
 from app.batches import RecordBatches, partition_count
 from app.dead_letters import forward, send_dead_letter, source_headers, source_position
-from app.intake import Intake
+from app.intake import Intake, Taken
 from app.keyed_work import (
     BatchWork,
     HelperPool,
@@ -129,7 +129,7 @@ app.topics.add(app.topic(*ROUTES, key_serializer="raw", value_serializer="raw"))
 class Batch:
     """A batch after pass 1: what passes 2 and 3 do with each of its records."""
 
-    messages: list[Any]
+    messages: Taken
     started: float
     # Per record: (message, route, BadRecord | None, key, shard, position in shard); shard -1: forward
     # to the repartition topic.
@@ -165,7 +165,7 @@ async def process_events() -> None:
                     messages = await INTAKE.take(BATCH_MAX, BATCH_WITHIN_S)
                     batch = await decode_batch(messages, topic_partitions)
                     running = await run_batch(batch, {})
-                ready = [] if app.should_stop else INTAKE.take_ready(BATCH_MAX)
+                ready = Taken(()) if app.should_stop else INTAKE.take_ready(BATCH_MAX)
                 # Decoded and read as batch k is written: what batch k + 1 changes is laid over.
                 after = await decode_batch(ready, topic_partitions) if ready else None
                 done = await running
@@ -183,16 +183,16 @@ async def process_events() -> None:
         await app.crash(exc)
 
 
-async def _acked(deliveries: Awaitable[None], messages: list[Any]) -> None:
+async def _acked(deliveries: Awaitable[None], messages: Taken) -> None:
     """Ack ``messages`` once every delivery of their batch is done."""
     await deliveries
     INTAKE.ack(messages)
 
 
-async def decode_batch(messages: list[Any], topic_partitions: PartitionCounts) -> Batch:
+async def decode_batch(messages: Taken, topic_partitions: PartitionCounts) -> Batch:
     """Pass 1: decode, route and shard by key; then pass 2a, :func:`read_batch`."""
     batch = Batch(messages, time.perf_counter())
-    stale = {m.tp for m in messages} - app.consumer.assignment()
+    stale = set(messages.offsets) - app.consumer.assignment()
     if stale:  # fetched before a revocation: another worker may own these partitions now
         logger.warning("batch holds events of partitions no longer assigned here: %s", sorted(stale))
     partitions = settings.partitions
@@ -209,9 +209,8 @@ async def decode_batch(messages: list[Any], topic_partitions: PartitionCounts) -
         route = ROUTES[message.topic]
         if not route.repartitioned:
             counts[route.consumed] = counts.get(route.consumed, 0) + 1
-        record_ts = int(message.timestamp * 1000)
-        try:
-            decoded = decode_event(message.value, route.spec, record_ts)
+        try:  # records are aiokafka's, as fetched (app/intake.py): timestamps in milliseconds
+            decoded = decode_event(message.value, route.spec, message.timestamp)
         except BadRecord as exc:
             steps.append((message, route, exc, b"", 0, 0))
             continue
@@ -325,6 +324,6 @@ async def _delivered(
     for counter, count in counts.items():
         counter.inc(count)
     elapsed = time.perf_counter() - batch.started
-    for name in {ROUTES[m.topic].name for m in batch.messages}:
+    for name in {ROUTES[tp.topic].name for tp in batch.messages.offsets}:
         BATCH_SECONDS.labels(name).observe(elapsed)
         PROCESSING_SECONDS.labels(name).observe(elapsed / len(batch.messages))

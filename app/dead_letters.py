@@ -68,12 +68,13 @@ async def send_dead_letter(
 
 
 async def forward(producer: Any, topic: str, key: bytes, partition: int, message: Any) -> Awaitable[Any]:
-    """Re-key a record onto ``partition`` of a repartition topic, value and timestamp unchanged."""
+    """Re-key a record (aiokafka's, timestamp in ms) onto ``partition`` of a repartition topic, value
+    and timestamp unchanged."""
     headers = source_headers(message)
     if message.key is not None:
         headers.append((SOURCE_KEY, message.key))
     future: Awaitable[Any] = await producer.send(
-        topic, key, message.value, partition, message.timestamp, headers
+        topic, key, message.value, partition, message.timestamp / 1000, headers
     )
     return future
 

@@ -1,17 +1,19 @@
 """The input path of the stream agent: fetched records go from Faust's consumer into one buffer that
 the agent takes in batches.
 
-Faust hands each fetched record to the streams on its own: a callback raced against flow control
-(two tasks and an ``asyncio.wait`` per record), an Event, a queue put, and a step of the stream's
-iterator. A profile of the shop pipeline put ~40 % of the worker's time there. Hydrant processes
-records in batches anyway, so :class:`Intake` takes its topics' records out of the consumer's fetch
-loop (``Consumer.getmany``) in bulk and keeps Faust's bookkeeping for them:
+Faust hands each fetched record to the streams on its own: a Message object, a callback raced
+against flow control (two tasks and an ``asyncio.wait`` per record), an Event, a queue put, and a
+step of the stream's iterator; then a tracking call, sensor calls and an ack per record. Hydrant
+processes records in batches anyway, so :class:`Intake` takes its topics' records out of each fetch
+(``Consumer._wait_next_records``, before Faust turns them into messages) as they are: aiokafka's
+``ConsumerRecord`` (``timestamp`` in milliseconds). It keeps Faust's bookkeeping for them, once per
+partition or batch instead of once per record:
 
-- the consumer's read offset per partition (lag, Faust's own duplicate check);
+- the consumer's read offset per partition (lag, Faust's own duplicate check) and its end offset;
 - offset gaps, so commits can move past them;
-- tracking (``track_message`` when the agent takes a record) and acks (``consumer.ack`` once its
-  batch is delivered), so offsets are committed only behind delivered batches and a rebalance waits
-  for the batch in flight;
+- pending work and acks: a batch taken is one entry of the consumer's unacked set (so a rebalance
+  or a shutdown waits for it), and its acks (once its batch is delivered) fill the consumer's acked
+  offsets as Faust's ``Consumer.ack`` would, so offsets are committed only behind delivered batches;
 - flow control: records are handed out only while the flow is active, and the buffer is registered
   with ``app.flow_control`` so that it is cleared where Faust clears the stream queues (the end of a
   rebalance, after the inputs were positioned: app/rebalance.py).
@@ -23,10 +25,49 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
+
 ROOM_POLL_S = 0.1  # how often a fetch loop waiting for room checks that the flow is still active
+
+
+class Pending:
+    """A taken batch, as the consumer's set of unacked messages holds it (Faust's ``wait_empty``
+    waits until that set is empty, and reads ``acked`` and ``refcount`` of its members)."""
+
+    __slots__ = ("__weakref__", "acked", "refcount")
+
+    def __init__(self, size: int) -> None:
+        self.acked = False
+        self.refcount = size
+
+    def __repr__(self) -> str:
+        return f"<batch of {self.refcount} records, {'acked' if self.acked else 'pending'}>"
+
+
+class Taken(list[Any]):
+    """Records handed out together, with their offsets per partition (the consumer's TPs, in
+    batch order) and their entry in the consumer's unacked set."""
+
+    __slots__ = ("offsets", "pending")
+
+    def __init__(self, records: Iterable[Any], tps: dict[tuple[str, int], Any] | None = None) -> None:
+        super().__init__(records)
+        self.pending = Pending(len(self))
+        offsets: dict[tuple[str, int], list[int]] = {}
+        for record in self:
+            key = (record.topic, record.partition)
+            found = offsets.get(key)
+            if found is None:
+                offsets[key] = [record.offset]
+            else:
+                found.append(record.offset)
+        self.offsets: dict[Any, list[int]] = {
+            (tps[key] if tps is not None else key): found for key, found in offsets.items()
+        }
 
 
 class Intake:
@@ -40,12 +81,13 @@ class Intake:
         #: Highest offset per partition whose batch was delivered (consumer lag counts from here: the
         #: fetch position runs up to ``max_buffered`` records, or a whole fetch, ahead of it).
         self.done: dict[Any, int] = {}
+        self._tps: dict[tuple[str, int], Any] = {}  # (topic, partition) -> the consumer's TP for it
         self._arrived = asyncio.Event()  # records were added
         self._room = asyncio.Event()  # the buffer is below max_buffered
         self._room.set()
         app.flow_control.manage_queue(self)
         # Installed on the consumer when the app creates it (app/main.py HydrantApp), before any
-        # fetch: Faust's fetch loop binds ``getmany`` once, when it starts.
+        # fetch: Faust's fetch loop binds its methods once, when it starts.
         app.intakes = [*getattr(app, "intakes", []), self]
 
     def __len__(self) -> int:
@@ -59,16 +101,18 @@ class Intake:
         self._room.set()
 
     def install(self, consumer: Any) -> None:
-        """Take this intake's records out of ``consumer``'s fetch loop (before its fetcher starts)."""
-        fetch = consumer.getmany
+        """Take this intake's records out of ``consumer``'s fetches (before its fetcher starts)."""
+        wait_next = consumer._wait_next_records
 
-        async def getmany(timeout: float) -> AsyncIterator[tuple[Any, Any]]:  # noqa: ASYNC109 (Faust calls it so)
-            async for tp, message in fetch(timeout):
-                if tp.topic in self.topics:
-                    await self._accept(consumer, tp, message)
-                else:
-                    yield tp, message
-            self._arrived.set()
+        async def wait_next_records(timeout: float) -> tuple[Any, Any]:  # noqa: ASYNC109 (Faust calls it so)
+            records, active = await wait_next(timeout)
+            if records and consumer.flow_active and not consumer.should_stop:  # else Faust drops them
+                buffered = consumer._buffered_partitions
+                for tp in [tp for tp in records if tp.topic in self.topics]:
+                    fetched = records.pop(tp)
+                    if active is None or tp in active or tp in buffered:
+                        await self._accept(consumer, tp, fetched)
+                self._arrived.set()
             # Back-pressure: stop fetching while the agent is behind, but never while the flow is
             # suspended: a rebalance's table recovery reads changelogs through this same loop.
             while len(self._buffer) >= self.max_buffered and self._flowing(consumer):
@@ -77,30 +121,43 @@ class Intake:
                     await asyncio.wait_for(self._room.wait(), ROOM_POLL_S)
                 except TimeoutError:
                     pass
+            return records, active
 
-        consumer.getmany = getmany
+        consumer._wait_next_records = wait_next_records
 
     def _flowing(self, consumer: Any) -> bool:
         return bool(consumer.flow_active and self.app.flow_control.is_active() and not consumer.should_stop)
 
-    async def _accept(self, consumer: Any, tp: Any, message: Any) -> None:
-        """What Faust's fetch loop does for a record before delivery, then buffer it."""
-        offset = message.offset
+    async def _accept(self, consumer: Any, tp: Any, records: list[Any]) -> None:
+        """What Faust's fetch loop does for a partition's fetched records (in offset order) before
+        delivery, then buffer them."""
         read = consumer._read_offset.get(tp)
-        if read is not None and offset < read:
-            return  # already read (Faust drops these too)
-        if read and offset - read > 1 and self.app.topics.acks_enabled_for(tp.topic):
-            await consumer._add_gap(tp, read + 1, offset)
+        if read is not None and records[0].offset < read:
+            records = [r for r in records if r.offset >= read]  # already read (Faust drops these too)
+            if not records:
+                return
+        if self.app.topics.acks_enabled_for(tp.topic):
+            previous = read
+            if records[-1].offset - records[0].offset + 1 == len(records):
+                records_after_gaps: Iterable[Any] = records[:1]  # consecutive: only the first can follow one
+            else:
+                records_after_gaps = records
+            for record in records_after_gaps:
+                if previous and record.offset - previous > 1:
+                    await consumer._add_gap(tp, previous + 1, record.offset)
+                previous = record.offset
         commit_every = consumer._commit_every
         if commit_every is not None and consumer._n_acked >= commit_every:
             consumer._n_acked = 0
             await consumer.commit()
-        consumer._read_offset[tp] = offset
-        self._buffer.append(message)
+        consumer._read_offset[tp] = records[-1].offset
+        consumer.app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
+        self._tps[tp.topic, tp.partition] = tp
+        self._buffer.extend(records)
 
-    async def take(self, max_: int, within: float) -> list[Any]:
+    async def take(self, max_: int, within: float) -> Taken:
         """The next batch: up to ``max_`` records, waiting at most ``within`` seconds for more once
-        the first is there. Only while the flow is active; each record is tracked as pending ack."""
+        the first is there. Only while the flow is active; the batch is pending until acked."""
         flow = self.app.flow_control
         deadline: float | None = None
         while True:
@@ -121,28 +178,39 @@ class Intake:
                 pass
         return self._hand_out(max_)
 
-    def _hand_out(self, max_: int) -> list[Any]:
-        batch = self._buffer[:max_]
+    def _hand_out(self, max_: int) -> Taken:
+        batch = Taken(self._buffer[:max_], self._tps)
         del self._buffer[:max_]
         if len(self._buffer) < self.max_buffered:
             self._room.set()
-        track = self.app.consumer.track_message
-        for message in batch:
-            track(message)
+        self.app.consumer._unacked_messages.add(batch.pending)
         return batch
 
-    def take_ready(self, max_: int) -> list[Any]:
+    def take_ready(self, max_: int) -> Taken:
         """Up to ``max_`` records that are already here, without waiting (none while the flow is
-        suspended); each is tracked as pending ack."""
+        suspended); the batch is pending until acked."""
         if not self._buffer or not self.app.flow_control.is_active():
-            return []
+            return Taken(())
         return self._hand_out(max_)
 
-    def ack(self, batch: Iterable[Any]) -> None:
-        """Let the consumer commit past ``batch`` (every record of it delivered)."""
-        ack = self.app.consumer.ack
+    def ack(self, batch: Taken) -> None:
+        """Let the consumer commit past ``batch`` (every record of it delivered): Faust's
+        ``Consumer.ack`` for each record, a partition at a time."""
+        consumer = self.app.consumer
         done = self.done
-        for message in batch:
-            ack(message)
-            if message.offset > done.get(message.tp, -1):
-                done[message.tp] = message.offset
+        with ack_lock:
+            for tp, offsets in batch.offsets.items():
+                last = max(offsets)
+                if last > done.get(tp, -1):
+                    done[tp] = last
+                if not self.app.topics.acks_enabled_for(tp.topic):
+                    continue
+                committed = consumer._committed_offset[tp]
+                index = consumer._acked_index[tp]
+                new = [o for o in offsets if (committed is None or o >= committed) and o not in index]
+                index.update(new)
+                consumer._acked[tp].extend(new)
+                consumer._n_acked += len(new)
+            batch.pending.acked = True
+            consumer._unacked_messages.discard(batch.pending)
+            notify(consumer._waiting_for_ack)
