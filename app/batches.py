@@ -8,7 +8,6 @@ over with ``send_batch``; the delivery futures resolve to each batch's base offs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,9 @@ class SentBatch:
     future: Any
 
 
+_NO_HEADERS: list[Any] = []  # shared by every record without headers; aiokafka only reads it
+
+
 class RecordBatches:
     """Records to send, grouped per (topic, partition) in the order they were added."""
 
@@ -43,9 +45,12 @@ class RecordBatches:
         return bool(self._records)
 
     def add(
-        self, topic: str, partition: int, key: bytes, value: bytes | None, headers: Sequence[Any] = ()
+        self, topic: str, partition: int, key: bytes, value: bytes | None, headers: list[Any] | None = None
     ) -> None:
-        self._records.setdefault((topic, partition), []).append((key, value, list(headers)))
+        """Queue a record; ``headers`` (aiokafka wants a list) is kept, not copied: leave it as it is."""
+        self._records.setdefault((topic, partition), []).append(
+            (key, value, _NO_HEADERS if headers is None else headers)
+        )
 
     async def send(self, producer: Any) -> list[SentBatch]:
         """Hand every record to ``producer`` (an AIOKafkaProducer) as record batches; empties this."""

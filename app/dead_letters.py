@@ -7,6 +7,7 @@ the record the user produced, never the internal topic.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -35,11 +36,12 @@ def source_headers(message: Any, repartitioned: bool = False) -> list[tuple[str,
     trusted: an input may well be another pipeline's output)."""
     if repartitioned:
         return [(k, v) for k, v in _header_items(message) if k in _SOURCE_NAMES]
-    return [
-        (SOURCE_TOPIC, message.topic.encode()),
-        (SOURCE_PARTITION, str(message.partition).encode()),
-        (SOURCE_OFFSET, str(message.offset).encode()),
-    ]
+    return [*_partition_headers(message.topic, message.partition), (SOURCE_OFFSET, b"%d" % message.offset)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _partition_headers(topic: str, partition: int) -> tuple[tuple[str, bytes], tuple[str, bytes]]:
+    return (SOURCE_TOPIC, topic.encode()), (SOURCE_PARTITION, str(partition).encode())
 
 
 def source_key(message: Any, repartitioned: bool = False) -> bytes | None:

@@ -198,22 +198,26 @@ class BatchWork:
             chosen = {g: choose(plans[g], work.name, fields) for g in work.groups}
         except Exception as exc:
             raise BadRecord("expression", f"where filter: {type(exc).__name__}: {exc}") from None
-        keyed = {g: states[g, raw_key] for g in work.groups}
+        keyed = [(g, states[g, raw_key]) for g in work.groups]
         # A redelivery that a head already recorded is a duplicate there, even if its bucket expired since.
-        fresh = {g: state for g, state in keyed.items() if state.processed.get(source, -1) < offset}
-        late = [g for g, state in fresh.items() if is_late(plans[g], state, ts)]
+        late = [
+            (g, state)
+            for g, state in keyed
+            if state.processed.get(source, -1) < offset and is_late(plans[g], state, ts)
+        ]
         if late:
-            for g in late:  # 'late': recorded as processed
-                apply_event(plans[g], fresh[g], [], fields, ts, source, offset)
+            for g, state in late:  # 'late': recorded as processed
+                apply_event(plans[g], state, [], fields, ts, source, offset)
                 result.late[g] = result.late.get(g, 0) + 1
-            plan = plans[late[0]]
-            horizon = (keyed[late[0]].newest or 0) - plan.retention
+            first, state = late[0]
+            plan = plans[first]
+            horizon = (state.newest or 0) - plan.retention
             raise BadRecord(
                 "late",
                 f"event time {ts} is in bucket {plan.bucket(ts)} <= {horizon} (the key's newest bucket "
-                f"minus the retention of group {late[0]!r})",
+                f"minus the retention of group {first!r})",
             )
-        for g, state in keyed.items():
+        for g, state in keyed:
             if apply_event(plans[g], state, chosen[g], fields, ts, source, offset) == "duplicate":
                 result.duplicates[g] = result.duplicates.get(g, 0) + 1
 
