@@ -196,6 +196,7 @@ async def decode_batch(messages: Taken, topic_partitions: PartitionCounts) -> Ba
     if stale:  # fetched before a revocation: another worker may own these partitions now
         logger.warning("batch holds events of partitions no longer assigned here: %s", sorted(stale))
     partitions = settings.partitions
+    topic_counts: dict[str, int | None] = {}  # asked once per topic and batch
     counts, shards, shard_of, home_of, steps = (
         batch.counts,
         batch.shards,
@@ -216,11 +217,13 @@ async def decode_batch(messages: Taken, topic_partitions: PartitionCounts) -> Ba
             continue
         key, ts, _ = decoded
         raw_key = key.encode("utf-8")
-        if not route.repartitioned and not is_home(
-            raw_key, message.partition, topic_partitions(message.topic), partitions
-        ):
-            steps.append((message, route, None, raw_key, -1, 0))
-            continue
+        if not route.repartitioned:
+            topic = message.topic
+            if topic not in topic_counts:
+                topic_counts[topic] = topic_partitions(topic)
+            if not is_home(raw_key, message.partition, topic_counts[topic], partitions):
+                steps.append((message, route, None, raw_key, -1, 0))
+                continue
         s = shard_of.get(raw_key)
         if s is None:
             s = shard_of[raw_key] = HELPERS.shard_for(len(shard_of))
@@ -296,8 +299,10 @@ async def send_batch(batch: Batch, done: dict[int, ShardResult]) -> Awaitable[No
                 await send_dead_letter(producer, route.spec.dlq_topic, message, error, route.repartitioned)
             )
             continue
+        if not outcome:
+            continue  # a stream without outputs
         headers = source_headers(message, route.repartitioned)
-        for (topic, value), counter in zip(outcome, route.produced, strict=True):  # type: ignore[arg-type]
+        for (topic, value), counter in zip(outcome, route.produced, strict=True):
             count = output_partitions.get(topic)
             if count is None:
                 count = output_partitions[topic] = await partition_count(aiokafka_producer, topic)

@@ -40,6 +40,11 @@ def source_headers(message: Any, repartitioned: bool = False) -> list[tuple[str,
 
 
 @functools.lru_cache(maxsize=4096)
+def _source_name(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+@functools.lru_cache(maxsize=4096)
 def _partition_headers(topic: str, partition: int) -> tuple[tuple[str, bytes], tuple[str, bytes]]:
     return (SOURCE_TOPIC, topic.encode()), (SOURCE_PARTITION, str(partition).encode())
 
@@ -85,6 +90,6 @@ def source_position(message: Any, repartitioned: bool = False) -> tuple[str, int
     """(``"<topic>:<partition>"``, offset) of the original record: the identity window state uses
     to recognise a redelivered event, the same before and after a repartition hop."""
     if not repartitioned:
-        return f"{message.topic}:{message.partition}", int(message.offset)
+        return _source_name(message.topic, message.partition), message.offset
     values = dict(source_headers(message, repartitioned=True))
     return f"{values[SOURCE_TOPIC].decode()}:{values[SOURCE_PARTITION].decode()}", int(values[SOURCE_OFFSET])
