@@ -117,12 +117,16 @@ class BatchWork:
         """Add a decoded home event to ``shard`` and note the records it reads; its position there."""
         work = self.streams[event.stream]
         wants = shard.wants
+        plans = self.plans
         for group in work.groups:
-            _, buckets = wants.setdefault((group, raw_key), (False, set()))
-            buckets.add(self.plans[group].bucket(ts))
+            wanted = wants.get((group, raw_key))
+            if wanted is None:
+                wanted = wants[group, raw_key] = (group in work.reads, set())
+            wanted[1].add(ts // plans[group].period_ms)  # the event's bucket
         for group in work.reads:
-            _, buckets = wants.get((group, raw_key), (False, set()))
-            wants[group, raw_key] = (True, buckets)
+            wanted = wants.get((group, raw_key))
+            if wanted is None or not wanted[0]:
+                wants[group, raw_key] = (True, set() if wanted is None else wanted[1])
         for lookup in work.joins:
             shard.lookups[lookup, key] = None
         shard.events.append(event)
