@@ -31,6 +31,7 @@ from tables.windows import (
     is_late,
     outside_retention,
     read_features,
+    value_hash,
 )
 from tests.support.ground_truth import GroundTruth, accepted_events, expected_features, mark_late
 
@@ -784,3 +785,87 @@ def test_distinct_within_three_percent_at_ten_thousand(exact_buckets: int) -> No
     estimate = worker.read("u", BASE + 59 * MINUTE)["d_distinct_1h"]
     assert abs(estimate - 10_000) / 10_000 <= 0.03, estimate
     assert worker.stored_buckets("u") == 60
+
+
+# -- bucket layout: each aggregation keeps only the fields its ops read ------------------------------
+
+ALL_OPS = "[count, sum, avg, min, max, stddev, first, last, distinct]"
+
+
+def buckets_of(worker: Worker, key: str) -> list[dict[str, Any]]:
+    prefix = key.encode() + b"\x00"
+    return [orjson.loads(v) for k, v in sorted(worker.table.items()) if k.startswith(prefix) and k != prefix]
+
+
+def test_a_bucket_keeps_only_the_fields_its_ops_read() -> None:
+    plan, _ = group(
+        "1m",
+        "{name: spend, stream: s1, field: x, ops: [count, sum, avg, min, max, stddev], windows: [5m]}",
+        "{name: clicks, stream: s2, ops: [count], windows: [5m]}",
+        "{name: words, stream: s1, field: word, ops: [first, last, distinct], windows: [5m]}",
+    )
+    worker = Worker(plan)
+    worker.run([s1("u", BASE, 2.5, word="a"), s2("u", BASE + 1), s1("u", BASE + 2, 1.5, word="b")])
+    worker.flush()
+    (bucket,) = buckets_of(worker, "u")
+    hashes = [value_hash("a"), value_hash("b")]
+    assert bucket["l"] == plan.tag == "83f,1,7c1"  # the canonical fields of each, as bitmasks
+    spend, clicks, words = bucket["a"]
+    assert spend[:2] == [2, 4.0] and spend[4:6] == [1.5, 2.5]  # count, sum, mean, m2, min, max, shift
+    assert len(spend) == 7 and spend[6] == 2.5
+    assert clicks == [1]
+    assert words == [2, BASE, "a", BASE + 2, "b", hashes]
+    assert worker.read("u", BASE + 2) == {
+        "spend_count_5m": 2,
+        "spend_sum_5m": 4.0,
+        "spend_avg_5m": 2.0,
+        "spend_min_5m": 1.5,
+        "spend_max_5m": 2.5,
+        "spend_stddev_5m": pytest.approx(math.sqrt(0.5)),
+        "clicks_count_5m": 1,
+        "words_first_5m": "a",
+        "words_last_5m": "b",
+        "words_distinct_5m": 2,
+    }
+
+
+def test_buckets_of_the_earlier_format_are_read_and_rewritten() -> None:
+    """Before bucket layouts, every aggregation kept all twelve fields and records had no "l"."""
+    full, _ = group("1m", f"{{name: spend, stream: s1, field: x, ops: {ALL_OPS}, windows: [5m]}}")
+    some, _ = group("1m", "{name: spend, stream: s1, field: x, ops: [count, max, last], windows: [5m]}")
+    rng = random.Random(3)
+    events = [s1("u", BASE + rng.randrange(4 * MINUTE), rng.uniform(0, 9)) for _ in range(30)]
+    earlier = Worker(full)
+    earlier.run(events[:20])
+    earlier.flush()
+    for k, v in earlier.table.items():  # all twelve fields: the earlier format, once "l" is gone
+        record = orjson.loads(v)
+        if record.pop("l", None) is not None:
+            assert len(record["a"][0]) == 12
+            earlier.table[k] = orjson.dumps(record)
+    upgraded = Worker(some, table=dict(earlier.table))
+    direct = Worker(some)
+    direct.run(events[:20])
+    direct.flush()
+    at = BASE + 4 * MINUTE
+    assert upgraded.read("u", at) == direct.read("u", at)
+    upgraded.run(events[20:], start=20)
+    direct.run(events[20:], start=20)
+    upgraded.flush()
+    direct.flush()
+    assert upgraded.read("u", at) == direct.read("u", at)
+    assert upgraded.table == direct.table  # every bucket the events touched was rewritten in the new layout
+
+
+def test_an_op_added_later_leaves_older_buckets_out_of_its_aggregation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    before, _ = group("1m", "{name: spend, stream: s1, field: x, ops: [count], windows: [5m]}")
+    after, _ = group("1m", "{name: spend, stream: s1, field: x, ops: [count, max], windows: [5m]}")
+    old = Worker(before)
+    old.run([s1("u", BASE, 5.0), s1("u", BASE + 1, 7.0)])  # bucket 0: count only
+    old.flush()
+    new = Worker(after, table=dict(old.table))
+    new.run([s1("u", BASE + MINUTE, 3.0)], start=2)  # bucket 1, with max
+    assert new.read("u", BASE + MINUTE) == {"spend_count_5m": 1, "spend_max_5m": 3.0}
+    assert "aggregation 'spend': buckets written before its ops ['max'] were added" in caplog.text
