@@ -284,6 +284,8 @@ async def send_batch(batch: Batch, done: dict[int, ShardResult]) -> Awaitable[No
     outputs = RecordBatches()
     aiokafka_producer = producer._ensure_producer()
     output_partitions: dict[str, int] = {}  # asked once per batch
+    outcomes = {s: result.outcomes for s, result in done.items()}
+    add = outputs.add
     for n, (message, route, error, raw_key, s, position) in enumerate(batch.steps, 1):
         if n % (4 * YIELD_EVERY) == 0:
             await asyncio.sleep(0)
@@ -291,7 +293,7 @@ async def send_batch(batch: Batch, done: dict[int, ShardResult]) -> Awaitable[No
             target = partition_for(raw_key, partitions)
             deliveries.append(await forward(producer, route.rekey_topic, raw_key, target, message))
             continue
-        outcome = done[s].outcomes[position] if error is None else None
+        outcome = outcomes[s][position] if error is None else None
         if error is not None or isinstance(outcome, tuple):
             if error is None:
                 error = BadRecord(*outcome)  # type: ignore[misc]
@@ -306,7 +308,7 @@ async def send_batch(batch: Batch, done: dict[int, ShardResult]) -> Awaitable[No
             count = output_partitions.get(topic)
             if count is None:
                 count = output_partitions[topic] = await partition_count(aiokafka_producer, topic)
-            outputs.add(topic, partition_for(raw_key, count), raw_key, value, headers)
+            add(topic, partition_for(raw_key, count), raw_key, value, headers)
             counts[counter] = counts.get(counter, 0) + 1
     deliveries.extend(sent.future for sent in await outputs.send(aiokafka_producer))
     writer = StateWriter(producer, on_write=SERVING.wrote)

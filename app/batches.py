@@ -57,17 +57,32 @@ class RecordBatches:
         sent: list[SentBatch] = []
         for (topic, partition), records in self._records.items():
             batch = producer.create_batch()
+            count = 0
             for key, value, headers in records:
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full
-                    count = batch.record_count()
-                    future = await producer.send_batch(batch, topic, partition=partition)
-                    sent.append(SentBatch(topic, partition, count, future))
-                    batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                        raise ValueError(f"a record for {topic}[{partition}] is larger than a producer batch")
-            count = batch.record_count()
+                if _append(batch, count, key, value, headers):
+                    count += 1
+                    continue
+                sent.append(await _send(producer, batch, count, topic, partition))  # full
+                batch = producer.create_batch()
+                if not _append(batch, 0, key, value, headers):
+                    raise ValueError(f"a record for {topic}[{partition}] is larger than a producer batch")
+                count = 1
             if count:
-                future = await producer.send_batch(batch, topic, partition=partition)
-                sent.append(SentBatch(topic, partition, count, future))
+                sent.append(await _send(producer, batch, count, topic, partition))
         self._records.clear()
         return sent
+
+
+def _append(batch: Any, count: int, key: bytes, value: bytes | None, headers: list[Any]) -> bool:
+    """``BatchBuilder.append`` without its per-record checks (the producer has no serializers and
+    the batch is open): its record builder's append, at relative offset ``count``. Half the cost per
+    record (aiokafka 0.14, pinned in pyproject.toml). False when the batch is full."""
+    return batch._builder.append(count, None, key, value, headers) is not None
+
+
+async def _send(producer: Any, batch: Any, count: int, topic: str, partition: int) -> SentBatch:
+    """Close ``batch`` at ``count`` records (what ``BatchBuilder.append`` keeps) and hand it over."""
+    batch._relative_offset = count
+    batch.close()
+    future = await producer.send_batch(batch, topic, partition=partition)
+    return SentBatch(topic, partition, count, future)
