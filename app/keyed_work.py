@@ -252,11 +252,15 @@ def read_records(
     the buckets its events fall in. Changes not written yet are laid over by :func:`lay_over`."""
     from tables.store import prefix_scan  # the worker's side only: it imports Faust, helpers need not
 
+    scans: dict[int, Callable[[bytes], list[tuple[bytes, bytes]]]] = {}  # per database
     for slot, (whole, buckets) in shard.wants.items():
         group, raw_key = slot
         db = feature_db(group, raw_key)
         if whole:
-            shard.records[slot] = dict(prefix_scan(db)(head_key(raw_key)))
+            scan = scans.get(id(db))
+            if scan is None:
+                scan = scans[id(db)] = prefix_scan(db)
+            shard.records[slot] = dict(scan(head_key(raw_key)))
         else:
             get = db.get
             record_keys = [head_key(raw_key), *(bucket_key(raw_key, number) for number in buckets)]

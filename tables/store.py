@@ -91,8 +91,9 @@ def prefix_scan(db: rocksdict.Rdict) -> Callable[[bytes], list[tuple[bytes, byte
     """A range read of ``db`` (raw mode): every (key, value) whose key starts with a prefix ending
     in a NUL byte (a feature key's records), in key order, from one seek."""
 
+    bounds = rocksdict.ReadOptions()  # one per scan function: each read sets its bound, then reads all
+
     def scan(prefix: bytes) -> list[tuple[bytes, bytes]]:
-        bounds = rocksdict.ReadOptions()
         bounds.set_iterate_upper_bound(prefix[:-1] + b"\x01")  # the first key past the prefix
         return list(db.items(from_key=prefix, read_opt=bounds))  # type: ignore[arg-type]
 
