@@ -688,11 +688,16 @@ def read_features(
     numbers: list[int] = []
     slots: list[list[AggState | None]] = []
     loaded = state._buckets
+    scanned = state._raw  # the encoded stored buckets when read whole, else None
     tag = plan.tag
     for number in state.stored(end - widest + 1, end):
         record = loaded.get(number, _UNREAD)
         if record is _UNREAD:
-            record = state.bucket(number)
+            if scanned is not None:  # stored, so no need to ask (KeyState.bucket)
+                raw = scanned.get(number)
+                record = loaded[number] = orjson.loads(raw) if raw is not None else None
+            else:
+                record = state.bucket(number)
         if record is not None:
             if record.get("l") != tag:
                 record = _convert(plan, record)
