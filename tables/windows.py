@@ -27,7 +27,7 @@ bucket's first value, so large offsets such as timestamps lose no digits) and ar
 formula, so stddev stays stable; distinct is a list of 64-bit value hashes while a bucket has at most
 ``EXACT_DISTINCT`` values, then a HyperLogLog sketch (Apache DataSketches) in base64. count is always
 kept; sum for sum/avg, mean/m2/shift for stddev, min, max, first_t/first_v, last_t/last_v, distinct
-for their ops (:data:`_FIELDS`). A shop bucket is 117 bytes instead of 291 with every field, and
+for their ops (:data:`_FIELDS`). A shop bucket record is 132 bytes instead of 291 with every field, and
 decoding, merging and freeing it costs about half as much.
 
 A bucket record names the fields it holds: ``"l"``, per aggregation the bitmask of its canonical
