@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from faust.types import TP
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
@@ -54,7 +55,7 @@ class Taken(list[Any]):
 
     __slots__ = ("offsets", "pending")
 
-    def __init__(self, records: Iterable[Any], tps: dict[tuple[str, int], Any] | None = None) -> None:
+    def __init__(self, records: Iterable[Any]) -> None:
         super().__init__(records)
         self.pending = Pending(len(self))
         offsets: dict[tuple[str, int], list[int]] = {}
@@ -65,9 +66,7 @@ class Taken(list[Any]):
                 offsets[key] = [record.offset]
             else:
                 found.append(record.offset)
-        self.offsets: dict[Any, list[int]] = {
-            (tps[key] if tps is not None else key): found for key, found in offsets.items()
-        }
+        self.offsets: dict[TP, list[int]] = {TP(*key): found for key, found in offsets.items()}
 
 
 class Intake:
@@ -81,7 +80,6 @@ class Intake:
         #: Highest offset per partition whose batch was delivered (consumer lag counts from here: the
         #: fetch position runs up to ``max_buffered`` records, or a whole fetch, ahead of it).
         self.done: dict[Any, int] = {}
-        self._tps: dict[tuple[str, int], Any] = {}  # (topic, partition) -> the consumer's TP for it
         self._arrived = asyncio.Event()  # records were added
         self._room = asyncio.Event()  # the buffer is below max_buffered
         self._room.set()
@@ -138,11 +136,7 @@ class Intake:
                 return
         if self.app.topics.acks_enabled_for(tp.topic):
             previous = read
-            if records[-1].offset - records[0].offset + 1 == len(records):
-                records_after_gaps: Iterable[Any] = records[:1]  # consecutive: only the first can follow one
-            else:
-                records_after_gaps = records
-            for record in records_after_gaps:
+            for record in records:
                 if previous and record.offset - previous > 1:
                     await consumer._add_gap(tp, previous + 1, record.offset)
                 previous = record.offset
@@ -152,7 +146,6 @@ class Intake:
             await consumer.commit()
         consumer._read_offset[tp] = records[-1].offset
         consumer.app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
-        self._tps[tp.topic, tp.partition] = tp
         self._buffer.extend(records)
 
     async def take(self, max_: int, within: float) -> Taken:
@@ -179,7 +172,7 @@ class Intake:
         return self._hand_out(max_)
 
     def _hand_out(self, max_: int) -> Taken:
-        batch = Taken(self._buffer[:max_], self._tps)
+        batch = Taken(self._buffer[:max_])
         del self._buffer[:max_]
         if len(self._buffer) < self.max_buffered:
             self._room.set()

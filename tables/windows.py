@@ -303,13 +303,16 @@ class KeyState:
     def bucket(self, number: int) -> dict[str, Any] | None:
         record = self._buckets.get(number, _UNREAD)
         if record is _UNREAD:
-            if not self.is_stored(number):
-                raw = None
-            elif self._raw is not None:
-                raw = self._raw.get(number)
-            else:
-                raw = self._load(bucket_key(self.key, number))
-            record = self._buckets[number] = orjson.loads(raw) if raw is not None else None
+            record = self._decoded(number) if self.is_stored(number) else self._cache(number, None)
+        return record
+
+    def _decoded(self, number: int) -> dict[str, Any] | None:
+        """Stored bucket ``number``, decoded and kept (the caller knows it is stored)."""
+        raw = self._raw.get(number) if self._raw is not None else self._load(bucket_key(self.key, number))
+        return self._cache(number, orjson.loads(raw) if raw is not None else None)
+
+    def _cache(self, number: int, record: dict[str, Any] | None) -> dict[str, Any] | None:
+        self._buckets[number] = record
         return record
 
     def advance(self, number: int) -> None:
@@ -688,16 +691,11 @@ def read_features(
     numbers: list[int] = []
     slots: list[list[AggState | None]] = []
     loaded = state._buckets
-    scanned = state._raw  # the encoded stored buckets when read whole, else None
     tag = plan.tag
     for number in state.stored(end - widest + 1, end):
         record = loaded.get(number, _UNREAD)
         if record is _UNREAD:
-            if scanned is not None:  # stored, so no need to ask (KeyState.bucket)
-                raw = scanned.get(number)
-                record = loaded[number] = orjson.loads(raw) if raw is not None else None
-            else:
-                record = state.bucket(number)
+            record = state._decoded(number)  # stored: no need to ask again (KeyState.bucket)
         if record is not None:
             if record.get("l") != tag:
                 record = _convert(plan, record)
