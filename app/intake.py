@@ -1,5 +1,5 @@
-"""The input path of the stream agent: fetched records go from Faust's consumer into one buffer that
-the agent takes in batches.
+"""The input path of the agents: fetched records of their topics go from Faust's consumer into a
+buffer per agent (the streams' `process_events`, each lookup's `update_<lookup>`), taken in batches.
 
 Faust hands each fetched record to the streams on its own: a Message object, a callback raced
 against flow control (two tasks and an ``asyncio.wait`` per record), an Event, a queue put, and a
@@ -18,7 +18,7 @@ partition or batch instead of once per record:
   with ``app.flow_control`` so that it is cleared where Faust clears the stream queues (the end of a
   rebalance, after the inputs were positioned: app/rebalance.py).
 
-Records of other topics (changelogs, lookup topics) go through Faust's path unchanged.
+Records of other topics (changelogs) go through Faust's path unchanged.
 """
 
 from __future__ import annotations

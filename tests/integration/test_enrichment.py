@@ -200,3 +200,36 @@ def test_malformed_events_go_to_the_dead_letter_topic(
         int(record.headers["hydrant-source-partition"]), int(record.headers["hydrant-source-offset"])
     assert sum(worker.metric("hydrant_dead_letters_total", reason=r) for r in expected) == 1000
     assert worker.metric("hydrant_dead_letters_total", reason="expression") == expected["expression"]
+
+
+def test_lookup_rows_keyed_otherwise_are_rekeyed_and_bad_rows_dead_lettered(
+    broker: BrokerUnderTest, store_pipeline: Path, uid: str, workers: Callable[..., WorkerProcess]
+) -> None:
+    # Kafka keys that are not the lookup key: the rows take the lookup's repartition hop (most land
+    # on another partition than their key's) and must still be found by the join.
+    users = {f"u{i:03d}": user(i, "vip") for i in range(60)}
+    rows: list[tuple[bytes | None, bytes | None]] = [
+        (f"row-{i}".encode(), orjson.dumps(v)) for i, v in enumerate(users.values())
+    ]
+    bad = [
+        (b"u900", b'{"user_id": "u900", "country": ', "decode"),
+        (b"", None, "missing_key"),  # a tombstone with an empty key names no row
+        (b"u901", orjson.dumps({"user_id": "u901", "country": 7, "segment": "x"}), "type"),
+    ]
+    rows[10:10] = [(k, v) for k, v, _ in bad]
+    asyncio.run(produce(broker.bootstrap, f"users-{uid}", rows))
+    worker = workers(store_pipeline)
+    worker.wait_ready()
+    wait_for(lambda: lookups_applied([worker]) == (60, 0), "60 rekeyed users in the lookup table")
+    dlq = asyncio.run(consume(broker.bootstrap, f"users-{uid}.dlq", 3, timeout=60))
+    assert sorted(r.headers["hydrant-reason"].decode() for r in dlq) == sorted(reason for *_, reason in bad)
+    assert {(r.key, r.value) for r in dlq} == {(k, v) for k, v, _ in bad}
+    for record in dlq:
+        assert record.headers["hydrant-source-topic"] == f"users-{uid}".encode()
+
+    orders = [order(n, f"u{n % 60:03d}") for n in range(120)]
+    publish(broker, f"orders-{uid}", [(o["user_id"].encode(), o) for o in orders])  # type: ignore[union-attr]
+    out = asyncio.run(consume(broker.bootstrap, f"enriched-{uid}", 120, timeout=60))
+    assert len(out) == 120
+    for record in out:
+        check_row(record, users[record.json()["user_id"]])
