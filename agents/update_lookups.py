@@ -33,12 +33,14 @@ BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.05
 
 
-async def apply_batch(name: str, spec: LookupSpec, rekey_topic: str, records: Taken) -> None:
-    """Apply one batch of lookup ``name``'s records (from its topic or its repartition topic); return
-    once every table write, forward and dead letter of it is on the broker."""
+async def apply_batch(
+    name: str, spec: LookupSpec, rekey_topic: str, updates: dict[str, Any], records: Taken
+) -> None:
+    """Apply one batch of lookup ``name``'s records (from its topic or its repartition topic),
+    counting them in ``updates`` per op; return once every table write, forward and dead letter of
+    it is on the broker."""
     producer = app.producer
     partitions = settings.partitions
-    updates = {op: LOOKUP_UPDATES.labels(name, op) for op in ("upsert", "delete")}
     writer = StateWriter(producer)
     deliveries: list[Awaitable[Any]] = []
     topic_counts: dict[str, int | None] = {}
@@ -65,6 +67,7 @@ async def apply_batch(name: str, spec: LookupSpec, rekey_topic: str, records: Ta
 def _make_task(name: str, spec: LookupSpec) -> Callable[[], Coroutine[Any, Any, None]]:
     rekey_topic = repartition_topic(GROUP, "lookup", name)
     intake = Intake(app, (spec.topic, rekey_topic), max_buffered=4 * BATCH_MAX)
+    updates = {op: LOOKUP_UPDATES.labels(name, op) for op in ("upsert", "delete")}  # exported from start
     #: Subscribes the consumer to both topics; their records reach the intake, not this channel.
     app.topics.add(app.topic(spec.topic, rekey_topic, key_serializer="raw", value_serializer="raw"))
 
@@ -74,7 +77,7 @@ def _make_task(name: str, spec: LookupSpec) -> Callable[[], Coroutine[Any, Any, 
         try:
             while not app.should_stop:
                 records = await intake.take(BATCH_MAX, BATCH_WITHIN_S)
-                await apply_batch(name, spec, rekey_topic, records)
+                await apply_batch(name, spec, rekey_topic, updates, records)
                 intake.ack(records)
         except Exception as exc:
             logger.exception("update_%s failed", name)

@@ -382,6 +382,8 @@ def parse_pipeline(text: str, source: str = "") -> Pipeline:
         raise SpecError([f"YAML syntax: {exc.problem}{line}"], source) from None
     except YAMLError as exc:  # e.g. ReaderError: a control character in the text
         raise SpecError([f"YAML: {exc}".replace("\n", " ")], source) from None
+    except TypeError as exc:  # ruamel hashing a key that holds a nested mapping or list
+        raise SpecError([f"YAML: a mapping key must be a plain value ({exc})"], source) from None
     if not isinstance(doc, dict):
         raise SpecError(
             ["(top level): expected a mapping with name, streams, lookups, features, outputs"], source

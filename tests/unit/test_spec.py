@@ -173,6 +173,13 @@ def test_yaml_syntax_error_names_line() -> None:
         parse_pipeline("name: x\nstreams: {a: [}\n")
 
 
+@pytest.mark.parametrize("text", ["? {a: {b: 1}}\n: 2\n", "streams:\n  ? {orders: [1]}\n  : x\n"])
+def test_a_nested_mapping_key_is_named_not_a_crash(text: str) -> None:
+    # ruamel raises TypeError hashing such a key (found by tests/reliability/test_fuzz.py)
+    with pytest.raises(SpecError, match="YAML: a mapping key must be a plain value"):
+        parse_pipeline(text)
+
+
 def test_all_problems_reported_at_once() -> None:
     text = broken("from: orders", "from: order").replace("period: 10m", "period: 7m")
     with pytest.raises(SpecError) as err:
