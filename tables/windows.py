@@ -7,8 +7,10 @@ the windows:
   filters), "m": which of the R buckets (n - R, n] are stored, as a hex bitmask (bit i = bucket
   n - i; so the head has the same small size whatever the windows), "o": {source: highest offset
   processed}}``; rewritten only when a bucket is created or expired (at most once per period per key);
-- one record per bucket, under ``<key>\\0<bucket>``: ``{"o": {"<source topic>:<partition>": highest
-  source offset applied to this bucket}, "a": [aggregation state or None, one per aggregation]}``.
+- one record per bucket, under ``<key>\\0<bucket>``: ``[[aggregation state or None, one per
+  aggregation], layout (below), {"<source topic>:<partition>": highest source offset applied to this
+  bucket}]`` (a JSON array: it decodes in half the time of an object with the same values, and a
+  feature read decodes every bucket of its widest window).
 
 Every window of an aggregation is answered from the same buckets, so a read merges O(window / period)
 buckets. The applied offsets live in the record they guard: a bucket is restored from one changelog
@@ -27,14 +29,15 @@ bucket's first value, so large offsets such as timestamps lose no digits) and ar
 formula, so stddev stays stable; distinct is a list of 64-bit value hashes while a bucket has at most
 ``EXACT_DISTINCT`` values, then a HyperLogLog sketch (Apache DataSketches) in base64. count is always
 kept; sum for sum/avg, mean/m2/shift for stddev, min, max, first_t/first_v, last_t/last_v, distinct
-for their ops (:data:`_FIELDS`). A shop bucket record is 132 bytes instead of 291 with every field, and
-decoding, merging and freeing it costs about half as much.
+for their ops (:data:`_FIELDS`). A shop bucket record is about 120 bytes instead of 291 with every
+field, and decoding, merging and freeing it costs about half as much.
 
-A bucket record names the fields it holds: ``"l"``, per aggregation the bitmask of its canonical
-fields, in hex, comma-separated (a record without ``"l"`` holds all twelve: the earlier format). A
-record whose fields differ from what the spec's ops need now (an op was added or removed) is
-converted when read; an aggregation whose bucket lacks a field that an op added since needs is left
-out of that bucket's windows (logged once), until such buckets expire.
+A bucket record names the fields it holds: its layout, per aggregation the bitmask of its canonical
+fields, in hex, comma-separated. Earlier formats are read too: an object ``{"o": offsets, "a":
+states, "l": layout}``, and before layouts the same without ``"l"`` (every aggregation holding all
+twelve fields). A record whose fields differ from what the spec's ops need now (an op was added or
+removed) is converted when read; an aggregation whose bucket lacks a field that an op added since
+needs is left out of that bucket's windows (logged once), until such buckets expire.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ from app.expressions import Expression
 from app.spec import FeatureGroupSpec, Pipeline, parse_duration
 
 AggState = list[Any]
+#: A bucket record, decoded: [aggregation states (None: no value yet), layout tag, applied offsets]
+Bucket = list[Any]
+_AGGREGATIONS, _LAYOUT, _OFFSETS = range(3)
 Outcome = Literal["applied", "duplicate", "late"]
 
 EXACT_DISTINCT = 128  # per bucket; beyond it a bucket keeps a sketch instead of the hashes
@@ -248,7 +254,7 @@ class KeyState:
         else:
             head = orjson.loads(raw)
             self.newest, self.mask, self.processed = head["n"], int(head["m"], 16), head["o"]
-        self._buckets: dict[int, dict[str, Any] | None] = {}
+        self._buckets: dict[int, Bucket | None] = {}
         self._head_dirty = False
         self._dirty: set[int] = set()
         self._deleted: set[int] = set()
@@ -300,18 +306,23 @@ class KeyState:
         n = self.newest
         return n is not None and 0 <= n - number < self._retention and bool(self.mask >> (n - number) & 1)
 
-    def bucket(self, number: int) -> dict[str, Any] | None:
+    def bucket(self, number: int) -> Bucket | None:
         record = self._buckets.get(number, _UNREAD)
         if record is _UNREAD:
             record = self._decoded(number) if self.is_stored(number) else self._cache(number, None)
         return record
 
-    def _decoded(self, number: int) -> dict[str, Any] | None:
+    def _decoded(self, number: int) -> Bucket | None:
         """Stored bucket ``number``, decoded and kept (the caller knows it is stored)."""
         raw = self._raw.get(number) if self._raw is not None else self._load(bucket_key(self.key, number))
-        return self._cache(number, orjson.loads(raw) if raw is not None else None)
+        if raw is None:
+            return self._cache(number, None)
+        record = orjson.loads(raw)
+        if type(record) is dict:  # the earlier format: {"o": ..., "a": ..., "l": ...}
+            record = [record["a"], record.get("l"), record["o"]]
+        return self._cache(number, record)
 
-    def _cache(self, number: int, record: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _cache(self, number: int, record: Bucket | None) -> Bucket | None:
         self._buckets[number] = record
         return record
 
@@ -328,8 +339,8 @@ class KeyState:
         self.newest = number
         self._head_dirty = True
 
-    def _create(self, number: int, size: int, tag: str) -> dict[str, Any]:
-        record: dict[str, Any] = {"o": {}, "a": [None] * size, "l": tag}
+    def _create(self, number: int, size: int, tag: str) -> Bucket:
+        record: Bucket = [[None] * size, tag, {}]
         self._buckets[number] = record
         if not self.is_stored(number):
             assert self.newest is not None and number <= self.newest
@@ -388,9 +399,9 @@ def apply_event(
     newest = state.newest
     late = newest is not None and number <= newest - plan.retention  # is_late
     record = None if late else state.bucket(number)
-    if record is not None and record.get("l") != plan.tag:
+    if record is not None and record[_LAYOUT] != plan.tag:
         record = _convert(plan, record)
-    if record is not None and record["o"].get(source, -1) >= offset:
+    if record is not None and record[_OFFSETS].get(source, -1) >= offset:
         return "duplicate"
     processed[source] = offset  # persisted with the head's next write, after the buckets
     if late:
@@ -406,11 +417,11 @@ def apply_event(
         return "applied"
     if record is None:
         record = state._create(number, len(plan.aggregations), plan.tag)
-    slots = record["a"]
+    slots = record[_AGGREGATIONS]
     for agg, value in values:
         index = agg.index
         slots[index] = _update(slots[index], value, time_ms, agg)
-    record["o"][source] = offset
+    record[_OFFSETS][source] = offset
     state._dirty.add(number)
     return "applied"
 
@@ -462,14 +473,14 @@ def _update(agg: AggState | None, value: Any, time_ms: int, plan: AggregationPla
 _WARNED: set[tuple[str, str]] = set()  # (group, aggregation) whose older buckets lack fields
 
 
-def _convert(plan: GroupPlan, record: dict[str, Any]) -> dict[str, Any]:
+def _convert(plan: GroupPlan, record: Bucket) -> Bucket:
     """``record`` (a bucket written with other fields: earlier format or spec) in ``plan``'s layout,
     in place. An aggregation state lacking a field that its ops need now is dropped."""
-    tag = record.get("l")
-    masks = [_ALL_FIELDS] * len(record["a"]) if tag is None else [int(m, 16) for m in tag.split(",")]
+    aggregations, tag = record[_AGGREGATIONS], record[_LAYOUT]
+    masks = [_ALL_FIELDS] * len(aggregations) if tag is None else [int(m, 16) for m in tag.split(",")]
     slots: list[AggState | None] = []
     for agg in plan.aggregations:
-        old = record["a"][agg.index] if agg.index < len(record["a"]) else None
+        old = aggregations[agg.index] if agg.index < len(aggregations) else None
         mask = masks[agg.index] if agg.index < len(masks) else 0
         if old is None:
             slots.append(None)
@@ -487,8 +498,8 @@ def _convert(plan: GroupPlan, record: dict[str, Any]) -> dict[str, Any]:
         else:
             canonical = dict(zip(_layout(mask), old, strict=True))
             slots.append([canonical[f] for f in agg.layout])
-    record["a"] = slots
-    record["l"] = plan.tag
+    record[_AGGREGATIONS] = slots
+    record[_LAYOUT] = plan.tag
     return record
 
 
@@ -689,7 +700,7 @@ def read_features(
         widest = max(size for _, size, _ in reads)
     # Every window ends at `end`: the buckets of the widest one, loaded once, serve them all.
     numbers: list[int] = []
-    slots: list[list[AggState | None]] = []
+    slots: list[list[AggState | None]] = []  # per bucket, its aggregation states
     loaded = state._buckets
     tag = plan.tag
     for number in state.stored(end - widest + 1, end):
@@ -697,10 +708,10 @@ def read_features(
         if record is _UNREAD:
             record = state._decoded(number)  # stored: no need to ask again (KeyState.bucket)
         if record is not None:
-            if record.get("l") != tag:
+            if record[_LAYOUT] != tag:
                 record = _convert(plan, record)
             numbers.append(number)
-            slots.append(record["a"])
+            slots.append(record[_AGGREGATIONS])
     out: list[Any] = [None] * len(all_names)
     aggregations = plan.aggregations
     for index, size, ops in reads:

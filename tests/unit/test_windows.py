@@ -792,7 +792,7 @@ def test_distinct_within_three_percent_at_ten_thousand(exact_buckets: int) -> No
 ALL_OPS = "[count, sum, avg, min, max, stddev, first, last, distinct]"
 
 
-def buckets_of(worker: Worker, key: str) -> list[dict[str, Any]]:
+def buckets_of(worker: Worker, key: str) -> list[list[Any]]:
     prefix = key.encode() + b"\x00"
     return [orjson.loads(v) for k, v in sorted(worker.table.items()) if k.startswith(prefix) and k != prefix]
 
@@ -809,8 +809,10 @@ def test_a_bucket_keeps_only_the_fields_its_ops_read() -> None:
     worker.flush()
     (bucket,) = buckets_of(worker, "u")
     hashes = [value_hash("a"), value_hash("b")]
-    assert bucket["l"] == plan.tag == "83f,1,7c1"  # the canonical fields of each, as bitmasks
-    spend, clicks, words = bucket["a"]
+    states, layout, offsets = bucket
+    assert layout == plan.tag == "83f,1,7c1"  # the canonical fields of each, as bitmasks
+    assert offsets == {"s1:0": 2, "s2:0": 1}
+    spend, clicks, words = states
     assert spend[:2] == [2, 4.0] and spend[4:6] == [1.5, 2.5]  # count, sum, mean, m2, min, max, shift
     assert len(spend) == 7 and spend[6] == 2.5
     assert clicks == [1]
@@ -829,8 +831,10 @@ def test_a_bucket_keeps_only_the_fields_its_ops_read() -> None:
     }
 
 
-def test_buckets_of_the_earlier_format_are_read_and_rewritten() -> None:
-    """Before bucket layouts, every aggregation kept all twelve fields and records had no "l"."""
+@pytest.mark.parametrize("layouts", [False, True])
+def test_buckets_of_earlier_formats_are_read_and_rewritten(layouts: bool) -> None:
+    """Earlier, a bucket record was a JSON object {"o": offsets, "a": states, "l": layout}; before
+    bucket layouts, every aggregation kept all twelve fields and records had no "l"."""
     full, _ = group("1m", f"{{name: spend, stream: s1, field: x, ops: {ALL_OPS}, windows: [5m]}}")
     some, _ = group("1m", "{name: spend, stream: s1, field: x, ops: [count, max, last], windows: [5m]}")
     rng = random.Random(3)
@@ -838,11 +842,13 @@ def test_buckets_of_the_earlier_format_are_read_and_rewritten() -> None:
     earlier = Worker(full)
     earlier.run(events[:20])
     earlier.flush()
-    for k, v in earlier.table.items():  # all twelve fields: the earlier format, once "l" is gone
+    for k, v in earlier.table.items():
         record = orjson.loads(v)
-        if record.pop("l", None) is not None:
-            assert len(record["a"][0]) == 12
-            earlier.table[k] = orjson.dumps(record)
+        if isinstance(record, list):  # a bucket: [states, layout, offsets]
+            states, layout, offsets = record
+            assert len(states[0]) == 12  # all twelve fields: the first format, once the layout is gone
+            old = {"o": offsets, "a": states, "l": layout} if layouts else {"o": offsets, "a": states}
+            earlier.table[k] = orjson.dumps(old)
     upgraded = Worker(some, table=dict(earlier.table))
     direct = Worker(some)
     direct.run(events[:20])
