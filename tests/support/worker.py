@@ -67,8 +67,9 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_ready(self, timeout: float = 90.0) -> list[httpx.Response]:
-        """Poll /readyz until 200; returns the answers seen before it (503s while recovering)."""
+    def wait_ready(self, timeout: float = 90.0, poll: float = 0.2) -> list[httpx.Response]:
+        """Poll /readyz every ``poll`` seconds until 200; returns the answers seen before it (503s
+        while recovering)."""
         deadline = time.monotonic() + timeout
         before: list[httpx.Response] = []
         while time.monotonic() < deadline:
@@ -82,7 +83,7 @@ class WorkerProcess:
                 before.append(response)
             except httpx.HTTPError:
                 pass
-            time.sleep(0.2)
+            time.sleep(poll)
         raise AssertionError(f"worker not ready after {timeout}s:\n{self.log()[-4000:]}")
 
     def get(self, path: str) -> httpx.Response:
