@@ -112,14 +112,70 @@ class Figure:
         return self.events / self.seconds
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def process_tree(root: int) -> dict[int, str]:
+    """``root`` and its descendants (Linux /proc), pid -> a short name: worker, helper, serving."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        tree[pid] = (
+            "helper" if b"app.keyed_work" in cmdline else "serving" if b"app.serving" in cmdline else "worker"
+        )
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_report(before: dict[int, float], after: dict[int, float], names: dict[int, str], events: int) -> str:
+    """CPU used during the timed run per kind of process, in microseconds per event: a figure that
+    moves less with a busy host than events/s (the run is CPU-bound on 2 cores)."""
+    used: dict[str, float] = {}
+    for pid, seconds in after.items():
+        name = names.get(pid, "broker")
+        used[name] = used.get(name, 0.0) + seconds - before.get(pid, 0.0)
+    total = sum(used.values())
+    parts = ", ".join(f"{name} {seconds / events * 1e6:.1f}" for name, seconds in sorted(used.items()))
+    return f"hydrant CPU per event (us): {total / events * 1e6:.1f} in all ({parts})"
+
+
 def run_hydrant(
-    broker: BrokerUnderTest, pipeline: Path, app_id: str, tmp: Path, events: int, orders: int
+    broker: BrokerUnderTest,
+    pipeline: Path,
+    app_id: str,
+    tmp: Path,
+    events: int,
+    orders: int,
+    broker_pid: int | None,
 ) -> tuple[Figure, str]:
     """Start a worker, time /readyz 200 -> all consumed and every output sent; stop it."""
     worker = WorkerProcess(broker, pipeline, tmp / "hydrant-data", app_id, tmp / "hydrant.log")
     worker.start()
     try:
         worker.wait_ready(120, poll=0.05)
+        assert worker.proc is not None
+        names = process_tree(worker.proc.pid)
+        pids = [*names, *([broker_pid] if broker_pid else [])]
+        cpu_before = {pid: cpu_seconds(pid) for pid in pids}
         started = time.monotonic()
         with httpx.Client(base_url=worker.url, timeout=5) as http:  # one client: each costs ~10 ms
             # Every 0.3 s, then every 0.05 s for the last tenth: the end is seen within ~0.05 s
@@ -134,6 +190,7 @@ def run_hydrant(
                     raise AssertionError(f"timed out: {consumed:,.0f} of {events:,} events consumed")
                 time.sleep(0.05 if consumed >= 0.9 * events else 0.3)
         seconds = time.monotonic() - started
+        cpu = cpu_report(cpu_before, {pid: cpu_seconds(pid) for pid in pids}, names, events)
         batches = {
             stream: (
                 worker.metric("hydrant_batch_seconds_count", stream=stream),
@@ -149,7 +206,7 @@ def run_hydrant(
         f"{stream}: {count:,.0f} (mean latency {busy / max(count, 1) * 1000:,.0f} ms)"
         for stream, (count, busy) in batches.items()
     )
-    detail += ", from decoding to delivered (batches overlap)"
+    detail += ", from decoding to delivered (batches overlap)\n" + cpu
     return Figure("hydrant pipeline (1 worker)", events, seconds), detail
 
 
@@ -313,7 +370,9 @@ def main() -> None:
             flush=True,
         )
         if not args.skip_hydrant:
-            hydrant, detail = run_hydrant(broker, pipeline, app_id, tmp, args.events, len(orders))
+            hydrant, detail = run_hydrant(
+                broker, pipeline, app_id, tmp, args.events, len(orders), embedded.pid
+            )
             figures.append(hydrant)
             print(f"  {hydrant.name}: {hydrant.rate:,.0f} events/s", flush=True)
         if not args.skip_faust:
