@@ -76,6 +76,9 @@ class Shard:
     records: dict[Slot, dict[bytes, bytes | None]] = field(default_factory=dict)
     #: (lookup, key) -> the stored row (orjson) or None (filled by the worker)
     lookups: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
+    #: per slot, its KeyState as the shard's run built and changed it: kept with the shard, so that
+    #: a helper frees them (a batch's decoded buckets, ~8 % of its time) after it has answered
+    states: dict[Slot, KeyState] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,7 +145,7 @@ class BatchWork:
     def steps(self, shard: Shard, result: ShardResult) -> Iterator[None]:
         """Every event of ``shard`` into ``result``, yielding after each (the worker's own shard
         lets its event loop turn in between)."""
-        states: dict[Slot, KeyState] = {}
+        states = shard.states
         for slot, (whole, _) in shard.wants.items():
             states[slot] = _state(slot[1], whole, shard.records[slot], self.plans[slot[0]].retention)
         rows: dict[tuple[str, str], dict[str, Any] | None] = {
@@ -334,7 +337,9 @@ def helper_main(pipeline_path: str, shard_fd: str, result_fd: str) -> None:
         shard = decode_shard(_read(shards, size))
         with collections_paused():  # as in the worker's batches
             result = work.run(shard)
-        _send(answers, _write(results, encode_result(result)))
+            _send(answers, _write(results, encode_result(result)))
+            # Freed after the answer, while the worker sends the batch, not before it.
+            del shard, result
 
 
 def _send(out: Any, size: int) -> None:
