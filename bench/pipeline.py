@@ -16,7 +16,8 @@ Prints events/s of each and the ratios hydrant/(a) (target >= 5x) and hydrant/(b
 Figures, not pass/fail. The default is the issue's size (200,000 events, 10,000 keys; a few minutes
 on a 2-core machine, most of it the Faust baseline at ~3k ev/s).
 
-    .venv/bin/python -m bench.pipeline [--events 200000] [--keys 10000] [--skip-faust] [--skip-raw]
+    .venv/bin/python -m bench.pipeline [--events 200000] [--keys 10000] [--rounds N]
+                                       [--skip-faust] [--skip-raw]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -323,16 +325,24 @@ def run_raw(bootstrap: str, inputs: list[str], uid: str, events: int) -> Figure:
     return Figure("(b) raw aiokafka getmany -> send, gathered", events, seconds)
 
 
+#: Issue 8's targets per baseline: (lowest hydrant / baseline, unit, as the issue states it).
+TARGETS = {"(a)": (5.0, "x", ">= 5x"), "(b)": (0.25, "%", ">= 25 %")}
+
+
+def ratio_text(baseline: Figure, value: float, digits: int = 2) -> str:
+    """hydrant / ``baseline`` in the unit of its target."""
+    return f"{value:.{digits}f}x" if TARGETS[baseline.name[:3]][1] == "x" else f"{value:.0%}"
+
+
 def report(figures: list[Figure], hydrant: Figure | None) -> list[str]:
     lines = [f"{'variant':<44}{'events/s':>10}{'seconds':>9}   {'hydrant / this':>14}  target"]
-    targets = {"(a)": (5.0, "x", ">= 5x"), "(b)": (0.25, "%", ">= 25 %")}
     for figure in figures:
         ratio = ""
         target = ""
         if hydrant is not None and figure is not hydrant:
-            wanted, unit, target = targets[figure.name[:3]]
+            wanted, _, target = TARGETS[figure.name[:3]]
             value = hydrant.rate / figure.rate
-            ratio = f"{value:.1f}x" if unit == "x" else f"{value:.0%}"
+            ratio = ratio_text(figure, value, digits=1)
             target = f"{target} ({'met' if value >= wanted else 'not met'})"
         line = f"{figure.name:<44}{figure.rate:>10,.0f}{figure.seconds:>9.1f}   {ratio:>14}  {target}"
         lines.append(line.rstrip())
@@ -346,20 +356,24 @@ def main() -> None:
     parser.add_argument("--skip-hydrant", action="store_true", help="only the baselines")
     parser.add_argument("--skip-faust", action="store_true", help="no baseline (a)")
     parser.add_argument("--skip-raw", action="store_true", help="no baseline (b)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the variants in turn this many times on the same input; prints each round's "
+        "ratios and their median (a shared host's speed drifts between variants run minutes apart)",
+    )
     args = parser.parse_args()
     uid = uuid.uuid4().hex[:8]
-    app_id = f"hydrant-bench-{uid}"
-    figures: list[Figure] = []
-    hydrant: Figure | None = None
-    detail = ""
+    rounds: list[tuple[list[Figure], Figure | None]] = []
     with tempfile.TemporaryDirectory() as tmp_name, EmbeddedBroker() as embedded:
         tmp = Path(tmp_name)
         broker = BrokerUnderTest(embedded.url, "tansu", "tansu")
         pipeline = tmp / "pipeline.yaml"
         pipeline.write_text(shop_pipeline_text(uid))
-        create_hydrant_topics(broker.url, pipeline, app_id)
         orders, clicks = shop_events(args.events, args.keys)
         inputs = [f"orders-{uid}", f"clicks-{uid}"]
+        create_hydrant_topics(broker.url, pipeline, f"hydrant-bench-{uid}-0")
         preload(
             broker.bootstrap,
             [(f"users-{uid}", user_rows(args.keys)), (inputs[0], orders), (inputs[1], clicks)],
@@ -369,22 +383,51 @@ def main() -> None:
             f"{args.keys:,} keys, {PARTITIONS} partitions, bundled broker {broker.bootstrap}",
             flush=True,
         )
-        if not args.skip_hydrant:
-            hydrant, detail = run_hydrant(
-                broker, pipeline, app_id, tmp, args.events, len(orders), embedded.pid
-            )
-            figures.append(hydrant)
-            print(f"  {hydrant.name}: {hydrant.rate:,.0f} events/s", flush=True)
-        if not args.skip_faust:
-            figures.append(run_faust(broker.url, broker.bootstrap, inputs, uid, tmp, args.events))
-            print(f"  {figures[-1].name}: {figures[-1].rate:,.0f} events/s", flush=True)
-        if not args.skip_raw:
-            figures.append(run_raw(broker.bootstrap, inputs, uid, args.events))
-            print(f"  {figures[-1].name}: {figures[-1].rate:,.0f} events/s", flush=True)
-    print()
-    print("\n".join(report(figures, hydrant)))
-    if detail:
-        print(detail)
+        for number in range(args.rounds):
+            # Each round: a fresh consumer group, data dir and output topics of every variant.
+            tag, here = f"{uid}-{number}", tmp / f"round-{number}"
+            here.mkdir()
+            figures: list[Figure] = []
+            hydrant: Figure | None = None
+            if not args.skip_hydrant:
+                app_id = f"hydrant-bench-{tag}"
+                if number:
+                    create_hydrant_topics(broker.url, pipeline, app_id)  # its repartition topics
+                hydrant, detail = run_hydrant(
+                    broker, pipeline, app_id, here, args.events, len(orders), embedded.pid
+                )
+                figures.append(hydrant)
+                print(f"  {hydrant.name}: {hydrant.rate:,.0f} events/s", flush=True)
+                print(f"    {detail}".replace("\n", "\n    "), flush=True)
+            if not args.skip_faust:
+                figures.append(run_faust(broker.url, broker.bootstrap, inputs, tag, here, args.events))
+                print(f"  {figures[-1].name}: {figures[-1].rate:,.0f} events/s", flush=True)
+            if not args.skip_raw:
+                figures.append(run_raw(broker.bootstrap, inputs, tag, args.events))
+                print(f"  {figures[-1].name}: {figures[-1].rate:,.0f} events/s", flush=True)
+            rounds.append((figures, hydrant))
+    for number, (figures, hydrant) in enumerate(rounds):
+        print(f"\nround {number + 1} of {len(rounds)}" if len(rounds) > 1 else "")
+        print("\n".join(report(figures, hydrant)))
+    if len(rounds) > 1:
+        print()
+        print("\n".join(medians(rounds)))
+
+
+def medians(rounds: list[tuple[list[Figure], Figure | None]]) -> list[str]:
+    """Per variant, its events/s in every round and their median; per baseline, hydrant's ratio to
+    it in every round (both measured minutes apart, not hours) and the median of those ratios."""
+    lines = []
+    for index, figure in enumerate(rounds[0][0]):
+        rates = [figures[index].rate for figures, _ in rounds]
+        listed = " / ".join(f"{rate:,.0f}" for rate in rates)
+        line = f"{figure.name:<44} {listed} events/s (median {statistics.median(rates):,.0f})"
+        if rounds[0][1] is not None and figure is not rounds[0][1]:
+            ratios = [hydrant.rate / figures[index].rate for figures, hydrant in rounds if hydrant]
+            shown = " / ".join(ratio_text(figure, r) for r in ratios)
+            line += f"; hydrant / this: {shown} (median {ratio_text(figure, statistics.median(ratios))})"
+        lines.append(line)
+    return lines
 
 
 if __name__ == "__main__":
