@@ -21,7 +21,9 @@ warm-up:
 Then the same-run baseline (unless --no-in-loop): the worker restarts on the same state with
 HYDRANT_SERVING_PROCESS=false, answering on its own event loop beside the agents, and the phases
 repeat. With --two-workers a second worker joins first and the phases repeat, requests alternating
-between both workers' URLs (keys the receiving worker does not own are forwarded).
+between both workers' URLs (keys the receiving worker does not own are forwarded). Each phase starts
+once the workers' consumer lag is at most half a second of the ingest (a closed-loop phase can leave
+a backlog, which the next phase would otherwise measure being caught up).
 
 Only keys that have state are asked, so every answer should be 200. Per phase: who answers (api),
 requests/s, p50/p99/max latency, non-200 answers, and the CPU of the generator, the worker(s) and
@@ -416,6 +418,24 @@ def consumed(workers: list[WorkerProcess]) -> float:
     return sum(w.metric("hydrant_events_consumed_total") for w in workers)
 
 
+#: Before a phase starts, the workers' consumer lag must be down to this many seconds of the
+#: background ingest. A closed-loop phase can starve the ingest (two workers on 2 cores); the phase
+#: after it would then measure workers catching up at ~2x the ingest rate, not ingesting it.
+SETTLED_LAG_S = 0.5
+
+
+def settle(workers: list[WorkerProcess], rate: float) -> float:
+    """Wait until the workers' summed consumer lag is at most :data:`SETTLED_LAG_S` of ingest at
+    ``rate`` events/s; the seconds waited."""
+    started = time.monotonic()
+    wait_for(
+        lambda: sum(w.metric("hydrant_consumer_lag") for w in workers) <= rate * SETTLED_LAG_S,
+        "the background ingest caught up",
+        120,
+    )
+    return time.monotonic() - started
+
+
 def run_phases(
     workers: list[WorkerProcess], keys: list[str], args: argparse.Namespace, api: str
 ) -> list[Phase]:
@@ -479,6 +499,9 @@ def run_phases(
     done = []
     for runner, phase, make, load in phases:
         phase.api = api
+        waited = settle(workers, args.ingest_rate)
+        if waited > 1:
+            print(f"  (waited {waited:.1f} s for the workers to catch up with the ingest)", flush=True)
         before, started = consumed(workers), time.monotonic()
         result = measure(runner(phase, make, load, args.duration, pids, new_client))
         result.ingested = (consumed(workers) - before) / (time.monotonic() - started)
