@@ -43,7 +43,6 @@ import argparse
 import asyncio
 import gc
 import multiprocessing
-import os
 import random
 import shutil
 import socket
@@ -66,6 +65,7 @@ from aiokafka import AIOKafkaProducer
 
 from app.broker import EmbeddedBroker
 from bench.pipeline import create_hydrant_topics, preload, shop_events, shop_value, user_rows
+from bench.procs import process_cpu, process_tree
 from tests.conftest import shop_pipeline_text
 from tests.support.broker import BrokerUnderTest
 from tests.support.worker import WorkerProcess, wait_for
@@ -74,7 +74,6 @@ SPAN_MS = 20 * 3600 * 1000  # event times of the preload: the last 20 h (retenti
 BATCH_KEYS = 100
 WARMUP_S = 1.0
 MAX_IN_FLIGHT = 256  # fixed rate: open connections at most (beyond, a request waits: counted as lag)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 Request = tuple[int, str, str, bytes | None]  # worker index, method, path, body
 
@@ -157,30 +156,12 @@ class Phase:
         return sum(n for status, n in self.statuses.items() if status != 200)
 
 
-def process_cpu(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def children(pid: int) -> list[int]:
-    """Direct child processes of ``pid`` (the worker's serving process)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def cpu_of(pids: list[int]) -> tuple[float, float]:
-    """CPU seconds of the worker processes and of their serving processes."""
-    serving = [child for pid in pids for child in children(pid)]
-    return sum(map(process_cpu, pids)), sum(map(process_cpu, serving))
+    """CPU seconds of the worker processes (with their helpers) and of their serving processes."""
+    trees = [process_tree(pid) for pid in pids]
+    work = [p for tree in trees for p, kind in tree.items() if kind != "serving"]
+    serving = [p for tree in trees for p, kind in tree.items() if kind == "serving"]
+    return sum(map(process_cpu, work)), sum(map(process_cpu, serving))
 
 
 class RawHttp:

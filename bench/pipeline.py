@@ -42,6 +42,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.broker import EmbeddedBroker
 from app.processes import spawn, stop
+from bench.procs import process_cpu, process_tree
 from tests.conftest import shop_pipeline_text
 from tests.support.broker import BrokerUnderTest
 from tests.support.kafka import create_topics, produce
@@ -114,40 +115,6 @@ class Figure:
         return self.events / self.seconds
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-
-
-def process_tree(root: int) -> dict[int, str]:
-    """``root`` and its descendants (Linux /proc), pid -> a short name: worker, helper, serving."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    tree: dict[int, str] = {}
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        tree[pid] = (
-            "helper" if b"app.keyed_work" in cmdline else "serving" if b"app.serving" in cmdline else "worker"
-        )
-        todo.extend(children.get(pid, []))
-    return tree
-
-
 def cpu_report(before: dict[int, float], after: dict[int, float], names: dict[int, str], events: int) -> str:
     """CPU used during the timed run per kind of process, in microseconds per event: a figure that
     moves less with a busy host than events/s (the run is CPU-bound on 2 cores)."""
@@ -177,7 +144,7 @@ def run_hydrant(
         assert worker.proc is not None
         names = process_tree(worker.proc.pid)
         pids = [*names, *([broker_pid] if broker_pid else [])]
-        cpu_before = {pid: cpu_seconds(pid) for pid in pids}
+        cpu_before = {pid: process_cpu(pid) for pid in pids}
         started = time.monotonic()
         with httpx.Client(base_url=worker.url, timeout=5) as http:  # one client: each costs ~10 ms
             # Every 0.3 s, then every 0.05 s for the last tenth: the end is seen within ~0.05 s
@@ -192,7 +159,7 @@ def run_hydrant(
                     raise AssertionError(f"timed out: {consumed:,.0f} of {events:,} events consumed")
                 time.sleep(0.05 if consumed >= 0.9 * events else 0.3)
         seconds = time.monotonic() - started
-        cpu = cpu_report(cpu_before, {pid: cpu_seconds(pid) for pid in pids}, names, events)
+        cpu = cpu_report(cpu_before, {pid: process_cpu(pid) for pid in pids}, names, events)
         batches = {
             stream: (
                 worker.metric("hydrant_batch_seconds_count", stream=stream),
@@ -365,7 +332,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     uid = uuid.uuid4().hex[:8]
-    rounds: list[tuple[list[Figure], Figure | None]] = []
+    rounds: list[tuple[list[Figure], Figure | None, str]] = []
     with tempfile.TemporaryDirectory() as tmp_name, EmbeddedBroker() as embedded:
         tmp = Path(tmp_name)
         broker = BrokerUnderTest(embedded.url, "tansu", "tansu")
@@ -389,6 +356,7 @@ def main() -> None:
             here.mkdir()
             figures: list[Figure] = []
             hydrant: Figure | None = None
+            detail = ""
             if not args.skip_hydrant:
                 app_id = f"hydrant-bench-{tag}"
                 if number:
@@ -398,32 +366,33 @@ def main() -> None:
                 )
                 figures.append(hydrant)
                 print(f"  {hydrant.name}: {hydrant.rate:,.0f} events/s", flush=True)
-                print(f"    {detail}".replace("\n", "\n    "), flush=True)
             if not args.skip_faust:
                 figures.append(run_faust(broker.url, broker.bootstrap, inputs, tag, here, args.events))
                 print(f"  {figures[-1].name}: {figures[-1].rate:,.0f} events/s", flush=True)
             if not args.skip_raw:
                 figures.append(run_raw(broker.bootstrap, inputs, tag, args.events))
                 print(f"  {figures[-1].name}: {figures[-1].rate:,.0f} events/s", flush=True)
-            rounds.append((figures, hydrant))
-    for number, (figures, hydrant) in enumerate(rounds):
+            rounds.append((figures, hydrant, detail))
+    for number, (figures, hydrant, detail) in enumerate(rounds):
         print(f"\nround {number + 1} of {len(rounds)}" if len(rounds) > 1 else "")
         print("\n".join(report(figures, hydrant)))
+        if detail:
+            print(detail)
     if len(rounds) > 1:
         print()
         print("\n".join(medians(rounds)))
 
 
-def medians(rounds: list[tuple[list[Figure], Figure | None]]) -> list[str]:
+def medians(rounds: list[tuple[list[Figure], Figure | None, str]]) -> list[str]:
     """Per variant, its events/s in every round and their median; per baseline, hydrant's ratio to
     it in every round (both measured minutes apart, not hours) and the median of those ratios."""
     lines = []
     for index, figure in enumerate(rounds[0][0]):
-        rates = [figures[index].rate for figures, _ in rounds]
+        rates = [figures[index].rate for figures, _, _ in rounds]
         listed = " / ".join(f"{rate:,.0f}" for rate in rates)
         line = f"{figure.name:<44} {listed} events/s (median {statistics.median(rates):,.0f})"
         if rounds[0][1] is not None and figure is not rounds[0][1]:
-            ratios = [hydrant.rate / figures[index].rate for figures, hydrant in rounds if hydrant]
+            ratios = [hydrant.rate / figures[index].rate for figures, hydrant, _ in rounds if hydrant]
             shown = " / ".join(ratio_text(figure, r) for r in ratios)
             line += f"; hydrant / this: {shown} (median {ratio_text(figure, statistics.median(ratios))})"
         lines.append(line)

@@ -41,8 +41,8 @@ from aiokafka import AIOKafkaProducer
 from app.broker import EmbeddedBroker
 from app.partitioning import partition_for
 from app.spec import load_pipeline
-from bench.lookups import process_cpu
 from bench.pipeline import create_hydrant_topics
+from bench.procs import process_cpu
 from tables.windows import GroupPlan, KeyState, apply_event, choose, group_plans, read_features
 from tests.conftest import shop_pipeline_text
 from tests.support.broker import BrokerUnderTest
