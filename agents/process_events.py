@@ -3,16 +3,16 @@
 All stream topics (and their repartition topics) feed this single agent, so exactly one coroutine
 writes the feature tables: no two batches interleave a read-modify-write of the same key.
 
-Records of the stream topics come in batches straight from the consumer (app/intake.py), not
+Records of the stream topics come in batches straight from the consumer (app/faust_ext/intake.py), not
 one Faust Event at a time. Per batch:
 1. decode each event (bad ones go to the dead-letter topic with their reason), forward events that
    are not on their key's home partition to the stream's repartition topic, and split the rest by
    entity key into shards, one per helper process (HYDRANT_COMPUTE_PROCESSES; with none, the
    worker's own shard takes every key);
 2. read each shard's stored records (each key's state read once) and lookup rows, and run the
-   shards (app/keyed_work.py) in the helpers. A shard applies each event to its key's window state
+   shards (app/engine/shards.py) in the helpers. A shard applies each event to its key's window state
    and builds its output rows (lookups, features as of the event's time, computed columns);
-3. in batch order, send the output rows (one record batch per output partition, app/batches.py),
+3. in batch order, send the output rows (one record batch per output partition, app/kafka/batches.py),
    dead letters and forwards; write each touched key's state once (tables/store.py StateWriter),
    then await every delivery of the batch (state changelog, outputs, forwards, dead letters) before
    its records are acked, so a committed offset never runs ahead of the state it produced
@@ -33,10 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.serving_process import SERVING
-from app.batches import RecordBatches, partition_count
-from app.dead_letters import forward, send_dead_letter, source_headers, source_position
-from app.intake import Intake, Taken
-from app.keyed_work import (
+from app.config.spec import StreamSpec, repartition_topic
+from app.engine.shards import (
     BatchWork,
     HelperPool,
     Overlay,
@@ -47,8 +45,9 @@ from app.keyed_work import (
     lay_over,
     read_records,
 )
-from app.main import FETCH_RECORDS, app, pipeline, settings
-from app.memory import collections_paused, settle_garbage_collector
+from app.faust_ext.intake import Intake, Taken
+from app.kafka.batches import RecordBatches, partition_count
+from app.kafka.dead_letters import forward, send_dead_letter, source_headers, source_position
 from app.metrics import (
     BATCH_SECONDS,
     DUPLICATE_EVENTS,
@@ -57,9 +56,10 @@ from app.metrics import (
     LATE_EVENTS,
     PROCESSING_SECONDS,
 )
-from app.partitioning import is_home, partition_for
-from app.records import BadRecord, decode_event
-from app.spec import StreamSpec, repartition_topic
+from app.records.decode import BadRecord, decode_event
+from app.records.partitioning import is_home, partition_for
+from app.runtime import FETCH_RECORDS, app, pipeline, settings
+from app.system.memory import collections_paused, settle_garbage_collector
 from tables.features import FEATURE_TABLES, GROUPS
 from tables.lookups import LOOKUP_TABLES
 from tables.store import StateWriter, local_db
@@ -97,7 +97,7 @@ def _routes() -> dict[str, StreamRoute]:
 
 WORK = BatchWork(pipeline)
 #: Helper processes that run every batch's shards (HYDRANT_COMPUTE_PROCESSES): started before Faust
-#: (app/cli.py `worker`), attached to the event loop by the agent.
+#: (app/tools/cli.py `worker`), attached to the event loop by the agent.
 HELPERS = HelperPool(settings.compute_processes, settings.pipeline)
 ROUTES = _routes()
 LATE = {g: LATE_EVENTS.labels(g) for g in GROUPS}
@@ -210,7 +210,7 @@ async def decode_batch(messages: Taken, topic_partitions: PartitionCounts) -> Ba
         route = ROUTES[message.topic]
         if not route.repartitioned:
             counts[route.consumed] = counts.get(route.consumed, 0) + 1
-        try:  # records are aiokafka's, as fetched (app/intake.py): timestamps in milliseconds
+        try:  # records are aiokafka's, as fetched (app/faust_ext/intake.py): timestamps in milliseconds
             decoded = decode_event(message.value, route.spec, message.timestamp)
         except BadRecord as exc:
             steps.append((message, route, exc, b"", 0, 0))

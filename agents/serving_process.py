@@ -1,4 +1,4 @@
-"""The serving process (app/serving.py) of this worker: started by ``hydrant worker`` before Faust
+"""The serving process (app/serving/process.py) of this worker: started by ``hydrant worker`` before Faust
 (so the port answers, 503 with the reason, while the worker joins its group and recovers), then
 watched by the task below, which keeps its bulletin current and restarts it if it exits.
 
@@ -18,11 +18,11 @@ import shutil
 import subprocess
 import sys
 
+from app.api.health import readiness
 from app.api.routing import WORKER
-from app.bulletin import SERVING_INDEX_ENV, Bulletin, Status, metrics_dir, open_bulletin
-from app.main import app, settings
-from app.processes import spawn, stop
-from app.views import readiness
+from app.runtime import app, settings
+from app.serving.bulletin import SERVING_INDEX_ENV, Bulletin, Status, metrics_dir, open_bulletin
+from app.system.processes import spawn, stop
 from tables.features import FEATURE_TABLES
 from tables.store import local_db, serves
 
@@ -90,7 +90,7 @@ class ServingProcess:
             # whichever answers /metrics adds every serving process's requests to the worker's series
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir(settings.data_dir)),
         }
-        proc = spawn([sys.executable, "-m", "app.serving"], env=env)
+        proc = spawn([sys.executable, "-m", "app.serving.process"], env=env)
         logger.info("started serving process %d (pid %d) on port %d", index, proc.pid, settings.web_port)
         return proc
 

@@ -1,5 +1,5 @@
 """`state_census`: every 30 s, count the state this worker serves (keys and buckets per feature
-group, rows per lookup) for /metrics, then give freed memory back to the system (app/memory.py).
+group, rows per lookup) for /metrics, then give freed memory back to the system (app/system/memory.py).
 The scan gives the event loop back every 500 records."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from app.main import app, settings
-from app.memory import release_free_memory
 from app.metrics import LOOKUP_ROWS, STATE_BUCKETS, STATE_KEYS
+from app.runtime import app, settings
+from app.system.memory import release_free_memory
 from tables.features import FEATURE_TABLES
 from tables.lookups import LOOKUP_TABLES
 from tables.store import local_record_keys, serves

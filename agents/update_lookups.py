@@ -1,6 +1,6 @@
 """`update_<lookup>`: apply each lookup topic's records (upserts and tombstones) to its table.
 
-Records come in batches straight from the consumer (app/intake.py, as for the streams), not one
+Records come in batches straight from the consumer (app/faust_ext/intake.py, as for the streams), not one
 Faust Event at a time: a lookup topic is read in full when a worker starts (10,000 rows cost the
 worker about half a second through Faust's per-record path), while the streams already flow. Each
 batch's table writes and forwards are on the broker before its records are acknowledged. A record
@@ -16,13 +16,13 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from app.dead_letters import forward, send_dead_letter
-from app.intake import Intake, Taken
-from app.main import app, pipeline, settings
+from app.config.spec import LookupSpec, repartition_topic
+from app.faust_ext.intake import Intake, Taken
+from app.kafka.dead_letters import forward, send_dead_letter
 from app.metrics import LOOKUP_UPDATES
-from app.partitioning import is_home, partition_for
-from app.records import BadRecord, decode_lookup
-from app.spec import LookupSpec, repartition_topic
+from app.records.decode import BadRecord, decode_lookup
+from app.records.partitioning import is_home, partition_for
+from app.runtime import app, pipeline, settings
 from tables.lookups import apply_lookup
 from tables.store import StateWriter
 

@@ -163,8 +163,8 @@ class LiveCollector(Collector):
 
 
 def processed_offset(faust_app: Any, tp: Any) -> int | None:
-    """The last offset of ``tp`` processed: delivered by the agent for a stream topic (app/intake.py),
-    read by Faust's consumer for the others."""
+    """The last offset of ``tp`` processed: delivered by the agent for a stream topic
+    (app/faust_ext/intake.py), read by Faust's consumer for the others."""
     for intake in getattr(faust_app, "intakes", ()):
         if tp.topic in intake.topics:
             return intake.done.get(tp)

@@ -1,7 +1,7 @@
 """Per-event CPU cost of the worker's batch body on the shop example, without Kafka.
 
 Runs what a worker's shard does per event with the real modules: decode_event, the window update
-of app/keyed_work.py BatchWork._apply (choose, duplicate/late checks, apply_event), then every output
+of app/engine/shards.py BatchWork._apply (choose, duplicate/late checks, apply_event), then every output
 row (lookup join, read_features, computed columns) serialised with orjson; one coalesced write of
 the changed records per key per batch into a RocksDB database opened with the worker's options
 (keys whose features an output reads are read with one range read, as the worker does). Prints events/s
@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 import rocksdict
 
-from app.enrich import output_builders
-from app.records import decode_event
-from app.spec import parse_pipeline
+from app.config.spec import parse_pipeline
+from app.records.decode import decode_event
+from app.records.enrich import output_builders
 from tables.store import prefix_scan, shared_memory
 from tables.windows import KeyState, apply_event, choose, group_plans, is_late, read_features
 

@@ -75,7 +75,7 @@ def main() -> None:
         at = T0 + args.days * 24 * HOUR
         out = directory / "features.parquet"
         command = [
-            sys.executable, "-m", "app.cli", "compute", str(PIPELINE),
+            sys.executable, "-m", "app.tools.cli", "compute", str(PIPELINE),
             "--input", f"orders={orders}", "--input", f"clicks={clicks}", "--at", str(at), "--out", str(out),
         ]  # fmt: skip
         started = time.perf_counter()
@@ -91,9 +91,9 @@ def main() -> None:
         print(f"  the process, incl. Python start and imports:   {wall:.2f}s  {args.events / wall:,.0f} ev/s")
 
         # In-process, without the interpreter start: where the time goes.
-        from app.offline import compute
-        from app.produce import read_table
-        from app.spec import load_pipeline
+        from app.config.spec import load_pipeline
+        from app.tools.offline import compute
+        from app.tools.produce import read_table
 
         spec = load_pipeline(PIPELINE)
         marks: list[tuple[str, float]] = [("start", time.perf_counter())]

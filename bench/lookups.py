@@ -2,7 +2,7 @@
 
 Starts the bundled broker, preloads the users lookup and N shop events over K users (event times
 spanning the last 20 h, so reads at "now" merge real buckets), starts a Hydrant worker (a real
-process, with its serving processes: app/serving.py, HYDRANT_SERVING_PROCESSES of them, 2 by
+process, with its serving processes: app/serving/process.py, HYDRANT_SERVING_PROCESSES of them, 2 by
 default) and waits until every event is consumed. Then,
 while a background process keeps ingesting ~1,000 ev/s (orders and clicks of the same keys, event
 time = wall clock), a load generator (one process on uvloop, its garbage collector frozen during a
@@ -63,7 +63,7 @@ import uvloop
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from app.broker import EmbeddedBroker
+from app.kafka.broker import EmbeddedBroker
 from bench.pipeline import create_hydrant_topics, preload, shop_events, shop_value, user_rows
 from bench.procs import process_cpu, process_tree
 from tests.conftest import shop_pipeline_text

@@ -40,8 +40,8 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.broker import EmbeddedBroker
-from app.processes import spawn, stop
+from app.kafka.broker import EmbeddedBroker
+from app.system.processes import spawn, stop
 from bench.procs import process_cpu, process_tree
 from tests.conftest import shop_pipeline_text
 from tests.support.broker import BrokerUnderTest
@@ -91,9 +91,9 @@ def user_rows(keys: int) -> list[tuple[bytes, bytes]]:
 def create_hydrant_topics(broker_url: str, pipeline: Path, app_id: str) -> None:
     """Every topic of ``pipeline`` (inputs, outputs, dead letters, the repartition topics of
     consumer group ``app_id``) before the worker starts (BROKER.md: not while it runs)."""
-    from app.kafka import create_pipeline_topics
-    from app.settings import load_settings
-    from app.spec import load_pipeline
+    from app.config.settings import load_settings
+    from app.config.spec import load_pipeline
+    from app.kafka.clients import create_pipeline_topics
 
     settings = load_settings(broker=broker_url, pipeline=pipeline, app_id=app_id)
     asyncio.run(create_pipeline_topics(settings, load_pipeline(pipeline)))

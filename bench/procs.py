@@ -23,8 +23,8 @@ def process_cpu(pid: int) -> float:
 
 
 def process_tree(root: int) -> dict[int, str]:
-    """``root`` and its descendants, pid -> what it is: "helper" (app.keyed_work), "serving"
-    (app.serving) or "worker" (anything else, ``root`` itself)."""
+    """``root`` and its descendants, pid -> what it is: "helper" (app.engine.shards), "serving"
+    (app.serving.process) or "worker" (anything else, ``root`` itself)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -42,7 +42,11 @@ def process_tree(root: int) -> dict[int, str]:
         except OSError:
             continue
         kind = (
-            "helper" if b"app.keyed_work" in cmdline else "serving" if b"app.serving" in cmdline else "worker"
+            "helper"
+            if b"app.engine.shards" in cmdline
+            else "serving"
+            if b"app.serving.process" in cmdline
+            else "worker"
         )
         tree[pid] = kind
         todo.extend(children.get(pid, []))

@@ -38,9 +38,9 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from app.broker import EmbeddedBroker
-from app.partitioning import partition_for
-from app.spec import load_pipeline
+from app.config.spec import load_pipeline
+from app.kafka.broker import EmbeddedBroker
+from app.records.partitioning import partition_for
 from bench.pipeline import create_hydrant_topics
 from bench.procs import process_cpu
 from tables.windows import GroupPlan, KeyState, apply_event, choose, group_plans, read_features

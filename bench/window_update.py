@@ -14,7 +14,7 @@ import argparse
 import random
 import time
 
-from app.spec import parse_pipeline
+from app.config.spec import parse_pipeline
 from tables.windows import GroupPlan, KeyState, apply_event, choose, group_plans
 
 SPEC = """

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from app.main import app, pipeline, settings
+from app.runtime import app, pipeline, settings
 from tables.store import local_db, local_keys, prefix_scan, raw_table
 from tables.windows import GroupPlan, KeyState, group_plans, read_features
 

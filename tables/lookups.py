@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from app.main import app, pipeline, settings
+from app.runtime import app, pipeline, settings
 from tables.store import StateWriter, raw_table
 
 LOOKUP_TABLES: dict[str, Any] = {

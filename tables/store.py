@@ -13,7 +13,7 @@ from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP
 
-from app.batches import RecordBatches, SentBatch
+from app.kafka.batches import RecordBatches, SentBatch
 
 logger = logging.getLogger(__name__)
 

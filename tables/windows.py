@@ -55,8 +55,8 @@ from typing import Any, Literal
 import datasketches
 import orjson
 
-from app.expressions import Expression
-from app.spec import FeatureGroupSpec, Pipeline, parse_duration
+from app.config.expressions import Expression
+from app.config.spec import FeatureGroupSpec, Pipeline, parse_duration
 
 AggState = list[Any]
 #: A bucket record, decoded: [aggregation states (None: no value yet), layout tag, applied offsets]

@@ -17,6 +17,7 @@ from aiohttp import web
 from faust.web import View
 from pydantic import ValidationError
 
+from app.api.http import error_response
 from app.api.models import AT_LIMIT, MAX_BATCH_KEYS, BatchRequest, FeatureQuery
 from app.api.routing import (
     WORKER,
@@ -29,8 +30,7 @@ from app.api.routing import (
     is_forwarded,
     route_keys,
 )
-from app.http import error_response
-from app.main import app
+from app.runtime import app
 from tables.features import (
     FEATURE_TABLES,
     GROUPS,
@@ -203,7 +203,7 @@ async def lookup_batch(request: web.Request, group: str, placement: Placement) -
 
 @app.page("/features/{group}/{key}")
 class FeatureLookup(View):
-    """``GET /features/{group}/{key}`` on the worker's own web server (app/serving.py answers it
+    """``GET /features/{group}/{key}`` on the worker's own web server (app/serving/process.py answers it
     on the public port when the serving process runs)."""
 
     async def get(self, request: web.Request, group: str, key: str) -> web.Response:

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from app import __version__
+from app.api.http import JSON
 from app.api.models import (
     BatchAnswer,
     BatchRequest,
@@ -30,9 +31,8 @@ from app.api.models import (
     StatusAnswer,
 )
 from app.api.tables import PARQUET, table_columns
-from app.http import JSON
-from app.main import app, pipeline, settings
 from app.metrics import CONTENT_TYPE
+from app.runtime import app, pipeline, settings
 from tables.features import GROUPS
 from tables.lookups import LOOKUP_TABLES
 

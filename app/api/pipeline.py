@@ -9,9 +9,9 @@ import orjson
 from aiohttp import web
 from faust.web import View
 
+from app.api.http import JSON
 from app.api.tables import table_columns
-from app.http import JSON
-from app.main import app, pipeline, settings
+from app.runtime import app, pipeline, settings
 from tables.features import FEATURE_TABLES, GROUPS
 from tables.lookups import LOOKUP_TABLES
 

@@ -19,10 +19,10 @@ import orjson
 from aiohttp import web
 from faust.types import TP
 
-from app.http import JSON, error_response
-from app.main import app, settings
-from app.partitioning import partition_for
-from app.views import readiness
+from app.api.health import readiness
+from app.api.http import JSON, error_response
+from app.records.partitioning import partition_for
+from app.runtime import app, settings
 from tables.store import local_db, serves
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Placement:
     """Where table partitions live and how to reach the other workers, as this process sees it.
 
     This is the worker process's view: Faust's assignment and recovery state. The serving process
-    (app/serving.py) has its own, read from the worker's bulletin."""
+    (app/serving/process.py) has its own, read from the worker's bulletin."""
 
     def ensure_ready(self) -> None:
         ready, reason = readiness(app)

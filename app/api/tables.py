@@ -19,6 +19,7 @@ from faust.web import View
 from pydantic import ValidationError
 
 from app.api.features import BadRequest, parse_at, split_names, validation_message
+from app.api.http import JSON, error_response
 from app.api.models import ScanQuery
 from app.api.routing import (
     Relayed,
@@ -32,8 +33,7 @@ from app.api.routing import (
     own_url,
     partitions_by_owner,
 )
-from app.http import JSON, error_response
-from app.main import app, pipeline, settings
+from app.runtime import app, pipeline, settings
 from tables.features import FEATURE_TABLES, GROUPS, features_for, local_entity_keys, local_state
 from tables.lookups import LOOKUP_TABLES
 from tables.store import local_db, local_keys

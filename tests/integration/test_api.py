@@ -18,7 +18,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from app.partitioning import partition_for
+from app.records.partitioning import partition_for
 from tests.conftest import shop_pipeline_text
 from tests.support.broker import BrokerUnderTest
 from tests.support.checks import (

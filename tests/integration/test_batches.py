@@ -1,4 +1,4 @@
-"""app/batches.py on the real broker: records sent as whole record batches arrive in the order they
+"""app/kafka/batches.py on the real broker: records sent as whole record batches arrive in the order they
 were added per partition, with their keys, values and headers, and a batch that fills up is split."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from app.batches import RecordBatches
+from app.kafka.batches import RecordBatches
 from tests.support.broker import BrokerUnderTest
 from tests.support.kafka import consume, create_topics
 

@@ -13,7 +13,7 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.broker import free_port
+from app.kafka.broker import free_port
 from tests.support.worker import REPO
 
 
@@ -27,7 +27,7 @@ def test_dev_runs_demo_then_sigint_stops_everything(tmp_path: Path) -> None:
     env.update({"HYDRANT_WEB_PORT": str(port), "HYDRANT_LOG_LEVEL": "INFO"})
     out = (tmp_path / "dev.out").open("w")
     dev = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "dev", "--rate", "200"],
+        [sys.executable, "-m", "app.tools.cli", "dev", "--rate", "200"],
         cwd=tmp_path,  # `.hydrant/dev` lands here
         env={**env, "PYTHONPATH": str(REPO)},
         stdout=out,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.broker import free_port, wait_for_port
+from app.kafka.broker import free_port, wait_for_port
 from tests.support.broker import BrokerUnderTest
 from tests.support.kafka import create_pipeline_topics_for
 from tests.support.shop import make_events, publish

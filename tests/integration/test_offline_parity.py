@@ -81,7 +81,7 @@ def shop_files(
 def hydrant(broker: BrokerUnderTest, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HYDRANT_BROKER": broker.url}
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "app.tools.cli", *args],
         env=env,
         cwd=REPO,
         capture_output=True,

@@ -21,7 +21,7 @@ ROWS = 10_000
 def run_hydrant(broker: BrokerUnderTest, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HYDRANT_BROKER": broker.url}
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "app.tools.cli", *args], env=env, capture_output=True, text=True, timeout=120
     )
 
 

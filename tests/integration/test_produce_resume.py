@@ -45,7 +45,7 @@ def rows_file(tmp_path: Path, rows: int = ROWS) -> Path:
 
 def produce(broker: BrokerUnderTest, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "produce", *args],
+        [sys.executable, "-m", "app.tools.cli", "produce", *args],
         env=env(broker),
         cwd=REPO,
         capture_output=True,
@@ -76,7 +76,7 @@ def test_killed_backfill_resumed_delivers_every_row_exactly_once(
     ]
 
     first = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "produce", *args, "--rate", "600"],
+        [sys.executable, "-m", "app.tools.cli", "produce", *args, "--rate", "600"],
         env=env(broker),
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -173,8 +173,8 @@ def test_resume_sends_only_the_rows_missing_in_the_topic(
     (another interruption after more acknowledgements) still does not send them again."""
     from aiokafka import AIOKafkaProducer
 
-    from app.produce import Checkpoint
-    from app.settings import load_settings
+    from app.config.settings import load_settings
+    from app.tools.produce import Checkpoint
 
     topic = f"backfill-{uid}"
     asyncio.run(create_topics(broker.bootstrap, [topic]))

@@ -1,4 +1,4 @@
-"""The serving process (app/serving.py) on the real broker: it answers feature reads on the public
+"""The serving process (app/serving/process.py) on the real broker: it answers feature reads on the public
 port from RocksDB secondaries, as fresh as the worker's own state; it says 503 while the worker is
 frozen; it never outlives the worker; and HYDRANT_SERVING_PROCESS=false puts the worker back on
 the port."""
@@ -16,7 +16,7 @@ import httpx
 import orjson
 import psutil
 
-from app.bulletin import worker_socket
+from app.serving.bulletin import worker_socket
 from tests.support.broker import BrokerUnderTest
 from tests.support.kafka import consume, create_pipeline_topics_for, produce
 from tests.support.worker import WorkerProcess, wait_for
@@ -32,7 +32,7 @@ def order(i: int, user: str, amount: float, ts: int) -> tuple[bytes, bytes]:
 
 def serving_children(worker: WorkerProcess) -> list[psutil.Process]:
     assert worker.proc is not None
-    return [p for p in psutil.Process(worker.proc.pid).children() if "app.serving" in p.cmdline()]
+    return [p for p in psutil.Process(worker.proc.pid).children() if "app.serving.process" in p.cmdline()]
 
 
 def listener_pids(port: int) -> set[int | None]:
@@ -128,5 +128,5 @@ def test_without_a_serving_process_the_worker_answers_on_the_port(
     worker.wait_ready()
     assert worker.proc is not None
     assert listener_pids(worker.port) == {worker.proc.pid}
-    assert not [p for p in psutil.Process(worker.proc.pid).children() if "app.serving" in p.cmdline()]
+    assert not [p for p in psutil.Process(worker.proc.pid).children() if "app.serving.process" in p.cmdline()]
     wait_for(lambda: spend(worker, "u2", T0 + HOUR) == {"count": 5, "sum": 10.0}, "5 orders")

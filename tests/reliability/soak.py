@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from app.broker import EmbeddedBroker
+from app.kafka.broker import EmbeddedBroker
 from tests.conftest import shop_pipeline_text
 from tests.reliability.harness import check, make_workload, publish_slice
 from tests.support.broker import BrokerUnderTest

@@ -11,9 +11,9 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.config.spec import parse_pipeline
 from app.errors import SpecError
-from app.records import BadRecord, decode_event, decode_lookup
-from app.spec import parse_pipeline
+from app.records.decode import BadRecord, decode_event, decode_lookup
 
 SHOP = (Path(__file__).resolve().parents[2] / "examples" / "shop" / "pipeline.yaml").read_text()
 PIPELINE = parse_pipeline(SHOP)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from app.broker import wait_for_port
+from app.kafka.broker import wait_for_port
 from tests.reliability.harness import SCALE, TIME_LIMIT_S, Workload, make_workload, publish_slice, settle
 from tests.support.broker import BrokerUnderTest
 from tests.support.kafka import consume, create_pipeline_topics_for

@@ -43,7 +43,7 @@ def session_broker() -> Iterator[BrokerUnderTest]:
     if docker_answers():
         from testcontainers.community.kafka import KafkaContainer
 
-        from app.broker import free_port
+        from app.kafka.broker import free_port
 
         container = KafkaContainer("apache/kafka:3.8.0").with_kraft()
         container.with_bind_ports(container.port, free_port())  # a restart keeps the advertised port
@@ -55,7 +55,7 @@ def session_broker() -> Iterator[BrokerUnderTest]:
             url = f"kafka://{kafka.get_bootstrap_server()}"
             yield BrokerUnderTest(url, "kafka", "testcontainers", restart=restart)
         return
-    from app.broker import EmbeddedBroker
+    from app.kafka.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         yield BrokerUnderTest(broker.url, "tansu", "tansu")

@@ -20,7 +20,7 @@ The contract, as implemented here:
 Events are a DataFrame with columns ``key``, ``time`` (epoch ms) and ``stream``, plus one column per
 event field, in *processing* order (row order); columns named ``seq``, ``bucket``, ``n_before`` or
 ``late`` are replaced by the reference's own. A `where` expression sees the event's row as a dict
-(every column except ``key``/``time``/``stream``, nulls as None) through ``app.expressions``.
+(every column except ``key``/``time``/``stream``, nulls as None) through ``app.config.expressions``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from app.expressions import Expression
-from app.spec import AggregationSpec, FeatureGroupSpec, parse_duration
+from app.config.expressions import Expression
+from app.config.spec import AggregationSpec, FeatureGroupSpec, parse_duration
 
 BASE_COLUMNS = ("key", "time", "stream")
 _EMPTY = pd.Series([], dtype=object)

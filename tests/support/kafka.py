@@ -94,9 +94,9 @@ async def consume(
 
 def create_pipeline_topics_for(broker_url: str, pipeline: Path, uid: str) -> None:
     """Every topic of ``pipeline`` for the consumer group the test workers use (hydrant-test-<uid>)."""
-    from app.kafka import create_pipeline_topics
-    from app.settings import load_settings
-    from app.spec import load_pipeline
+    from app.config.settings import load_settings
+    from app.config.spec import load_pipeline
+    from app.kafka.clients import create_pipeline_topics
 
     settings = load_settings(broker=broker_url, pipeline=pipeline, app_id=f"hydrant-test-{uid}")
     asyncio.run(create_pipeline_topics(settings, load_pipeline(pipeline)))

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
-from app.spec import load_pipeline
+from app.config.spec import load_pipeline
 from tests.support.broker import BrokerUnderTest
 from tests.support.ground_truth import GroundTruth
 from tests.support.kafka import produce

@@ -1,4 +1,4 @@
-"""A Hydrant worker as a real process (`python -m app.cli worker`), as Kubernetes would run it."""
+"""A Hydrant worker as a real process (`python -m app.tools.cli worker`), as Kubernetes would run it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.broker import free_port
+from app.kafka.broker import free_port
 from tests.support.broker import BrokerUnderTest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker"],
+                [sys.executable, "-m", "app.tools.cli", "worker"],
                 env=self.env,
                 cwd=REPO,
                 stdout=log,

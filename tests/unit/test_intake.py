@@ -1,4 +1,4 @@
-"""app/intake.py: the batch path from Faust's fetch loop to the stream agent.
+"""app/faust_ext/intake.py: the batch path from Faust's fetch loop to the stream agent.
 
 The consumer is Faust's real one (never started: no broker), so the bookkeeping the intake fills in
 is read back by Faust's own code: ``_new_offset`` (what a commit would write) and the unacked set
@@ -18,7 +18,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
-from app.intake import Intake
+from app.faust_ext.intake import Intake
 
 INPUT = "orders"
 T = TypeVar("T")

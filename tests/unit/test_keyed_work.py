@@ -1,4 +1,4 @@
-"""app/keyed_work.py: a batch split by key over several shards, one of them run in a real helper
+"""app/engine/shards.py: a batch split by key over several shards, one of them run in a real helper
 process, gives the same output rows, dead-letter reasons and stored records (a real RocksDB) as the
 same batches run as one shard; so do batches that read their records before the previous batch is
 written, with its changes laid over them (as the worker overlaps batches)."""
@@ -14,7 +14,8 @@ import orjson
 import pytest
 import rocksdict
 
-from app.keyed_work import (
+from app.config.spec import load_pipeline
+from app.engine.shards import (
     BatchWork,
     HelperPool,
     Overlay,
@@ -24,8 +25,7 @@ from app.keyed_work import (
     lay_over,
     read_records,
 )
-from app.records import decode_event
-from app.spec import load_pipeline
+from app.records.decode import decode_event
 from tables.store import shared_memory
 from tables.windows import bucket_key
 

@@ -1,8 +1,8 @@
 """`hydrant compute` (app/offline) against the worker's own code, without a broker.
 
 The reference runs what the worker runs for every event: the record `hydrant produce` would send
-(app.produce.encode_rows), decoded by app.records.decode_event, then tables.windows' choose /
-is_late / apply_event as app/keyed_work.py BatchWork._apply calls them, and read_features. The
+(app.tools.produce.encode_rows), decoded by app.records.decode.decode_event, then tables.windows' choose /
+is_late / apply_event as app/engine/shards.py BatchWork._apply calls them, and read_features. The
 offline table must equal it exactly (==, floats included) wherever the worker can answer.
 """
 
@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 from click.testing import CliRunner
 
-from app.cli import cli
-from app.offline import compute
-from app.produce import encode_rows, read_table
-from app.records import BadRecord, decode_event
-from app.spec import Pipeline, parse_pipeline
+from app.config.spec import Pipeline, parse_pipeline
+from app.records.decode import BadRecord, decode_event
+from app.tools.cli import cli
+from app.tools.offline import compute
+from app.tools.produce import encode_rows, read_table
 from tables.windows import (
     KeyState,
     apply_event,

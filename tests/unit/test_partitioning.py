@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.partitioning import is_home, partition_for
+from app.records.partitioning import is_home, partition_for
 
 
 def test_partition_for_spreads_keys_over_every_partition() -> None:

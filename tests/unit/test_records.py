@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from app.records import BadRecord, decode_event, decode_lookup, event_time_ms
-from app.spec import load_pipeline
+from app.config.spec import load_pipeline
+from app.records.decode import BadRecord, decode_event, decode_lookup, event_time_ms
 from tests.conftest import SHOP
 
 PIPE = load_pipeline(SHOP)

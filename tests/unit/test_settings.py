@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from app.config.settings import load_settings, parse_broker_url
 from app.errors import SettingsError
-from app.settings import load_settings, parse_broker_url
 
 
 @pytest.fixture(autouse=True)
@@ -83,8 +83,8 @@ def test_broker_url_forms(url: str, hosts: list[str]) -> None:
 
 def test_faust_environment_names_do_not_override(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Faust reads BROKER_URL, WEB_PORT, APP_DATADIR... and lets them win; Hydrant must not."""
-    from app.main import create_app
-    from app.spec import load_pipeline
+    from app.config.spec import load_pipeline
+    from app.runtime import create_app
 
     monkeypatch.setenv("BROKER_URL", "kafka://evil:1")
     monkeypatch.setenv("WEB_PORT", "1234")
@@ -101,8 +101,8 @@ def test_faust_environment_names_do_not_override(monkeypatch: pytest.MonkeyPatch
 
 
 def test_tansu_profile_shortens_group_timeouts(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from app.main import create_app
-    from app.spec import load_pipeline
+    from app.config.spec import load_pipeline
+    from app.runtime import create_app
 
     settings = load_settings(broker="kafka://b:1", broker_profile="tansu", data_dir=tmp_path)
     conf = create_app(settings, load_pipeline(settings.pipeline)).conf
@@ -117,8 +117,8 @@ def test_tansu_profile_shortens_group_timeouts(tmp_path) -> None:  # type: ignor
 def test_a_fetch_hands_over_at_most_one_agent_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Unbounded, one fetch of a backlog held ~110,000 records, buffered in one turn of the event
     loop (docs/performance.md); aiokafka's max_poll_records bounds it to the agent's batch size."""
-    from app.main import FETCH_RECORDS, create_app
-    from app.spec import load_pipeline
+    from app.config.spec import load_pipeline
+    from app.runtime import FETCH_RECORDS, create_app
 
     settings = load_settings(broker="kafka://b:1", data_dir=tmp_path)
     conf = create_app(settings, load_pipeline(settings.pipeline)).conf

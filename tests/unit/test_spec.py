@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from app.config.spec import load_pipeline, parse_duration, parse_pipeline
 from app.errors import SpecError
-from app.spec import load_pipeline, parse_duration, parse_pipeline
 from tests.conftest import SHOP
 
 
@@ -191,19 +191,21 @@ def test_hydrant_check_exits_2_with_messages(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(INVALID[0][0])
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "check", str(bad)], capture_output=True, text=True
+        [sys.executable, "-m", "app.tools.cli", "check", str(bad)], capture_output=True, text=True
     )
     assert result.returncode == 2
     assert "streams.orders.fields.amount: unknown type 'flaot'" in result.stderr
     assert f"(line {line_of(INVALID[0][0], 'amount: flaot')})" in result.stderr
 
-    ok = subprocess.run([sys.executable, "-m", "app.cli", "check", str(SHOP)], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "app.tools.cli", "check", str(SHOP)], capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stderr
     assert "pipeline 'shop' is valid" in ok.stdout
     assert "orders.dlq" in ok.stdout and "lookup-users" in ok.stdout and "process_events" in ok.stdout
 
     missing = subprocess.run(
-        [sys.executable, "-m", "app.cli", "check", str(tmp_path / "nope.yaml")],
+        [sys.executable, "-m", "app.tools.cli", "check", str(tmp_path / "nope.yaml")],
         capture_output=True,
         text=True,
     )

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import rocksdict
 
-from app.spec import parse_pipeline
+from app.config.spec import parse_pipeline
 from tables.store import StateWriter, prefix_scan, shared_memory
 from tables.windows import KeyState, apply_event, choose, group_plans, read_features
 

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from app.spec import OPS, parse_duration, parse_pipeline
+from app.config.spec import OPS, parse_duration, parse_pipeline
 from tables.windows import (
     GroupPlan,
     KeyState,

@@ -16,7 +16,7 @@ partition or batch instead of once per record:
   offsets as Faust's ``Consumer.ack`` would, so offsets are committed only behind delivered batches;
 - flow control: records are handed out only while the flow is active, and the buffer is registered
   with ``app.flow_control`` so that it is cleared where Faust clears the stream queues (the end of a
-  rebalance, after the inputs were positioned: app/rebalance.py).
+  rebalance, after the inputs were positioned: app/faust_ext/recovery.py).
 
 Records of other topics (changelogs) go through Faust's path unchanged.
 """
@@ -84,7 +84,7 @@ class Intake:
         self._room = asyncio.Event()  # the buffer is below max_buffered
         self._room.set()
         app.flow_control.manage_queue(self)
-        # Installed on the consumer when the app creates it (app/main.py HydrantApp), before any
+        # Installed on the consumer when the app creates it (app/runtime.py HydrantApp), before any
         # fetch: Faust's fetch loop binds its methods once, when it starts.
         app.intakes = [*getattr(app, "intakes", []), self]
 

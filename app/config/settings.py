@@ -1,7 +1,7 @@
 """Hydrant's settings: one frozen class read from HYDRANT_* environment variables.
 
 Faust reads its own variables (APP_DATADIR, BROKER_URL, WEB_PORT, ...) and lets them win over the
-arguments given to ``faust.App``; :mod:`app.main` hands Faust an empty environment so that only
+arguments given to ``faust.App``; :mod:`app.runtime` hands Faust an empty environment so that only
 these settings apply.
 """
 
@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.errors import SettingsError
 
 ENV_PREFIX = "HYDRANT_"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PIPELINE = REPO_ROOT / "examples" / "shop" / "pipeline.yaml"
 
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from app.metrics import DEAD_LETTERS
-from app.records import BadRecord
+from app.records.decode import BadRecord
 
 logger = logging.getLogger(__name__)
 

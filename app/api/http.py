@@ -1,7 +1,7 @@
 """What every HTTP request goes through, on Faust's aiohttp server: metrics, auth, JSON errors.
 
 The middlewares are given to aiohttp's Application when the App is built (``web_application_options``
-in app/main.py), so they wrap every route — Hydrant's views and aiohttp's own 404/405/413 answers.
+in app/runtime.py), so they wrap every route — Hydrant's views and aiohttp's own 404/405/413 answers.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def bearer_auth(token: str | None) -> Callable[[web.Request, Handler], Awaitable
         if (
             expected is not None
             and request.path.startswith(PROTECTED_PREFIXES)
-            and not request.get("passed_on")  # the worker checks it (app/serving.py)
+            and not request.get("passed_on")  # the worker checks it (app/serving/process.py)
         ):
             given = request.headers.get("Authorization", "").encode("utf-8", errors="replace")
             if not hmac.compare_digest(given, expected):

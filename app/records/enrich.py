@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from app.expressions import Expression
-from app.records import BadRecord
-from app.spec import OutputSpec, Pipeline
+from app.config.expressions import Expression
+from app.config.spec import OutputSpec, Pipeline
+from app.records.decode import BadRecord
 
 LookupFn = Callable[[str, str], Mapping[str, Any] | None]
 FeaturesFn = Callable[[str, str, int], Mapping[str, Any]]

@@ -10,9 +10,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from app.config.settings import Settings
+from app.config.spec import Pipeline, TopicPlan
 from app.errors import BrokerError
-from app.settings import Settings
-from app.spec import Pipeline, TopicPlan
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from app.config.spec import Pipeline
 from app.errors import InputFileError
-from app.offline.events import GroupEvents, StreamEvents, accept, evaluate_where, read_inputs, time_to_ms
-from app.offline.states import States, merge_windows, segment_states, value_hashes
-from app.spec import Pipeline
+from app.tools.offline.events import (
+    GroupEvents,
+    StreamEvents,
+    accept,
+    evaluate_where,
+    read_inputs,
+    time_to_ms,
+)
+from app.tools.offline.states import States, merge_windows, segment_states, value_hashes
 from tables.windows import AggregationPlan, GroupPlan, group_plans
 
 Progress = Callable[[str], None]
@@ -297,7 +304,7 @@ def compute(
         frame = reader(path)
         time_field = pipeline.streams[stream].time
         if order_by_time and time_field is not None and time_field in frame.columns:
-            from app.produce import order_by_time as sort_by_time
+            from app.tools.produce import order_by_time as sort_by_time
 
             frame = sort_by_time(frame, time_field)  # as `hydrant produce --order-by` sends it
         return frame
@@ -367,7 +374,7 @@ def _label_queries(
 
 def parse_at(value: str) -> int:
     """An ``--at`` value: epoch ms or ISO-8601 (UTC when no zone), as the API reads `at`."""
-    from app.records import BadRecord, event_time_ms
+    from app.records.decode import BadRecord, event_time_ms
 
     text = value.strip()
     try:
@@ -384,7 +391,7 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
     elif suffix == ".csv":
         frame.to_csv(path, index=False)
     elif suffix in (".jsonl", ".ndjson", ".json"):
-        from app.produce import encode_rows  # orjson: floats in their shortest round-trip form
+        from app.tools.produce import encode_rows  # orjson: floats in their shortest round-trip form
 
         _, rows = encode_rows(frame, None)
         path.write_bytes(b"".join(row + b"\n" for row in rows))

@@ -1,6 +1,6 @@
 """The Faust App, built from the settings and the pipeline spec.
 
-Agents (agents/), tables (tables/) and web views (app/views.py) register themselves on this app and
+Agents (agents/), tables (tables/) and web views (app/api/health.py) register themselves on this app and
 are found by Faust's autodiscovery; this module imports none of them.
 """
 
@@ -12,14 +12,15 @@ from typing import Any
 
 import faust
 
-from app import __version__, diagnostics, rebalance, tansu
-from app.bulletin import worker_socket
+from app import __version__
+from app.api.http import application_options
+from app.config.settings import Settings, get_settings
+from app.config.spec import Pipeline, load_pipeline
 from app.errors import HydrantError
-from app.http import application_options
-from app.kafka import client_options, ssl_context
+from app.faust_ext import diagnostics, end_offsets, recovery
+from app.kafka.clients import client_options, ssl_context
 from app.metrics import REGISTRY, WORKER, LiveCollector
-from app.settings import Settings, get_settings
-from app.spec import Pipeline, load_pipeline
+from app.serving.bulletin import worker_socket
 from tables import restore
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def faust_options(settings: Settings, pipeline: Pipeline) -> dict[str, Any]:
         "broker": settings.faust_broker_url,
         "store": "rocksdb://",
         "datadir": str(settings.data_dir),
-        "autodiscover": ["agents", "tables", "app.views", "app.api"],
+        "autodiscover": ["agents", "tables", "app.api"],
         "origin": "app",
         "processing_guarantee": "at_least_once",
         "topic_partitions": settings.partitions,
@@ -58,7 +59,7 @@ def faust_options(settings: Settings, pipeline: Pipeline) -> dict[str, Any]:
         "web_host": settings.web_host,
         "web_port": settings.web_port,
         "canonical_url": settings.advertised_url,
-        # With a serving process (app/serving.py) on the public port, the worker's own web server
+        # With a serving process (app/serving/process.py) on the public port, the worker's own web server
         # listens on a Unix socket that only the serving process talks to.
         "web_transport": f"unix://{worker_socket(settings.data_dir)}"
         if settings.serving_process
@@ -114,7 +115,7 @@ def faust_credentials(settings: Settings) -> Any:
 class HydrantApp(faust.App):
     """faust.App whose autodiscovery fails loudly (Faust only logs a module that fails to import, and
     the worker would then run without that module's agents or tables), and whose consumer hands
-    the stream topics' records to the intakes registered in :attr:`intakes` (app/intake.py)."""
+    the stream topics' records to the intakes registered in :attr:`intakes` (app/faust_ext/intake.py)."""
 
     intakes: list[Any]
 
@@ -132,8 +133,8 @@ class HydrantApp(faust.App):
 def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
     """A Faust App for this pipeline; agents and tables attach to it on autodiscovery."""
     if settings.broker_profile == "tansu":
-        tansu.install(client_options(settings))
-    rebalance.install()
+        end_offsets.install(client_options(settings))
+    recovery.install()
     restore.install(client_options(settings))
     faust_app = HydrantApp(settings.group_id(pipeline.name), **faust_options(settings, pipeline))
     diagnostics.install(faust_app)

@@ -30,11 +30,11 @@ from typing import Any
 
 import orjson
 
-from app.enrich import OutputBuilder, output_builders
-from app.memory import collections_paused, settle_garbage_collector
-from app.processes import die_with_parent
-from app.records import BadRecord
-from app.spec import Pipeline, StreamSpec, load_pipeline
+from app.config.spec import Pipeline, StreamSpec, load_pipeline
+from app.records.decode import BadRecord
+from app.records.enrich import OutputBuilder, output_builders
+from app.system.memory import collections_paused, settle_garbage_collector
+from app.system.processes import die_with_parent
 from tables.windows import (
     KeyState,
     apply_event,
@@ -322,7 +322,7 @@ def decode_result(payload: bytes) -> ShardResult:
 
 
 def helper_main(pipeline_path: str, shard_fd: str, result_fd: str) -> None:
-    """A helper process (``python -m app.keyed_work PIPELINE SHARD_FD RESULT_FD``): for each frame
+    """A helper process (``python -m app.engine.shards PIPELINE SHARD_FD RESULT_FD``): for each frame
     on stdin, run the shard in the memory file ``shard_fd`` and answer with a frame on stdout once
     the result is in ``result_fd``, until stdin ends (the worker closed it, or is gone)."""
     answers = os.fdopen(os.dup(1), "wb")
@@ -409,7 +409,7 @@ class HelperPool:
                     [
                         sys.executable,
                         "-m",
-                        "app.keyed_work",
+                        "app.engine.shards",
                         str(self._pipeline_path),
                         *map(str, files),
                     ],
@@ -473,6 +473,6 @@ class HelperPool:
 
 
 if __name__ == "__main__":  # by its module name: one copy of the module, whatever imports it
-    from app import keyed_work
+    from app.engine import shards
 
-    keyed_work.helper_main(*sys.argv[1:4])
+    shards.helper_main(*sys.argv[1:4])

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from app.config.expressions import Expression
+from app.config.spec import Pipeline, StreamSpec
 from app.errors import InputFileError
-from app.expressions import Expression
-from app.records import BadRecord, event_time_ms
-from app.spec import Pipeline, StreamSpec
+from app.records.decode import BadRecord, event_time_ms
 from tables.windows import GroupPlan
 
 _INT_KINDS = "iu"
@@ -45,7 +45,7 @@ class StreamEvents:
 
 def time_to_ms(column: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(epoch ms as int64, valid mask) the way the worker reads a time field: numbers are epoch ms
-    (truncated like ``int()``), strings ISO-8601 through :func:`app.records.event_time_ms` (once per
+    (truncated like ``int()``), strings ISO-8601 through :func:`app.records.decode.event_time_ms` (once per
     distinct string), datetimes as `hydrant produce` sends them (floor to ms)."""
     n = len(column)
     if pd.api.types.is_datetime64_any_dtype(column):
@@ -126,7 +126,7 @@ def _typed_column(column: pd.Series | None, kind: str, n: int) -> tuple[pd.Serie
 
 def _entity_keys(column: pd.Series) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
     """(codes into the key texts, -1 when unusable; key texts; missing mask; wrong-type mask), as
-    app.records._entity_key decides — once per distinct value."""
+    app.records.decode._entity_key decides — once per distinct value."""
     codes, uniques = pd.factorize(column.reset_index(drop=True), use_na_sentinel=True)
     codes = np.asarray(codes, dtype=np.int64)
     texts: list[str] = []
@@ -199,7 +199,7 @@ def evaluate_where(
     expression: Expression, fields: Mapping[str, pd.Series], n: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(holds, fails) per event for a `where` filter, through the same expression engine as the
-    worker (app.expressions). The expression is evaluated once per distinct combination of the
+    worker (app.config.expressions). The expression is evaluated once per distinct combination of the
     columns it names, not once per event, so a filter on a few categories costs a few evaluations."""
     names = sorted(expression.names & set(fields))
     if not names:

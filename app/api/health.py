@@ -12,9 +12,9 @@ import orjson
 from aiohttp import web
 from faust.web import View
 
-from app.http import JSON, error_response
-from app.main import app
+from app.api.http import JSON, error_response
 from app.metrics import READY, render
+from app.runtime import app
 
 
 def readiness(faust_app: Any) -> tuple[bool, str]:

@@ -1,4 +1,4 @@
-"""What a worker tells its serving process (app/serving.py), through two files in the data dir.
+"""What a worker tells its serving process (app/serving/process.py), through two files in the data dir.
 
 - ``serving/status.json``: readiness, this worker's URL, and per feature table the partitions it
   holds active (with their RocksDB paths) and the URL of every partition's owner. Rewritten whole

@@ -12,8 +12,8 @@ from typing import Any, Literal, cast
 
 import orjson
 
+from app.config.spec import LookupSpec, StreamSpec
 from app.errors import HydrantError
-from app.spec import LookupSpec, StreamSpec
 
 Reason = Literal["decode", "missing_key", "type", "expression", "late"]
 

@@ -8,13 +8,13 @@ process (agents/serving_process.py) and moves its own web server to a Unix socke
 - it answers ``GET /features/{group}/{key}`` and ``POST /features/{group}`` itself, with the same
   code as the worker (app/api/features.py), reading each table partition from a RocksDB secondary
   instance of the worker's database, caught up whenever the worker has written to it since
-  (app/bulletin.py), so a read that starts after a batch was applied sees it;
+  (app/serving/bulletin.py), so a read that starts after a batch was applied sees it;
 - readiness and ownership come from the worker's bulletin; keys of other workers are forwarded to
   their public URL, as the worker would;
 - every other request (tables, pipeline, health, readiness, metrics, OpenAPI) is passed to the
   worker's own web server unchanged; ``/metrics`` adds this process's request counts to the worker's.
 
-    python -m app.serving       (started by the worker, which it never outlives)
+    python -m app.serving.process       (started by the worker, which it never outlives)
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from app.api.features import lookup_batch, lookup_one
+from app.api.http import Handler, application_options, error_response
 from app.api.routing import Placement, Unavailable
-from app.bulletin import (
+from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, REGISTRY
+from app.runtime import settings
+from app.serving.bulletin import (
     SERVING_INDEX_ENV,
     STATUS_SLOT,
     Bulletin,
@@ -48,10 +51,7 @@ from app.bulletin import (
     open_bulletin,
     worker_socket,
 )
-from app.http import Handler, application_options, error_response
-from app.main import settings
-from app.memory import settle_garbage_collector
-from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, REGISTRY
+from app.system.memory import settle_garbage_collector
 from tables.features import FEATURE_TABLES
 
 logger = logging.getLogger("hydrant.serving")

@@ -5,6 +5,6 @@ filters, bad records); states.py builds bucket states and merges windows, vector
 bit-identical to tables/windows.py; compute.py answers `--at` and point-in-time `--labels` queries.
 """
 
-from app.offline.compute import ComputeReport, compute, parse_at, write_table
+from app.tools.offline.compute import ComputeReport, compute, parse_at, write_table
 
 __all__ = ["ComputeReport", "compute", "parse_at", "write_table"]

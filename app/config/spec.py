@@ -17,8 +17,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from app.config.expressions import Expression, ExpressionError
 from app.errors import SpecError
-from app.expressions import Expression, ExpressionError
 
 FIELD_TYPES = ("str", "int", "float", "bool")
 OPS = ("count", "sum", "avg", "min", "max", "stddev", "first", "last", "distinct")

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from app.errors import BrokerBinaryNotFound, BrokerError
-from app.processes import spawn, stop
+from app.system.processes import spawn, stop
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import pandas as pd
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
+from app.config.settings import Settings
 from app.errors import BrokerError, InputFileError
-from app.kafka import bulk_producer, client_options
-from app.settings import Settings
+from app.kafka.clients import bulk_producer, client_options
 
 FORMATS = ("csv", "parquet", "jsonl")
 _SUFFIXES = {
@@ -112,7 +112,7 @@ def _python_values(column: pd.Series) -> list[Any]:
 def order_by_time(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     """Rows in event-time order (stable: ties keep the file order; rows without a time go last).
     The column is epoch ms, ISO-8601 or a datetime, read as the worker reads event times."""
-    from app.offline.events import time_to_ms
+    from app.tools.offline.events import time_to_ms
 
     if column not in frame.columns:
         raise InputFileError(

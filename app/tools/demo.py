@@ -10,10 +10,10 @@ from typing import Any
 
 import orjson
 
+from app.config.settings import Settings
+from app.config.spec import Pipeline
 from app.errors import HydrantError
-from app.kafka import bulk_producer
-from app.settings import Settings
-from app.spec import Pipeline
+from app.kafka.clients import bulk_producer
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import aiohttp
 import click
 
 from app import __version__
+from app.config.settings import ENV_PREFIX, Settings, load_settings
+from app.config.spec import Pipeline, load_pipeline
 from app.errors import HydrantError, SpecError
-from app.settings import ENV_PREFIX, Settings, load_settings
-from app.spec import Pipeline, load_pipeline
 
 logger = logging.getLogger("hydrant")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -95,7 +95,7 @@ def cli() -> None:
 @friendly_errors
 def broker(port: int | None) -> None:
     """Run the bundled Kafka-protocol broker (Tansu, memory storage) until Ctrl-C."""
-    from app.broker import EmbeddedBroker
+    from app.kafka.broker import EmbeddedBroker
 
     configure_logging("INFO")
     with EmbeddedBroker(port=port) as embedded:
@@ -125,12 +125,12 @@ def worker(pipeline: str | None) -> None:
     load_pipeline(settings.pipeline)  # fail here, with the spec's messages, before Faust starts
     import faust
 
-    from app.memory import limit_arenas
+    from app.system.memory import limit_arenas
 
     limit_arenas()  # before Faust, aiokafka and RocksDB start their threads
     from agents.process_events import HELPERS
     from agents.serving_process import SERVING
-    from app.main import app
+    from app.runtime import app
 
     SERVING.start()  # before Faust: the port answers (503, with the reason) while the worker starts
     HELPERS.start()  # and the helpers load the pipeline meanwhile
@@ -194,7 +194,7 @@ def topics() -> None:
 @friendly_errors
 def topics_create(pipeline: str | None) -> None:
     """Create every topic the pipeline needs (HYDRANT_PARTITIONS partitions), idempotently."""
-    from app.kafka import create_pipeline_topics
+    from app.kafka.clients import create_pipeline_topics
 
     settings = _settings(pipeline)
     _need_broker(settings)
@@ -249,7 +249,7 @@ def produce(
     checkpoint: Path | None,
 ) -> None:
     """Send every row of a CSV, Parquet or JSONL FILE to TOPIC as a JSON record."""
-    from app.produce import produce_file
+    from app.tools.produce import produce_file
 
     settings = _settings()
     _need_broker(settings)
@@ -342,9 +342,9 @@ def compute(
     """
     from tqdm import tqdm
 
-    from app.offline import compute as compute_features
-    from app.offline import parse_at, write_table
-    from app.produce import read_table
+    from app.tools.offline import compute as compute_features
+    from app.tools.offline import parse_at, write_table
+    from app.tools.produce import read_table
 
     configure_logging(load_settings().log_level)
     spec = load_pipeline(pipeline_file)
@@ -388,7 +388,7 @@ def compute(
 @friendly_errors
 def demo(pipeline: str | None, rate: float) -> None:
     """Generate shop demo events (users, orders, clicks) into HYDRANT_BROKER until Ctrl-C/SIGTERM."""
-    from app.demo import demo_topics, run_demo
+    from app.tools.demo import demo_topics, run_demo
 
     settings = _settings(pipeline)
     _need_broker(settings)
@@ -441,9 +441,9 @@ class DevSession:
         self.stop_event.set()
 
     async def run(self) -> int:
-        from app.broker import EmbeddedBroker
-        from app.kafka import create_pipeline_topics
-        from app.processes import spawn, stop
+        from app.kafka.broker import EmbeddedBroker
+        from app.kafka.clients import create_pipeline_topics
+        from app.system.processes import spawn, stop
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -468,7 +468,9 @@ class DevSession:
             settings = self.settings.model_copy(update={"broker": broker_url})
             created, existing = await create_pipeline_topics(settings, self.spec)
             worker_log = self.run_dir / "worker.log"
-            worker_proc = spawn([sys.executable, "-m", "app.cli", "worker"], env=env, log_path=worker_log)
+            worker_proc = spawn(
+                [sys.executable, "-m", "app.tools.cli", "worker"], env=env, log_path=worker_log
+            )
             base = f"http://{settings.web_host}:{settings.web_port}"
             click.echo(f"broker   {broker_url}" + (f" (bundled, pid {embedded.pid})" if embedded else ""))
             click.echo(f"topics   {len(created)} created, {len(existing)} existing")
@@ -477,7 +479,7 @@ class DevSession:
                 f"api      {base}/   health {base}/healthz   ready {base}/readyz   metrics {base}/metrics"
             )
             if self.demo:
-                from app.demo import demo_topics, run_demo
+                from app.tools.demo import demo_topics, run_demo
 
                 demo_topics(self.spec)
                 demo_task = asyncio.create_task(
