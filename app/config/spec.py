@@ -1,14 +1,15 @@
 """The pipeline spec: YAML -> validated, frozen models, with errors that name the field and the line.
 
 Shape and types are checked by pydantic; references between sections (an output's stream, a join's
-lookup, an aggregation's field, windows against the period, topic names) by :func:`_cross_check`.
+lookup, an aggregation's field, windows against the period, topic names) by the ``_check_*`` functions
+of ``_CHECKS``, one per section.
 Every problem is reported at once as ``path.to.field: message (line N)``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -214,16 +215,24 @@ class TopicPlan:
 Loc = tuple[str | int, ...]
 
 
-def _cross_check(p: Pipeline) -> Iterator[tuple[Loc, str]]:
-    """References between sections; yields (location, message) for every problem."""
+def _check_streams(p: Pipeline) -> Iterator[tuple[Loc, str]]:
+    """Each stream's key and time are among its fields; yields (location, message) per problem."""
     for name, s in p.streams.items():
         if s.key not in s.fields:
             yield ("streams", name, "key"), f"key field {s.key!r} is not in fields"
         if s.time is not None and s.time not in s.fields:
             yield ("streams", name, "time"), f"time field {s.time!r} is not in fields"
+
+
+def _check_lookups(p: Pipeline) -> Iterator[tuple[Loc, str]]:
+    """Each lookup's key is not repeated in its fields; yields (location, message) per problem."""
     for name, lk in p.lookups.items():
         if lk.key in lk.fields:
             yield ("lookups", name, "key"), f"key {lk.key!r} must not be repeated in fields"
+
+
+def _check_features(p: Pipeline) -> Iterator[tuple[Loc, str]]:
+    """Every group's aggregations, checked against their streams; yields (location, message) per problem."""
     for gname, group in p.features.items():
         seen: set[str] = set()
         for i, agg in enumerate(group.aggregations):
@@ -231,36 +240,47 @@ def _cross_check(p: Pipeline) -> Iterator[tuple[Loc, str]]:
             if agg.name in seen:
                 yield (*at, "name"), f"duplicate aggregation name {agg.name!r}"
             seen.add(agg.name)
-            stream = p.streams.get(agg.stream)
-            if stream is None:
-                yield (*at, "stream"), f"unknown stream {agg.stream!r} (streams: {', '.join(p.streams)})"
-                continue
-            if stream.key != group.key:
-                yield (
-                    (*at, "stream"),
-                    f"stream {agg.stream!r} is keyed by {stream.key!r}, group by {group.key!r}",
-                )
-            needs_field = any(op != "count" for op in agg.ops)
-            if agg.field is None and needs_field:
-                yield (*at, "field"), "a field is required for ops other than count"
-            elif agg.field is not None and agg.field not in stream.fields:
-                yield (*at, "field"), f"unknown field {agg.field!r} of stream {agg.stream!r}"
-            elif agg.field is not None and stream.fields[agg.field] not in ("int", "float"):
-                numeric = [op for op in agg.ops if op in ("sum", "avg", "stddev")]
-                if numeric:
-                    yield (*at, "ops"), f"{', '.join(numeric)}: needs a numeric field; {agg.field!r} is a str"
-            if agg.where is not None:
-                problem = _expression_problem(agg.where, stream.fields)
-                if problem:
-                    yield (*at, "where"), problem
-            for j, window in enumerate(agg.windows_ms):
-                if window % group.period_ms:
-                    yield (
-                        (*at, "windows", j),
-                        (f"window {agg.windows[j]} is not a multiple of the period {group.period}"),
-                    )
-            if len(set(agg.windows_ms)) != len(agg.windows):
-                yield (*at, "windows"), "duplicate window"
+            yield from _check_aggregation(p, group, agg, at)
+
+
+def _check_aggregation(
+    p: Pipeline, group: FeatureGroupSpec, agg: AggregationSpec, at: Loc
+) -> Iterator[tuple[Loc, str]]:
+    """One aggregation at ``at``: its stream, key, field, ops, where and windows."""
+    stream = p.streams.get(agg.stream)
+    if stream is None:
+        yield (*at, "stream"), f"unknown stream {agg.stream!r} (streams: {', '.join(p.streams)})"
+        return
+    if stream.key != group.key:
+        yield (
+            (*at, "stream"),
+            f"stream {agg.stream!r} is keyed by {stream.key!r}, group by {group.key!r}",
+        )
+    needs_field = any(op != "count" for op in agg.ops)
+    if agg.field is None and needs_field:
+        yield (*at, "field"), "a field is required for ops other than count"
+    elif agg.field is not None and agg.field not in stream.fields:
+        yield (*at, "field"), f"unknown field {agg.field!r} of stream {agg.stream!r}"
+    elif agg.field is not None and stream.fields[agg.field] not in ("int", "float"):
+        numeric = [op for op in agg.ops if op in ("sum", "avg", "stddev")]
+        if numeric:
+            yield (*at, "ops"), f"{', '.join(numeric)}: needs a numeric field; {agg.field!r} is a str"
+    if agg.where is not None:
+        problem = _expression_problem(agg.where, stream.fields)
+        if problem:
+            yield (*at, "where"), problem
+    for j, window in enumerate(agg.windows_ms):
+        if window % group.period_ms:
+            yield (
+                (*at, "windows", j),
+                (f"window {agg.windows[j]} is not a multiple of the period {group.period}"),
+            )
+    if len(set(agg.windows_ms)) != len(agg.windows):
+        yield (*at, "windows"), "duplicate window"
+
+
+def _check_topics(p: Pipeline) -> Iterator[tuple[Loc, str]]:
+    """Topics of streams, lookups and outputs are distinct; dead-letter topics are no other entry's topic."""
     topic_owner: dict[str, Loc] = {}
     sections: list[tuple[str, dict[str, Any]]] = [
         ("streams", p.streams),
@@ -276,56 +296,88 @@ def _cross_check(p: Pipeline) -> Iterator[tuple[Loc, str]]:
             topic_owner.setdefault(entry.topic, here)
     for section, entries in sections[:2]:
         for name, entry in entries.items():
-            if entry.dlq_topic in topic_owner:  # dead-letter topics may be shared, but only by dead letters
+            if entry.dlq_topic in topic_owner:
                 other = ".".join(map(str, topic_owner[entry.dlq_topic][:2]))
                 yield (
                     (section, name, "dlq"),
                     f"dead-letter topic {entry.dlq_topic!r} is already used by {other}",
                 )
+
+
+def _check_outputs(p: Pipeline) -> Iterator[tuple[Loc, str]]:
+    """Each output's stream, joins, feature groups and computed columns; yields (location, message)."""
     for oname, out in p.outputs.items():
-        at = ("outputs", oname)
+        at: Loc = ("outputs", oname)
         stream = p.streams.get(out.from_)
         if stream is None:
             yield (*at, "from"), f"unknown stream {out.from_!r} (streams: {', '.join(p.streams)})"
             continue
         columns: dict[str, str] = {f: "stream" for f in stream.fields}
-        for i, join in enumerate(out.join):
-            lookup = p.lookups.get(join.lookup)
-            if lookup is None:
-                yield (*at, "join", i), f"unknown lookup {join.lookup!r}"
-                continue
-            for field in lookup.fields:
-                column = join.prefix + field
-                if column in columns:
-                    yield (
-                        (*at, "join", i),
-                        (
-                            f"field {column!r} of lookup {join.lookup!r} collides with {columns[column]}; "
-                            f"give the join a prefix"
-                        ),
-                    )
-                columns[column] = f"lookup {join.lookup}"
-        for i, gname in enumerate(out.features):
-            joined_group = p.features.get(gname)
-            if joined_group is None:
-                yield (*at, "features", i), f"unknown feature group {gname!r}"
-                continue
-            if joined_group.key != stream.key:
+        yield from _check_joins(p, out, at, columns)
+        yield from _check_output_features(p, out, stream, at, columns)
+        yield from _check_computed(out, at, columns)
+
+
+def _check_joins(p: Pipeline, out: OutputSpec, at: Loc, columns: dict[str, str]) -> Iterator[tuple[Loc, str]]:
+    """An output's joined lookups exist and add no column twice; adds their columns to ``columns``."""
+    for i, join in enumerate(out.join):
+        lookup = p.lookups.get(join.lookup)
+        if lookup is None:
+            yield (*at, "join", i), f"unknown lookup {join.lookup!r}"
+            continue
+        for field in lookup.fields:
+            column = join.prefix + field
+            if column in columns:
                 yield (
-                    (*at, "features", i),
-                    f"group {gname!r} is keyed by {joined_group.key!r}, stream by {stream.key!r}",
+                    (*at, "join", i),
+                    (
+                        f"field {column!r} of lookup {join.lookup!r} collides with {columns[column]}; "
+                        f"give the join a prefix"
+                    ),
                 )
-            for feature in joined_group.feature_names():
-                if feature in columns:
-                    yield (*at, "features", i), f"feature {feature!r} collides with {columns[feature]}"
-                columns[feature] = f"group {gname}"
-        for cname, source in out.computed.items():
-            if cname in columns:
-                yield (*at, "computed", cname), f"computed column {cname!r} collides with {columns[cname]}"
-            problem = _expression_problem(source, columns)
-            if problem:
-                yield (*at, "computed", cname), problem
-            columns[cname] = "computed"
+            columns[column] = f"lookup {join.lookup}"
+
+
+def _check_output_features(
+    p: Pipeline, out: OutputSpec, stream: StreamSpec, at: Loc, columns: dict[str, str]
+) -> Iterator[tuple[Loc, str]]:
+    """An output's feature groups exist, share the stream's key and add no column twice; adds them to
+    ``columns``."""
+    for i, gname in enumerate(out.features):
+        joined_group = p.features.get(gname)
+        if joined_group is None:
+            yield (*at, "features", i), f"unknown feature group {gname!r}"
+            continue
+        if joined_group.key != stream.key:
+            yield (
+                (*at, "features", i),
+                f"group {gname!r} is keyed by {joined_group.key!r}, stream by {stream.key!r}",
+            )
+        for feature in joined_group.feature_names():
+            if feature in columns:
+                yield (*at, "features", i), f"feature {feature!r} collides with {columns[feature]}"
+            columns[feature] = f"group {gname}"
+
+
+def _check_computed(out: OutputSpec, at: Loc, columns: dict[str, str]) -> Iterator[tuple[Loc, str]]:
+    """An output's computed columns are new and use only earlier columns; adds them to ``columns``."""
+    for cname, source in out.computed.items():
+        if cname in columns:
+            yield (*at, "computed", cname), f"computed column {cname!r} collides with {columns[cname]}"
+        problem = _expression_problem(source, columns)
+        if problem:
+            yield (*at, "computed", cname), problem
+        columns[cname] = "computed"
+
+
+# The cross-section checks, run in this order by parse_pipeline (the order of the reported problems).
+_CHECKS: tuple[Callable[[Pipeline], Iterator[tuple[Loc, str]]], ...] = (
+    _check_streams,
+    _check_lookups,
+    _check_features,
+    _check_topics,
+    _check_outputs,
+)
 
 
 def _expression_problem(source: str, available: dict[str, Any]) -> str | None:
@@ -393,7 +445,7 @@ def parse_pipeline(text: str, source: str = "") -> Pipeline:
     except ValidationError as exc:
         problems = [_format(doc, tuple(e["loc"]), _pydantic_message(e)) for e in exc.errors()]
         raise SpecError(problems, source) from None
-    problems = [_format(doc, loc, msg) for loc, msg in _cross_check(pipeline)]
+    problems = [_format(doc, loc, msg) for check in _CHECKS for loc, msg in check(pipeline)]
     if problems:
         raise SpecError(problems, source)
     return pipeline
