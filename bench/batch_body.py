@@ -27,8 +27,11 @@ import rocksdict
 from app.config.spec import parse_pipeline
 from app.records.decode import decode_event
 from app.records.enrich import output_builders
+from tables.apply import apply_event, choose, is_late
+from tables.key_state import KeyState
+from tables.plans import group_plans
+from tables.read import read_features
 from tables.store import prefix_scan, shared_memory
-from tables.windows import KeyState, apply_event, choose, group_plans, is_late, read_features
 
 PIPELINE = parse_pipeline((Path(__file__).resolve().parents[1] / "examples/shop/pipeline.yaml").read_text())
 PLANS = group_plans(PIPELINE)

@@ -3,7 +3,7 @@
 Builds the changelog of feature group ``user`` (shop pipeline) directly: N records, i.e. N / (B + 1)
 keys, each with B bucket records and its head, written to ``<app id>-features-user-changelog`` on the
 partition the worker would use (murmur2 of the key). The records are the worker's own: per
-partition, one key's state is built by tables/windows.py from real order and click events (2 orders
+partition, one key's state is built by tables/apply.py from real order and click events (2 orders
 and 2 clicks per 10-minute bucket, the newest bucket now), and every other key of that partition gets
 the same records under its own key (``<key>\\0`` head, ``<key>\\0<bucket>`` buckets). Running the
 pipeline over enough events to write 1,000,000 records would take far longer and yield the same kind
@@ -43,7 +43,10 @@ from app.kafka.broker import EmbeddedBroker
 from app.records.partitioning import partition_for
 from bench.pipeline import create_hydrant_topics
 from bench.procs import process_cpu
-from tables.windows import GroupPlan, KeyState, apply_event, choose, group_plans, read_features
+from tables.apply import apply_event, choose
+from tables.key_state import KeyState
+from tables.plans import GroupPlan, group_plans
+from tables.read import read_features
 from tests.conftest import shop_pipeline_text
 from tests.support.broker import BrokerUnderTest
 from tests.support.kafka import create_topics

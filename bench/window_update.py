@@ -1,6 +1,6 @@
 """Per-event cost of a window-state update: windows [1h] vs [1h, 24h, 7d] at period 10m.
 
-Runs the worker's update path (tables/windows.py: choose + apply_event per event, one coalesced
+Runs the worker's update path (tables/apply.py: choose + apply_event per event, one coalesced
 write of the changed records per key per batch) against a dict standing in for the RocksDB table,
 so the figure is the state logic's own cost, without broker or disk. Prints events/s, records and
 bytes written per event, and the ratio of the two configurations (target: <= 1.2).
@@ -15,7 +15,9 @@ import random
 import time
 
 from app.config.spec import parse_pipeline
-from tables.windows import GroupPlan, KeyState, apply_event, choose, group_plans
+from tables.apply import apply_event, choose
+from tables.key_state import KeyState
+from tables.plans import GroupPlan, group_plans
 
 SPEC = """
 name: bench

@@ -1,5 +1,5 @@
 """Feature tables: one changelog-backed RocksDB table per feature group; per entity key a head
-record and one record per bucket (see tables/windows.py for the layout and why)."""
+record and one record per bucket (docs/state-format.md describes the layout and why)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from app.runtime import app, pipeline, settings
+from tables.key_state import KeyState
+from tables.plans import GroupPlan, group_plans
+from tables.read import read_features
 from tables.store import local_db, local_keys, prefix_scan, raw_table
-from tables.windows import GroupPlan, KeyState, group_plans, read_features
 
 GROUPS: dict[str, GroupPlan] = group_plans(pipeline)
 FEATURE_TABLES: dict[str, Any] = {

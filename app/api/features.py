@@ -39,7 +39,7 @@ from tables.features import (
     select_features,
     stored_state,
 )
-from tables.windows import outside_retention
+from tables.read import outside_retention
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

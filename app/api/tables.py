@@ -36,8 +36,8 @@ from app.api.routing import (
 from app.runtime import app, pipeline, settings
 from tables.features import FEATURE_TABLES, GROUPS, features_for, local_entity_keys, local_state
 from tables.lookups import LOOKUP_TABLES
+from tables.read import outside_retention
 from tables.store import local_db, local_keys
-from tables.windows import outside_retention
 
 PARQUET = "application/vnd.apache.parquet"
 YIELD_EVERY = 500  # rows scanned between giving the event loop back to other requests

@@ -35,16 +35,11 @@ from app.records.decode import BadRecord
 from app.records.enrich import OutputBuilder, output_builders
 from app.system.memory import collections_paused, settle_garbage_collector
 from app.system.processes import die_with_parent
-from tables.windows import (
-    KeyState,
-    apply_event,
-    bucket_key,
-    choose,
-    group_plans,
-    head_key,
-    is_late,
-    read_features,
-)
+from tables.apply import apply_event, choose, is_late
+from tables.key_state import KeyState
+from tables.plans import group_plans
+from tables.read import read_features
+from tables.state_format import bucket_key, head_key
 
 Slot = tuple[str, bytes]  # (feature group, entity key)
 Decoded = tuple[str, int, dict[str, Any]]  # decode_event's (key, event time ms, fields)

@@ -1,6 +1,7 @@
-"""An independent pandas reference for PRODUCT.md "Window semantics", to check tables/windows.py.
+"""An independent pandas reference for docs/product.md "Window semantics", to check the window
+state in tables/ (apply.py, read.py).
 
-It deliberately shares no code with ``tables.windows``: it keeps every accepted event (no buckets, no
+It deliberately shares no code with ``tables``: it keeps every accepted event (no buckets, no
 sketches, no merging) and recomputes each feature from the raw events with pandas.
 
 The contract, as implemented here:

@@ -26,8 +26,8 @@ from app.engine.shards import (
     read_records,
 )
 from app.records.decode import decode_event
+from tables.state_format import bucket_key
 from tables.store import shared_memory
-from tables.windows import bucket_key
 
 SHOP = Path(__file__).resolve().parents[2] / "examples/shop/pipeline.yaml"
 WORK = BatchWork(load_pipeline(SHOP))

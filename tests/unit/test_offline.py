@@ -1,7 +1,7 @@
 """`hydrant compute` (app/offline) against the worker's own code, without a broker.
 
 The reference runs what the worker runs for every event: the record `hydrant produce` would send
-(app.tools.produce.encode_rows), decoded by app.records.decode.decode_event, then tables.windows' choose /
+(app.tools.produce.encode_rows), decoded by app.records.decode.decode_event, then tables.apply's choose /
 is_late / apply_event as app/engine/shards.py BatchWork._apply calls them, and read_features. The
 offline table must equal it exactly (==, floats included) wherever the worker can answer.
 """
@@ -21,15 +21,10 @@ from app.records.decode import BadRecord, decode_event
 from app.tools.cli import cli
 from app.tools.offline import compute
 from app.tools.produce import encode_rows, read_table
-from tables.windows import (
-    KeyState,
-    apply_event,
-    choose,
-    group_plans,
-    is_late,
-    outside_retention,
-    read_features,
-)
+from tables.apply import apply_event, choose, is_late
+from tables.key_state import KeyState
+from tables.plans import group_plans
+from tables.read import outside_retention, read_features
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MIN = 60_000

@@ -10,8 +10,11 @@ from types import SimpleNamespace
 import rocksdict
 
 from app.config.spec import parse_pipeline
+from tables.apply import apply_event, choose
+from tables.key_state import KeyState
+from tables.plans import group_plans
+from tables.read import read_features
 from tables.store import StateWriter, prefix_scan, shared_memory
-from tables.windows import KeyState, apply_event, choose, group_plans, read_features
 
 PIPELINE = """\
 name: t

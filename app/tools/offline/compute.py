@@ -30,7 +30,7 @@ from app.tools.offline.events import (
     time_to_ms,
 )
 from app.tools.offline.states import States, merge_windows, segment_states, value_hashes
-from tables.windows import AggregationPlan, GroupPlan, group_plans
+from tables.plans import AggregationPlan, GroupPlan, group_plans
 
 Progress = Callable[[str], None]
 LABEL_TIME_COLUMNS = ("at", "event_timestamp", "timestamp", "ts", "time")

@@ -23,7 +23,7 @@ from app.config.expressions import Expression
 from app.config.spec import Pipeline, StreamSpec
 from app.errors import InputFileError
 from app.records.decode import BadRecord, event_time_ms
-from tables.windows import GroupPlan
+from tables.plans import GroupPlan
 
 _INT_KINDS = "iu"
 

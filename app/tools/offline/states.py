@@ -1,8 +1,8 @@
-"""Offline bucket states and window merges, vectorized, bit-identical to tables/windows.py.
+"""Offline bucket states and window merges, vectorized, bit-identical to tables/apply.py and tables/read.py.
 
 The worker keeps, per key, bucket and aggregation, ``[count, sum, mean, m2, min, max, first, last,
-distinct, shift]`` updated event by event (tables.windows._update), and a read merges the buckets of
-a window in ascending order (tables.windows._Merged). Floating-point addition is not associative,
+distinct, shift]`` updated event by event (tables.apply._update), and a read merges the buckets of
+a window in ascending order (tables.read.MergedWindow). Floating-point addition is not associative,
 so to give the same bits this module performs the same operations in the same order — only across
 all segments at once: step j of every segment (bucket, or window) is one numpy operation over the
 segments that have a j-th element. The number of numpy steps is the largest segment, the work is
@@ -10,8 +10,8 @@ linear in the events.
 
 ``distinct`` reuses the worker's own functions: value hashes (``value_hash``, once per distinct
 value), the exact hash list up to ``EXACT_DISTINCT`` per bucket, and for a bucket beyond it the
-DataSketches HLL built by the worker's ``_add_distinct``, replayed in processing order; windows with a
-sketch are merged by the worker's ``_Merged``.
+DataSketches HLL built by the worker's ``add_distinct``, replayed in processing order; windows with a
+sketch are merged by the worker's ``MergedWindow``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tables.windows import EXACT_DISTINCT, _add_distinct, _Merged, value_hash
+from tables.apply import add_distinct
+from tables.read import MergedWindow
+from tables.state_format import EXACT_DISTINCT, value_hash
 
 _EMPTY_I = np.zeros(0, dtype=np.int64)
 
@@ -44,7 +46,7 @@ def _python(value: Any) -> Any:
 
 
 def value_hashes(values: np.ndarray) -> np.ndarray:
-    """``tables.windows.value_hash`` of every value, computed once per distinct value."""
+    """``tables.state_format.value_hash`` of every value, computed once per distinct value."""
     if len(values) == 0:
         return _EMPTY_I
     codes, uniques = pd.factorize(values)
@@ -106,7 +108,7 @@ def segment_states(
     hashes: np.ndarray | None = None,
 ) -> States:
     """States of the segments of events given in processing order grouped by ``segment`` (sorted
-    ascending, each segment contiguous), exactly as tables.windows._update builds them."""
+    ascending, each segment contiguous), exactly as tables.apply._update builds them."""
     n = len(segment)
     if n == 0:
         empty_f = np.zeros(0)
@@ -176,7 +178,7 @@ def segment_states(
         for s in big.tolist():
             state: list[int] | str = []
             for value in h[starts[s] : starts[s] + sizes[s]].tolist():
-                state = _add_distinct(state, value)
+                state = add_distinct(state, value)
             assert isinstance(state, str)
             sketches[s] = state
         if len(big):
@@ -189,7 +191,7 @@ def segment_states(
 
 @dataclass
 class Merged:
-    """Window results for each query (the values tables.windows._Merged.result gives)."""
+    """Window results for each query (the values tables.read.MergedWindow.result gives)."""
 
     count: np.ndarray
     sum: np.ndarray
@@ -224,7 +226,7 @@ def merge_windows(
     states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarray, distinct: bool
 ) -> Merged:
     """Merge, per query, the states ``lo .. lo + length - 1`` and then ``extra`` (a row of
-    ``states``, or -1 for none), in that order, with the operations of tables.windows._Merged.add."""
+    ``states``, or -1 for none), in that order, with the operations of tables.read.MergedWindow.add."""
     q = len(lo)
     total_len = length + (extra >= 0)
     perm = np.argsort(-total_len, kind="stable")
@@ -293,7 +295,7 @@ def _distinct_counts(states: States, lo: np.ndarray, length: np.ndarray, extra: 
         per = frame.drop_duplicates().groupby("q", sort=False).size()
         out[per.index.to_numpy()] = per.to_numpy()
     for i in np.flatnonzero(with_sketch).tolist():  # the worker's own merge (HLL union)
-        merged = _Merged()
+        merged = MergedWindow()
         rows = list(range(int(lo[i]), int(lo[i] + length[i]))) + ([int(extra[i])] if extra[i] >= 0 else [])
         for r in rows:
             digest: list[int] | str = states.sketches.get(r) or states.hashes[hs[r] : hs[r + 1]].tolist()

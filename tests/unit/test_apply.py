@@ -1,179 +1,37 @@
-"""tables/windows.py against PRODUCT.md "Window semantics": hypothesis properties checked against the
-independent pandas reference in tests/support/ground_truth.py, plus examples for the edge cases.
-
-A key's state is a :class:`KeyState` over a feature table (head record + one record per bucket); here
-the table is an in-memory dict, written with ``KeyState.changes()`` exactly as tables/features.py does,
-so flushes, reloads and crashes (unflushed changes lost, events redelivered) are part of the tests.
-"""
+"""tables/apply.py against docs/product.md "Window semantics": hypothesis properties checked against the
+independent pandas reference in tests/support/ground_truth.py (events applied, flushed, crashed and
+redelivered, then read), plus examples for lateness, duplicates, crashes and distinct."""
 
 from __future__ import annotations
 
-import functools
-import math
 import random
-import statistics
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-import orjson
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from app.config.spec import OPS, parse_duration, parse_pipeline
-from tables.windows import (
-    GroupPlan,
-    KeyState,
-    apply_event,
-    choose,
-    is_late,
-    outside_retention,
-    read_features,
-    value_hash,
+from app.config.spec import OPS, parse_duration
+from tables.apply import is_late
+from tables.plans import GroupPlan
+from tables.read import outside_retention, read_features
+from tests.support.ground_truth import GroundTruth, mark_late
+from tests.support.window_state import (
+    BASE,
+    HOUR,
+    MINUTE,
+    SPEND,
+    Event,
+    Worker,
+    assert_same,
+    frame,
+    group,
+    group_spec,
+    op_of,
+    pipeline_text,
+    s1,
+    s2,
 )
-from tests.support.ground_truth import GroundTruth, accepted_events, expected_features, mark_late
-
-MINUTE = 60_000
-HOUR = 60 * MINUTE
-BASE = 1_699_999_800_000  # a multiple of 10 minutes (so of every period used here)
-STREAMS = """\
-streams:
-  s1:
-    topic: s1
-    key: k
-    time: ts
-    fields: {k: str, ts: int, x: float, n: int, word: str, status: str}
-  s2:
-    topic: s2
-    key: k
-    time: ts
-    fields: {k: str, ts: int, y: float, page: str}
-"""
-APPROX_OPS = ("sum", "avg", "stddev")
-
-
-# -- helpers ---------------------------------------------------------------------------------------
-
-
-def pipeline_text(period: str, aggregations: Iterable[str]) -> str:
-    """A pipeline with streams s1/s2 keyed by k and one feature group g; ``aggregations`` are YAML flow
-    mappings, e.g. ``{name: spend, stream: s1, field: x, ops: [sum], windows: [1h]}``."""
-    lines = "".join(f"      - {a}\n" for a in aggregations)
-    return f"name: t\n{STREAMS}features:\n  g:\n    key: k\n    period: {period}\n    aggregations:\n{lines}"
-
-
-@functools.lru_cache(maxsize=512)
-def group_spec(text: str) -> Any:
-    """The feature group g of a pipeline text (parsing YAML is slow; hypothesis repeats texts)."""
-    return parse_pipeline(text).features["g"]
-
-
-def group(period: str, *aggregations: str) -> tuple[GroupPlan, Any]:
-    spec = group_spec(pipeline_text(period, aggregations))
-    return GroupPlan.from_spec("g", spec), spec
-
-
-@dataclass
-class Event:
-    key: str
-    stream: str
-    time: int
-    fields: dict[str, Any]
-
-
-def s1(key: str, time: int, x: float | None = None, **extra: Any) -> Event:
-    fields = {"k": key, "ts": time, "x": x, "n": None, "word": None, "status": "ok"}
-    fields.update(extra)
-    return Event(key, "s1", time, fields)
-
-
-def s2(key: str, time: int, y: float | None = None, page: str | None = "home") -> Event:
-    return Event(key, "s2", time, {"k": key, "ts": time, "y": y, "page": page})
-
-
-def frame(events: Iterable[Event]) -> pd.DataFrame:
-    rows = [{"key": e.key, "time": e.time, "stream": e.stream, **e.fields} for e in events]
-    return pd.DataFrame(rows, dtype=object)
-
-
-@dataclass
-class Worker:
-    """One group's feature table (record key -> bytes) and the key states of the current batch."""
-
-    plan: GroupPlan
-    table: dict[bytes, bytes] = field(default_factory=dict)
-    states: dict[str, KeyState] = field(default_factory=dict)
-
-    def state(self, key: str) -> KeyState:
-        if key not in self.states:
-            self.states[key] = KeyState(key.encode(), self.table.get, self.plan.retention)
-        return self.states[key]
-
-    def apply(self, event: Event, offset: int, source: str | None = None) -> str:
-        """Source ``<stream>:0`` unless given: each stream is one topic partition."""
-        chosen = choose(self.plan, event.stream, event.fields)
-        source = source or f"{event.stream}:0"
-        state = self.state(event.key)
-        return apply_event(self.plan, state, chosen, event.fields, event.time, source, offset)
-
-    def run(self, events: Iterable[Event], start: int = 0) -> list[str]:
-        """Apply ``events`` in order, at source offsets ``start``, ``start + 1``, ..."""
-        return [self.apply(event, offset) for offset, event in enumerate(events, start=start)]
-
-    def flush(self) -> None:
-        """Write every key's changes (as tables/features.py does) and end the batch."""
-        for state in self.states.values():
-            for record_key, value in state.changes():
-                if value is None:
-                    self.table.pop(record_key, None)
-                else:
-                    self.table[record_key] = value
-        self.states.clear()
-
-    def crash(self) -> None:
-        """Lose what was not flushed."""
-        self.states.clear()
-
-    def read(self, key: str, at_ms: int) -> dict[str, Any]:
-        return read_features(self.plan, self.state(key), at_ms)
-
-    def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
-        """A range read of the table, as tables/store.py prefix_scan does on RocksDB."""
-        return sorted((k, v) for k, v in self.table.items() if k.startswith(prefix))
-
-    def scanned(self, key: str) -> KeyState:
-        """The key's stored state read with one range read (how feature reads load it)."""
-        return KeyState(key.encode(), self.table.get, self.plan.retention, self.scan)
-
-    def stored_buckets(self, key: str) -> int:
-        prefix = key.encode() + b"\x00"
-        return sum(1 for k in self.table if k.startswith(prefix) and k != prefix)
-
-
-def op_of(spec: Any) -> dict[str, str]:
-    return {f"{a.name}_{op}_{w}": op for a in spec.aggregations for op in a.ops for w in a.windows}
-
-
-def assert_same(
-    got: Mapping[str, Any], want: Mapping[str, Any], ops: Mapping[str, str], context: str
-) -> None:
-    """Exact for counts, distinct, min, max, first, last; 1e-9 relative (or absolute) for the rest."""
-    assert list(got) == list(want), context
-    for name, expected in want.items():
-        actual = got[name]
-        if ops[name] in APPROX_OPS and expected is not None:
-            assert actual is not None and math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-9), (
-                f"{context}: {name} = {actual!r}, expected {expected!r}"
-            )
-        else:
-            assert actual == expected and (actual is None) == (expected is None), (
-                f"{context}: {name} = {actual!r}, expected {expected!r}"
-            )
-            if ops[name] in ("count", "distinct"):
-                assert type(actual) is int, f"{context}: {name} = {actual!r} is not an int"
-
 
 # -- hypothesis: random streams against the reference --------------------------------------------
 
@@ -377,75 +235,6 @@ def test_matches_ground_truth(scenario: Scenario) -> None:
 
 # -- examples --------------------------------------------------------------------------------------
 
-SPEND = (
-    "{name: spend, stream: s1, field: x, ops: [count, sum, avg, min, max, stddev, first, last, distinct], "
-    "windows: [10m, 1h]}"
-)
-
-
-def test_reference_and_implementation_agree_with_a_hand_computed_example() -> None:
-    plan, spec = group(
-        "10m",
-        SPEND,
-        "{name: failed, stream: s1, ops: [count], windows: [1h], where: \"status == 'failed'\"}",
-        "{name: clicks, stream: s2, ops: [count], windows: [10m]}",
-    )
-    t = BASE
-    events = [
-        s1("u", t + 1_000, 10.0),
-        s1("u", t + 11 * MINUTE, 20.0, status="failed"),
-        s2("u", t + 12 * MINUTE),
-        s1("u", t + 15 * MINUTE, 30.0),
-        s1("u", t + 5 * MINUTE, None, status="failed"),  # out of order, null value
-    ]
-    worker = Worker(plan)
-    assert worker.run(events) == ["applied"] * 5
-    at = t + 19 * MINUTE  # bucket 1 of the hour: 10m covers [t+10m, t+20m), 1h covers [t-40m, t+20m)
-    want = {
-        "spend_count_10m": 2,
-        "spend_count_1h": 3,
-        "spend_sum_10m": 50.0,
-        "spend_sum_1h": 60.0,
-        "spend_avg_10m": 25.0,
-        "spend_avg_1h": 20.0,
-        "spend_min_10m": 20.0,
-        "spend_min_1h": 10.0,
-        "spend_max_10m": 30.0,
-        "spend_max_1h": 30.0,
-        "spend_stddev_10m": statistics.stdev([20.0, 30.0]),
-        "spend_stddev_1h": 10.0,
-        "spend_first_10m": 20.0,
-        "spend_first_1h": 10.0,
-        "spend_last_10m": 30.0,
-        "spend_last_1h": 30.0,
-        "spend_distinct_10m": 2,
-        "spend_distinct_1h": 3,
-        "failed_count_1h": 2,
-        "clicks_count_10m": 1,
-    }
-    ops = op_of(spec)
-    assert_same(worker.read("u", at), want, ops, "implementation")
-    assert_same(GroundTruth(spec, frame(events)).features("u", at), want, ops, "reference")
-    accepted = accepted_events(frame(events), plan.period_ms, plan.retention)
-    assert_same(expected_features(spec, accepted, "u", at), want, ops, "expected_features")
-
-
-def test_window_bounds_follow_buckets() -> None:
-    """W at T covers event times [(b(T) - W/P + 1)·P, (b(T) + 1)·P), even later than T in b(T)."""
-    plan, _ = group("10m", "{name: c, stream: s1, ops: [count], windows: [30m]}")
-    at = BASE + 30 * MINUTE + 1  # bucket b(BASE) + 3: the window is buckets +1..+3
-    worker = Worker(plan)
-    worker.run(
-        [
-            s1("u", BASE + 10 * MINUTE - 1),  # bucket +0: out
-            s1("u", BASE + 10 * MINUTE),  # bucket +1: in
-            s1("u", BASE + 40 * MINUTE - 1),  # bucket +3, after `at`: in
-        ]
-    )
-    assert worker.read("u", at) == {"c_count_30m": 2}
-    assert worker.read("u", BASE + 40 * MINUTE) == {"c_count_30m": 1}
-    assert worker.read("u", BASE + 60 * MINUTE) == {"c_count_30m": 0}
-
 
 def test_negative_times_floor() -> None:
     plan, _ = group("1m", "{name: c, stream: s1, ops: [count], windows: [1m]}")
@@ -530,73 +319,6 @@ def test_redelivery_after_expiry_is_not_late() -> None:
     assert worker.run(events) == ["duplicate", "duplicate"]  # got ['late', 'duplicate']
 
 
-def test_flushed_state_reloads_the_same_and_keeps_going() -> None:
-    plan, _ = group(
-        "1m",
-        SPEND,
-        "{name: words, stream: s1, field: word, ops: [distinct, first, last, min, max], windows: [5m]}",
-    )
-    rng = random.Random(7)
-    events = [
-        s1("u", BASE + rng.randrange(0, 50 * MINUTE), rng.uniform(-5, 5), word=f"w{rng.randrange(400)}")
-        for _ in range(800)
-    ]
-    one, batches = Worker(plan), Worker(plan)
-    one.run(events)  # everything in one batch
-    for start in range(0, 800, 37):  # batches of 37, each written and reloaded
-        batches.run(events[start : start + 37], start=start)
-        batches.flush()
-    for at in range(BASE + 45 * MINUTE, BASE + 52 * MINUTE, 20_000):
-        assert batches.read("u", at) == one.read("u", at)
-    one.flush()
-
-    def without_head_offsets(table: dict[bytes, bytes]) -> dict[bytes, Any]:
-        # The head's offsets are persisted only when the head is rewritten: they may differ.
-        decoded = {k: orjson.loads(v) for k, v in table.items()}
-        for k, v in decoded.items():
-            if k.endswith(b"\x00"):
-                v.pop("o", None)
-        return decoded
-
-    assert without_head_offsets(one.table) == without_head_offsets(batches.table)
-
-
-def test_empty_windows() -> None:
-    plan, spec = group(
-        "5m",
-        SPEND,
-        "{name: words, stream: s1, field: word, ops: [count, distinct, min, max, first, last], "
-        "windows: [5m]}",
-        "{name: c, stream: s2, ops: [count], windows: [15m]}",
-    )
-    empty = {
-        "count": 0,
-        "sum": 0,
-        "distinct": 0,
-        "avg": None,
-        "min": None,
-        "max": None,
-        "stddev": None,
-        "first": None,
-        "last": None,
-    }
-    ops = op_of(spec)
-    want = {name: empty[op] for name, op in ops.items()}
-    worker = Worker(plan)
-    assert not worker.state("nobody").exists
-    assert_same(worker.read("nobody", BASE), want, ops, "unknown key")
-    worker.run([s1("u", BASE, 4.0, word="w"), s2("u", BASE), s1("v", BASE, None)])
-    worker.flush()
-    later = BASE + 2 * HOUR
-    assert not outside_retention(plan, worker.state("u"), later)
-    assert_same(worker.read("u", later), want, ops, "long after")
-    truth = GroundTruth(spec, frame([s1("u", BASE, 4.0, word="w")]))
-    assert_same(truth.features("u", later), want, ops, "reference")
-    # a null value leaves the aggregation empty, but the key exists
-    assert worker.state("v").exists
-    assert_same(worker.read("v", BASE), want, ops, "null value")
-
-
 def test_first_and_last_ties_follow_arrival() -> None:
     plan, spec = group("1m", "{name: w, stream: s1, field: word, ops: [first, last], windows: [1m, 5m]}")
     t = BASE + 2 * MINUTE
@@ -616,44 +338,6 @@ def test_first_and_last_ties_follow_arrival() -> None:
     want = {"w_first_1m": "p", "w_first_5m": "older", "w_last_1m": "s", "w_last_5m": "s"}
     assert worker.read("u", t) == want
     assert_same(GroundTruth(spec, frame(events)).features("u", t), want, op_of(spec), "reference")
-
-
-def test_stddev_needs_two_values() -> None:
-    plan, _ = group("1m", "{name: x, stream: s1, field: x, ops: [stddev, count], windows: [1m]}")
-    worker = Worker(plan)
-    assert worker.read("u", BASE)["x_stddev_1m"] is None
-    worker.apply(s1("u", BASE, 5.0), 0)
-    assert worker.read("u", BASE) == {"x_stddev_1m": None, "x_count_1m": 1}
-    worker.apply(s1("u", BASE, None), 1)
-    assert worker.read("u", BASE) == {"x_stddev_1m": None, "x_count_1m": 1}
-    worker.apply(s1("u", BASE + 1, 8.0), 2)
-    stddev = worker.read("u", BASE)["x_stddev_1m"]
-    assert stddev == pytest.approx(pd.Series([5.0, 8.0]).std(), rel=1e-12)
-
-
-def test_stddev_is_stable_for_moderate_offsets() -> None:
-    plan, _ = group("1m", "{name: x, stream: s1, field: x, ops: [stddev, avg], windows: [30m]}")
-    rng = random.Random(3)
-    values = [1e6 + rng.uniform(0, 1) for _ in range(300)]
-    worker = Worker(plan)
-    worker.run([s1("u", BASE + rng.randrange(30 * MINUTE), v) for v in values])
-    got = worker.read("u", BASE + 29 * MINUTE)
-    assert got["x_stddev_30m"] == pytest.approx(statistics.stdev(values), rel=1e-9)
-    assert got["x_avg_30m"] == pytest.approx(statistics.fmean(values), rel=1e-12)
-
-
-def test_stddev_relative_error_for_large_offsets() -> None:
-    """PRODUCT.md: stddev relative error <= 1e-9. Values 1e9 + U(0, 1) (e.g. a timestamp-like field):
-    Welford's running mean loses the low digits; pandas / statistics (two-pass) are exact."""
-    plan, _ = group("1m", "{name: x, stream: s1, field: x, ops: [stddev], windows: [30m]}")
-    rng = random.Random(3)
-    values = [1e9 + rng.uniform(0, 1) for _ in range(300)]
-    worker = Worker(plan)
-    worker.run([s1("u", BASE + rng.randrange(30 * MINUTE), v) for v in values])
-    # got 0.2843620225476861, expected 0.28436202184872483 (relative error 2.5e-9)
-    assert worker.read("u", BASE + 29 * MINUTE)["x_stddev_30m"] == pytest.approx(
-        statistics.stdev(values), rel=1e-9
-    )
 
 
 def test_late_boundary_and_filtered_events_still_advance_newest() -> None:
@@ -705,19 +389,6 @@ def test_late_counts_every_stream_of_the_group() -> None:
     assert worker.read("u", BASE + 9 * MINUTE) == {"a_count_2m": 1, "b_count_3m": 0}
 
 
-def test_outside_retention_formula() -> None:
-    plan, _ = group("10m", "{name: c, stream: s1, ops: [count], windows: [10m, 1h]}")
-    worker = Worker(plan)
-    assert not outside_retention(plan, worker.state("u"), BASE)  # no state: nothing was deleted
-    worker.apply(s1("u", BASE + 2 * HOUR), 0)
-    state = worker.state("u")
-    n = state.newest
-    assert n is not None
-    for b in range(n - 8, n + 8):
-        for at in (b * plan.period_ms, (b + 1) * plan.period_ms - 1):
-            assert outside_retention(plan, state, at) == (b - 6 + 1 <= n - 6)
-
-
 def test_state_stays_bounded() -> None:
     plan, _ = group("5m", SPEND, "{name: w, stream: s1, field: word, ops: [distinct], windows: [30m]}")
     retention_ms = plan.retention * plan.period_ms
@@ -757,15 +428,6 @@ def test_distinct_is_exact_below_one_hundred() -> None:
     assert numbers.read("w", BASE + 59 * MINUTE) == {"d_distinct_1h": 77}
 
 
-def test_distinct_counts_zero_once() -> None:
-    """0.0 == -0.0 (Python, JSON numbers, pandas nunique() == 1), but value_hash hashes orjson's text."""
-    plan, _ = group("1m", "{name: d, stream: s1, field: x, ops: [distinct], windows: [1m]}")
-    worker = Worker(plan)
-    worker.run([s1("u", BASE, 0.0), s1("u", BASE, -0.0)])
-    assert pd.Series([0.0, -0.0]).nunique() == 1
-    assert worker.read("u", BASE) == {"d_distinct_1m": 1}  # got 2
-
-
 @pytest.mark.parametrize("exact_buckets", [0, 10])
 def test_distinct_within_three_percent_at_ten_thousand(exact_buckets: int) -> None:
     """10,000 distinct values, each seen twice, over the 60 one-minute buckets of a 1h window; with
@@ -785,93 +447,3 @@ def test_distinct_within_three_percent_at_ten_thousand(exact_buckets: int) -> No
     estimate = worker.read("u", BASE + 59 * MINUTE)["d_distinct_1h"]
     assert abs(estimate - 10_000) / 10_000 <= 0.03, estimate
     assert worker.stored_buckets("u") == 60
-
-
-# -- bucket layout: each aggregation keeps only the fields its ops read ------------------------------
-
-ALL_OPS = "[count, sum, avg, min, max, stddev, first, last, distinct]"
-
-
-def buckets_of(worker: Worker, key: str) -> list[list[Any]]:
-    prefix = key.encode() + b"\x00"
-    return [orjson.loads(v) for k, v in sorted(worker.table.items()) if k.startswith(prefix) and k != prefix]
-
-
-def test_a_bucket_keeps_only_the_fields_its_ops_read() -> None:
-    plan, _ = group(
-        "1m",
-        "{name: spend, stream: s1, field: x, ops: [count, sum, avg, min, max, stddev], windows: [5m]}",
-        "{name: clicks, stream: s2, ops: [count], windows: [5m]}",
-        "{name: words, stream: s1, field: word, ops: [first, last, distinct], windows: [5m]}",
-    )
-    worker = Worker(plan)
-    worker.run([s1("u", BASE, 2.5, word="a"), s2("u", BASE + 1), s1("u", BASE + 2, 1.5, word="b")])
-    worker.flush()
-    (bucket,) = buckets_of(worker, "u")
-    hashes = [value_hash("a"), value_hash("b")]
-    states, layout, offsets = bucket
-    assert layout == plan.tag == "83f,1,7c1"  # the canonical fields of each, as bitmasks
-    assert offsets == {"s1:0": 2, "s2:0": 1}
-    spend, clicks, words = states
-    assert spend[:2] == [2, 4.0] and spend[4:6] == [1.5, 2.5]  # count, sum, mean, m2, min, max, shift
-    assert len(spend) == 7 and spend[6] == 2.5
-    assert clicks == [1]
-    assert words == [2, BASE, "a", BASE + 2, "b", hashes]
-    assert worker.read("u", BASE + 2) == {
-        "spend_count_5m": 2,
-        "spend_sum_5m": 4.0,
-        "spend_avg_5m": 2.0,
-        "spend_min_5m": 1.5,
-        "spend_max_5m": 2.5,
-        "spend_stddev_5m": pytest.approx(math.sqrt(0.5)),
-        "clicks_count_5m": 1,
-        "words_first_5m": "a",
-        "words_last_5m": "b",
-        "words_distinct_5m": 2,
-    }
-
-
-@pytest.mark.parametrize("layouts", [False, True])
-def test_buckets_of_earlier_formats_are_read_and_rewritten(layouts: bool) -> None:
-    """Earlier, a bucket record was a JSON object {"o": offsets, "a": states, "l": layout}; before
-    bucket layouts, every aggregation kept all twelve fields and records had no "l"."""
-    full, _ = group("1m", f"{{name: spend, stream: s1, field: x, ops: {ALL_OPS}, windows: [5m]}}")
-    some, _ = group("1m", "{name: spend, stream: s1, field: x, ops: [count, max, last], windows: [5m]}")
-    rng = random.Random(3)
-    events = [s1("u", BASE + rng.randrange(4 * MINUTE), rng.uniform(0, 9)) for _ in range(30)]
-    earlier = Worker(full)
-    earlier.run(events[:20])
-    earlier.flush()
-    for k, v in earlier.table.items():
-        record = orjson.loads(v)
-        if isinstance(record, list):  # a bucket: [states, layout, offsets]
-            states, layout, offsets = record
-            assert len(states[0]) == 12  # all twelve fields: the first format, once the layout is gone
-            old = {"o": offsets, "a": states, "l": layout} if layouts else {"o": offsets, "a": states}
-            earlier.table[k] = orjson.dumps(old)
-    upgraded = Worker(some, table=dict(earlier.table))
-    direct = Worker(some)
-    direct.run(events[:20])
-    direct.flush()
-    at = BASE + 4 * MINUTE
-    assert upgraded.read("u", at) == direct.read("u", at)
-    upgraded.run(events[20:], start=20)
-    direct.run(events[20:], start=20)
-    upgraded.flush()
-    direct.flush()
-    assert upgraded.read("u", at) == direct.read("u", at)
-    assert upgraded.table == direct.table  # every bucket the events touched was rewritten in the new layout
-
-
-def test_an_op_added_later_leaves_older_buckets_out_of_its_aggregation(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    before, _ = group("1m", "{name: spend, stream: s1, field: x, ops: [count], windows: [5m]}")
-    after, _ = group("1m", "{name: spend, stream: s1, field: x, ops: [count, max], windows: [5m]}")
-    old = Worker(before)
-    old.run([s1("u", BASE, 5.0), s1("u", BASE + 1, 7.0)])  # bucket 0: count only
-    old.flush()
-    new = Worker(after, table=dict(old.table))
-    new.run([s1("u", BASE + MINUTE, 3.0)], start=2)  # bucket 1, with max
-    assert new.read("u", BASE + MINUTE) == {"spend_count_5m": 1, "spend_max_5m": 3.0}
-    assert "aggregation 'spend': buckets written before its ops ['max'] were added" in caplog.text

@@ -1,0 +1,149 @@
+"""Applying one event to a key's window state: lateness, which aggregations it feeds, duplicate
+detection by source offset, and the per-bucket running values (docs/state-format.md). Pure."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import datasketches
+
+from tables.key_state import KeyState
+from tables.plans import DISTINCT, FIRST_T, LAST_T, M2, MAX, MEAN, MIN, SHIFT, SUM, AggregationPlan, GroupPlan
+from tables.state_format import (
+    AGGREGATIONS,
+    EXACT_DISTINCT,
+    HLL_LG_K,
+    LAYOUT,
+    OFFSETS,
+    AggState,
+    convert,
+    value_hash,
+)
+
+Outcome = Literal["applied", "duplicate", "late"]
+
+
+def is_late(plan: GroupPlan, state: KeyState, time_ms: int) -> bool:
+    """docs/product.md: late when b(event) <= n - R, n the newest bucket of any earlier event of the key."""
+    newest = state.newest
+    return newest is not None and plan.bucket(time_ms) <= newest - plan.retention
+
+
+def choose(plan: GroupPlan, stream: str, fields: Mapping[str, Any]) -> list[AggregationPlan]:
+    """The aggregations of ``stream`` that this event feeds (their `where` holds). Raises when a
+    `where` expression fails, before any state changes."""
+    return [agg for agg in plan.by_stream.get(stream, ()) if agg.where is None or agg.where.evaluate(fields)]
+
+
+def apply_event(
+    plan: GroupPlan,
+    state: KeyState,
+    chosen: list[AggregationPlan],
+    fields: Mapping[str, Any],
+    time_ms: int,
+    source: str,
+    offset: int,
+) -> Outcome:
+    """Apply one event to a key's state: 'applied', 'duplicate' (this source offset was applied to
+    its bucket before) or 'late' (dropped; the caller dead-letters it). ``chosen`` comes from
+    :func:`choose`. Events of one source partition arrive in offset order, so the highest applied
+    offset per source partition in a bucket tells which of its events that bucket already holds."""
+    processed = state.processed
+    if processed.get(source, -1) >= offset:
+        return "duplicate"
+    number = time_ms // plan.period_ms
+    newest = state.newest
+    late = newest is not None and number <= newest - plan.retention  # is_late
+    record = None if late else state.bucket(number)
+    if record is not None and record[LAYOUT] != plan.tag:
+        record = convert(plan, record)
+    if record is not None and record[OFFSETS].get(source, -1) >= offset:
+        return "duplicate"
+    processed[source] = offset  # persisted with the head's next write, after the buckets
+    if late:
+        return "late"
+    if newest is None or number > newest:
+        state.advance(number)
+    values = []
+    for agg in chosen:
+        value = fields.get(agg.field) if agg.field is not None else True
+        if value is not None:  # like pandas: nulls don't count
+            values.append((agg, value))
+    if not values:
+        return "applied"
+    if record is None:
+        record = state._create(number, len(plan.aggregations), plan.tag)
+    slots = record[AGGREGATIONS]
+    for agg, value in values:
+        index = agg.index
+        slots[index] = _update(slots[index], value, time_ms, agg)
+    record[OFFSETS][source] = offset
+    state._dirty.add(number)
+    return "applied"
+
+
+_NUMBERS = (int, float)
+
+
+def _update(agg: AggState | None, value: Any, time_ms: int, plan: AggregationPlan) -> AggState:
+    """``agg`` (None: a new state) with one more value, in ``plan``'s layout."""
+    numeric = isinstance(value, _NUMBERS) and not isinstance(value, bool)
+    at = plan.at
+    if agg is None:
+        x = float(value) if numeric else 0.0
+        hashes = [value_hash(value)] if plan.distinct else []
+        canonical = (1, x, 0.0, 0.0, value, value, time_ms, value, time_ms, value, hashes, x)
+        return [canonical[f] for f in plan.layout]
+    count = agg[0] + 1  # count: always the first field
+    agg[0] = count
+    if numeric:
+        x = float(value)
+        i = at[SUM]
+        if i >= 0:
+            agg[i] += x
+        i = at[MEAN]
+        if i >= 0:  # with m2 and shift (stddev)
+            m2 = at[M2]
+            shifted = x - agg[at[SHIFT]]
+            delta = shifted - agg[i]
+            agg[i] += delta / count
+            agg[m2] += delta * (shifted - agg[i])
+    i = at[MIN]
+    if i >= 0 and value < agg[i]:
+        agg[i] = value
+    i = at[MAX]
+    if i >= 0 and value > agg[i]:
+        agg[i] = value
+    i = at[FIRST_T]  # first_v follows it
+    if i >= 0 and time_ms < agg[i]:  # ties: the first to arrive stays first
+        agg[i], agg[i + 1] = time_ms, value
+    i = at[LAST_T]  # last_v follows it
+    if i >= 0 and time_ms >= agg[i]:  # ties: the last to arrive becomes last
+        agg[i], agg[i + 1] = time_ms, value
+    i = at[DISTINCT]
+    if i >= 0:  # hashing costs more than everything else here: only for aggregations that need it
+        agg[i] = add_distinct(agg[i], value_hash(value))
+    return agg
+
+
+def add_distinct(distinct: list[int] | str, h: int) -> list[int] | str:
+    if isinstance(distinct, list):
+        if h in distinct:
+            return distinct
+        if len(distinct) < EXACT_DISTINCT:
+            distinct.append(h)
+            return distinct
+        sketch = _sketch_of(distinct)
+    else:
+        sketch = datasketches.hll_sketch.deserialize(base64.b64decode(distinct))
+    sketch.update(h)
+    return base64.b64encode(sketch.serialize_compact()).decode("ascii")
+
+
+def _sketch_of(hashes: list[int]) -> Any:
+    sketch = datasketches.hll_sketch(HLL_LG_K, datasketches.tgt_hll_type.HLL_4)
+    for h in hashes:
+        sketch.update(h)
+    return sketch

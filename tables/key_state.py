@@ -1,0 +1,170 @@
+"""One entity key's window state as loaded from a feature table: its head and the buckets touched,
+and the records to write back, in the order docs/state-format.md requires. No I/O of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+from tables.state_format import Bucket, bucket_key, head_key
+
+Loader = Callable[[bytes], bytes | None]
+#: Every (record key, value) whose key starts with the given prefix, in key order (a range read).
+Scanner = Callable[[bytes], Iterable[tuple[bytes, bytes]]]
+UNREAD: Any = object()  # KeyState._buckets: not looked up yet
+
+
+class KeyState:
+    """One key's head and the buckets touched so far, with what changed since the last
+    :meth:`changes`. The stored buckets are a bitmask (an int) anchored at the newest bucket n:
+    bit i is bucket n - i, for i < R.
+
+    Records are read through ``load`` (a table get), the head at once and each bucket when first
+    needed (an event touches one); or, given ``scan``, all of the key's records in one range read
+    (a feature read needs every bucket of its widest window: one seek instead of one get per
+    bucket), each bucket decoded when first needed."""
+
+    __slots__ = (
+        "_buckets",
+        "_deleted",
+        "_dirty",
+        "_head_dirty",
+        "_load",
+        "_raw",
+        "_retention",
+        "key",
+        "mask",
+        "newest",
+        "processed",
+    )
+
+    def __init__(self, key: bytes, load: Loader, retention: int, scan: Scanner | None = None) -> None:
+        self.key = key
+        self._load = load
+        self._retention = retention
+        # scanned: the encoded stored buckets (a bucket absent here is not stored); else None
+        self._raw: dict[int, bytes] | None = None
+        if scan is None:
+            raw = load(key + b"\x00")  # head_key(key)
+        else:
+            raw, self._raw = self._scan(scan)
+        self.newest: int | None
+        self.processed: dict[str, int]
+        if raw is None:
+            self.newest, self.mask, self.processed = None, 0, {}
+        else:
+            head = orjson.loads(raw)
+            self.newest, self.mask, self.processed = head["n"], int(head["m"], 16), head["o"]
+        self._buckets: dict[int, Bucket | None] = {}
+        self._head_dirty = False
+        self._dirty: set[int] = set()
+        self._deleted: set[int] = set()
+
+    def _scan(self, scan: Scanner) -> tuple[bytes | None, dict[int, bytes]]:
+        """The head and the encoded buckets, from one range read of the key's records. Records of
+        other keys that share the prefix (a key that itself contains a NUL) do not parse as a bucket
+        number and are skipped; the head decides below which buckets count as stored."""
+        prefix = self.key + b"\x00"
+        head: bytes | None = None
+        buckets: dict[int, bytes] = {}
+        size = len(prefix)
+        for record_key, value in scan(prefix):
+            rest = record_key[size:]
+            if not rest:
+                head = value
+            elif rest.isdigit() or (rest[:1] == b"-" and rest[1:].isdigit()):  # -?[0-9]+, 5x a regex
+                buckets[int(rest)] = value
+        return head, buckets
+
+    @property
+    def exists(self) -> bool:
+        """False for a key that never had an event (of the group's streams)."""
+        return self.newest is not None
+
+    def stored(self, lo: int, hi: int) -> list[int]:
+        """The stored bucket numbers in [lo, hi], ascending."""
+        n = self.newest
+        if n is None:
+            return []
+        hi = min(hi, n)
+        lo = max(lo, n - self._retention + 1)
+        if lo > hi:
+            return []
+        bits = (self.mask >> (n - hi)) & ((1 << (hi - lo + 1)) - 1)
+        found = []
+        while bits:
+            low = bits & -bits
+            found.append(hi - (low.bit_length() - 1))
+            bits ^= low
+        found.reverse()
+        return found
+
+    def stored_buckets(self) -> list[int]:
+        n = self.newest
+        return [] if n is None else self.stored(n - self._retention + 1, n)
+
+    def is_stored(self, number: int) -> bool:
+        n = self.newest
+        return n is not None and 0 <= n - number < self._retention and bool(self.mask >> (n - number) & 1)
+
+    def bucket(self, number: int) -> Bucket | None:
+        record = self._buckets.get(number, UNREAD)
+        if record is UNREAD:
+            record = self._decoded(number) if self.is_stored(number) else self._cache(number, None)
+        return record
+
+    def _decoded(self, number: int) -> Bucket | None:
+        """Stored bucket ``number``, decoded and kept (the caller knows it is stored)."""
+        raw = self._raw.get(number) if self._raw is not None else self._load(bucket_key(self.key, number))
+        if raw is None:
+            return self._cache(number, None)
+        record = orjson.loads(raw)
+        if type(record) is dict:  # the earlier format: {"o": ..., "a": ..., "l": ...}
+            record = [record["a"], record.get("l"), record["o"]]
+        return self._cache(number, record)
+
+    def _cache(self, number: int, record: Bucket | None) -> Bucket | None:
+        self._buckets[number] = record
+        return record
+
+    def advance(self, number: int) -> None:
+        """Make ``number`` the newest bucket; buckets now <= n - R are expired (deleted on write)."""
+        if self.newest is not None:
+            shifted = self.mask << (number - self.newest)
+            expired = shifted >> self._retention
+            while expired:  # bit j: bucket number - R - j
+                low = expired & -expired
+                self._deleted.add(number - self._retention - (low.bit_length() - 1))
+                expired ^= low
+            self.mask = shifted & ((1 << self._retention) - 1)
+        self.newest = number
+        self._head_dirty = True
+
+    def _create(self, number: int, size: int, tag: str) -> Bucket:
+        record: Bucket = [[None] * size, tag, {}]
+        self._buckets[number] = record
+        if not self.is_stored(number):
+            assert self.newest is not None and number <= self.newest
+            self.mask |= 1 << (self.newest - number)
+            self._head_dirty = True
+        return record
+
+    def changes(self) -> list[tuple[bytes, bytes | None]]:
+        """(record key, value or None to delete) to write in this order: buckets, head, deletions
+        (docs/state-format.md says why); then forgets them."""
+        if not (self._dirty or self._head_dirty or self._deleted):
+            return []
+        out: list[tuple[bytes, bytes | None]] = [
+            (bucket_key(self.key, number), orjson.dumps(self._buckets[number]))
+            for number in sorted(self._dirty - self._deleted)
+        ]
+        if self._head_dirty:
+            head = {"n": self.newest, "m": format(self.mask, "x"), "o": self.processed}
+            out.append((head_key(self.key), orjson.dumps(head)))
+        out.extend((bucket_key(self.key, number), None) for number in sorted(self._deleted))
+        self._head_dirty = False
+        self._dirty.clear()
+        self._deleted.clear()
+        return out

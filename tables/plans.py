@@ -1,0 +1,138 @@
+"""Feature-group plans: a group's aggregations ready to run (streams, filters, windows in buckets,
+bucket arithmetic) and the canonical state fields each op keeps. Pure, no I/O; see
+docs/state-format.md for how these fields are stored."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.config.expressions import Expression
+from app.config.spec import FeatureGroupSpec, Pipeline, parse_duration
+
+#: The canonical fields of an aggregation state, by position (a state keeps those its ops read, in
+#: this order; docs/state-format.md).
+COUNT, SUM, MEAN, M2, MIN, MAX, FIRST_T, FIRST_V, LAST_T, LAST_V, DISTINCT, SHIFT = range(12)
+ALL_FIELDS = (1 << 12) - 1
+#: The canonical fields each op reads (count is always kept).
+OP_FIELDS: dict[str, tuple[int, ...]] = {
+    "count": (),
+    "sum": (SUM,),
+    "avg": (SUM,),
+    "stddev": (MEAN, M2, SHIFT),
+    "min": (MIN,),
+    "max": (MAX,),
+    "first": (FIRST_T, FIRST_V),
+    "last": (LAST_T, LAST_V),
+    "distinct": (DISTINCT,),
+}
+
+
+@dataclass(frozen=True)
+class AggregationPlan:
+    """One aggregation of a group, ready to run: which stream, field, filter, windows in buckets."""
+
+    index: int
+    name: str
+    stream: str
+    field: str | None
+    ops: tuple[str, ...]
+    windows: tuple[tuple[str, int], ...]  # (label as written, number of buckets)
+    where: Expression | None
+    # whether it keeps value hashes (`dataclasses.`: the attribute `field` above shadows the function)
+    distinct: bool = dataclasses.field(init=False, compare=False, repr=False)
+    #: bitmask of the canonical fields its state keeps; the canonical fields kept, in order; per
+    #: canonical field, its position in the state (-1: not kept)
+    mask: int = dataclasses.field(init=False, compare=False, repr=False)
+    layout: tuple[int, ...] = dataclasses.field(init=False, compare=False, repr=False)
+    at: tuple[int, ...] = dataclasses.field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "distinct", "distinct" in self.ops)
+        mask = 1 << COUNT
+        for op in self.ops:
+            for canonical in OP_FIELDS[op]:
+                mask |= 1 << canonical
+        layout = layout_of(mask)
+        object.__setattr__(self, "mask", mask)
+        object.__setattr__(self, "layout", layout)
+        object.__setattr__(self, "at", tuple(layout.index(f) if f in layout else -1 for f in range(12)))
+
+    def wants(self, fields: Mapping[str, Any]) -> bool:
+        """Whether an event feeds this aggregation (its `where` holds). Raises on expression failure."""
+        return self.where is None or bool(self.where.evaluate(fields))
+
+
+def layout_of(mask: int) -> tuple[int, ...]:
+    """The canonical fields of ``mask``, in canonical order."""
+    return tuple(f for f in range(12) if mask >> f & 1)
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """A feature group's aggregations, per stream, with the bucket arithmetic of docs/product.md."""
+
+    name: str
+    key: str
+    period_ms: int
+    retention: int  # R = largest window / period, in buckets
+    aggregations: tuple[AggregationPlan, ...]
+    by_stream: Mapping[str, tuple[AggregationPlan, ...]] = field(default_factory=dict)
+    # Precomputed once for read_features: the feature names (output order, each once), then per
+    # (aggregation, window): (aggregation index, buckets, ((op, position in names), ...)).
+    _written: tuple[str, ...] = field(init=False, compare=False, repr=False)  # as feature_names() lists them
+    names: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    reads: tuple[tuple[int, int, tuple[tuple[str, int], ...]], ...] = field(
+        init=False, compare=False, repr=False
+    )
+    widest: int = field(init=False, compare=False, repr=False)  # buckets of the largest window
+    tag: str = field(init=False, compare=False, repr=False)  # a bucket record's "l" in this layout
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tag", ",".join(format(a.mask, "x") for a in self.aggregations))
+        written = [
+            f"{a.name}_{op}_{label}" for a in self.aggregations for op in a.ops for label, _ in a.windows
+        ]
+        names = tuple(dict.fromkeys(written))
+        position = {name: i for i, name in enumerate(names)}
+        reads = tuple(
+            (a.index, size, tuple((op, position[f"{a.name}_{op}_{label}"]) for op in a.ops))
+            for a in self.aggregations
+            for label, size in a.windows
+        )
+        object.__setattr__(self, "_written", tuple(written))
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "reads", reads)
+        object.__setattr__(self, "widest", max((size for _, size, _ in reads), default=0))
+
+    @classmethod
+    def from_spec(cls, name: str, spec: FeatureGroupSpec) -> GroupPlan:
+        period = spec.period_ms
+        aggs = tuple(
+            AggregationPlan(
+                index=i,
+                name=a.name,
+                stream=a.stream,
+                field=a.field,
+                ops=tuple(a.ops),
+                windows=tuple((w, parse_duration(w) // period) for w in a.windows),
+                where=Expression(a.where) if a.where else None,
+            )
+            for i, a in enumerate(spec.aggregations)
+        )
+        by_stream: dict[str, tuple[AggregationPlan, ...]] = {}
+        for agg in aggs:
+            by_stream[agg.stream] = (*by_stream.get(agg.stream, ()), agg)
+        return cls(name, spec.key, period, spec.retention_ms // period, aggs, by_stream)
+
+    def bucket(self, time_ms: int) -> int:
+        return time_ms // self.period_ms
+
+    def feature_names(self) -> list[str]:
+        return list(self._written)
+
+
+def group_plans(pipeline: Pipeline) -> dict[str, GroupPlan]:
+    return {name: GroupPlan.from_spec(name, spec) for name, spec in pipeline.features.items()}

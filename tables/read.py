@@ -1,0 +1,251 @@
+"""Reading features from a key's window state: each window merges its buckets (docs/state-format.md)
+with the same float operations in the same order as the offline tools; and the retention check. Pure."""
+
+from __future__ import annotations
+
+import base64
+import math
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasketches
+
+from tables.key_state import UNREAD, KeyState
+from tables.plans import (
+    COUNT,
+    DISTINCT,
+    FIRST_T,
+    FIRST_V,
+    LAST_T,
+    LAST_V,
+    M2,
+    MAX,
+    MEAN,
+    MIN,
+    SHIFT,
+    SUM,
+    GroupPlan,
+)
+from tables.state_format import AGGREGATIONS, HLL_LG_K, LAYOUT, AggState, convert
+
+
+@dataclass
+class MergedWindow:
+    """A window's merge of bucket states given with all twelve canonical fields (app/offline builds
+    them so); the worker's reads merge states in their layout with :func:`_window_results`."""
+
+    count: int = 0
+    sum: float = 0.0
+    shift: float = 0.0
+    mean: float = 0.0  # of the values minus ``shift``
+    m2: float = 0.0
+    min: Any = None
+    max: Any = None
+    first: tuple[int, Any] | None = None
+    last: tuple[int, Any] | None = None
+    hashes: set[int] = field(default_factory=set)
+    sketches: list[str] = field(default_factory=list)
+
+    def add(self, agg: AggState) -> None:
+        n_a, n_b = self.count, agg[COUNT]
+        total = n_a + n_b
+        if n_a == 0:
+            self.shift = agg[SHIFT]
+        # Chan et al.: both means in this shift's frame; (shift_b - shift_a) is exact for close shifts.
+        delta = (agg[SHIFT] - self.shift) + agg[MEAN] - self.mean
+        self.mean += delta * n_b / total
+        self.m2 += agg[M2] + delta * delta * n_a * n_b / total
+        self.count = total
+        self.sum += agg[SUM]
+        self.min = agg[MIN] if self.min is None or agg[MIN] < self.min else self.min
+        self.max = agg[MAX] if self.max is None or agg[MAX] > self.max else self.max
+        # Buckets are merged in time order, so on equal times the earlier bucket's value stands.
+        if self.first is None or agg[FIRST_T] < self.first[0]:
+            self.first = (agg[FIRST_T], agg[FIRST_V])
+        if self.last is None or agg[LAST_T] >= self.last[0]:
+            self.last = (agg[LAST_T], agg[LAST_V])
+        if isinstance(agg[DISTINCT], list):
+            self.hashes.update(agg[DISTINCT])
+        else:
+            self.sketches.append(agg[DISTINCT])
+
+    def distinct(self) -> int:
+        return _distinct_count(self.hashes, self.sketches)
+
+    def result(self, op: str) -> Any:
+        if op == "count":
+            return self.count
+        if op == "distinct":
+            return self.distinct()
+        if op == "sum":
+            return self.sum
+        if self.count == 0:
+            return None
+        if op == "avg":
+            return self.sum / self.count
+        if op == "stddev":
+            return math.sqrt(max(self.m2, 0.0) / (self.count - 1)) if self.count >= 2 else None
+        if op == "min":
+            return self.min
+        if op == "max":
+            return self.max
+        if op == "first":
+            return self.first[1] if self.first else None
+        if op == "last":
+            return self.last[1] if self.last else None
+        raise ValueError(f"unknown op {op!r}")
+
+
+def _distinct_count(hashes: set[int], sketches: list[str]) -> int:
+    if not sketches:
+        return len(hashes)
+    union = datasketches.hll_union(HLL_LG_K)
+    for encoded in sketches:
+        union.update(datasketches.hll_sketch.deserialize(base64.b64decode(encoded)))
+    for h in hashes:
+        single = datasketches.hll_sketch(HLL_LG_K)
+        single.update(h)
+        union.update(single)
+    return round(union.get_estimate())
+
+
+def _window_results(
+    states: list[AggState], ops: tuple[tuple[str, int], ...], at: tuple[int, ...], out: list[Any]
+) -> None:
+    """``out[position] = result`` for each (op, position) of ``ops`` over bucket states in time order
+    (in the layout ``at``: position per canonical field): the operations of :meth:`MergedWindow.add` and
+    :meth:`MergedWindow.result`, in the same order (so the same floats), only those that the ops need."""
+    count = 0
+    for agg in states:
+        count += agg[0]  # count: always the first field
+    total: float | None = None
+    for op, position in ops:
+        if op == "count":
+            out[position] = count
+        elif op == "sum" or op == "avg":
+            if total is None:
+                total = 0.0
+                i = at[SUM]
+                for agg in states:
+                    total += agg[i]
+            out[position] = total if op == "sum" else total / count if count else None
+        elif op == "distinct":
+            hashes: set[int] = set()
+            sketches: list[str] = []
+            i = at[DISTINCT]
+            for agg in states:
+                digest = agg[i]
+                if isinstance(digest, list):
+                    hashes.update(digest)
+                else:
+                    sketches.append(digest)
+            out[position] = _distinct_count(hashes, sketches)
+        elif not count:
+            out[position] = None
+        elif op == "stddev":
+            i_mean, i_m2, i_shift = at[MEAN], at[M2], at[SHIFT]
+            n_a, shift, mean, m2 = 0, states[0][i_shift], 0.0, 0.0
+            for agg in states:  # Chan et al., as MergedWindow.add (whose shift is the first bucket's)
+                n_b = agg[0]
+                n = n_a + n_b
+                delta = (agg[i_shift] - shift) + agg[i_mean] - mean
+                mean += delta * n_b / n
+                m2 += agg[i_m2] + delta * delta * n_a * n_b / n
+                n_a = n
+            out[position] = math.sqrt(max(m2, 0.0) / (count - 1)) if count >= 2 else None
+        elif op == "min":
+            i = at[MIN]
+            low = None
+            for agg in states:
+                if low is None or agg[i] < low:
+                    low = agg[i]
+            out[position] = low
+        elif op == "max":
+            i = at[MAX]
+            high = None
+            for agg in states:
+                if high is None or agg[i] > high:
+                    high = agg[i]
+            out[position] = high
+        elif op == "first":
+            i = at[FIRST_T]  # first_v follows it
+            first = states[0]
+            for agg in states:  # on equal times the earlier bucket's value stands
+                if agg[i] < first[i]:
+                    first = agg
+            out[position] = first[i + 1]
+        elif op == "last":
+            i = at[LAST_T]  # last_v follows it
+            last = states[0]
+            for agg in states:
+                if agg[i] >= last[i]:
+                    last = agg
+            out[position] = last[i + 1]
+        else:
+            raise ValueError(f"unknown op {op!r}")
+
+
+def read_features(
+    plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | None = None
+) -> dict[str, Any]:
+    """Every feature (or those in ``names``) with windows ending at ``at_ms``: a window W covers
+    buckets (b(at) - W/P, b(at)]. Empty windows: count/sum/distinct 0, the others None."""
+    end = at_ms // plan.period_ms
+    all_names = plan.names
+    reads = plan.reads
+    widest = plan.widest
+    if names is not None:
+        reads = tuple(
+            (index, size, wanted)
+            for index, size, ops in reads
+            if (wanted := tuple((op, i) for op, i in ops if all_names[i] in names))
+        )
+        if not reads:
+            return {}
+        widest = max(size for _, size, _ in reads)
+    # Every window ends at `end`: the buckets of the widest one, loaded once, serve them all.
+    numbers: list[int] = []
+    slots: list[list[AggState | None]] = []  # per bucket, its aggregation states
+    loaded = state._buckets
+    tag = plan.tag
+    for number in state.stored(end - widest + 1, end):
+        record = loaded.get(number, UNREAD)
+        if record is UNREAD:
+            record = state._decoded(number)  # stored: no need to ask again (KeyState.bucket)
+        if record is not None:
+            if record[LAYOUT] != tag:
+                record = convert(plan, record)
+            numbers.append(number)
+            slots.append(record[AGGREGATIONS])
+    out: list[Any] = [None] * len(all_names)
+    aggregations = plan.aggregations
+    for index, size, ops in reads:
+        states = [agg for a in slots[bisect_left(numbers, end - size + 1) :] if (agg := a[index]) is not None]
+        _window_results(states, ops, aggregations[index].at, out)
+    if names is None:
+        return dict(zip(all_names, out, strict=True))
+    return {name: value for name, value in zip(all_names, out, strict=True) if name in names}
+
+
+def outside_retention(
+    plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | None = None
+) -> bool:
+    """docs/product.md: a window W at T needs buckets from b(T) - W/P + 1; when that is <= n - R, those
+    buckets may be gone and the answer would be wrong. Checked for the largest window among the
+    features asked for (all of the group's when ``names`` is None)."""
+    newest = state.newest
+    if newest is None:
+        return False
+    widest = plan.widest
+    if names is not None:
+        widest = max(
+            (
+                size
+                for agg in plan.aggregations
+                for label, size in agg.windows
+                if any(f"{agg.name}_{op}_{label}" in names for op in agg.ops)
+            ),
+            default=0,
+        )
+    return plan.bucket(at_ms) - widest + 1 <= newest - plan.retention

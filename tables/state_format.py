@@ -1,0 +1,71 @@
+"""The stored form of a key's window state: record keys (head, buckets), the bucket record layout,
+value hashes for distinct, and the conversion of buckets written in earlier formats or layouts.
+docs/state-format.md describes the format and why it is so."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import orjson
+
+from tables.plans import ALL_FIELDS, OP_FIELDS, GroupPlan, layout_of
+
+AggState = list[Any]
+#: A bucket record, decoded: [aggregation states (None: no value yet), layout tag, applied offsets]
+Bucket = list[Any]
+AGGREGATIONS, LAYOUT, OFFSETS = range(3)
+
+EXACT_DISTINCT = 128  # per bucket; beyond it a bucket keeps a sketch instead of the hashes
+HLL_LG_K = 14  # relative standard error ~0.8 %; 8 KiB per dense bucket sketch
+logger = logging.getLogger(__name__)
+
+
+def value_hash(value: Any) -> int:
+    """A stable signed 64-bit hash of a field value (the same online and offline)."""
+    if isinstance(value, float):
+        value += 0.0  # -0.0 == 0.0: one distinct value, one hash
+    digest = hashlib.blake2b(orjson.dumps(value), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def head_key(key: bytes) -> bytes:
+    return key + b"\x00"
+
+
+def bucket_key(key: bytes, bucket: int) -> bytes:
+    return b"%b\x00%d" % (key, bucket)
+
+
+_WARNED: set[tuple[str, str]] = set()  # (group, aggregation) whose older buckets lack fields
+
+
+def convert(plan: GroupPlan, record: Bucket) -> Bucket:
+    """``record`` (a bucket written with other fields: earlier format or spec) in ``plan``'s layout,
+    in place. An aggregation state lacking a field that its ops need now is dropped."""
+    aggregations, tag = record[AGGREGATIONS], record[LAYOUT]
+    masks = [ALL_FIELDS] * len(aggregations) if tag is None else [int(m, 16) for m in tag.split(",")]
+    slots: list[AggState | None] = []
+    for agg in plan.aggregations:
+        old = aggregations[agg.index] if agg.index < len(aggregations) else None
+        mask = masks[agg.index] if agg.index < len(masks) else 0
+        if old is None:
+            slots.append(None)
+        elif agg.mask & ~mask:
+            if (plan.name, agg.name) not in _WARNED:
+                _WARNED.add((plan.name, agg.name))
+                logger.warning(
+                    "feature group %r, aggregation %r: buckets written before its ops %s were added "
+                    "are left out of its windows until they expire",
+                    plan.name,
+                    agg.name,
+                    sorted(op for op in agg.ops if any(not mask >> f & 1 for f in OP_FIELDS[op])),
+                )
+            slots.append(None)
+        else:
+            canonical = dict(zip(layout_of(mask), old, strict=True))
+            slots.append([canonical[f] for f in agg.layout])
+    record[AGGREGATIONS] = slots
+    record[LAYOUT] = plan.tag
+    return record
