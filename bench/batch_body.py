@@ -25,9 +25,10 @@ import orjson
 import rocksdict
 
 from app.config.spec import parse_pipeline
+from app.faust_ext.tables import shared_memory
 from app.records.decode import decode_event
 from app.records.enrich import output_builders
-from tables.store import prefix_scan, shared_memory
+from tables.store import prefix_scan
 from tables.windows import KeyState, apply_event, choose, group_plans, is_late, read_features
 
 PIPELINE = parse_pipeline((Path(__file__).resolve().parents[1] / "examples/shop/pipeline.yaml").read_text())

@@ -15,9 +15,9 @@ import pytest
 import rocksdict
 
 from app.config.spec import load_pipeline
+from app.engine.helpers import HelperPool
 from app.engine.shards import (
     BatchWork,
-    HelperPool,
     Overlay,
     Shard,
     ShardEvent,
@@ -25,8 +25,8 @@ from app.engine.shards import (
     lay_over,
     read_records,
 )
+from app.faust_ext.tables import shared_memory
 from app.records.decode import decode_event
-from tables.store import shared_memory
 from tables.windows import bucket_key
 
 SHOP = Path(__file__).resolve().parents[2] / "examples/shop/pipeline.yaml"
