@@ -30,3 +30,14 @@ class BrokerBinaryNotFound(BrokerError):
 
 class InputFileError(HydrantError):
     """A file given to `hydrant produce` cannot be read or lacks a column: fix the file or the option."""
+
+
+class ApiError(HydrantError):
+    """An HTTP request answered with an error: ``status``, ``code`` and a message naming what is
+    wrong (the subclasses in app/api/ render it as the JSON error body)."""
+
+    status = 400
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

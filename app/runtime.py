@@ -1,8 +1,6 @@
-"""The Faust App, built from the settings and the pipeline spec.
-
-Agents (agents/), tables (tables/) and web views (app/api/health.py) register themselves on this app and
-are found by Faust's autodiscovery; this module imports none of them.
-"""
+"""The one place that builds objects at import: the settings, the pipeline, the Faust app and what
+the agents (agents/, found by Faust's autodiscovery) run with; every other module takes them as
+arguments."""
 
 from __future__ import annotations
 
@@ -13,15 +11,28 @@ from typing import Any
 import faust
 
 from app import __version__
+from app.api.context import ApiContext
 from app.api.http import application_options
+from app.api.views import register as register_views
 from app.config.settings import Settings, get_settings
 from app.config.spec import Pipeline, load_pipeline
+from app.engine.batch import StreamEngine, stream_routes
+from app.engine.helpers import HelperPool
+from app.engine.lookups import BATCH_MAX as LOOKUP_BATCH_MAX
+from app.engine.lookups import LookupUpdater
+from app.engine.shards import BatchWork
 from app.errors import HydrantError
 from app.faust_ext import diagnostics, end_offsets, recovery
+from app.faust_ext.intake import Intake
+from app.faust_ext.placement import WorkerPlacement
+from app.faust_ext.tables import raw_table
+from app.faust_ext.worker_io import FaustWorkerIO
 from app.kafka.clients import client_options, ssl_context
 from app.metrics import REGISTRY, WORKER, LiveCollector
 from app.serving.bulletin import worker_socket
+from app.serving.supervisor import ServingSupervisor
 from tables import restore
+from tables.registry import StateTables
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +58,7 @@ def faust_options(settings: Settings, pipeline: Pipeline) -> dict[str, Any]:
         "broker": settings.faust_broker_url,
         "store": "rocksdb://",
         "datadir": str(settings.data_dir),
-        "autodiscover": ["agents", "tables", "app.api"],
+        "autodiscover": ["agents"],
         "origin": "app",
         "processing_guarantee": "at_least_once",
         "topic_partitions": settings.partitions,
@@ -146,5 +157,47 @@ def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
 
 settings: Settings = get_settings()
 pipeline: Pipeline = load_pipeline(settings.pipeline)
+group_id = settings.group_id(pipeline.name)
 app: faust.App = create_app(settings, pipeline)
 REGISTRY.register(LiveCollector(app))
+
+state_tables = StateTables.build(
+    pipeline,
+    lambda name, text: raw_table(app, name, settings.partitions, text, settings.rocksdb_memory_mb),
+)
+placement = WorkerPlacement(app)
+register_views(
+    app,
+    ApiContext(
+        pipeline, group_id, settings.partitions, state_tables, placement, settings.api_token is not None
+    ),
+)
+worker_io = FaustWorkerIO(app)
+serving = ServingSupervisor(settings, state_tables, placement)
+
+#: Helper processes that run every batch's shards: started before Faust (app/tools/cli.py `worker`).
+helpers = HelperPool(settings.compute_processes, settings.pipeline)
+_work = BatchWork(pipeline)
+stream_engine = StreamEngine(
+    _work,
+    stream_routes(pipeline, group_id, _work),
+    state_tables,
+    helpers,
+    settings.partitions,
+    FETCH_RECORDS,
+    on_write=serving.wrote,
+)
+stream_source = Intake(app, stream_engine.routes, max_buffered=4 * FETCH_RECORDS)
+#: Subscribes the consumer to the stream topics; their records reach the intake, not this channel.
+app.topics.add(app.topic(*stream_engine.routes, key_serializer="raw", value_serializer="raw"))
+
+lookup_updaters = {
+    name: LookupUpdater(name, spec, state_tables.lookups[name], group_id, settings.partitions)
+    for name, spec in pipeline.lookups.items()
+}
+lookup_sources = {
+    name: Intake(app, updater.topics, max_buffered=4 * LOOKUP_BATCH_MAX)
+    for name, updater in lookup_updaters.items()
+}
+for _updater in lookup_updaters.values():
+    app.topics.add(app.topic(*_updater.topics, key_serializer="raw", value_serializer="raw"))

@@ -25,13 +25,14 @@ import orjson
 import rocksdict
 
 from app.config.spec import parse_pipeline
+from app.faust_ext.tables import shared_memory
 from app.records.decode import decode_event
 from app.records.enrich import output_builders
 from tables.apply import apply_event, choose, is_late
 from tables.key_state import KeyState
 from tables.plans import group_plans
 from tables.read import read_features
-from tables.store import prefix_scan, shared_memory
+from tables.store import prefix_scan
 
 PIPELINE = parse_pipeline((Path(__file__).resolve().parents[1] / "examples/shop/pipeline.yaml").read_text())
 PLANS = group_plans(PIPELINE)

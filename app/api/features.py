@@ -1,9 +1,5 @@
-"""`GET /features/{group}/{key}` and `POST /features/{group}`: feature values, answered by any worker.
-
-A key's owner answers from its RocksDB state; any other worker forwards a single-key request to the
-owner, and splits a batch into one request per owner, sent concurrently, then puts the answers back
-in request order.
-"""
+"""`GET /features/{group}/{key}` and `POST /features/{group}`: feature values of one key or of up to
+1,000 keys, answered from this process's state or its owners' (batches split per owner)."""
 
 from __future__ import annotations
 
@@ -14,42 +10,23 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from faust.web import View
 from pydantic import ValidationError
 
+from app.api.context import ApiContext
+from app.api.forwarding import Relayed, answer_elsewhere, ask, is_forwarded, route_keys
 from app.api.http import error_response
 from app.api.models import AT_LIMIT, MAX_BATCH_KEYS, BatchRequest, FeatureQuery
-from app.api.routing import (
-    WORKER,
-    Placement,
-    Relayed,
-    Unavailable,
-    answer_elsewhere,
-    ask,
-    home_partition,
-    is_forwarded,
-    route_keys,
-)
-from app.runtime import app
-from tables.features import (
-    FEATURE_TABLES,
-    GROUPS,
-    UnknownFeature,
-    features_for,
-    select_features,
-    stored_state,
-)
-from tables.read import outside_retention
+from app.api.placement import Unavailable
+from app.errors import ApiError
+from app.records.partitioning import partition_for
+from tables.read import outside_retention, read_features
+from tables.registry import UnknownFeature, select_features, stored_state
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class BadRequest(Exception):
-    """A 400 answer: ``code`` and a message naming what is wrong."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+class BadRequest(ApiError):
+    """A 400 answer: ``code`` and a message naming what is wrong in the request."""
 
     def response(self) -> web.Response:
         return error_response(400, self.code, str(self))
@@ -79,9 +56,9 @@ def parse_at(value: int | str | None) -> int:
     return at
 
 
-def feature_names(group: str, names: list[str] | None) -> frozenset[str] | None:
+def feature_names(ctx: ApiContext, group: str, names: list[str] | None) -> frozenset[str] | None:
     try:
-        return select_features(group, names)
+        return select_features(ctx.tables.plans[group], names)
     except UnknownFeature as exc:
         raise BadRequest("unknown_feature", f"group {group!r} has no feature {exc.args[0]!r}") from None
 
@@ -90,8 +67,9 @@ def split_names(text: str | None) -> list[str] | None:
     return [name.strip() for name in text.split(",") if name.strip()] if text else None
 
 
-def unknown_group(group: str) -> web.Response:
-    return error_response(404, "unknown_group", f"no feature group {group!r} (groups: {', '.join(GROUPS)})")
+def unknown_group(ctx: ApiContext, group: str) -> web.Response:
+    groups = ", ".join(ctx.tables.plans)
+    return error_response(404, "unknown_group", f"no feature group {group!r} (groups: {groups})")
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -104,17 +82,18 @@ def validation_message(exc: ValidationError) -> str:
 
 
 def answer_locally(
-    group: str, key: str, at: int, names: frozenset[str] | None, placement: Placement
+    ctx: ApiContext, group: str, key: str, at: int, names: frozenset[str] | None
 ) -> dict[str, Any]:
-    """One key's batch result from this worker's state."""
+    """One key's batch result from this process's state."""
     raw_key = key.encode("utf-8")
-    db = placement.database(FEATURE_TABLES[group], home_partition(raw_key))
-    state = stored_state(group, db, raw_key)
+    plan = ctx.tables.plans[group]
+    db = ctx.placement.database(ctx.tables.features[group], partition_for(raw_key, ctx.partitions))
+    state = stored_state(plan, db, raw_key)
     if not state.exists:
         return {"key": key, "found": False}
-    if outside_retention(GROUPS[group], state, at, names):
+    if outside_retention(plan, state, at, names):
         return {"key": key, "found": True, "error": retention_error(group, at)}
-    return {"key": key, "found": True, "features": features_for(group, state, at, names)}
+    return {"key": key, "found": True, "features": read_features(plan, state, at, names)}
 
 
 def retention_error(group: str, at: int) -> dict[str, str]:
@@ -124,24 +103,25 @@ def retention_error(group: str, at: int) -> dict[str, str]:
     }
 
 
-async def lookup_one(request: web.Request, group: str, key: str, placement: Placement) -> web.Response:
+async def lookup_one(request: web.Request, ctx: ApiContext, group: str, key: str) -> web.Response:
     """Features of one key: 200, 400 (feature name, at), 404 (group, key), 422 (retention), 503."""
-    if group not in GROUPS:
-        return unknown_group(group)
+    if group not in ctx.tables.plans:
+        return unknown_group(ctx, group)
     try:
         if request.query_string:
             query = FeatureQuery.model_validate(dict(request.query))
-            names, at = feature_names(group, split_names(query.features)), parse_at(query.at)
+            names, at = feature_names(ctx, group, split_names(query.features)), parse_at(query.at)
         else:  # the common case, without pydantic
             names, at = None, parse_at(None)
-        relayed = await answer_elsewhere(request, FEATURE_TABLES[group], key.encode("utf-8"), placement)
+        table = ctx.tables.features[group]
+        relayed = await answer_elsewhere(request, table, key.encode("utf-8"), ctx.partitions, ctx.placement)
         if relayed is not None:
             return relayed
     except ValidationError as exc:
         return error_response(400, "bad_request", validation_message(exc))
     except (BadRequest, Unavailable) as exc:
         return exc.response()
-    result = answer_locally(group, key, at, names, placement)
+    result = answer_locally(ctx, group, key, at, names)
     if not result["found"]:
         return error_response(404, "key_not_found", f"key {key!r} has no state in group {group!r}")
     if "error" in result:
@@ -152,10 +132,10 @@ async def lookup_one(request: web.Request, group: str, key: str, placement: Plac
     )
 
 
-async def lookup_batch(request: web.Request, group: str, placement: Placement) -> web.Response:
+async def lookup_batch(request: web.Request, ctx: ApiContext, group: str) -> web.Response:
     """Features of up to 1000 keys, in request order: 200, 400, 404 (group), 413, 503."""
-    if group not in GROUPS:
-        return unknown_group(group)
+    if group not in ctx.tables.plans:
+        return unknown_group(ctx, group)
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
@@ -169,12 +149,13 @@ async def lookup_batch(request: web.Request, group: str, placement: Placement) -
             413, "too_many_keys", f"{len(batch.keys)} keys; a batch takes at most {MAX_BATCH_KEYS}"
         )
     try:
-        names = feature_names(group, batch.features)
+        names = feature_names(ctx, group, batch.features)
         at = parse_at(batch.at)
+        placement = ctx.placement
         placement.ensure_ready()
-        table = FEATURE_TABLES[group]
+        table = ctx.tables.features[group]
         local, remote = route_keys(
-            table, [k.encode("utf-8") for k in batch.keys], is_forwarded(request), placement
+            table, [k.encode("utf-8") for k in batch.keys], is_forwarded(request), ctx.partitions, placement
         )
         results: list[Any] = [None] * len(batch.keys)
         asked = [
@@ -189,7 +170,7 @@ async def lookup_batch(request: web.Request, group: str, placement: Placement) -
             for owner, positions in remote.items()
         ]
         for index in local:
-            results[index] = answer_locally(group, batch.keys[index], at, names, placement)
+            results[index] = answer_locally(ctx, group, batch.keys[index], at, names)
         answers = await asyncio.gather(*asked)
     except (BadRequest, Unavailable, Relayed) as exc:
         return exc.response()
@@ -199,20 +180,3 @@ async def lookup_batch(request: web.Request, group: str, placement: Placement) -
     return web.Response(
         body=orjson.dumps({"group": group, "at": at, "results": results}), content_type="application/json"
     )
-
-
-@app.page("/features/{group}/{key}")
-class FeatureLookup(View):
-    """``GET /features/{group}/{key}`` on the worker's own web server (app/serving/process.py answers it
-    on the public port when the serving process runs)."""
-
-    async def get(self, request: web.Request, group: str, key: str) -> web.Response:
-        return await lookup_one(request, group, key, WORKER)
-
-
-@app.page("/features/{group}")
-class FeatureBatch(View):
-    """``POST /features/{group}`` on the worker's own web server."""
-
-    async def post(self, request: web.Request, group: str) -> web.Response:
-        return await lookup_batch(request, group, WORKER)

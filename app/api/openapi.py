@@ -12,11 +12,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from faust.web import View
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from app import __version__
+from app.api.context import ApiContext
 from app.api.http import JSON
 from app.api.models import (
     BatchAnswer,
@@ -32,9 +32,6 @@ from app.api.models import (
 )
 from app.api.tables import PARQUET, table_columns
 from app.metrics import CONTENT_TYPE
-from app.runtime import app, pipeline, settings
-from tables.features import GROUPS
-from tables.lookups import LOOKUP_TABLES
 
 MODELS: list[type[BaseModel]] = [
     ErrorAnswer,
@@ -106,6 +103,7 @@ def batch_body(names: list[str]) -> dict[str, Any]:
 
 
 def operation(
+    token: bool,
     summary: str,
     ok: dict[str, Any],
     errors: tuple[int, ...],
@@ -123,17 +121,18 @@ def operation(
         op["parameters"] = parameters
     if body is not None:
         op["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
-    if protected and settings.api_token:
+    if protected and token:
         op["security"] = [{"bearer": []}]
     return op
 
 
-def feature_paths(group: str) -> dict[str, Any]:
-    names = GROUPS[group].feature_names()
+def feature_paths(ctx: ApiContext, group: str) -> dict[str, Any]:
+    names = ctx.tables.plans[group].feature_names()
     narrow = {"features": {"type": "string", "pattern": names_pattern(names)}}
     return {
         f"/features/{group}/{{key}}": {
             "get": operation(
+                ctx.protected,
                 f"Features of one key of group {group}",
                 json_body(FeatureAnswer, "The key's features at `at`."),
                 (400, 401, 404, 422, 503),
@@ -142,6 +141,7 @@ def feature_paths(group: str) -> dict[str, Any]:
         },
         f"/features/{group}": {
             "post": operation(
+                ctx.protected,
                 f"Features of up to 1000 keys of group {group}, in request order",
                 json_body(BatchAnswer, "One result per key; found=false for keys without state."),
                 (400, 401, 404, 413, 503),
@@ -151,7 +151,7 @@ def feature_paths(group: str) -> dict[str, Any]:
     }
 
 
-def table_paths(name: str) -> dict[str, Any]:
+def table_paths(ctx: ApiContext, name: str) -> dict[str, Any]:
     scan_ok = {
         "description": "The table's rows across every worker, in key order.",
         "content": {
@@ -160,39 +160,46 @@ def table_paths(name: str) -> dict[str, Any]:
             PARQUET: {"schema": {"type": "string", "format": "binary"}},
         },
     }
-    narrow = {"columns": {"type": "string", "pattern": names_pattern(table_columns(name))}}
+    narrow = {"columns": {"type": "string", "pattern": names_pattern(table_columns(ctx, name))}}
     params = query_params(ScanQuery, narrow)
-    if name not in GROUPS:
+    if name not in ctx.tables.plans:
         params = [p for p in params if p["name"] != "at"]
     paths = {
         f"/tables/{name}": {
-            "get": operation(f"Every row of {name}, across workers", scan_ok, (400, 401, 503), params)
+            "get": operation(
+                ctx.protected, f"Every row of {name}, across workers", scan_ok, (400, 401, 503), params
+            )
         }
     }
-    if name in LOOKUP_TABLES:
+    if name in ctx.tables.lookups:
         paths[f"/tables/{name}/{{key}}"] = {
             "get": operation(
-                f"One row of lookup {name}", json_body(LookupAnswer, "The row."), (401, 404, 503), [KEY]
+                ctx.protected,
+                f"One row of lookup {name}",
+                json_body(LookupAnswer, "The row."),
+                (401, 404, 503),
+                [KEY],
             )
         }
     return paths
 
 
 def open_operation(summary: str, ok: dict[str, Any], errors: tuple[int, ...] = ()) -> dict[str, Any]:
-    return {"get": operation(summary, ok, errors, protected=False)}
+    return {"get": operation(False, summary, ok, errors, protected=False)}
 
 
-def document() -> dict[str, Any]:
+def document(ctx: ApiContext) -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    for group in GROUPS:
-        paths.update(feature_paths(group))
-    for name in [*LOOKUP_TABLES, *GROUPS]:
-        paths.update(table_paths(name))
+    for group in ctx.tables.plans:
+        paths.update(feature_paths(ctx, group))
+    for name in ctx.tables.all():
+        paths.update(table_paths(ctx, name))
     metrics_type = CONTENT_TYPE.split(";")[0]
     paths.update(
         {
             "/pipeline": {
                 "get": operation(
+                    ctx.protected,
                     "The pipeline spec and its derived topics and tables",
                     json_body(PipelineAnswer, "The pipeline."),
                     (401,),
@@ -221,7 +228,7 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": f"Hydrant data API — pipeline {pipeline.name}",
+            "title": f"Hydrant data API — pipeline {ctx.pipeline.name}",
             "version": __version__,
             "description": "Feature values and table contents; any worker answers any key. "
             "Paths are this pipeline's groups and tables.",
@@ -234,9 +241,6 @@ def document() -> dict[str, Any]:
     }
 
 
-@app.page("/openapi.json")
-class OpenAPIView(View):
+async def openapi_answer(request: web.Request, ctx: ApiContext) -> web.Response:
     """The OpenAPI document of this worker's API (its groups and tables are the path enums)."""
-
-    async def get(self, request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps(document()), content_type=JSON)
+    return web.Response(body=orjson.dumps(document(ctx)), content_type=JSON)

@@ -7,42 +7,37 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from faust.web import View
 
+from app.api.context import ApiContext
 from app.api.http import JSON
 from app.api.tables import table_columns
-from app.runtime import app, pipeline, settings
-from tables.features import FEATURE_TABLES, GROUPS
-from tables.lookups import LOOKUP_TABLES
 
 
-def describe() -> dict[str, Any]:
-    group = settings.group_id(pipeline.name)
+def describe(ctx: ApiContext) -> dict[str, Any]:
+    """The answer of ``GET /pipeline``."""
+    pipeline, partitions = ctx.pipeline, ctx.partitions
     tables = [
         {
             "name": name,
             "kind": kind,
-            "changelog_topic": table.changelog_topic.get_topic_name(),
-            "partitions": settings.partitions,
-            "columns": table_columns(name),
+            "changelog_topic": table.changelog,
+            "partitions": partitions,
+            "columns": table_columns(ctx, name),
         }
-        for kind, registry in (("lookup", LOOKUP_TABLES), ("features", FEATURE_TABLES))
+        for kind, registry in (("lookup", ctx.tables.lookups), ("features", ctx.tables.features))
         for name, table in registry.items()
     ]
     return {
         "name": pipeline.name,
-        "consumer_group": group,
-        "partitions": settings.partitions,
+        "consumer_group": ctx.group_id,
+        "partitions": partitions,
         "spec": pipeline.model_dump(mode="json", by_alias=True),
-        "topics": [asdict(plan) for plan in pipeline.topics(settings.partitions, group)],
+        "topics": [asdict(plan) for plan in pipeline.topics(partitions, ctx.group_id)],
         "tables": tables,
-        "features": {name: plan.feature_names() for name, plan in GROUPS.items()},
+        "features": {name: plan.feature_names() for name, plan in ctx.tables.plans.items()},
     }
 
 
-@app.page("/pipeline")
-class PipelineView(View):
+async def pipeline_answer(request: web.Request, ctx: ApiContext) -> web.Response:
     """The pipeline this worker runs."""
-
-    async def get(self, request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps(describe()), content_type=JSON)
+    return web.Response(body=orjson.dumps(describe(ctx)), content_type=JSON)

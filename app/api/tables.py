@@ -1,10 +1,5 @@
-"""`GET /tables/{lookup}/{key}` (one lookup row) and `GET /tables/{name}` (a whole table, across
-every worker, as JSON, CSV or Parquet).
-
-A scan asks each worker for the partitions it holds (one request per worker, concurrently), checks
-that every partition was answered exactly once, and merges the rows in key order. Lookup rows are
-``key`` plus the lookup's fields; feature-group rows are ``key`` plus every feature at ``at``.
-"""
+"""`GET /tables/{lookup}/{key}` (one lookup row) and `GET /tables/{name}` (a whole table across
+every worker, as JSON, CSV or Parquet; each partition answered exactly once, rows in key order)."""
 
 from __future__ import annotations
 
@@ -15,76 +10,60 @@ from typing import Any
 import orjson
 import pandas as pd
 from aiohttp import web
-from faust.web import View
 from pydantic import ValidationError
 
+from app.api.context import ApiContext
 from app.api.features import BadRequest, parse_at, split_names, validation_message
+from app.api.forwarding import Relayed, answer_elsewhere, ask, is_forwarded, partitions_by_owner
 from app.api.http import JSON, error_response
 from app.api.models import ScanQuery
-from app.api.routing import (
-    Relayed,
-    Unavailable,
-    answer_elsewhere,
-    ask,
-    ensure_ready,
-    holds,
-    home_partition,
-    is_forwarded,
-    own_url,
-    partitions_by_owner,
-)
-from app.runtime import app, pipeline, settings
-from tables.features import FEATURE_TABLES, GROUPS, features_for, local_entity_keys, local_state
-from tables.lookups import LOOKUP_TABLES
-from tables.read import outside_retention
-from tables.store import local_db, local_keys
+from app.api.placement import Unavailable
+from app.records.partitioning import partition_for
+from tables.read import outside_retention, read_features
+from tables.registry import entity_keys, stored_state
+from tables.store import local_keys
 
 PARQUET = "application/vnd.apache.parquet"
 YIELD_EVERY = 500  # rows scanned between giving the event loop back to other requests
 
 
-def table_columns(name: str) -> list[str]:
-    if name in LOOKUP_TABLES:
-        return ["key", *pipeline.lookups[name].fields]
-    return ["key", *GROUPS[name].feature_names()]
+def table_columns(ctx: ApiContext, name: str) -> list[str]:
+    if name in ctx.tables.lookups:
+        return ["key", *ctx.pipeline.lookups[name].fields]
+    return ["key", *ctx.tables.plans[name].feature_names()]
 
 
-def unknown_table(name: str) -> web.Response:
-    known = ", ".join([*LOOKUP_TABLES, *GROUPS])
+def unknown_table(ctx: ApiContext, name: str) -> web.Response:
+    known = ", ".join(ctx.tables.all())
     return error_response(404, "unknown_table", f"no table {name!r} (lookups and feature groups: {known})")
 
 
-@app.page("/tables/{lookup}/{key}")
-class LookupRow(View):
+async def lookup_row(request: web.Request, ctx: ApiContext, lookup: str, key: str) -> web.Response:
     """One lookup row: 200, 404 (table, key), 503."""
-
-    async def get(self, request: web.Request, lookup: str, key: str) -> web.Response:
-        if lookup not in LOOKUP_TABLES:
-            hint = (
-                f"; {lookup!r} is a feature group: use /features/{lookup}/<key>" if lookup in GROUPS else ""
-            )
-            return error_response(
-                404,
-                "unknown_table",
-                f"no lookup table {lookup!r} (lookups: {', '.join(LOOKUP_TABLES)}){hint}",
-            )
-        table = LOOKUP_TABLES[lookup]
-        raw_key = key.encode("utf-8")
-        try:
-            relayed = await answer_elsewhere(request, table, raw_key)
-        except Unavailable as exc:
-            return exc.response()
-        if relayed is not None:
-            return relayed
-        raw = local_db(table, home_partition(raw_key)).get(raw_key)
-        if raw is None:
-            return error_response(404, "key_not_found", f"key {key!r} is not in lookup {lookup!r}")
-        body = b'{"table":%b,"key":%b,"value":%b}' % (orjson.dumps(lookup), orjson.dumps(key), raw)
-        return web.Response(body=body, content_type=JSON)
+    lookups = ctx.tables.lookups
+    if lookup not in lookups:
+        in_groups = lookup in ctx.tables.plans
+        hint = f"; {lookup!r} is a feature group: use /features/{lookup}/<key>" if in_groups else ""
+        return error_response(
+            404, "unknown_table", f"no lookup table {lookup!r} (lookups: {', '.join(lookups)}){hint}"
+        )
+    table = lookups[lookup]
+    raw_key = key.encode("utf-8")
+    try:
+        relayed = await answer_elsewhere(request, table, raw_key, ctx.partitions, ctx.placement)
+    except Unavailable as exc:
+        return exc.response()
+    if relayed is not None:
+        return relayed
+    raw = ctx.placement.database(table, partition_for(raw_key, ctx.partitions)).get(raw_key)
+    if raw is None:
+        return error_response(404, "key_not_found", f"key {key!r} is not in lookup {lookup!r}")
+    body = b'{"table":%b,"key":%b,"value":%b}' % (orjson.dumps(lookup), orjson.dumps(key), raw)
+    return web.Response(body=body, content_type=JSON)
 
 
 async def scan_partitions(
-    name: str, partitions: list[int], columns: list[str], at: int | None, limit: int
+    ctx: ApiContext, name: str, partitions: list[int], columns: list[str], at: int | None, limit: int
 ) -> tuple[list[dict[str, Any]], int, bool]:
     """(rows in key order, keys skipped as outside retention, truncated) of this worker's
     ``partitions`` of table ``name``; at most ``limit`` rows."""
@@ -93,8 +72,8 @@ async def scan_partitions(
     seen = 0
     wanted = frozenset(columns[1:])
     for partition in partitions:
-        if name in LOOKUP_TABLES:
-            for raw_key, raw in local_keys(LOOKUP_TABLES[name], partition):
+        if name in ctx.tables.lookups:
+            for raw_key, raw in local_keys(ctx.tables.lookups[name], partition):
                 fields = orjson.loads(raw)
                 rows.append({"key": raw_key.decode("utf-8"), **{c: fields.get(c) for c in columns[1:]}})
                 seen += 1
@@ -102,13 +81,14 @@ async def scan_partitions(
                     await asyncio.sleep(0)
         else:
             assert at is not None
-            plan = GROUPS[name]
-            for raw_key in local_entity_keys(name, partition):
-                state = local_state(name, partition, raw_key, scan=True)
+            plan, table = ctx.tables.plans[name], ctx.tables.features[name]
+            db = table.db(partition)
+            for raw_key in entity_keys(table, partition):
+                state = stored_state(plan, db, raw_key)
                 if outside_retention(plan, state, at, wanted):
                     skipped += 1
                 else:
-                    rows.append({"key": raw_key.decode("utf-8"), **features_for(name, state, at, wanted)})
+                    rows.append({"key": raw_key.decode("utf-8"), **read_features(plan, state, at, wanted)})
                 seen += 1
                 if seen % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
@@ -128,69 +108,70 @@ def encode(fmt: str, answer: dict[str, Any]) -> tuple[bytes, str]:
     return buffer.getvalue(), PARQUET
 
 
-@app.page("/tables/{name}")
-class TableScan(View):
+async def scan_table(request: web.Request, ctx: ApiContext, name: str) -> web.Response:
     """A whole lookup table or feature group, across every worker: 200, 400, 404 (table), 503."""
-
-    async def get(self, request: web.Request, name: str) -> web.Response:
-        if name not in LOOKUP_TABLES and name not in GROUPS:
-            return unknown_table(name)
-        table = LOOKUP_TABLES.get(name) or FEATURE_TABLES[name]
-        try:
-            query = ScanQuery.model_validate(dict(request.query))
-            columns = select_columns(name, split_names(query.columns))
-            at = parse_at(query.at) if name in GROUPS else None
-            ensure_ready()
-            if is_forwarded(request):
-                mine = [p for p in range(settings.partitions) if holds(table, p)]
-                rows, skipped, truncated = await scan_partitions(name, mine, columns, at, query.limit)
-                answer = {"partitions": mine, "rows": rows, "skipped": skipped, "truncated": truncated}
-                return web.Response(body=orjson.dumps(answer), content_type=JSON)
-            owners = partitions_by_owner(table)
-            me = own_url()
-            params = {"limit": str(query.limit), "format": "json"}
-            if query.columns:
-                params["columns"] = query.columns
-            if at is not None:
-                params["at"] = str(at)
-            remote = [owner for owner in owners if owner != me]
-            answers = await asyncio.gather(
-                *(ask(request, owner, "GET", request.path, params=params) for owner in remote)
+    tables = ctx.tables.all()
+    if name not in tables:
+        return unknown_table(ctx, name)
+    table, placement = tables[name], ctx.placement
+    try:
+        query = ScanQuery.model_validate(dict(request.query))
+        columns = select_columns(ctx, name, split_names(query.columns))
+        at = parse_at(query.at) if name in ctx.tables.plans else None
+        placement.ensure_ready()
+        if is_forwarded(request):
+            mine = [p for p in range(ctx.partitions) if placement.holds(table, p)]
+            rows, skipped, truncated = await scan_partitions(ctx, name, mine, columns, at, query.limit)
+            answer = {"partitions": mine, "rows": rows, "skipped": skipped, "truncated": truncated}
+            return web.Response(body=orjson.dumps(answer), content_type=JSON)
+        owners = partitions_by_owner(table, ctx.partitions, placement)
+        me = placement.own_url()
+        params = {"limit": str(query.limit), "format": "json"}
+        if query.columns:
+            params["columns"] = query.columns
+        if at is not None:
+            params["at"] = str(at)
+        remote = [owner for owner in owners if owner != me]
+        answers = await asyncio.gather(
+            *(
+                ask(request, owner, "GET", request.path, params=params, placement=placement)
+                for owner in remote
             )
-            rows, skipped, truncated = await scan_partitions(
-                name, owners.get(me, []), columns, at, query.limit
-            )
-        except ValidationError as exc:
-            return error_response(400, "bad_request", validation_message(exc))
-        except (BadRequest, Unavailable, Relayed) as exc:
-            return exc.response()
-        for owner, answer in zip(remote, answers, strict=True):
-            if sorted(answer["partitions"]) != owners[owner]:
-                return Unavailable(
-                    "rebalancing", f"worker {owner} no longer holds the partitions it was asked for"
-                ).response()
-            rows.extend(answer["rows"])
-            skipped += answer["skipped"]
-            truncated = truncated or answer["truncated"]
-        rows.sort(key=lambda row: row["key"])
-        truncated = truncated or len(rows) > query.limit
-        answer = {
-            "table": name,
-            "columns": columns,
-            "rows": rows[: query.limit],
-            "count": min(len(rows), query.limit),
-            "truncated": truncated,
-            "skipped": skipped,
-            "at": at,
-        }
-        body, content_type = await asyncio.to_thread(encode, query.format, answer)
-        return web.Response(body=body, content_type=content_type)
+        )
+        rows, skipped, truncated = await scan_partitions(
+            ctx, name, owners.get(me, []), columns, at, query.limit
+        )
+    except ValidationError as exc:
+        return error_response(400, "bad_request", validation_message(exc))
+    except (BadRequest, Unavailable, Relayed) as exc:
+        return exc.response()
+    for owner, answer in zip(remote, answers, strict=True):
+        if sorted(answer["partitions"]) != owners[owner]:
+            return Unavailable(
+                "rebalancing", f"worker {owner} no longer holds the partitions it was asked for"
+            ).response()
+        rows.extend(answer["rows"])
+        skipped += answer["skipped"]
+        truncated = truncated or answer["truncated"]
+    rows.sort(key=lambda row: row["key"])
+    truncated = truncated or len(rows) > query.limit
+    answer = {
+        "table": name,
+        "columns": columns,
+        "rows": rows[: query.limit],
+        "count": min(len(rows), query.limit),
+        "truncated": truncated,
+        "skipped": skipped,
+        "at": at,
+    }
+    body, content_type = await asyncio.to_thread(encode, query.format, answer)
+    return web.Response(body=body, content_type=content_type)
 
 
-def select_columns(name: str, wanted: list[str] | None) -> list[str]:
+def select_columns(ctx: ApiContext, name: str, wanted: list[str] | None) -> list[str]:
     """``key`` then the wanted columns in the order asked (all when None); BadRequest for an
     unknown one."""
-    known = table_columns(name)
+    known = table_columns(ctx, name)
     if wanted is None:
         return known
     for column in wanted:

@@ -36,11 +36,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from app.api.context import ApiContext
 from app.api.features import lookup_batch, lookup_one
 from app.api.http import Handler, application_options, error_response
-from app.api.routing import Placement, Unavailable
+from app.api.placement import Placement, Unavailable
+from app.config.settings import Settings, get_settings
+from app.config.spec import load_pipeline
 from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, REGISTRY
-from app.runtime import settings
 from app.serving.bulletin import (
     SERVING_INDEX_ENV,
     STATUS_SLOT,
@@ -52,7 +54,7 @@ from app.serving.bulletin import (
     worker_socket,
 )
 from app.system.memory import settle_garbage_collector
-from tables.features import FEATURE_TABLES
+from tables.registry import StateTables
 
 logger = logging.getLogger("hydrant.serving")
 
@@ -120,6 +122,31 @@ class Secondaries:
         self._dbs.clear()
 
 
+class TableName:
+    """A table as the serving process knows it: by name (its state is the worker's, read through
+    :class:`Secondaries`)."""
+
+    def __init__(self, name: str, description: str = "") -> None:
+        self.name = name
+
+    @property
+    def changelog(self) -> str:
+        raise NotImplementedError("the serving process does not write tables")
+
+    @property
+    def offset_key(self) -> bytes:
+        raise NotImplementedError("the serving process reads tables through Secondaries")
+
+    def db(self, partition: int) -> rocksdict.Rdict:
+        raise NotImplementedError("the serving process reads tables through Secondaries")
+
+    def serves(self, partition: int) -> bool:
+        raise NotImplementedError("the bulletin says which partitions the worker serves")
+
+    def persist(self, partition: int, offset: int) -> None:
+        raise NotImplementedError("the serving process does not write tables")
+
+
 class BulletinPlacement(Placement):
     """Readiness, ownership and state as the worker last published them."""
 
@@ -137,6 +164,10 @@ class BulletinPlacement(Placement):
             self._version = version
             self._secondaries.refresh(self.status)
         return self.status
+
+    def readiness(self) -> tuple[bool, str]:
+        status = self.current()
+        return status.ready, status.reason
 
     def ensure_ready(self) -> None:
         status = self.current()
@@ -212,7 +243,7 @@ async def mark_passed_on(request: web.Request, handler: Handler) -> web.StreamRe
 class Server:
     """The serving process's aiohttp application."""
 
-    def __init__(self, bulletin: Bulletin) -> None:
+    def __init__(self, bulletin: Bulletin, settings: Settings) -> None:
         self.bulletin = bulletin
         index = os.environ.get(SERVING_INDEX_ENV, "0")
         self.secondaries = Secondaries(bulletin, bulletin_dir(settings.data_dir) / "secondary" / index)
@@ -223,6 +254,14 @@ class Server:
         )
         self.peers = aiohttp.ClientSession()
         self.placement = BulletinPlacement(bulletin, self.secondaries, self.peers)
+        pipeline = load_pipeline(settings.pipeline)
+        self.ctx = ApiContext(
+            pipeline,
+            settings.group_id(pipeline.name),
+            settings.partitions,
+            StateTables.build(pipeline, TableName),
+            self.placement,
+        )
         token = settings.api_token.get_secret_value() if settings.api_token else None
         options = application_options(token)
         options["middlewares"] = [mark_passed_on, *options["middlewares"]]
@@ -234,10 +273,10 @@ class Server:
 
     async def lookup_one(self, request: web.Request) -> web.Response:
         info = request.match_info
-        return await lookup_one(request, info["group"], info["key"], self.placement)
+        return await lookup_one(request, self.ctx, info["group"], info["key"])
 
     async def lookup_batch(self, request: web.Request) -> web.Response:
-        return await lookup_batch(request, request.match_info["group"], self.placement)
+        return await lookup_batch(request, self.ctx, request.match_info["group"])
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         """Not ready: the worker's reason, from the bulletin (also while the worker's own web
@@ -277,8 +316,8 @@ class Server:
         self.secondaries.close()
 
 
-async def serve(bulletin: Bulletin) -> None:
-    server = Server(bulletin)
+async def serve(bulletin: Bulletin, settings: Settings) -> None:
+    server = Server(bulletin, settings)
     runner = web.AppRunner(server.web, access_log=None)
     await runner.setup()
     stopping = asyncio.Event()
@@ -315,15 +354,17 @@ async def serve(bulletin: Bulletin) -> None:
 
 
 def main() -> None:
+    settings = get_settings()
     logging.basicConfig(
         level=settings.log_level,
         stream=sys.stdout,
         format="[%(asctime)s] [%(process)d] %(levelname)s %(name)s: %(message)s",
     )
-    tables = [table.name for table in FEATURE_TABLES.values()]
-    bulletin = open_bulletin(settings.data_dir, tables, settings.partitions, create=False)
+    tables = StateTables.build(load_pipeline(settings.pipeline), TableName)
+    names = [table.name for table in tables.features.values()]
+    bulletin = open_bulletin(settings.data_dir, names, settings.partitions, create=False)
     try:
-        uvloop.run(serve(bulletin))  # libuv's loop: about half the per-request cost of asyncio's
+        uvloop.run(serve(bulletin, settings))  # libuv's loop: about half the per-request cost of asyncio's
     finally:
         bulletin.close()
 

@@ -128,19 +128,17 @@ def worker(pipeline: str | None) -> None:
     from app.system.memory import limit_arenas
 
     limit_arenas()  # before Faust, aiokafka and RocksDB start their threads
-    from agents.process_events import HELPERS
-    from agents.serving_process import SERVING
-    from app.runtime import app
+    from app.runtime import app, helpers, serving
 
-    SERVING.start()  # before Faust: the port answers (503, with the reason) while the worker starts
-    HELPERS.start()  # and the helpers load the pipeline meanwhile
+    serving.start()  # before Faust: the port answers (503, with the reason) while the worker starts
+    helpers.start()  # and the helpers load the pipeline meanwhile
     try:
         faust.Worker(
             app, loglevel=settings.log_level.lower(), override_logging=False
         ).execute_from_commandline()
     finally:
-        HELPERS.stop()
-        SERVING.stop()
+        helpers.stop()
+        serving.stop()
 
 
 @cli.command()

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from app.api.context import ApiContext
 from app.api.features import BadRequest, parse_at, validation_message
 from app.api.models import AT_LIMIT, BatchRequest, ScanQuery
 from app.api.openapi import document, names_pattern
+from app.api.placement import Placement
+from app.config.spec import load_pipeline
+from tables.registry import StateTables
+from tests.conftest import SHOP
+from tests.support.tables import RdictTable
 
 
 @pytest.mark.parametrize(
@@ -61,8 +68,10 @@ def test_scan_query_limits() -> None:
         ScanQuery.model_validate({"format": "xlsx"})
 
 
-def test_openapi_document_lists_this_pipelines_paths_and_every_status() -> None:
-    doc = document()
+def test_openapi_document_lists_this_pipelines_paths_and_every_status(tmp_path: Path) -> None:
+    pipeline = load_pipeline(SHOP)
+    tables = StateTables.build(pipeline, lambda name, _: RdictTable(tmp_path, name))
+    doc = document(ApiContext(pipeline, "hydrant-shop", 4, tables, Placement()))
     assert doc["openapi"] == "3.1.0"
     assert set(doc["paths"]) == {
         "/features/user/{key}",

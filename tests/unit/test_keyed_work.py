@@ -15,9 +15,9 @@ import pytest
 import rocksdict
 
 from app.config.spec import load_pipeline
+from app.engine.helpers import HelperPool
 from app.engine.shards import (
     BatchWork,
-    HelperPool,
     Overlay,
     Shard,
     ShardEvent,
@@ -25,9 +25,9 @@ from app.engine.shards import (
     lay_over,
     read_records,
 )
+from app.faust_ext.tables import shared_memory
 from app.records.decode import decode_event
 from tables.state_format import bucket_key
-from tables.store import shared_memory
 
 SHOP = Path(__file__).resolve().parents[2] / "examples/shop/pipeline.yaml"
 WORK = BatchWork(load_pipeline(SHOP))

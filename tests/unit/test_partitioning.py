@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from app.records.partitioning import is_home, partition_for
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.records.partitioning import is_home, murmur2, partition_for
+
+
+@given(st.binary(max_size=64))
+def test_murmur2_is_kafkas(key: bytes) -> None:
+    assert murmur2(key) == aiokafka_murmur2(key)
+
+
+def test_murmur2_known_values() -> None:
+    # The Java client's values (its DefaultPartitionerTest / utils tests use the same algorithm).
+    assert murmur2(b"") == aiokafka_murmur2(b"")
+    assert (murmur2(b"u0073") & 0x7FFFFFFF) % 4 == (aiokafka_murmur2(b"u0073") & 0x7FFFFFFF) % 4
 
 
 def test_partition_for_spreads_keys_over_every_partition() -> None:

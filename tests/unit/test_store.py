@@ -5,16 +5,17 @@ writes and changelog records."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import rocksdict
 
 from app.config.spec import parse_pipeline
+from app.faust_ext.tables import shared_memory
 from tables.apply import apply_event, choose
 from tables.key_state import KeyState
 from tables.plans import group_plans
 from tables.read import read_features
-from tables.store import StateWriter, prefix_scan, shared_memory
+from tables.store import StateWriter, prefix_scan
+from tests.support.tables import RdictTable
 
 PIPELINE = """\
 name: t
@@ -80,22 +81,11 @@ def test_prefix_scan_reads_only_the_keys_records_and_equals_point_reads(tmp_path
         db.close()
 
 
-class _Table:
-    """What StateWriter uses of a Faust table: its name, changelog topic and RocksDB partitions."""
-
-    def __init__(self, name: str, dbs: dict[int, rocksdict.Rdict]) -> None:
-        self.name = name
-        self.changelog_topic = SimpleNamespace(get_topic_name=lambda: f"{name}-changelog")
-        self.data = SimpleNamespace(_db_for_partition=dbs.__getitem__)
-
-
 def test_state_writer_writes_each_partition_in_order_locally_and_to_its_changelog(tmp_path: Path) -> None:
-    dbs = {
-        p: rocksdict.Rdict(str(tmp_path / f"p{p}"), options=rocksdict.Options(raw_mode=True)) for p in (0, 1)
-    }
+    table = RdictTable(tmp_path, "features")
+    dbs = {p: table.db(p) for p in (0, 1)}
     try:
         dbs[0][b"gone"] = b"old"
-        table = _Table("features", dbs)
         told: list[tuple[str, int]] = []
         writer = StateWriter(producer=None, on_write=lambda name, partition: told.append((name, partition)))
         writer.write_many(table, 0, [(b"k\x001", b"v1"), (b"gone", None), (b"k\x00", b"head")])

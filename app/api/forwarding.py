@@ -1,12 +1,5 @@
-"""Who owns a key, and asking them: any worker answers any request.
-
-A table's partition p lives on the worker that has changelog partition p active (Faust's assignment,
-shared by every member through the group protocol). A worker answers from its RocksDB only for
-partitions it holds active and only when no recovery is running; a request for another worker's
-key is forwarded once (marked with ``X-Hydrant-Forwarded``, so it is never forwarded again). During
-a rebalance, an owner that is unknown, gone, or no longer owns the partition gives 503 with
-Retry-After — never an answer from state that may be stale.
-"""
+"""Forwarding: any worker answers any key, asking its owner once (``X-Hydrant-Forwarded``) when
+it is not itself; 503 with Retry-After while the owner is unknown (docs/api.md, routing)."""
 
 from __future__ import annotations
 
@@ -17,106 +10,29 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from faust.types import TP
 
-from app.api.health import readiness
-from app.api.http import JSON, error_response
+from app.api.http import JSON
+from app.api.placement import RETRY, Placement, Unavailable
+from app.errors import ApiError
 from app.records.partitioning import partition_for
-from app.runtime import app, settings
-from tables.store import local_db, serves
 
 logger = logging.getLogger(__name__)
 
 FORWARDED = "X-Hydrant-Forwarded"
 FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=10)
-RETRY = {"Retry-After": "1"}
-
-
-class Unavailable(Exception):
-    """The answer cannot be given right now (503 with Retry-After): ``code`` and a message."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-    def response(self) -> web.Response:
-        return error_response(503, self.code, str(self), RETRY)
-
-
-class Placement:
-    """Where table partitions live and how to reach the other workers, as this process sees it.
-
-    This is the worker process's view: Faust's assignment and recovery state. The serving process
-    (app/serving/process.py) has its own, read from the worker's bulletin."""
-
-    def ensure_ready(self) -> None:
-        ready, reason = readiness(app)
-        if not ready:
-            raise Unavailable("not_ready", reason)
-        if app.rebalancing:
-            raise Unavailable("rebalancing", "partitions are being reassigned between workers")
-
-    def holds(self, table: Any, partition: int) -> bool:
-        """This worker answers ``partition`` of ``table`` from RocksDB: it holds it active."""
-        return serves(table, partition)
-
-    def owner_of(self, table: Any, partition: int) -> str | None:
-        """Base URL of the worker with ``partition`` of ``table`` active; None while unknown."""
-        urls: Mapping[TP, str] = app.assignor._tps_url  # type: ignore[attr-defined]  # Faust keeps it private
-        url = urls.get(changelog_tp(table, partition))
-        return str(url).rstrip("/") if url else None
-
-    def own_url(self) -> str:
-        return str(app.conf.canonical_url).rstrip("/")
-
-    def database(self, table: Any, partition: int) -> Any:
-        """The RocksDB database (rocksdict, raw mode) of ``partition`` of ``table``, one this worker
-        holds."""
-        return local_db(table, partition)
-
-    @property
-    def client(self) -> aiohttp.ClientSession:
-        return app.http_client
-
-
-WORKER = Placement()
-
-
-def own_url() -> str:
-    return WORKER.own_url()
 
 
 def is_forwarded(request: web.Request) -> bool:
     return FORWARDED in request.headers
 
 
-def ensure_ready() -> None:
-    WORKER.ensure_ready()
-
-
-def changelog_tp(table: Any, partition: int) -> TP:
-    return TP(table.changelog_topic.get_topic_name(), partition)
-
-
-def holds(table: Any, partition: int) -> bool:
-    return WORKER.holds(table, partition)
-
-
-def owner_of(table: Any, partition: int) -> str | None:
-    return WORKER.owner_of(table, partition)
-
-
-def home_partition(key: bytes) -> int:
-    return partition_for(key, settings.partitions)
-
-
 async def answer_elsewhere(
-    request: web.Request, table: Any, key: bytes, placement: Placement = WORKER
+    request: web.Request, table: Any, key: bytes, partitions: int, placement: Placement
 ) -> web.Response | None:
     """For a one-key request: None when this worker answers ``key`` itself (ready, partition
     active here); else the owner's answer, relayed. Raises Unavailable while that cannot be known."""
     placement.ensure_ready()
-    partition = home_partition(key)
+    partition = partition_for(key, partitions)
     if placement.holds(table, partition):
         return None
     owner = placement.owner_of(table, partition)
@@ -126,7 +42,7 @@ async def answer_elsewhere(
 
 
 def route_keys(
-    table: Any, keys: list[bytes], forwarded: bool, placement: Placement = WORKER
+    table: Any, keys: list[bytes], forwarded: bool, partitions: int, placement: Placement
 ) -> tuple[list[int], dict[str, list[int]]]:
     """Split key positions into those this worker answers and those per owner URL. Raises
     Unavailable when an owner is unknown, or (for a forwarded request) when a key is not ours."""
@@ -134,7 +50,7 @@ def route_keys(
     remote: dict[str, list[int]] = {}
     me = placement.own_url()
     for index, key in enumerate(keys):
-        partition = home_partition(key)
+        partition = partition_for(key, partitions)
         if placement.holds(table, partition):
             local.append(index)
             continue
@@ -147,13 +63,13 @@ def route_keys(
     return local, remote
 
 
-def partitions_by_owner(table: Any) -> dict[str, list[int]]:
+def partitions_by_owner(table: Any, partitions: int, placement: Placement) -> dict[str, list[int]]:
     """Every partition of ``table`` by the URL of the worker holding it; Unavailable if any is
     unassigned."""
     owners: dict[str, list[int]] = {}
-    me = own_url()
-    for partition in range(settings.partitions):
-        owner = me if holds(table, partition) else owner_of(table, partition)
+    me = placement.own_url()
+    for partition in range(partitions):
+        owner = me if placement.holds(table, partition) else placement.owner_of(table, partition)
         if owner is None:
             raise Unavailable("rebalancing", f"partition {partition} has no owner yet")
         owners.setdefault(owner, []).append(partition)
@@ -167,7 +83,7 @@ def _forward_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
-async def relay(request: web.Request, owner: str, placement: Placement = WORKER) -> web.Response:
+async def relay(request: web.Request, owner: str, placement: Placement) -> web.Response:
     """Forward a GET to ``owner`` and return its answer unchanged (status, body, content type)."""
     url = owner + request.path_qs
     try:
@@ -190,7 +106,8 @@ async def ask(
     path: str,
     body: Mapping[str, Any] | None = None,
     params: Mapping[str, str] | None = None,
-    placement: Placement = WORKER,
+    *,
+    placement: Placement,
 ) -> Any:
     """A forwarded JSON request to another worker; its 200 answer parsed. An error answer from the
     owner is passed on as :class:`Relayed`; no answer at all is Unavailable."""
@@ -212,11 +129,11 @@ async def ask(
         raise Unavailable("owner_unavailable", f"worker {owner} did not answer: {exc!r}") from None
 
 
-class Relayed(Exception):
+class Relayed(ApiError):
     """Another worker's error answer, returned to the client as it was."""
 
     def __init__(self, status: int, body: bytes) -> None:
-        super().__init__(status)
+        super().__init__("relayed", f"the owner answered {status}")
         self.status = status
         self.body = body
 

@@ -1,0 +1,22 @@
+"""What the API answers from (:class:`ApiContext`): built by the runtime for the worker and by the
+serving process for itself, so every handler runs on plain objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.api.placement import Placement
+from app.config.spec import Pipeline
+from tables.registry import StateTables
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    """The pipeline, its tables and partition count, and where the partitions live."""
+
+    pipeline: Pipeline
+    group_id: str
+    partitions: int
+    tables: StateTables
+    placement: Placement
+    protected: bool = False  # an API token is required (the OpenAPI document says so)

@@ -1,0 +1,62 @@
+"""Where table partitions live and how to reach the other workers (:class:`Placement`), and the
+503 answer given while that is not known (:class:`Unavailable`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from app.api.http import error_response
+from app.errors import ApiError
+
+RETRY = {"Retry-After": "1"}
+
+
+class Unavailable(ApiError):
+    """The answer cannot be given right now (503 with Retry-After): retry after a second."""
+
+    status = 503
+
+    def response(self) -> web.Response:
+        return error_response(503, self.code, str(self), RETRY)
+
+
+class Placement:
+    """Readiness, ownership of table partitions and their state, as one process sees them: the
+    worker's (app/faust_ext/placement.py) or a serving process's (app/serving/process.py)."""
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): whether this process may answer from state now, and why not."""
+        raise NotImplementedError
+
+    def ensure_ready(self) -> None:
+        """Unavailable unless this process may answer from state now."""
+        ready, reason = self.readiness()
+        if not ready:
+            raise Unavailable("not_ready", reason)
+
+    def served_partitions(self) -> list[int]:
+        """The table partitions this worker holds active."""
+        raise NotImplementedError
+
+    def holds(self, table: Any, partition: int) -> bool:
+        """This process answers ``partition`` of ``table`` from RocksDB."""
+        raise NotImplementedError
+
+    def owner_of(self, table: Any, partition: int) -> str | None:
+        """Base URL of the worker with ``partition`` of ``table`` active; None while unknown."""
+        raise NotImplementedError
+
+    def own_url(self) -> str:
+        raise NotImplementedError
+
+    def database(self, table: Any, partition: int) -> Any:
+        """The RocksDB database (rocksdict, raw mode) of ``partition`` of ``table``, one it holds."""
+        raise NotImplementedError
+
+    @property
+    def client(self) -> aiohttp.ClientSession:
+        """The HTTP client requests to other workers go through."""
+        raise NotImplementedError

@@ -1,0 +1,363 @@
+"""The passes of a stream batch: decode and shard (1), read state (2a), run the shards (2b), send
+outputs and write state (3); and the loop that overlaps them. Faust-free: the worker's consumer,
+producers and intake come in as :class:`WorkerIO` and :class:`Source` (docs/performance.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from app.config.spec import Pipeline, StreamSpec, repartition_topic
+from app.engine.helpers import HelperPool
+from app.engine.shards import (
+    BatchWork,
+    Overlay,
+    Shard,
+    ShardEvent,
+    ShardResult,
+    changed_records,
+    lay_over,
+    read_records,
+)
+from app.kafka.batches import RecordBatches, partition_count
+from app.kafka.dead_letters import forward, send_dead_letter
+from app.metrics import (
+    BATCH_SECONDS,
+    DUPLICATE_EVENTS,
+    EVENTS_CONSUMED,
+    EVENTS_PRODUCED,
+    LATE_EVENTS,
+    PROCESSING_SECONDS,
+)
+from app.records.decode import BadRecord, decode_event
+from app.records.partitioning import is_home, partition_for
+from app.records.source import source_headers, source_position
+from app.system.memory import collections_paused, settle_garbage_collector
+from tables.registry import StateTables
+from tables.store import StateWriter
+
+logger = logging.getLogger(__name__)
+
+BATCH_WITHIN_S = 0.05  # how long a batch waits for more records once its first is there
+YIELD_EVERY = 8  # events between two turns of the event loop inside a batch (lookup latency)
+
+
+class WorkerIO(Protocol):
+    """What the engine uses of the running worker (app/faust_ext/worker_io.py gives Faust's)."""
+
+    @property
+    def should_stop(self) -> bool: ...
+
+    @property
+    def producer(self) -> Any:
+        """Sends single records: ``await producer.send(topic, key, value, partition, ts, headers)``."""
+
+    @property
+    def kafka_producer(self) -> Any:
+        """The started AIOKafkaProducer, for record batches."""
+
+    def assignment(self) -> set[Any]:
+        """The partitions (with ``.topic``, ``.partition``) assigned to this worker now."""
+
+    def topic_partitions(self, topic: str) -> int | None:
+        """How many partitions ``topic`` has, as the consumer's metadata shows it (None: unknown)."""
+
+    async def crash(self, exc: BaseException) -> None: ...
+
+
+class Source(Protocol):
+    """Batches of fetched records (app/faust_ext/intake.py): each has ``offsets`` per partition."""
+
+    async def take(self, max_: int, within: float) -> Any: ...
+
+    def take_ready(self, max_: int) -> Any: ...
+
+    def ack(self, batch: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class StreamRoute:
+    """What a topic's records are: which stream, whether they already took the repartition hop."""
+
+    name: str
+    spec: StreamSpec
+    repartitioned: bool
+    rekey_topic: str
+    consumed: Any
+    produced: tuple[Any, ...]  # per output of the stream, as BatchWork builds its rows
+
+
+def stream_routes(pipeline: Pipeline, group_id: str, work: BatchWork) -> dict[str, StreamRoute]:
+    """Every topic the stream batches read (each stream's topic and its repartition topic)."""
+    routes: dict[str, StreamRoute] = {}
+    for name, spec in pipeline.streams.items():
+        rekey = repartition_topic(group_id, "stream", name)
+        consumed = EVENTS_CONSUMED.labels(name, spec.topic)
+        produced = tuple(EVENTS_PRODUCED.labels(b.name, b.topic) for b in work.streams[name].builders)
+        for topic, repartitioned in ((spec.topic, False), (rekey, True)):
+            routes[topic] = StreamRoute(name, spec, repartitioned, rekey, consumed, produced)
+    return routes
+
+
+class Step(NamedTuple):
+    """What pass 3 does with one record of a batch."""
+
+    message: Any
+    route: StreamRoute
+    error: BadRecord | None  # set: a dead letter
+    key: bytes
+    shard: int  # -1: forward to the repartition topic
+    position: int  # the event's position in its shard
+
+
+class PartitionCounts:
+    """Partition counts of the input topics as the consumer's metadata last showed them (the
+    snapshot is empty for a moment during a rebalance; a topic's count does not change then)."""
+
+    def __init__(self, ask: Callable[[str], int | None]) -> None:
+        self._ask = ask
+        self._known: dict[str, int] = {}
+
+    def __call__(self, topic: str) -> int | None:
+        count = self._ask(topic)
+        if count is None:
+            return self._known.get(topic)
+        self._known[topic] = count
+        return int(count)
+
+
+@dataclass
+class Batch:
+    """A batch after pass 1: what passes 2 and 3 do with each of its records."""
+
+    messages: Sequence[Any]  # with ``offsets``: {partition: [offsets]}
+    started: float
+    shards: list[Shard]
+    steps: list[Step] = field(default_factory=list)
+    shard_of: dict[bytes, int] = field(default_factory=dict)  # entity key -> its shard
+    #: entity key -> the partition its state is read from and written to
+    home_of: dict[bytes, int] = field(default_factory=dict)
+    counts: dict[Any, int] = field(default_factory=dict)  # consumed/produced counters, added when done
+
+
+class StreamEngine:
+    """Runs the stream batches of one worker: ``tables`` on its ``partitions``, shards run by
+    ``helpers``; ``on_write(table, partition)`` is told of each local state write."""
+
+    def __init__(
+        self,
+        work: BatchWork,
+        routes: dict[str, StreamRoute],
+        tables: StateTables,
+        helpers: HelperPool,
+        partitions: int,
+        batch_max: int,
+        on_write: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.work = work
+        self.routes = routes
+        self.tables = tables
+        self.helpers = helpers
+        self.partitions = partitions
+        self.batch_max = batch_max
+        self.on_write = on_write
+        self.late = {g: LATE_EVENTS.labels(g) for g in tables.plans}
+        self.duplicates = {g: DUPLICATE_EVENTS.labels(g) for g in tables.plans}
+
+    async def run(self, io: WorkerIO, source: Source) -> None:
+        """Take batches from ``source`` until the worker stops. An unexpected error stops the worker
+        (its batch is not acked, so a restart redelivers it) instead of leaving its records pending.
+
+        Batches overlap: while the helpers run batch k + 1, the worker sends and writes batch k and
+        decodes batch k + 2. Batch k + 1 reads its state before batch k's is written locally, so the
+        records batch k changes are laid over what it reads. Batch k's deliveries are awaited, and
+        then its records acked in batch order, in the background."""
+        await self.helpers.connect()
+        if self.helpers.count:
+            logger.info("helper processes for batches: pids %s", self.helpers.pids())
+        settle_garbage_collector()  # started and recovered: what exists now lives as long as the worker
+        counts = PartitionCounts(io.topic_partitions)
+        delivering: asyncio.Task[None] | None = None  # the previous batch, until delivered and acked
+        batch: Batch | None = None  # running in the shards
+        running: Awaitable[dict[int, ShardResult]] | None = None
+        try:
+            while batch is not None or not io.should_stop:  # a batch taken is a batch processed
+                with collections_paused():
+                    if batch is None or running is None:
+                        messages = await source.take(self.batch_max, BATCH_WITHIN_S)
+                        batch = await self.decode_batch(messages, io.assignment(), counts)
+                        running = await self.run_batch(batch, {})
+                    ready = () if io.should_stop else source.take_ready(self.batch_max)
+                    # Decoded and read as batch k is written: what batch k + 1 changes is laid over.
+                    after = await self.decode_batch(ready, io.assignment(), counts) if ready else None
+                    done = await running
+                    if after is not None:  # start the next batch before this one's state is written
+                        running = await self.run_batch(after, changed_records(done.values()))
+                    deliveries = await self.send_batch(batch, done, io.producer, io.kafka_producer)
+                if delivering is not None:
+                    await delivering  # acks stay in batch order; at most one batch awaits its deliveries
+                delivering = asyncio.ensure_future(_acked(deliveries, source, batch.messages))
+                batch = after
+            if delivering is not None:
+                await delivering
+        except Exception as exc:
+            logger.exception("the stream batches failed")
+            await io.crash(exc)
+
+    async def decode_batch(
+        self, messages: Any, assigned: set[Any], topic_partitions: Callable[[str], int | None]
+    ) -> Batch:
+        """Pass 1: decode, route and shard by key; then pass 2a, :meth:`read_batch`."""
+        batch = Batch(messages, time.perf_counter(), [Shard() for _ in range(1 + self.helpers.count)])
+        stale = set(messages.offsets) - assigned
+        if stale:  # fetched before a revocation: another worker may own these partitions now
+            logger.warning("batch holds events of partitions no longer assigned here: %s", sorted(stale))
+        partitions = self.partitions
+        routes, add, shard_for = self.routes, self.work.add, self.helpers.shard_for
+        topic_counts: dict[str, int | None] = {}  # asked once per topic and batch
+        counts, shards, shard_of, home_of, steps = (
+            batch.counts,
+            batch.shards,
+            batch.shard_of,
+            batch.home_of,
+            batch.steps,
+        )
+        for n, message in enumerate(messages, 1):
+            if n % (4 * YIELD_EVERY) == 0:
+                await asyncio.sleep(0)
+            route = routes[message.topic]
+            if not route.repartitioned:
+                counts[route.consumed] = counts.get(route.consumed, 0) + 1
+            try:  # records are aiokafka's, as fetched: timestamps in milliseconds
+                decoded = decode_event(message.value, route.spec, message.timestamp)
+            except BadRecord as exc:
+                steps.append(Step(message, route, exc, b"", 0, 0))
+                continue
+            key, ts, _ = decoded
+            raw_key = key.encode("utf-8")
+            if not route.repartitioned:
+                topic = message.topic
+                if topic not in topic_counts:
+                    topic_counts[topic] = topic_partitions(topic)
+                if not is_home(raw_key, message.partition, topic_counts[topic], partitions):
+                    steps.append(Step(message, route, None, raw_key, -1, 0))
+                    continue
+            s = shard_of.get(raw_key)
+            if s is None:
+                s = shard_of[raw_key] = shard_for(len(shard_of))
+                home_of[raw_key] = message.partition
+            source, offset = source_position(message, route.repartitioned)
+            event = ShardEvent(route.name, decoded, source, offset)
+            steps.append(Step(message, route, None, raw_key, s, add(shards[s], event, key, raw_key, ts)))
+        self.read_batch(batch)
+        return batch
+
+    def read_batch(self, batch: Batch) -> None:
+        """Pass 2a: read what each shard needs from the local state."""
+        home_of, features, lookups = batch.home_of, self.tables.features, self.tables.lookups
+
+        def feature_db(group: str, key: bytes) -> Any:
+            return features[group].db(home_of[key])
+
+        def lookup_db(name: str, key: bytes) -> Any:  # lookups are co-partitioned with the streams
+            return lookups[name].db(home_of[key])
+
+        for shard in batch.shards:
+            if shard.events:
+                read_records(shard, feature_db, lookup_db)
+
+    async def run_batch(self, batch: Batch, overlay: Overlay) -> Awaitable[dict[int, ShardResult]]:
+        """Pass 2b: lay ``overlay``, the previous batch's changes, over what each shard read, start
+        the helpers' shards and run the worker's own; the wait for every shard's result."""
+        running = {}
+        for s, shard in enumerate(batch.shards[1:], 1):
+            if shard.events:
+                lay_over(shard, overlay)
+                running[s] = asyncio.ensure_future(self.helpers.run(s, shard))
+        own = ShardResult()
+        if batch.shards[0].events:
+            lay_over(batch.shards[0], overlay)
+            for n, _ in enumerate(self.work.steps(batch.shards[0], own), 1):
+                if n % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let HTTP requests in: a whole batch can take a second of CPU
+
+        async def results() -> dict[int, ShardResult]:
+            done = dict(zip(running, await asyncio.gather(*running.values()), strict=True))
+            done[0] = own
+            return done
+
+        return results()
+
+    async def send_batch(
+        self, batch: Batch, done: dict[int, ShardResult], producer: Any, kafka_producer: Any
+    ) -> Awaitable[None]:
+        """Pass 3: send, in batch order, and write the state; the wait for every delivery (later
+        batches are processed meanwhile: the next one has read already and gets this batch's
+        changes laid over; the one after reads them from the local state, committed here)."""
+        partitions = self.partitions
+        counts, home_of = batch.counts, batch.home_of
+        deliveries: list[Awaitable[Any]] = []
+        outputs = RecordBatches()
+        output_partitions: dict[str, int] = {}  # asked once per batch
+        outcomes = {s: result.outcomes for s, result in done.items()}
+        add = outputs.add
+        for n, (message, route, error, raw_key, s, position) in enumerate(batch.steps, 1):
+            if n % (4 * YIELD_EVERY) == 0:
+                await asyncio.sleep(0)
+            if error is None and s < 0:
+                target = partition_for(raw_key, partitions)
+                deliveries.append(await forward(producer, route.rekey_topic, raw_key, target, message))
+                continue
+            outcome = outcomes[s][position] if error is None else None
+            if error is not None or isinstance(outcome, tuple):
+                if error is None:
+                    error = BadRecord(*outcome)  # type: ignore[misc]
+                deliveries.append(
+                    await send_dead_letter(
+                        producer, route.spec.dlq_topic, message, error, route.repartitioned
+                    )
+                )
+                continue
+            if not outcome:
+                continue  # a stream without outputs
+            headers = source_headers(message, route.repartitioned)
+            for (topic, value), counter in zip(outcome, route.produced, strict=True):
+                count = output_partitions.get(topic)
+                if count is None:
+                    count = output_partitions[topic] = await partition_count(kafka_producer, topic)
+                add(topic, partition_for(raw_key, count), raw_key, value, headers)
+                counts[counter] = counts.get(counter, 0) + 1
+        deliveries.extend(sent.future for sent in await outputs.send(kafka_producer))
+        writer = StateWriter(kafka_producer, on_write=self.on_write)
+        features = self.tables.features
+        for result in done.values():
+            for group, entity, changes in result.changes:
+                writer.write_many(features[group], home_of[entity], changes)
+            for group, count in result.late.items():
+                self.late[group].inc(count)
+            for group, count in result.duplicates.items():
+                self.duplicates[group].inc(count)
+        await writer.send()  # the state is now local: the batch after the next reads it
+        return self._delivered(writer, deliveries, counts, batch)
+
+    async def _delivered(
+        self, writer: StateWriter, deliveries: list[Awaitable[Any]], counts: dict[Any, int], batch: Batch
+    ) -> None:
+        await writer.acked()
+        await asyncio.gather(*deliveries)
+        for counter, count in counts.items():
+            counter.inc(count)
+        elapsed = time.perf_counter() - batch.started
+        for name in {self.routes[tp.topic].name for tp in batch.messages.offsets}:  # type: ignore[attr-defined]
+            BATCH_SECONDS.labels(name).observe(elapsed)
+            PROCESSING_SECONDS.labels(name).observe(elapsed / len(batch.messages))
+
+
+async def _acked(deliveries: Awaitable[None], source: Source, messages: Iterable[Any]) -> None:
+    """Ack ``messages`` once every delivery of their batch is done."""
+    await deliveries
+    source.ack(messages)

@@ -1,0 +1,35 @@
+"""The running Faust worker as the engine's :class:`app.engine.batch.WorkerIO` (faust-streaming
+0.15.3): stop flag, producers, consumer assignment and metadata, crash."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FaustWorkerIO:
+    """``app``'s consumer and producer, read when the engine asks (they exist once the worker runs)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    @property
+    def should_stop(self) -> bool:
+        return bool(self.app.should_stop)
+
+    @property
+    def producer(self) -> Any:
+        return self.app.producer
+
+    @property
+    def kafka_producer(self) -> Any:
+        return self.app.producer._ensure_producer()  # Faust's started AIOKafkaProducer
+
+    def assignment(self) -> set[Any]:
+        return set(self.app.consumer.assignment())
+
+    def topic_partitions(self, topic: str) -> int | None:
+        count = self.app.consumer.topic_partitions(topic)
+        return None if count is None else int(count)
+
+    async def crash(self, exc: BaseException) -> None:
+        await self.app.crash(exc)
