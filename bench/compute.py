@@ -92,8 +92,8 @@ def main() -> None:
 
         # In-process, without the interpreter start: where the time goes.
         from app.config.spec import load_pipeline
+        from app.tools.frames import read_table
         from app.tools.offline import compute
-        from app.tools.produce import read_table
 
         spec = load_pipeline(PIPELINE)
         marks: list[tuple[str, float]] = [("start", time.perf_counter())]

@@ -340,9 +340,9 @@ def compute(
     """
     from tqdm import tqdm
 
+    from app.tools.frames import read_table
     from app.tools.offline import compute as compute_features
     from app.tools.offline import parse_at, write_table
-    from app.tools.produce import read_table
 
     configure_logging(load_settings().log_level)
     spec = load_pipeline(pipeline_file)

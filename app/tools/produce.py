@@ -12,30 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
-import pandas as pd
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from app.config.settings import Settings
 from app.errors import BrokerError, InputFileError
 from app.kafka.clients import bulk_producer, client_options
+from app.tools.frames import encode_rows, order_by_time, read_table
 
-FORMATS = ("csv", "parquet", "jsonl")
-_SUFFIXES = {
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-}
-_CHUNK = 5_000
-# pandas 3 parses CSV floats exactly by default; pandas 2 needs the round-trip parser for that.
-_CSV_OPTIONS: dict[str, Any] = (
-    {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
-)
+_CHUNK = 5_000  # records per send while producing a file
 
 
 @dataclass(frozen=True)
@@ -52,94 +38,6 @@ class ProduceSummary:
         if self.skipped:
             extra += f", {self.skipped:,} already delivered by an earlier run"
         return f"sent {self.records:,} records to {self.topic} in {self.seconds:.2f}s ({rate:,.0f}/s){extra}"
-
-
-def detect_format(path: Path, fmt: str | None = None) -> str:
-    """The file format from ``fmt`` or the file suffix; InputFileError when unknown."""
-    if fmt:
-        return fmt
-    try:
-        return _SUFFIXES[path.suffix.lower()]
-    except KeyError:
-        raise InputFileError(
-            f"{path}: cannot tell the format from the suffix {path.suffix!r}; use --format csv|parquet|jsonl"
-        ) from None
-
-
-def read_table(path: Path, fmt: str | None = None) -> pd.DataFrame:
-    """The file as a DataFrame; InputFileError with a one-line reason when it cannot be read.
-    CSV floats are parsed round-trip exact, so every reader of a file sees the same values."""
-    kind = detect_format(path, fmt)
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such file")
-    try:
-        if kind == "csv":
-            return pd.read_csv(path, **_CSV_OPTIONS)
-        if kind == "parquet":
-            return pd.read_parquet(path)
-        return pd.read_json(path, lines=True)
-    except Exception as exc:  # pandas raises many types; the user needs one line either way
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputFileError(f"{path}: cannot read as {kind}: {reason}") from None
-
-
-def encode_rows(frame: pd.DataFrame, key: str | None) -> tuple[list[bytes | None], list[bytes]]:
-    """(keys, JSON values) for every row (NaN -> null, datetimes -> epoch ms). Floats are written
-    with orjson's shortest round-trip form, so a consumer reads back exactly the file's values.
-    InputFileError when the key column is missing."""
-    if key is not None and key not in frame.columns:
-        raise InputFileError(f"key column {key!r} not found; columns: {', '.join(map(str, frame.columns))}")
-    frame = _datetimes_to_epoch_ms(frame)
-    names = [str(c) for c in frame.columns]
-    columns = [_python_values(frame[c]) for c in frame.columns]
-    options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-    values = [orjson.dumps(dict(zip(names, row, strict=True)), default=str, option=options)
-              for row in zip(*columns, strict=True)]  # fmt: skip
-    if not columns:
-        values = [b"{}"] * len(frame)
-    if key is None:
-        return [None] * len(values), values
-    column = frame[key]
-    keys: list[bytes | None] = [None if pd.isna(v) else _key_text(v).encode("utf-8") for v in column.tolist()]
-    return keys, values
-
-
-def _python_values(column: pd.Series) -> list[Any]:
-    """The column as plain Python values, nulls (NaN, NA, NaT, None) as None."""
-    return column.astype(object).where(column.notna(), None).tolist()
-
-
-def order_by_time(frame: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Rows in event-time order (stable: ties keep the file order; rows without a time go last).
-    The column is epoch ms, ISO-8601 or a datetime, read as the worker reads event times."""
-    from app.tools.offline.events import time_to_ms
-
-    if column not in frame.columns:
-        raise InputFileError(
-            f"order column {column!r} not found; columns: {', '.join(map(str, frame.columns))}"
-        )
-    times, valid = time_to_ms(frame[column].reset_index(drop=True), column)
-    order = np.lexsort((np.arange(len(frame)), times, ~valid))
-    return frame.iloc[order].reset_index(drop=True)
-
-
-def _datetimes_to_epoch_ms(frame: pd.DataFrame) -> pd.DataFrame:
-    """Datetime columns as epoch milliseconds (Hydrant's event-time form); NaT becomes null."""
-    stamps = [name for name in frame.columns if pd.api.types.is_datetime64_any_dtype(frame[name])]
-    if not stamps:
-        return frame
-    frame = frame.copy()
-    for name in stamps:
-        column = frame[name]
-        zero = pd.Timestamp(0, tz=column.dt.tz)
-        frame[name] = ((column - zero) // pd.Timedelta(1, "ms")).astype("Int64")
-    return frame
-
-
-def _key_text(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 async def produce_file(

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from app.config.spec import Pipeline, parse_pipeline
 from app.records.decode import BadRecord, decode_event
 from app.tools.cli import cli
+from app.tools.frames import encode_rows, read_table
 from app.tools.offline import compute
-from app.tools.produce import encode_rows, read_table
 from tables.apply import apply_event, choose, is_late
 from tables.key_state import KeyState
 from tables.plans import group_plans

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from app.errors import InputFileError
-from app.tools.produce import ProduceSummary, detect_format, encode_rows, read_table
+from app.tools.frames import detect_format, encode_rows, read_table
+from app.tools.produce import ProduceSummary
 
 
 def test_encode_rows_keys_and_json_types() -> None:

@@ -304,7 +304,7 @@ def compute(
         frame = reader(path)
         time_field = pipeline.streams[stream].time
         if order_by_time and time_field is not None and time_field in frame.columns:
-            from app.tools.produce import order_by_time as sort_by_time
+            from app.tools.frames import order_by_time as sort_by_time
 
             frame = sort_by_time(frame, time_field)  # as `hydrant produce --order-by` sends it
         return frame
@@ -391,7 +391,7 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
     elif suffix == ".csv":
         frame.to_csv(path, index=False)
     elif suffix in (".jsonl", ".ndjson", ".json"):
-        from app.tools.produce import encode_rows  # orjson: floats in their shortest round-trip form
+        from app.tools.frames import encode_rows  # orjson: floats in their shortest round-trip form
 
         _, rows = encode_rows(frame, None)
         path.write_bytes(b"".join(row + b"\n" for row in rows))

@@ -22,7 +22,7 @@ import pandas as pd
 from app.config.expressions import Expression
 from app.config.spec import Pipeline, StreamSpec
 from app.errors import InputFileError
-from app.records.decode import BadRecord, event_time_ms
+from app.tools.frames import time_to_ms
 from tables.plans import GroupPlan
 
 _INT_KINDS = "iu"
@@ -41,37 +41,6 @@ class StreamEvents:
     dropped: dict[str, int]  # reason -> rows left out (decode/missing_key/type/expression)
     where: dict[str, np.ndarray] = field(default_factory=dict)  # `where` source -> holds, per event
     local_keys: list[str] = field(default_factory=list)  # before read_inputs: this file's key texts
-
-
-def time_to_ms(column: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(epoch ms as int64, valid mask) the way the worker reads a time field: numbers are epoch ms
-    (truncated like ``int()``), strings ISO-8601 through :func:`app.records.decode.event_time_ms` (once per
-    distinct string), datetimes as `hydrant produce` sends them (floor to ms)."""
-    n = len(column)
-    if pd.api.types.is_datetime64_any_dtype(column):
-        zero = pd.Timestamp(0, tz=column.dt.tz)
-        valid = column.notna().to_numpy()
-        ms = ((column - zero) // pd.Timedelta(1, "ms")).to_numpy(dtype="float64", na_value=np.nan)
-        return np.where(valid, ms, 0).astype(np.int64), valid
-    if pd.api.types.is_bool_dtype(column):
-        return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
-    if pd.api.types.is_numeric_dtype(column):
-        values = column.to_numpy(dtype="float64", na_value=np.nan)
-        valid = np.isfinite(values)
-        if column.dtype.kind in _INT_KINDS:
-            return column.to_numpy(dtype=np.int64), np.ones(n, dtype=bool)
-        return np.trunc(np.where(valid, values, 0)).astype(np.int64), valid
-    codes, uniques = pd.factorize(column, use_na_sentinel=True)
-    parsed = np.zeros(len(uniques), dtype=np.int64)
-    ok = np.zeros(len(uniques), dtype=bool)
-    for i, value in enumerate(uniques.tolist()):
-        try:
-            parsed[i] = event_time_ms(value, name)
-            ok[i] = True
-        except BadRecord:
-            pass
-    valid = (codes >= 0) & ok[np.maximum(codes, 0)]
-    return np.where(valid, parsed[np.maximum(codes, 0)], 0), valid
 
 
 def _typed_column(column: pd.Series | None, kind: str, n: int) -> tuple[pd.Series, np.ndarray]:
