@@ -1,1 +1,2 @@
-"""Tables (RocksDB via rocksdict, changelog-backed) and the pure state logic behind them."""
+"""State tables: the window state format, plans, key state, apply and read (pure), the StateTable
+protocol and durable writer (store), changelog restore writes, and the pipeline's table registry."""

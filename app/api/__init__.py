@@ -1,9 +1,3 @@
-"""The HTTP data API (PRODUCT.md "HTTP data API"), on Faust's aiohttp web server.
-
-- ``models.py``: the pydantic models that validate requests and shape answers; ``openapi.py`` builds
-  ``/openapi.json`` from them and from each route's declaration;
-- ``routing.py``: which worker owns a key or a partition, and forwarding to it;
-- ``features.py``, ``tables.py``, ``pipeline.py``: the endpoints.
-
-Faust's autodiscovery imports this package's modules; each registers its views on the App.
-"""
+"""The HTTP data API: handlers that answer from an :class:`app.api.context.ApiContext` (features,
+lookup rows, table scans, pipeline, OpenAPI, health), forwarding to a key's owner, request models.
+The runtime registers them on Faust's web server (views.py); the serving process reuses them."""

@@ -1,1 +1,2 @@
-"""system"""
+"""Process-level utilities: child processes that die with their parent, garbage collector and
+malloc settings."""
