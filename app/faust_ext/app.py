@@ -119,8 +119,8 @@ class HydrantApp(faust.App):
     """faust.App whose autodiscovery fails loudly (Faust only logs a module that fails to import, and
     the worker would then run without that module's agents or tables), whose consumer transport is a
     :class:`HydrantTransport` (its consumer hands the stream topics' records to the intakes registered
-    in :attr:`intakes`, app/faust_ext/intake.py), and which holds the aiokafka options that
-    Hydrant's own clients of the consumer and the recovery use (:attr:`client_options`).
+    in :attr:`intakes`, app/faust_ext/intake.py), and which holds the aiokafka options of the clients
+    Hydrant opens itself (:attr:`client_options`: the bulk restore's reader, the Tansu end-offset probe).
     Written against faust-streaming 0.15.3."""
 
     #: The class of the consumer transport (:meth:`_new_transport`).
