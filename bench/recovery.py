@@ -11,7 +11,7 @@ of state.
 
 Then a worker (a real process, empty data dir) starts, and /readyz is polled every 0.1 s from process
 start until 200 (503s counted: it must answer 503 while recovering). Prints records/s over the whole
-start (target >= 50,000), over the bulk restore (tables/restore.py logs its records and seconds),
+start (target >= 50,000), over the bulk restore (app/kafka/changelog.py logs its records and seconds),
 and over Faust's own recovery span (log lines "Restoring state from changelog topics" -> "Done
 reading from changelog topics"; only what the bulk restore left, if anything). The bulk figures
 leave out imports and the group join (~5 s on Tansu). Then proves the state is real: a few keys'
@@ -226,7 +226,7 @@ def main() -> None:
         print(f"{'first HTTP answer -> /readyz 200':<52}{span:>9.1f}{written / max(span, 1e-9):>12,.0f}")
     bulk = re.search(r"bulk restore: (\d+) changelog records into \d+ partitions in ([\d.]+)s", log)
     if bulk is not None:
-        name = "bulk restore (tables/restore.py, log)"
+        name = "bulk restore (app/kafka/changelog.py, log)"
         seconds = float(bulk.group(2))
         print(f"{name:<52}{seconds:>9.1f}{int(bulk.group(1)) / max(seconds, 1e-9):>12,.0f}  >= 50,000")
     if restore is not None:

@@ -1,7 +1,7 @@
 """What every HTTP request goes through, on Faust's aiohttp server: metrics, auth, JSON errors.
 
 The middlewares are given to aiohttp's Application when the App is built (``web_application_options``
-in app/runtime.py), so they wrap every route — Hydrant's views and aiohttp's own 404/405/413 answers.
+in app/faust_ext/app.py), so they wrap every route — Hydrant's views and aiohttp's own 404/405/413 answers.
 """
 
 from __future__ import annotations

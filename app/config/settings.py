@@ -7,6 +7,8 @@ these settings apply.
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -185,3 +187,11 @@ def load_settings(**overrides: object) -> Settings:
 def get_settings() -> Settings:
     """The process's settings, read once."""
     return load_settings()
+
+
+def worker_socket(data_dir: Path) -> Path:
+    """The Unix socket of the worker's own web server when a serving process owns the public port:
+    in the temp dir (a socket path must stay under ~100 bytes), named after the data dir (one worker
+    per data dir)."""
+    digest = hashlib.sha1(str(data_dir.resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"hydrant-{digest}.sock"

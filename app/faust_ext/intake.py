@@ -5,7 +5,8 @@ Faust hands each fetched record to the streams on its own: a Message object, a c
 against flow control (two tasks and an ``asyncio.wait`` per record), an Event, a queue put, and a
 step of the stream's iterator; then a tracking call, sensor calls and an ack per record. Hydrant
 processes records in batches anyway, so :class:`Intake` takes its topics' records out of each fetch
-(``Consumer._wait_next_records``, before Faust turns them into messages) as they are: aiokafka's
+(``Consumer._wait_next_records``, app/faust_ext/consumer.py ``HydrantConsumer``, before Faust turns
+them into messages) as they are: aiokafka's
 ``ConsumerRecord`` (``timestamp`` in milliseconds). It keeps Faust's bookkeeping for them, once per
 partition or batch instead of once per record:
 
@@ -84,8 +85,8 @@ class Intake:
         self._room = asyncio.Event()  # the buffer is below max_buffered
         self._room.set()
         app.flow_control.manage_queue(self)
-        # Installed on the consumer when the app creates it (app/runtime.py HydrantApp), before any
-        # fetch: Faust's fetch loop binds its methods once, when it starts.
+        # The app's consumer (app/faust_ext/consumer.py HydrantConsumer) hands every fetch to the
+        # intakes registered here, in this order.
         app.intakes = [*getattr(app, "intakes", []), self]
 
     def __len__(self) -> int:
@@ -98,30 +99,25 @@ class Intake:
         self.done.clear()
         self._room.set()
 
-    def install(self, consumer: Any) -> None:
-        """Take this intake's records out of ``consumer``'s fetches (before its fetcher starts)."""
-        wait_next = consumer._wait_next_records
-
-        async def wait_next_records(timeout: float) -> tuple[Any, Any]:  # noqa: ASYNC109 (Faust calls it so)
-            records, active = await wait_next(timeout)
-            if records and consumer.flow_active and not consumer.should_stop:  # else Faust drops them
-                buffered = consumer._buffered_partitions
-                for tp in [tp for tp in records if tp.topic in self.topics]:
-                    fetched = records.pop(tp)
-                    if active is None or tp in active or tp in buffered:
-                        await self._accept(consumer, tp, fetched)
-                self._arrived.set()
-            # Back-pressure: stop fetching while the agent is behind, but never while the flow is
-            # suspended: a rebalance's table recovery reads changelogs through this same loop.
-            while len(self._buffer) >= self.max_buffered and self._flowing(consumer):
-                self._room.clear()
-                try:
-                    await asyncio.wait_for(self._room.wait(), ROOM_POLL_S)
-                except TimeoutError:
-                    pass
-            return records, active
-
-        consumer._wait_next_records = wait_next_records
+    async def hand_over(self, consumer: Any, records: Any, active: Any) -> None:
+        """Take this intake's records out of one fetch of ``consumer`` (``records``, the partitions
+        Faust fetched for ``active``), before Faust turns them into messages; then hold the fetch
+        loop while the buffer is full. app/faust_ext/consumer.py ``HydrantConsumer`` calls this."""
+        if records and consumer.flow_active and not consumer.should_stop:  # else Faust drops them
+            buffered = consumer._buffered_partitions
+            for tp in [tp for tp in records if tp.topic in self.topics]:
+                fetched = records.pop(tp)
+                if active is None or tp in active or tp in buffered:
+                    await self._accept(consumer, tp, fetched)
+            self._arrived.set()
+        # Back-pressure: stop fetching while the agent is behind, but never while the flow is
+        # suspended: a rebalance's table recovery reads changelogs through this same loop.
+        while len(self._buffer) >= self.max_buffered and self._flowing(consumer):
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), ROOM_POLL_S)
+            except TimeoutError:
+                pass
 
     def _flowing(self, consumer: Any) -> bool:
         return bool(consumer.flow_active and self.app.flow_control.is_active() and not consumer.should_stop)

@@ -1,12 +1,12 @@
-"""Resuming the input streams after a rebalance without dropping records (a fix to Faust).
+"""Faust's table recovery, subclassed: the bulk restore of changelogs first, and the input streams
+resumed after a rebalance without dropping records (two fixes to Faust).
 
-Faust (faust-streaming 0.11) ends every rebalance in ``Recovery._resume_streams``:
+Resuming the inputs. Faust ends every rebalance in ``Recovery._resume_streams`` (a rebalance with no
+tables to recover) or ``Recovery.on_recovery_completed`` (after table recovery):
 
 1. resume fetching the input partitions;
 2. seek them to their committed offsets (a round trip per partition);
-3. resume flow control — which *clears every stream queue*
-
-(``Recovery.on_recovery_completed``, or ``_resume_streams`` when there are no tables).
+3. resume flow control — which *clears every stream queue*.
 
 Records fetched between 1 and 3 are put into the stream queues and then thrown away, although the
 consumer's position has moved past them: nothing fetches them again. Window state keeps the highest
@@ -16,20 +16,41 @@ committed offset yet is worse off: step 2 leaves its position where the dropped 
 Reliability scenario (a) lost a whole partition this way (a worker that joined after the previous
 owner was killed before its first commit), and (b)/(c) lost a few hundred events.
 
-:func:`install` replaces that step with one that positions every input partition while Faust still
-holds it paused — at its committed offset, or at the beginning of the partition when the group has
-none (``auto_offset_reset=earliest``) — then clears the queues, and only then lets the fetcher hand
-records of those partitions to the streams. Records that reached the agent before the seek are
-delivered again from the committed offset and recognised as duplicates by the window state.
+:class:`HydrantRecovery` replaces that step (:meth:`HydrantRecovery._start_inputs`) with one that
+positions every input partition while Faust still holds it paused — at its committed offset, or at
+the beginning of the partition when the group has none (``auto_offset_reset=earliest``) — then clears
+the queues, and only then lets the fetcher hand records of those partitions to the streams. Records
+that reached the agent before the seek are delivered again from the committed offset and recognised
+as duplicates by the window state.
+
+The bulk restore. When Faust computes where the recovery of active partitions starts
+(``Recovery._build_offsets``), :class:`HydrantRecovery` first reads their changelogs in large
+fetches (app/kafka/changelog.py) and writes them straight into RocksDB (tables/restore.py), so Faust
+then finds nothing (or only the newest records) left to read.
+
+Faust builds its ``Recovery`` in ``TableManager.recovery``; :class:`HydrantTableManager` builds a
+:class:`HydrantRecovery` there, and reaches Faust through the ``TableManager`` setting
+(app/faust_ext/app.py ``faust_options``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiokafka import TopicPartition
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
+from faust.types import TP, ConsumerT
+
+from app.kafka.changelog import restore
+from tables.restore import write_fetch
+
+if TYPE_CHECKING:
+    from collections import Counter
+
+    from app.faust_ext.app import HydrantApp
 
 logger = logging.getLogger(__name__)
 
@@ -51,58 +72,83 @@ async def position_inputs(consumer: Any, inputs: set[Any]) -> None:
             consumer._read_offset[tp] = None
 
 
-async def start_inputs(self: Any, generation_id: int, standbys_ready: bool) -> None:
-    """The end of a rebalance, for Faust's ``Recovery``: the input partitions are positioned while
-    still paused, then the stream queues cleared, then the partitions resumed (module docstring)."""
-    app = self.app
-    consumer = app.consumer
-    if app.consumer_generation_id != generation_id:
-        self.log.warning("Recovery rebalancing again")
-        return
-    inputs = {tp for tp in consumer.assignment() if not self._is_changelog_tp(tp)}
-    if inputs:
-        self.log.info("Seek stream partitions to committed offsets.")
-        await self._wait(position_inputs(consumer, inputs), timeout=app.conf.broker_request_timeout)
+class HydrantRecovery(Recovery):
+    """Faust's ``Recovery`` with the bulk restore ahead of active recovery and the inputs positioned
+    before they resume (module docstring).
+    Written against faust-streaming 0.15.3."""
+
+    async def _build_offsets(
+        self, consumer: ConsumerT, tps: set[TP], destination: Counter[TP], title: str
+    ) -> None:
+        """Faust's computation of where recovery starts, after the bulk restore of active partitions."""
+        if title == "active":  # standbys catch up in the background, after the worker is ready
+            tables = {tp: self.tp_to_table[tp] for tp in tps if tp in self.tp_to_table}
+            starts = {tp: destination.get(tp) for tp in tables}
+            budget = 0.5 * float(self.app.conf.broker_request_timeout)
+            ends = dict(self.active_highwaters)  # Faust's high watermark - 1: the last offset
+            options = cast("HydrantApp", self.app).client_options
+
+            def apply(tp: Any, records: list[Any]) -> None:
+                write_fetch(tables[tp], tp, records)
+
+            for tp, offset in (await restore(options, starts, ends, budget, apply)).items():
+                destination[tp] = offset
+        await super()._build_offsets(consumer, tps, destination, title)
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        """Faust's end of table recovery, ending in :meth:`_start_inputs`."""
+        self.log.info("Restore complete!")
+        await self.app.on_rebalance_complete.send()
+        self._set_recovery_ended()
+        callbacks = [
+            asyncio.ensure_future(
+                table.on_recovery_completed(self.actives_for_table[table], self.standbys_for_table[table])
+            )
+            for table in self.tables.values()
+        ]
+        if callbacks:
+            await asyncio.wait(callbacks)
+        await self._start_inputs(generation_id, standbys_ready=not self.app.assignor.assigned_standbys())
+
+    async def _resume_streams(self, generation_id: int = 0) -> None:
+        """Faust's end of a rebalance with no tables to recover, ending in :meth:`_start_inputs`."""
+        await self.app.on_rebalance_complete.send()
+        await self._start_inputs(generation_id, standbys_ready=True)
+
+    async def _start_inputs(self, generation_id: int, standbys_ready: bool) -> None:
+        """The end of a rebalance: the input partitions are positioned while still paused, then the
+        stream queues cleared, then the partitions resumed (module docstring)."""
+        app = cast(Any, self.app)
+        consumer = app.consumer
         if app.consumer_generation_id != generation_id:
             self.log.warning("Recovery rebalancing again")
             return
-    app.flow_control.resume()  # clears the stream queues; nothing of ``inputs`` has reached them yet
-    consumer.resume_partitions(inputs)
-    self.completed.set()
-    consumer.resume_flow()
-    await app._fetcher.maybe_start()
-    self.tables.on_actives_ready()
-    if standbys_ready:
-        self.tables.on_standbys_ready()
-    app.on_rebalance_end()
-    self.log.info("Worker ready")
+        inputs = {tp for tp in consumer.assignment() if not self._is_changelog_tp(tp)}
+        if inputs:
+            self.log.info("Seek stream partitions to committed offsets.")
+            await self._wait(position_inputs(consumer, inputs), timeout=app.conf.broker_request_timeout)
+            if app.consumer_generation_id != generation_id:
+                self.log.warning("Recovery rebalancing again")
+                return
+        app.flow_control.resume()  # clears the stream queues; nothing of ``inputs`` has reached them yet
+        consumer.resume_partitions(inputs)
+        self.completed.set()
+        consumer.resume_flow()
+        await app._fetcher.maybe_start()
+        self.tables.on_actives_ready()
+        if standbys_ready:
+            self.tables.on_standbys_ready()
+        app.on_rebalance_end()
+        self.log.info("Worker ready")
 
 
-async def on_recovery_completed(self: Any, generation_id: int = 0) -> None:
-    """``Recovery.on_recovery_completed`` (after table recovery) ending in :func:`start_inputs`."""
-    self.log.info("Restore complete!")
-    await self.app.on_rebalance_complete.send()
-    self._set_recovery_ended()
-    callbacks = [
-        asyncio.ensure_future(
-            table.on_recovery_completed(self.actives_for_table[table], self.standbys_for_table[table])
-        )
-        for table in self.tables.values()
-    ]
-    if callbacks:
-        await asyncio.wait(callbacks)
-    await start_inputs(self, generation_id, standbys_ready=not self.app.assignor.assigned_standbys())
+class HydrantTableManager(TableManager):
+    """Faust's ``TableManager`` whose recovery service is a :class:`HydrantRecovery`.
+    Written against faust-streaming 0.15.3."""
 
-
-async def resume_streams(self: Any, generation_id: int = 0) -> None:
-    """``Recovery._resume_streams`` (a rebalance with no tables to recover) ending in :func:`start_inputs`."""
-    await self.app.on_rebalance_complete.send()
-    await start_inputs(self, generation_id, standbys_ready=True)
-
-
-def install() -> None:
-    """Make Faust's recovery end every rebalance with :func:`start_inputs`."""
-    from faust.tables.recovery import Recovery
-
-    Recovery.on_recovery_completed = on_recovery_completed  # type: ignore[method-assign]
-    Recovery._resume_streams = resume_streams  # type: ignore[method-assign]
+    @property
+    def recovery(self) -> Recovery:
+        """Recovery service used by this table manager: a :class:`HydrantRecovery`."""
+        if self._recovery is None:
+            self._recovery = HydrantRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery

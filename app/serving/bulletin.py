@@ -18,10 +18,8 @@ on from.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import mmap
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,14 +144,6 @@ class Bulletin:
     def close(self) -> None:
         del self._counters  # the map cannot close while a ctypes view of it exists
         self._map.close()
-
-
-def worker_socket(data_dir: Path) -> Path:
-    """The Unix socket of the worker's own web server when a serving process owns the public port:
-    in the temp dir (a socket path must stay under ~100 bytes), named after the data dir (one worker
-    per data dir)."""
-    digest = hashlib.sha1(str(data_dir.resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"hydrant-{digest}.sock"
 
 
 def bulletin_dir(data_dir: Path) -> Path:

@@ -40,7 +40,7 @@ from app.api.context import ApiContext
 from app.api.features import lookup_batch, lookup_one
 from app.api.http import Handler, application_options, error_response
 from app.api.placement import Placement, Unavailable
-from app.config.settings import Settings, get_settings
+from app.config.settings import Settings, get_settings, worker_socket
 from app.config.spec import load_pipeline
 from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, REGISTRY
 from app.serving.bulletin import (
@@ -51,7 +51,6 @@ from app.serving.bulletin import (
     bulletin_dir,
     monotonic_ms,
     open_bulletin,
-    worker_socket,
 )
 from app.system.memory import settle_garbage_collector
 from tables.registry import StateTables

@@ -63,7 +63,7 @@ def test_features_exact_after_sigkill_and_lost_data_dir(
     publish(broker, uid, events[EVENTS // 2 :])
     second = workers(shop_pipeline, name="second", data_dir=data_dir)
     second.wait_ready(timeout=180)
-    # The state came back through the bulk restore (tables/restore.py), not record by record.
+    # The state came back through the bulk restore (app/kafka/changelog.py), not record by record.
     restored = re.search(r"bulk restore: (\d+) changelog records", second.log())
     assert restored is not None and int(restored.group(1)) > 0, second.log()[-3000:]
     settle_and_check([second.url], truth, events)

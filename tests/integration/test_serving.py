@@ -16,7 +16,7 @@ import httpx
 import orjson
 import psutil
 
-from app.serving.bulletin import worker_socket
+from app.config.settings import worker_socket
 from tests.support.broker import BrokerUnderTest
 from tests.support.kafka import consume, create_pipeline_topics_for, produce
 from tests.support.worker import WorkerProcess, wait_for

@@ -1,9 +1,10 @@
 """app/faust_ext/intake.py: the batch path from Faust's fetch loop to the stream agent.
 
-The consumer is Faust's real one (never started: no broker), so the bookkeeping the intake fills in
-is read back by Faust's own code: ``_new_offset`` (what a commit would write) and the unacked set
-that ``wait_empty`` waits on. Only its fetch (``_wait_next_records``) is scripted, and its end
-offsets, which would ask the broker. The end-to-end path on a real broker is covered by every
+The consumer is Hydrant's (app/faust_ext/consumer.py ``HydrantConsumer``, Faust's real one
+underneath; never started: no broker), so the bookkeeping the intake fills in is read back by Faust's
+own code: ``_new_offset`` (what a commit would write) and the unacked set that ``wait_empty`` waits
+on. Only Faust's fetch under it (``_wait_next_records``) is scripted, and its end offsets, which
+would ask the broker. The end-to-end path on a real broker is covered by every
 integration and reliability test, which all run through the intake.
 """
 
@@ -11,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-import faust
 import pytest
 from aiokafka.structs import ConsumerRecord
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from app.faust_ext.app import HydrantApp
+from app.faust_ext.consumer import HydrantConsumer, HydrantTransport
 from app.faust_ext.intake import Intake
 
 INPUT = "orders"
@@ -36,22 +39,41 @@ def fetch(*records: ConsumerRecord[bytes, bytes]) -> dict[TP, list[ConsumerRecor
     return out
 
 
+class ScriptedFetch(faust_aiokafka.Consumer):
+    """Faust's consumer whose fetch (``_wait_next_records``) returns the app's scripted fetches."""
+
+    async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[Any]], set[TP] | None]:
+        fetches = cast("ScriptedApp", self.app).fetches
+        return (fetches.pop(0) if fetches else {}), None
+
+
+class ScriptedConsumer(HydrantConsumer, ScriptedFetch):
+    """Hydrant's consumer over the scripted fetch: HydrantConsumer's ``super()`` is ScriptedFetch."""
+
+
+class ScriptedTransport(HydrantTransport):
+    Consumer = ScriptedConsumer
+
+
+class ScriptedApp(HydrantApp):
+    consumer_transport = ScriptedTransport
+    fetches: list[dict[TP, list[Any]]]
+
+
 class Setup:
-    """An app with Faust's consumer whose fetches are scripted, and an intake installed on it."""
+    """A Hydrant app whose consumer's fetches are scripted, and an intake registered on it."""
 
     def __init__(self, fetches: list[dict[TP, list[Any]]], max_buffered: int = 100) -> None:
         self.loop = asyncio.new_event_loop()  # the app's flow control binds to the loop of its creation
         asyncio.set_event_loop(self.loop)
-        self.app = faust.App(
+        self.app = ScriptedApp(
             "test-intake", broker="kafka://127.0.0.1:1", store="memory://", autodiscover=False, loop=self.loop
         )
         self.app.topics._acking_topics.add(INPUT)  # the conductor does this for subscribed topics
+        self.app.fetches = self.fetches = fetches
         self.consumer = consumer = self.app.consumer
-        self.fetches = fetches
+        assert isinstance(consumer, ScriptedConsumer)
         self.gaps: list[tuple[TP, int, int]] = []
-
-        async def scripted(timeout: float) -> tuple[dict[TP, list[Any]], set[TP] | None]:
-            return (self.fetches.pop(0) if self.fetches else {}), None
 
         add_gap = consumer._add_gap
 
@@ -59,11 +81,10 @@ class Setup:
             self.gaps.append((tp, start, end))
             await add_gap(tp, start, end)
 
-        consumer._wait_next_records = scripted
         consumer._add_gap = recorded_gap
         consumer.highwater = lambda tp: 1_000  # the broker's end offset
         self.intake = Intake(self.app, [INPUT], max_buffered)
-        self.intake.install(consumer)
+        assert self.app.intakes == [self.intake]
         self.app.flow_control.resume()  # as at the end of the worker's first rebalance
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 
 # Runs in a fresh interpreter: imports tables, app.engine (every submodule of both) and app.config.spec,
@@ -26,11 +24,6 @@ for name in sorted(sys.modules):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tables/store.py, tables/restore.py and tables/features.py, tables/lookups.py (via app.runtime) "
-    "still import faust/aiokafka/aiohttp; the layout refactoring removes them",
-)
 def test_state_and_model_packages_import_no_faust_kafka_or_http(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRANT_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)

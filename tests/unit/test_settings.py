@@ -84,7 +84,7 @@ def test_broker_url_forms(url: str, hosts: list[str]) -> None:
 def test_faust_environment_names_do_not_override(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Faust reads BROKER_URL, WEB_PORT, APP_DATADIR... and lets them win; Hydrant must not."""
     from app.config.spec import load_pipeline
-    from app.runtime import create_app
+    from app.faust_ext.app import create_app
 
     monkeypatch.setenv("BROKER_URL", "kafka://evil:1")
     monkeypatch.setenv("WEB_PORT", "1234")
@@ -102,7 +102,7 @@ def test_faust_environment_names_do_not_override(monkeypatch: pytest.MonkeyPatch
 
 def test_tansu_profile_shortens_group_timeouts(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from app.config.spec import load_pipeline
-    from app.runtime import create_app
+    from app.faust_ext.app import create_app
 
     settings = load_settings(broker="kafka://b:1", broker_profile="tansu", data_dir=tmp_path)
     conf = create_app(settings, load_pipeline(settings.pipeline)).conf
@@ -114,11 +114,44 @@ def test_tansu_profile_shortens_group_timeouts(tmp_path) -> None:  # type: ignor
     assert kafka_conf.broker_session_timeout > 10.0
 
 
+@pytest.mark.parametrize("profile", ["kafka", "tansu"])
+def test_faust_is_extended_by_subclasses_it_is_handed(profile: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Hydrant's consumer (intakes, Tansu end offsets) and recovery (bulk restore, inputs positioned
+    before they resume) reach Faust as the classes it builds, never by changing Faust's own."""
+    from faust.tables.manager import TableManager
+    from faust.tables.recovery import Recovery
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Producer
+
+    from app.config.spec import load_pipeline
+    from app.faust_ext.app import create_app
+    from app.faust_ext.consumer import HydrantConsumer, HydrantConsumerThread, HydrantTransport
+    from app.faust_ext.recovery import HydrantRecovery, HydrantTableManager
+
+    settings = load_settings(broker="kafka://b:1", broker_profile=profile, data_dir=tmp_path)
+    app = create_app(settings, load_pipeline(settings.pipeline))
+    assert app.broker_profile == profile
+    assert app.client_options["bootstrap_servers"] == ["b:1"]
+    assert type(app.transport) is HydrantTransport
+    assert type(app.producer_transport) is not HydrantTransport  # Faust's own
+    assert type(app.consumer) is HydrantConsumer
+    assert type(app.consumer._thread) is HydrantConsumerThread
+    assert type(app.producer) is Producer
+    assert app.conf.TableManager is HydrantTableManager
+    assert type(app.tables) is HydrantTableManager
+    assert type(app.tables.recovery) is HydrantRecovery
+    # Faust's classes are as it shipped them.
+    assert "_wait_next_records" not in vars(Consumer)
+    assert AIOKafkaConsumerThread._highwaters.__module__ == "faust.transport.drivers.aiokafka"
+    for name in ("on_recovery_completed", "_resume_streams", "_build_offsets"):
+        assert getattr(Recovery, name).__module__ == "faust.tables.recovery"
+    assert TableManager.recovery.fget.__module__ == "faust.tables.manager"  # type: ignore[attr-defined]
+
+
 def test_a_fetch_hands_over_at_most_one_agent_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Unbounded, one fetch of a backlog held ~110,000 records, buffered in one turn of the event
     loop (docs/performance.md); aiokafka's max_poll_records bounds it to the agent's batch size."""
     from app.config.spec import load_pipeline
-    from app.runtime import FETCH_RECORDS, create_app
+    from app.faust_ext.app import FETCH_RECORDS, create_app
 
     settings = load_settings(broker="kafka://b:1", data_dir=tmp_path)
     conf = create_app(settings, load_pipeline(settings.pipeline)).conf

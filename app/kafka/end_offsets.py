@@ -1,13 +1,14 @@
-"""Workaround for the bundled broker's wrong end offsets (BROKER.md).
+"""Exact end offsets on the bundled broker, whose ListOffsets answer is short (BROKER.md).
 
 Tansu answers ListOffsets(LATEST) with "first offset of the last record batch + 1", which is short
 of the true end whenever that batch holds more than one record; the high watermark in Fetch
 responses is right. Faust sizes table recovery with ListOffsets, so on Tansu it stops recovering
 early (state comes back short) or refuses to start ("persisted offset is higher than highwater").
 
-With HYDRANT_BROKER_PROFILE=tansu, :func:`install` makes Faust's consumer ask for the end offset
-the way that works: take ListOffsets' answer (never past the end), fetch from just before it with a
-short-lived group-less consumer, and read the exact high watermark from that fetch.
+:func:`exact_end_offsets` asks for the end offset the way that works: take ListOffsets' answer
+(never past the end), fetch from just before it with a short-lived group-less consumer, and read
+the exact high watermark from that fetch. With HYDRANT_BROKER_PROFILE=tansu, Faust's consumer
+thread computes its end offsets with it (app/faust_ext/consumer.py ``HydrantConsumerThread``).
 """
 
 from __future__ import annotations
@@ -52,21 +53,3 @@ async def exact_end_offsets(options: Mapping[str, Any], approx: Mapping[Any, int
     finally:
         await probe.stop()
     return result
-
-
-def install(options: Mapping[str, Any]) -> None:
-    """Patch Faust's aiokafka consumer thread to compute end offsets with :func:`exact_end_offsets`."""
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-    original = AIOKafkaConsumerThread._highwaters
-    if getattr(original, "hydrant_tansu", False):
-        return
-
-    async def _highwaters(self: Any, partitions: Any) -> Mapping[Any, int]:
-        approx = await original(self, partitions)
-        if self.consumer.in_transaction:
-            return approx
-        return await exact_end_offsets(options, approx)
-
-    _highwaters.hydrant_tansu = True  # type: ignore[attr-defined]
-    AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
