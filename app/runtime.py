@@ -15,10 +15,11 @@ from app.engine.lookups import LookupUpdater
 from app.engine.shards import BatchWork
 from app.faust_ext.app import FETCH_RECORDS, HydrantApp, create_app
 from app.faust_ext.intake import Intake
+from app.faust_ext.live_metrics import LiveCollector
 from app.faust_ext.placement import WorkerPlacement
 from app.faust_ext.tables import raw_table
 from app.faust_ext.worker_io import FaustWorkerIO
-from app.metrics import REGISTRY, LiveCollector
+from app.metrics import REGISTRY
 from app.serving.supervisor import ServingSupervisor
 from tables.registry import StateTables
 

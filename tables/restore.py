@@ -1,17 +1,5 @@
-"""Writing a fetch of changelog records into a table's RocksDB, for the bulk restore.
-
-Hydrant's tables are raw bytes in RocksDB, so a changelog record *is* the RocksDB write. The bulk
-restore (app/kafka/changelog.py ``restore``, run by app/faust_ext/recovery.py ``HydrantRecovery``
-ahead of Faust's own recovery) reads changelogs in large fetches and hands each partition's records
-of one fetch to :func:`write_fetch`: one rocksdict ``WriteBatch``, then the partition's persisted
-offset, exactly as Faust's ``apply_changelog_batch`` would. The records are written before the
-offset that covers them, so a crash in between only makes the next recovery read some records again
-(the same writes).
-
-This module imports neither Faust nor aiokafka: ``table`` is a Faust table over the rocksdb store
-(tables/store.py), records are anything with ``key``, ``value`` and ``offset`` (aiokafka's
-``ConsumerRecord``), ``tp`` anything with ``partition``.
-"""
+"""Writes one fetch of changelog records into a table partition for the bulk restore
+(app/faust_ext/recovery.py): one RocksDB write batch, then the persisted offset that covers it."""
 
 from __future__ import annotations
 
@@ -19,14 +7,17 @@ from typing import Any
 
 import rocksdict
 
+from tables.store import StateTable
 
-def write_fetch(table: Any, tp: Any, records: list[Any]) -> None:
-    """One fetch's records of a partition as one RocksDB write batch, then the persisted offset."""
+
+def write_fetch(table: StateTable, partition: int, records: list[Any]) -> None:
+    """``records`` (with ``key``, ``value``, ``offset``; in offset order) of ``partition`` as one
+    write batch, then their last offset as persisted: a crash in between only replays them."""
     batch = rocksdict.WriteBatch(raw_mode=True)
     for record in records:
         if record.value is None:
             batch.delete(record.key)
         else:
             batch.put(record.key, record.value)
-    table.data._db_for_partition(tp.partition).write(batch)
-    table.data.set_persisted_offset(tp, records[-1].offset)
+    table.db(partition).write(batch)
+    table.persist(partition, records[-1].offset)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config.spec import load_pipeline
-from app.engine.shards import BatchWork, Shard, ShardEvent, ShardResult
+from app.engine.shards import BatchWork, Shard, ShardEvent, ShardResult, Wants
 from app.system.memory import collections_paused, settle_garbage_collector
 from app.system.processes import die_with_parent
 
@@ -34,7 +34,7 @@ def decode_shard(payload: bytes) -> Shard:
     events, wants, records, lookups = marshal.loads(payload)  # noqa: S302 (from the worker that started us)
     return Shard(
         [ShardEvent(*event) for event in events],
-        {slot: (whole, set()) for slot, whole in wants.items()},
+        {slot: Wants(whole, set()) for slot, whole in wants.items()},
         records,
         lookups,
     )

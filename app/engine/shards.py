@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -38,6 +38,13 @@ Changes = list[tuple[bytes, bytes | None]]  # (record key, value or None: delete
 Overlay = dict[Slot, Changes]  # what a batch changed per slot, before it is written locally
 
 
+class Wants(NamedTuple):
+    """What the worker reads for a (group, key) slot of a shard."""
+
+    whole: bool  # every record of the key (its features are read): one range read
+    buckets: set[int]  # else: the head and these buckets (those its events fall in)
+
+
 @dataclass
 class ShardEvent:
     stream: str
@@ -55,7 +62,7 @@ class Shard:
     events: list[ShardEvent] = field(default_factory=list)
     #: per slot: (whole: every record of the key, by range read; else the head and the buckets of
     #: ``buckets``) -- what the worker must read
-    wants: dict[Slot, tuple[bool, set[int]]] = field(default_factory=dict)
+    wants: dict[Slot, Wants] = field(default_factory=dict)
     #: per slot: {record key: stored value, None when absent} (filled by the worker)
     records: dict[Slot, dict[bytes, bytes | None]] = field(default_factory=dict)
     #: (lookup, key) -> the stored row (orjson) or None (filled by the worker)
@@ -108,12 +115,12 @@ class BatchWork:
         for group in work.groups:
             wanted = wants.get((group, raw_key))
             if wanted is None:
-                wanted = wants[group, raw_key] = (group in work.reads, set())
-            wanted[1].add(ts // plans[group].period_ms)  # the event's bucket
+                wanted = wants[group, raw_key] = Wants(group in work.reads, set())
+            wanted.buckets.add(ts // plans[group].period_ms)  # the event's bucket
         for group in work.reads:
             wanted = wants.get((group, raw_key))
-            if wanted is None or not wanted[0]:
-                wants[group, raw_key] = (True, set() if wanted is None else wanted[1])
+            if wanted is None or not wanted.whole:
+                wants[group, raw_key] = Wants(True, set() if wanted is None else wanted.buckets)
         for lookup in work.joins:
             shard.lookups[lookup, key] = None
         shard.events.append(event)

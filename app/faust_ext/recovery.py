@@ -44,6 +44,7 @@ from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP, ConsumerT
 
+from app.faust_ext.tables import FaustStateTable
 from app.kafka.changelog import restore
 from tables.restore import write_fetch
 
@@ -88,8 +89,10 @@ class HydrantRecovery(Recovery):
             ends = dict(self.active_highwaters)  # Faust's high watermark - 1: the last offset
             options = cast("HydrantApp", self.app).client_options
 
+            restored = {tp: FaustStateTable(table) for tp, table in tables.items()}
+
             def apply(tp: Any, records: list[Any]) -> None:
-                write_fetch(tables[tp], tp, records)
+                write_fetch(restored[tp], tp.partition, records)
 
             for tp, offset in (await restore(options, starts, ends, budget, apply)).items():
                 destination[tp] = offset
