@@ -1,21 +1,5 @@
-"""Bulk restore of table partitions from their changelogs, ahead of Faust's own recovery.
-
-Faust restores a changelog record by record through its whole stream machinery (fetcher, conductor,
-recovery queue, one event object per record): about 2,000 records/s on these machines. Hydrant's
-tables are raw bytes in RocksDB, so a changelog record *is* the RocksDB write: :func:`restore` reads
-each partition with its own group-less consumer in large fetches and writes one rocksdict
-``WriteBatch`` per partition per fetch, then the partition's persisted offset, exactly as Faust's
-``apply_changelog_batch`` would. It runs when Faust computes where recovery starts
-(``Recovery._build_offsets``), so Faust then finds nothing (or only the newest records) left to read.
-
-Only active partitions are restored this way (standbys catch up in the background after the worker
-is ready), each up to the high watermark Faust measured just before, so its consistency check
-(start offset never past the high watermark) holds; partitions with fewer than ``MIN_RECORDS`` to
-read are left to Faust. The records of one fetch are written before the offset that covers them,
-so a crash in between only makes the next recovery read some records again (the same writes).
-The restore gives up after ``budget_s`` (Faust waits at most its request timeout for this step);
-Faust's recovery then reads the rest.
-"""
+"""Bulk restore of active table partitions from their changelogs, run just before Faust's own recovery
+(which then reads what is left): one RocksDB write batch per fetch (docs/operations.md, recovery)."""
 
 from __future__ import annotations
 
@@ -43,9 +27,8 @@ async def restore(
     ends: Mapping[Any, int],
     budget_s: float,
 ) -> dict[Any, int]:
-    """Apply the changelog records of each partition in ``starts`` (Faust TPs: the last offset
-    already applied, None or -1 for none) up to the offset in ``ends`` (the last one to apply) to
-    its table in ``tables``; returns the last offset applied per partition that moved."""
+    """Apply each partition's changelog records after ``starts`` (last applied; None/-1: none) up to
+    ``ends`` (inclusive) to its table, within ``budget_s``; the last offset applied per partition moved."""
     todo = {tp: start for tp, start in starts.items() if ends.get(tp, -1) - _first(start) + 1 >= MIN_RECORDS}
     if not todo:
         return {}
