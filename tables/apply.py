@@ -46,10 +46,8 @@ def apply_event(
     source: str,
     offset: int,
 ) -> Outcome:
-    """Apply one event to a key's state: 'applied', 'duplicate' (this source offset was applied to
-    its bucket before) or 'late' (dropped; the caller dead-letters it). ``chosen`` comes from
-    :func:`choose`. Events of one source partition arrive in offset order, so the highest applied
-    offset per source partition in a bucket tells which of its events that bucket already holds."""
+    """Apply one event (``chosen``: from :func:`choose`) to a key's state: 'applied', 'duplicate' (its
+    source offset is already in the bucket or head) or 'late' (dropped; the caller dead-letters it)."""
     processed = state.processed
     if processed.get(source, -1) >= offset:
         return "duplicate"
@@ -129,6 +127,8 @@ def _update(agg: AggState | None, value: Any, time_ms: int, plan: AggregationPla
 
 
 def add_distinct(distinct: list[int] | str, h: int) -> list[int] | str:
+    """``distinct`` (exact hash list, or base64 HLL sketch) with hash ``h`` added; a sketch past
+    ``EXACT_DISTINCT`` hashes. May change the list in place."""
     if isinstance(distinct, list):
         if h in distinct:
             return distinct

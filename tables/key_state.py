@@ -17,14 +17,8 @@ UNREAD: Any = object()  # KeyState._buckets: not looked up yet
 
 
 class KeyState:
-    """One key's head and the buckets touched so far, with what changed since the last
-    :meth:`changes`. The stored buckets are a bitmask (an int) anchored at the newest bucket n:
-    bit i is bucket n - i, for i < R.
-
-    Records are read through ``load`` (a table get), the head at once and each bucket when first
-    needed (an event touches one); or, given ``scan``, all of the key's records in one range read
-    (a feature read needs every bucket of its widest window: one seek instead of one get per
-    bucket), each bucket decoded when first needed."""
+    """One key's head and the buckets touched so far, with what changed since the last :meth:`changes`;
+    records come through ``load`` (head now, buckets on demand) or all at once from ``scan``."""
 
     __slots__ = (
         "_buckets",
@@ -74,7 +68,7 @@ class KeyState:
             rest = record_key[size:]
             if not rest:
                 head = value
-            elif rest.isdigit() or (rest[:1] == b"-" and rest[1:].isdigit()):  # -?[0-9]+, 5x a regex
+            elif rest.isdigit() or (rest[:1] == b"-" and rest[1:].isdigit()):  # -?[0-9]+, without a regex
                 buckets[int(rest)] = value
         return head, buckets
 
@@ -102,14 +96,17 @@ class KeyState:
         return found
 
     def stored_buckets(self) -> list[int]:
+        """Every stored bucket number, ascending."""
         n = self.newest
         return [] if n is None else self.stored(n - self._retention + 1, n)
 
     def is_stored(self, number: int) -> bool:
+        """Whether bucket ``number`` is stored (the head lists it)."""
         n = self.newest
         return n is not None and 0 <= n - number < self._retention and bool(self.mask >> (n - number) & 1)
 
     def bucket(self, number: int) -> Bucket | None:
+        """Bucket ``number`` as decoded and cached (None: not stored)."""
         record = self._buckets.get(number, UNREAD)
         if record is UNREAD:
             record = self._decoded(number) if self.is_stored(number) else self._cache(number, None)

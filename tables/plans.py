@@ -1,6 +1,5 @@
-"""Feature-group plans: a group's aggregations ready to run (streams, filters, windows in buckets,
-bucket arithmetic) and the canonical state fields each op keeps. Pure, no I/O; see
-docs/state-format.md for how these fields are stored."""
+"""Feature-group plans: a group's aggregations ready to run (streams, filters, windows in buckets) and
+the canonical state fields each op keeps (docs/state-format.md). Pure."""
 
 from __future__ import annotations
 
@@ -109,6 +108,7 @@ class GroupPlan:
 
     @classmethod
     def from_spec(cls, name: str, spec: FeatureGroupSpec) -> GroupPlan:
+        """The plan of feature group ``name`` of a validated spec."""
         period = spec.period_ms
         aggs = tuple(
             AggregationPlan(
@@ -128,11 +128,14 @@ class GroupPlan:
         return cls(name, spec.key, period, spec.retention_ms // period, aggs, by_stream)
 
     def bucket(self, time_ms: int) -> int:
+        """b(t): the bucket number of an event time."""
         return time_ms // self.period_ms
 
     def feature_names(self) -> list[str]:
+        """``<aggregation>_<op>_<window>`` of every feature, in spec order."""
         return list(self._written)
 
 
 def group_plans(pipeline: Pipeline) -> dict[str, GroupPlan]:
+    """Every feature group's plan, by name."""
     return {name: GroupPlan.from_spec(name, spec) for name, spec in pipeline.features.items()}

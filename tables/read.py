@@ -32,8 +32,8 @@ from tables.state_format import AGGREGATIONS, HLL_LG_K, LAYOUT, AggState, conver
 
 @dataclass
 class MergedWindow:
-    """A window's merge of bucket states given with all twelve canonical fields (app/offline builds
-    them so); the worker's reads merge states in their layout with :func:`_window_results`."""
+    """A window's merge of bucket states given with all twelve canonical fields (as app/tools/offline
+    builds them); the worker's reads merge states in their layout with :func:`_window_results`."""
 
     count: int = 0
     sum: float = 0.0
@@ -48,6 +48,7 @@ class MergedWindow:
     sketches: list[str] = field(default_factory=list)
 
     def add(self, agg: AggState) -> None:
+        """Merge in the next bucket's state (buckets in ascending order)."""
         n_a, n_b = self.count, agg[COUNT]
         total = n_a + n_b
         if n_a == 0:
@@ -71,9 +72,11 @@ class MergedWindow:
             self.sketches.append(agg[DISTINCT])
 
     def distinct(self) -> int:
+        """The number of distinct values (exact, or the HLL union's estimate)."""
         return _distinct_count(self.hashes, self.sketches)
 
     def result(self, op: str) -> Any:
+        """The window's value of ``op`` (None for an empty window, except count/sum/distinct)."""
         if op == "count":
             return self.count
         if op == "distinct":
@@ -231,9 +234,8 @@ def read_features(
 def outside_retention(
     plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | None = None
 ) -> bool:
-    """docs/product.md: a window W at T needs buckets from b(T) - W/P + 1; when that is <= n - R, those
-    buckets may be gone and the answer would be wrong. Checked for the largest window among the
-    features asked for (all of the group's when ``names`` is None)."""
+    """Whether a feature asked for (all when ``names`` is None) needs buckets at or below n - R at
+    ``at_ms``, which may be deleted (docs/product.md): the API answers 422 then."""
     newest = state.newest
     if newest is None:
         return False

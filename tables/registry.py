@@ -19,10 +19,12 @@ TableFactory = Callable[[str, str], StateTable]
 
 
 def feature_table_name(group: str) -> str:
+    """The table name of feature group ``group``."""
     return f"features-{group}"
 
 
 def lookup_table_name(lookup: str) -> str:
+    """The table name of lookup ``lookup``."""
     return f"lookup-{lookup}"
 
 
@@ -36,6 +38,7 @@ class StateTables:
 
     @classmethod
     def build(cls, pipeline: Pipeline, make_table: TableFactory) -> StateTables:
+        """Every table of ``pipeline``, each made by ``make_table``."""
         plans = group_plans(pipeline)
         features = {
             group: make_table(feature_table_name(group), f"Window state of feature group {group!r}")

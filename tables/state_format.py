@@ -1,6 +1,5 @@
-"""The stored form of a key's window state: record keys (head, buckets), the bucket record layout,
-value hashes for distinct, and the conversion of buckets written in earlier formats or layouts.
-docs/state-format.md describes the format and why it is so."""
+"""The stored form of a key's window state (docs/state-format.md): record keys, the bucket record layout,
+value hashes for distinct, and the conversion of buckets in earlier formats or layouts."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ Bucket = list[Any]
 AGGREGATIONS, LAYOUT, OFFSETS = range(3)
 
 EXACT_DISTINCT = 128  # per bucket; beyond it a bucket keeps a sketch instead of the hashes
-HLL_LG_K = 14  # relative standard error ~0.8 %; 8 KiB per dense bucket sketch
+HLL_LG_K = 14  # HyperLogLog precision of a bucket's sketch (docs/state-format.md)
 logger = logging.getLogger(__name__)
 
 
@@ -31,10 +30,12 @@ def value_hash(value: Any) -> int:
 
 
 def head_key(key: bytes) -> bytes:
+    """The record key of ``key``'s head: ``<key>\\0``."""
     return key + b"\x00"
 
 
 def bucket_key(key: bytes, bucket: int) -> bytes:
+    """The record key of one of ``key``'s buckets: ``<key>\\0<bucket number>``."""
     return b"%b\x00%d" % (key, bucket)
 
 

@@ -69,16 +69,8 @@ def local_keys(table: StateTable, partition: int) -> Iterator[tuple[bytes, bytes
 
 
 class StateWriter:
-    """One batch's table writes: each record goes into the local RocksDB partition (one write batch
-    per table partition) and to the table's changelog, and :meth:`delivered` waits until the broker
-    has every changelog record before the agent lets Faust acknowledge the batch's source events.
-
-    Why not ``table[key] = value``: Faust queues that changelog record in its producer buffer, and a
-    commit flushes the buffer with a 0.1 s wait that may return with records still queued. A source
-    offset could then be committed before the state it produced was in the changelog, and a worker
-    taking the partition over (rebalance, crash) would restore the state without the event and never
-    see the event again. Here a source offset is committed only after its state records are acked.
-    """
+    """One batch's table writes, to the local RocksDB partitions (one write batch each) and the tables'
+    changelogs; :meth:`delivered` returns once the broker has every changelog record (docs/operations.md)."""
 
     def __init__(self, producer: Any, on_write: Callable[[str, int], None] | None = None) -> None:
         self._producer = producer  # an AIOKafkaProducer, started
@@ -127,16 +119,14 @@ class StateWriter:
         await self.acked()
 
     async def send(self) -> None:
-        """Apply the writes locally (:meth:`commit_local`) and hand every changelog record to the
-        producer, as whole record batches in write order per partition. A later writer's records
-        follow these on each partition."""
+        """:meth:`commit_local`, then hand every changelog record to the producer, in write order per
+        partition (a later writer's records follow these)."""
         self.commit_local()
         self._sent = await self._changelog.send(self._producer)
 
     async def acked(self) -> None:
-        """Wait until the broker has every changelog record :meth:`send` handed over, then record the
-        highest changelog offset per partition as persisted (so a restart with the same data dir
-        replays the changelog only from there)."""
+        """Wait until the broker has every record :meth:`send` handed over, then persist the highest
+        changelog offset per partition still active here (a restart replays only from there)."""
         sent, self._sent = self._sent, []
         results = await asyncio.gather(*(batch.future for batch in sent))
         persisted: dict[tuple[int, Any], tuple[StateTable, int]] = {}
@@ -149,9 +139,8 @@ class StateWriter:
                 persisted[slot] = (table, last)
         for (_, tp), (table, offset) in persisted.items():
             if not table.serves(tp.partition):
-                # Written while the partition moved away (a batch that straddled a revocation):
-                # another worker may own records before this offset that this one never applied,
-                # so the next recovery must not start after them.
+                # Written after the partition moved away: another worker may own earlier records this
+                # one never applied, so the next recovery must not start after them.
                 logger.warning(
                     "changelog %s[%d] written at offset %d while not active here; persisted offset kept",
                     tp.topic,

@@ -57,6 +57,7 @@ def parse_at(value: int | str | None) -> int:
 
 
 def feature_names(ctx: ApiContext, group: str, names: list[str] | None) -> frozenset[str] | None:
+    """The requested features of ``group`` (None: all); BadRequest ``unknown_feature``."""
     try:
         return select_features(ctx.tables.plans[group], names)
     except UnknownFeature as exc:
@@ -64,10 +65,12 @@ def feature_names(ctx: ApiContext, group: str, names: list[str] | None) -> froze
 
 
 def split_names(text: str | None) -> list[str] | None:
+    """A comma-separated list of names (None when empty)."""
     return [name.strip() for name in text.split(",") if name.strip()] if text else None
 
 
 def unknown_group(ctx: ApiContext, group: str) -> web.Response:
+    """404 ``unknown_group``, naming the groups there are."""
     groups = ", ".join(ctx.tables.plans)
     return error_response(404, "unknown_group", f"no feature group {group!r} (groups: {groups})")
 
@@ -84,7 +87,7 @@ def validation_message(exc: ValidationError) -> str:
 def answer_locally(
     ctx: ApiContext, group: str, key: str, at: int, names: frozenset[str] | None
 ) -> dict[str, Any]:
-    """One key's batch result from this process's state."""
+    """One key's batch result from this process's state (the caller checked that it holds the key)."""
     raw_key = key.encode("utf-8")
     plan = ctx.tables.plans[group]
     db = ctx.placement.database(ctx.tables.features[group], partition_for(raw_key, ctx.partitions))
@@ -97,6 +100,7 @@ def answer_locally(
 
 
 def retention_error(group: str, at: int) -> dict[str, str]:
+    """The ``outside_retention`` error of a key of ``group`` at ``at``."""
     return {
         "code": "outside_retention",
         "message": f"at={at} needs buckets older than the retention of group {group!r} for this key",

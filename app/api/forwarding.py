@@ -23,6 +23,7 @@ FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 def is_forwarded(request: web.Request) -> bool:
+    """Whether another worker forwarded ``request`` (it must then be answered here or 503)."""
     return FORWARDED in request.headers
 
 

@@ -1,8 +1,5 @@
-"""What every HTTP request goes through, on Faust's aiohttp server: metrics, auth, JSON errors.
-
-The middlewares are given to aiohttp's Application when the App is built (``web_application_options``
-in app/faust_ext/app.py), so they wrap every route — Hydrant's views and aiohttp's own 404/405/413 answers.
-"""
+"""What every HTTP request goes through: metrics, bearer auth, JSON errors (aiohttp middlewares that wrap
+every route, aiohttp's own 404/405/413 answers included; app/faust_ext/app.py installs them)."""
 
 from __future__ import annotations
 
@@ -22,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-MAX_BODY_BYTES = 1024 * 1024  # a 1,000-key batch of 256-character keys is ~260 KiB
+MAX_BODY_BYTES = 1024 * 1024  # room for a full batch (1,000 keys of 256 characters)
 PROTECTED_PREFIXES = ("/features", "/tables", "/pipeline")
 JSON = "application/json"
 
@@ -36,7 +33,7 @@ def error_response(
 
 
 def route_label(request: web.Request) -> str:
-    """The route template (``/features/{group}/{key}``), never the raw path: bounded labels."""
+    """The route template (``/features/{group}/{key}``; ``unmatched``), never the raw path: bounded labels."""
     route = request.match_info.route
     resource = route.resource if route is not None else None
     return resource.canonical if resource is not None else "unmatched"

@@ -1,9 +1,5 @@
-"""`GET /openapi.json`: the OpenAPI 3.1 document of the whole HTTP API.
-
-Request and answer schemas come from the pydantic models the views validate with (app/api/models.py);
-this module lists the routes, their parameters and every status each can answer, next to one another
-so the document and the server are read (and changed) together.
-"""
+"""`GET /openapi.json`: the OpenAPI 3.1 document of the HTTP API: routes, parameters and statuses listed
+here, schemas from the pydantic models that validate requests (app/api/models.py)."""
 
 from __future__ import annotations
 
@@ -53,10 +49,12 @@ ERRORS = {
 
 
 def ref(model: type[BaseModel]) -> dict[str, str]:
+    """A JSON-schema reference to ``model`` among the document's components."""
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
 def json_body(model: type[BaseModel], description: str) -> dict[str, Any]:
+    """An OpenAPI response or body object: ``model`` as JSON."""
     return {"description": description, "content": {JSON: {"schema": ref(model)}}}
 
 
@@ -111,6 +109,8 @@ def operation(
     body: dict[str, Any] | None = None,
     protected: bool = True,
 ) -> dict[str, Any]:
+    """One OpenAPI operation: 200 ``ok``, the ``errors`` statuses, bearer security when ``token`` and
+    ``protected``."""
     responses: dict[str, Any] = {"200": ok}
     for status in errors:
         if status == 401 and not protected:
@@ -127,6 +127,7 @@ def operation(
 
 
 def feature_paths(ctx: ApiContext, group: str) -> dict[str, Any]:
+    """The paths of feature group ``group`` (one key, batch)."""
     names = ctx.tables.plans[group].feature_names()
     narrow = {"features": {"type": "string", "pattern": names_pattern(names)}}
     return {
@@ -152,6 +153,7 @@ def feature_paths(ctx: ApiContext, group: str) -> dict[str, Any]:
 
 
 def table_paths(ctx: ApiContext, name: str) -> dict[str, Any]:
+    """The paths of table ``name`` (scan; one row for a lookup)."""
     scan_ok = {
         "description": "The table's rows across every worker, in key order.",
         "content": {
@@ -185,10 +187,12 @@ def table_paths(ctx: ApiContext, name: str) -> dict[str, Any]:
 
 
 def open_operation(summary: str, ok: dict[str, Any], errors: tuple[int, ...] = ()) -> dict[str, Any]:
+    """A GET operation that needs no token."""
     return {"get": operation(False, summary, ok, errors, protected=False)}
 
 
 def document(ctx: ApiContext) -> dict[str, Any]:
+    """The OpenAPI document of ``ctx``'s pipeline."""
     paths: dict[str, Any] = {}
     for group in ctx.tables.plans:
         paths.update(feature_paths(ctx, group))

@@ -50,6 +50,7 @@ class Placement:
         raise NotImplementedError
 
     def own_url(self) -> str:
+        """Base URL other workers reach this one at."""
         raise NotImplementedError
 
     def database(self, table: Any, partition: int) -> Any:

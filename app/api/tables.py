@@ -28,12 +28,14 @@ YIELD_EVERY = 500  # rows scanned between giving the event loop back to other re
 
 
 def table_columns(ctx: ApiContext, name: str) -> list[str]:
+    """``key`` then the lookup's fields or the group's features, in spec order."""
     if name in ctx.tables.lookups:
         return ["key", *ctx.pipeline.lookups[name].fields]
     return ["key", *ctx.tables.plans[name].feature_names()]
 
 
 def unknown_table(ctx: ApiContext, name: str) -> web.Response:
+    """404 ``unknown_table``, naming the tables there are."""
     known = ", ".join(ctx.tables.all())
     return error_response(404, "unknown_table", f"no table {name!r} (lookups and feature groups: {known})")
 

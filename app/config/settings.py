@@ -190,8 +190,7 @@ def get_settings() -> Settings:
 
 
 def worker_socket(data_dir: Path) -> Path:
-    """The Unix socket of the worker's own web server when a serving process owns the public port:
-    in the temp dir (a socket path must stay under ~100 bytes), named after the data dir (one worker
-    per data dir)."""
+    """The Unix socket of the worker's own web server when serving processes own the public port: in
+    the temp dir (socket paths must be short), one per data dir."""
     digest = hashlib.sha1(str(data_dir.resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"hydrant-{digest}.sock"

@@ -1,19 +1,5 @@
-"""What a worker tells its serving process (app/serving/process.py), through two files in the data dir.
-
-- ``serving/status.json``: readiness, this worker's URL, and per feature table the partitions it
-  holds active (with their RocksDB paths) and the URL of every partition's owner. Rewritten whole
-  (write, then rename) whenever it changes.
-- ``serving/counters``: a small shared memory map of 64-bit integers. Slot 0 counts status
-  rewrites; slot 1 is the worker's heartbeat (monotonic milliseconds, system-wide on Linux); then
-  one slot per feature table partition, counting the RocksDB write batches applied to it.
-
-The serving process reads a partition from a RocksDB *secondary* instance. Catching one up with
-the primary costs ~1 ms, so it does so only when that partition's counter moved since its last
-catch-up: a read that starts after the worker applied a batch sees that batch, and an idle
-partition costs nothing. A stale heartbeat (the worker's event loop frozen or the process stopped)
-makes the serving process answer 503 instead of reading state that another worker may have moved
-on from.
-"""
+"""What a worker tells its serving processes (app/serving/process.py), through two files in its data
+dir: ``serving/status.json`` (:class:`Status`) and ``serving/counters`` (shared int64 slots); docs/api.md."""
 
 from __future__ import annotations
 
@@ -33,6 +19,7 @@ SLOT_BYTES = 8  # a ctypes int64 each: one aligned 8-byte store or load, never s
 
 
 def monotonic_ms() -> int:
+    """Monotonic clock in milliseconds (system-wide on Linux: comparable across processes)."""
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000_000
 
 
@@ -99,9 +86,11 @@ class Bulletin:
         self._published: bytes | None = None
 
     def slot(self, table: str, partition: int) -> int:
+        """The counter slot of ``partition`` of ``table`` (KeyError for an unknown one)."""
         return self._slots[(table, partition)]
 
     def read(self, slot: int) -> int:
+        """The current value of counter ``slot``."""
         return int(self._counters[slot])
 
     def _bump(self, slot: int) -> None:
@@ -116,6 +105,7 @@ class Bulletin:
             self._bump(slot)
 
     def beat(self) -> None:
+        """Set the heartbeat to now."""
         self._counters[HEARTBEAT_SLOT] = monotonic_ms()
 
     def publish(self, status: Status) -> None:
@@ -132,10 +122,12 @@ class Bulletin:
     # --- the serving process's side ---
 
     def heartbeat_age_ms(self) -> int:
+        """Milliseconds since the worker's last beat (huge when it never beat)."""
         beat = self.read(HEARTBEAT_SLOT)
         return monotonic_ms() - beat if beat else 1 << 62
 
     def load_status(self) -> Status:
+        """The last published status (a not-ready one before the first)."""
         try:
             return Status.from_json(self.status_path.read_bytes())
         except FileNotFoundError:
@@ -147,6 +139,7 @@ class Bulletin:
 
 
 def bulletin_dir(data_dir: Path) -> Path:
+    """The directory of the bulletin's files in a worker's data dir."""
     return data_dir / "serving"
 
 
@@ -160,4 +153,5 @@ def metrics_dir(data_dir: Path) -> Path:
 
 
 def open_bulletin(data_dir: Path, tables: list[str], partitions: int, create: bool) -> Bulletin:
+    """The bulletin of the worker of ``data_dir``; ``create`` (the worker only) starts it afresh."""
     return Bulletin(bulletin_dir(data_dir), tables, partitions, create)

@@ -1,21 +1,5 @@
-"""The serving process: feature reads on their own core, beside the worker that computes them.
-
-A worker's event loop runs its agents; an HTTP request answered on that loop waits behind whatever
-batch is being processed, and shares one core (one GIL) with it. So ``hydrant worker`` starts this
-process (agents/serving_process.py) and moves its own web server to a Unix socket:
-
-- this process owns the public port (``HYDRANT_WEB_HOST``/``HYDRANT_WEB_PORT``);
-- it answers ``GET /features/{group}/{key}`` and ``POST /features/{group}`` itself, with the same
-  code as the worker (app/api/features.py), reading each table partition from a RocksDB secondary
-  instance of the worker's database, caught up whenever the worker has written to it since
-  (app/serving/bulletin.py), so a read that starts after a batch was applied sees it;
-- readiness and ownership come from the worker's bulletin; keys of other workers are forwarded to
-  their public URL, as the worker would;
-- every other request (tables, pipeline, health, readiness, metrics, OpenAPI) is passed to the
-  worker's own web server unchanged; ``/metrics`` adds this process's request counts to the worker's.
-
-    python -m app.serving.process       (started by the worker, which it never outlives)
-"""
+"""The serving process (``python -m app.serving.process``, the worker's child): feature reads from RocksDB
+secondaries on the public port; every other request passed to the worker (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -81,6 +65,7 @@ class Secondaries:
         self._seen: dict[tuple[str, int], tuple[int, int]] = {}  # counter, monotonic ms at catch-up
 
     def refresh(self, status: Status) -> None:
+        """Close the secondaries of partitions ``status`` no longer lists at the same path."""
         for slot, (path, db) in list(self._dbs.items()):
             table, partition = slot
             if status.active.get(table, {}).get(partition) != path:
@@ -89,14 +74,14 @@ class Secondaries:
         self._seen.clear()  # after any change of status, catch every partition up on its next read
 
     def get(self, table: str, partition: int, path: str) -> rocksdict.Rdict:
+        """The secondary of ``partition`` of ``table`` at ``path``, caught up if the worker wrote to it
+        since its last catch-up (or more than a second ago)."""
         slot = (table, partition)
         entry = self._dbs.get(slot)
         if entry is None:
             options = rocksdict.Options(raw_mode=True)
             options.set_max_open_files(-1)  # what RocksDB asks of secondaries
-            # ...which makes every catch-up that sees a new file start 16 threads to open tables
-            # (~2 ms); one opener: ~0.05 ms.
-            options.set_max_file_opening_threads(1)
+            options.set_max_file_opening_threads(1)  # else each catch-up seeing a new file starts 16
             scratch = self._scratch / f"{table}-{partition}"
             scratch.mkdir(parents=True, exist_ok=True)
             db = rocksdict.Rdict(
@@ -157,6 +142,7 @@ class BulletinPlacement(Placement):
         self.status = Status()
 
     def current(self) -> Status:
+        """The worker's last published status (reloaded when its version moved)."""
         version = self._bulletin.read(STATUS_SLOT)
         if version != self._version:
             self.status = self._bulletin.load_status()
@@ -271,15 +257,17 @@ class Server:
         self.web.router.add_route("*", "/{path:.*}", self.pass_on, name=PASS_ON_NAME)
 
     async def lookup_one(self, request: web.Request) -> web.Response:
+        """``GET /features/{group}/{key}``, as app.api.features.lookup_one answers it."""
         info = request.match_info
         return await lookup_one(request, self.ctx, info["group"], info["key"])
 
     async def lookup_batch(self, request: web.Request) -> web.Response:
+        """``POST /features/{group}``, as app.api.features.lookup_batch answers it."""
         return await lookup_batch(request, self.ctx, request.match_info["group"])
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
-        """Not ready: the worker's reason, from the bulletin (also while the worker's own web
-        server is not up yet); ready: the worker's own answer (with its partitions)."""
+        """Not ready: 503 with the worker's reason from the bulletin (also before the worker's web
+        server is up); ready: the worker's own ``/readyz`` answer."""
         status = self.placement.current()
         if not status.ready:
             return Unavailable("not_ready", status.reason).response()
@@ -287,7 +275,8 @@ class Server:
         return await self.pass_on(request)
 
     async def pass_on(self, request: web.Request) -> web.StreamResponse:
-        """Hand the request to the worker's web server and its answer back, unchanged."""
+        """Hand the request to the worker's web server and its answer back, unchanged; 503
+        ``worker_unavailable`` when the worker does not answer."""
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"host"}}
         body = await request.read()
         try:
@@ -316,6 +305,7 @@ class Server:
 
 
 async def serve(bulletin: Bulletin, settings: Settings) -> None:
+    """Answer on the worker's port until SIGTERM/SIGINT or until the worker exits."""
     server = Server(bulletin, settings)
     runner = web.AppRunner(server.web, access_log=None)
     await runner.setup()
@@ -353,6 +343,7 @@ async def serve(bulletin: Bulletin, settings: Settings) -> None:
 
 
 def main() -> None:
+    """Entry point of ``python -m app.serving.process``: settings from the worker's environment."""
     settings = get_settings()
     logging.basicConfig(
         level=settings.log_level,
@@ -363,7 +354,7 @@ def main() -> None:
     names = [table.name for table in tables.features.values()]
     bulletin = open_bulletin(settings.data_dir, names, settings.partitions, create=False)
     try:
-        uvloop.run(serve(bulletin, settings))  # libuv's loop: about half the per-request cost of asyncio's
+        uvloop.run(serve(bulletin, settings))  # libuv's loop: cheaper per request than asyncio's
     finally:
         bulletin.close()
 

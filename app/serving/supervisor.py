@@ -1,6 +1,5 @@
-"""The worker's side of its serving processes: starts them (before Faust, so the port answers 503
-with the reason while the worker recovers), restarts one that exits, and every 10 ms beats the
-heartbeat and publishes the status they answer from (app/serving/bulletin.py)."""
+"""The worker's side of its serving processes: starts them before Faust, restarts one that exits, and
+keeps their bulletin (app/serving/bulletin.py) current: heartbeat and status every ``PUBLISH_EVERY_S``."""
 
 from __future__ import annotations
 
@@ -38,6 +37,7 @@ class ServingSupervisor:
         self._own_url: str | None = None
 
     def start(self) -> None:
+        """Create the bulletin and start the processes (once; nothing when they are disabled)."""
         settings = self.settings
         if not settings.serving_process or self.procs:
             return
@@ -115,5 +115,6 @@ class ServingSupervisor:
             await asyncio.to_thread(self.stop)
 
     def stop(self) -> None:
+        """Stop every serving process (SIGTERM, then SIGKILL after 10 s)."""
         for proc in self.procs:
             stop(proc, 10.0)

@@ -31,6 +31,7 @@ EXIT_SIGINT = 130
 
 
 def configure_logging(level: str) -> None:
+    """Log to stderr at ``level``."""
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -439,6 +440,7 @@ class DevSession:
         self.stop_event.set()
 
     async def run(self) -> int:
+        """Start everything, wait for a signal or a failure, stop everything; the exit code."""
         from app.kafka.broker import EmbeddedBroker
         from app.kafka.clients import create_pipeline_topics
         from app.system.processes import spawn, stop
@@ -525,6 +527,7 @@ class DevSession:
 
 
 def main() -> None:
+    """Entry point of the ``hydrant`` command."""
     cli()
 
 

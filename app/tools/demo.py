@@ -24,10 +24,12 @@ PAGES = ("/", "/search", "/cart", "/checkout", "/product", "/account")
 
 
 def demo_user(rng: random.Random, user_id: str) -> dict[str, Any]:
+    """A random user row (the users lookup)."""
     return {"user_id": user_id, "country": rng.choice(COUNTRIES), "segment": rng.choice(SEGMENTS)}
 
 
 def demo_order(rng: random.Random, user_id: str, n: int, now_ms: int) -> dict[str, Any]:
+    """A random order event at ``now_ms``."""
     return {
         "user_id": user_id,
         "order_id": f"o-{n}",
@@ -39,6 +41,7 @@ def demo_order(rng: random.Random, user_id: str, n: int, now_ms: int) -> dict[st
 
 
 def demo_click(rng: random.Random, user_id: str, now_ms: int) -> dict[str, Any]:
+    """A random click event at ``now_ms``."""
     return {"user_id": user_id, "page": rng.choice(PAGES), "ts": now_ms}
 
 
@@ -65,10 +68,8 @@ async def run_demo(
     rate: float = 50.0,
     seed: int = 7,
 ) -> int:
-    """Publish ``users`` users, then orders and clicks at about ``rate`` events/s until ``stop``.
-
-    Returns how many stream events were sent. Keys are the user ids (UTF-8), as PRODUCT.md requires.
-    """
+    """Publish ``users`` users, then orders and clicks at about ``rate`` events/s until ``stop``, keyed
+    by user id (UTF-8, docs/product.md); returns how many stream events were sent."""
     users_topic, orders_topic, clicks_topic = demo_topics(pipeline)
     rng = random.Random(seed)  # noqa: S311 - demo data, not security
     ids = [f"u{i:04d}" for i in range(users)]

@@ -1,6 +1,5 @@
-"""Files of events as pandas DataFrames, shared by `hydrant produce` and `hydrant compute`:
-CSV / Parquet / JSONL reading, event times as the worker reads them, rows as JSON records, and
-event-time order."""
+"""Event files as pandas DataFrames, for `hydrant produce` and `hydrant compute`: CSV / Parquet / JSONL
+reading, event times read as the worker reads them, rows as JSON records, event-time order."""
 
 from __future__ import annotations
 
@@ -60,8 +59,7 @@ def read_table(path: Path, fmt: str | None = None) -> pd.DataFrame:
 
 
 def encode_rows(frame: pd.DataFrame, key: str | None) -> tuple[list[bytes | None], list[bytes]]:
-    """(keys, JSON values) for every row (NaN -> null, datetimes -> epoch ms). Floats are written
-    with orjson's shortest round-trip form, so a consumer reads back exactly the file's values.
+    """(keys, JSON values) for every row (NaN -> null, datetimes -> epoch ms, floats round-trip exact);
     InputFileError when the key column is missing."""
     if key is not None and key not in frame.columns:
         raise InputFileError(f"key column {key!r} not found; columns: {', '.join(map(str, frame.columns))}")
@@ -117,9 +115,8 @@ def _key_text(value: Any) -> str:
 
 
 def time_to_ms(column: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(epoch ms as int64, valid mask) the way the worker reads a time field: numbers are epoch ms
-    (truncated like ``int()``), strings ISO-8601 through :func:`app.records.decode.event_time_ms` (once per
-    distinct string), datetimes as `hydrant produce` sends them (floor to ms)."""
+    """(epoch ms as int64, valid mask) as the worker reads a time field: numbers truncated like ``int()``,
+    strings by :func:`app.records.decode.event_time_ms`, datetimes floored to ms (as `hydrant produce`)."""
     n = len(column)
     if pd.api.types.is_datetime64_any_dtype(column):
         zero = pd.Timestamp(0, tz=column.dt.tz)

@@ -26,6 +26,8 @@ _CHUNK = 5_000  # records per send while producing a file
 
 @dataclass(frozen=True)
 class ProduceSummary:
+    """What a `hydrant produce` run sent, for its summary line."""
+
     topic: str
     records: int
     without_key: int
@@ -33,6 +35,7 @@ class ProduceSummary:
     skipped: int = 0  # rows an earlier run of the same checkpoint already delivered
 
     def line(self) -> str:
+        """The one-line summary printed at the end."""
         rate = self.records / self.seconds if self.seconds > 0 else float("inf")
         extra = f", {self.without_key} without a key" if self.without_key else ""
         if self.skipped:
@@ -51,11 +54,8 @@ async def produce_file(
     order_by: str | None = None,
     checkpoint: Path | None = None,
 ) -> ProduceSummary:
-    """Send every row of the file to ``topic``; returns the summary after every record is acknowledged.
-
-    ``order_by``: send in event-time order of that column. ``checkpoint``: a resumable run (see
-    :class:`Checkpoint`): rows already delivered by an earlier run with the same checkpoint are not
-    sent again, so an interrupted run restarted delivers every row exactly once."""
+    """Send every row of the file to ``topic`` (in event-time order of ``order_by``; resumable with a
+    ``checkpoint``); returns the summary once every record is acknowledged."""
     frame = read_table(path, fmt)
     if order_by is not None:
         frame = order_by_time(frame, order_by)
@@ -106,17 +106,8 @@ ROW_HEADER = "hydrant-produce-row"
 
 @dataclass
 class Checkpoint:
-    """A resumable `hydrant produce` run, kept in a small JSON file (rewritten atomically).
-
-    Every record of the run carries the headers ``hydrant-produce-run`` (the run's id) and
-    ``hydrant-produce-row`` (the row's number in sending order). The file records ``acked``: every
-    row below it is delivered (acknowledged by the broker, or found in the topic); ``offsets``: per
-    partition the highest offset of those rows; ``start``: per partition a lower bound of the end
-    offset when the run began. Rows at or above ``acked`` may have been delivered without their
-    acknowledgement reaching the file (the process was killed): a resumed run reads each partition
-    from after ``offsets`` (or from ``start``) and skips the rows of its run it finds there, then
-    sends the rest. Each partition's records follow sending order, so nothing before that point can
-    belong to a row at or above ``acked``."""
+    """A resumable `hydrant produce` run, kept in a JSON file rewritten atomically; a resumed run sends
+    only the rows not found delivered (fields and protocol: docs/offline.md, `hydrant produce`)."""
 
     path: Path
     topic: str
@@ -134,6 +125,7 @@ class Checkpoint:
     def open(
         cls, path: Path, topic: str, source: Path, rows: int, key: str | None, order_by: str | None
     ) -> Checkpoint:
+        """The checkpoint at ``path``, or a new run; InputFileError when it belongs to another run."""
         if path.exists():
             try:
                 data = orjson.loads(path.read_bytes())
@@ -153,9 +145,11 @@ class Checkpoint:
         return cls(path, topic, str(source), rows, key, order_by, uuid.uuid4().hex, 0, {}, None)
 
     def headers(self, row: int) -> list[tuple[str, bytes]]:
+        """The record headers of ``row``: the run id and the row number."""
         return [(RUN_HEADER, self.run.encode()), (ROW_HEADER, str(row).encode())]
 
     def save(self) -> None:
+        """Rewrite the file atomically (write, then rename)."""
         data = {
             "topic": self.topic, "source": self.source, "rows": self.rows, "key": self.key,
             "order_by": self.order_by, "run": self.run, "acked": self.acked, "offsets": self.offsets,
@@ -193,9 +187,7 @@ class Checkpoint:
             await consumer.stop()
         done = set(self.found) | {row for row, _, _ in found}
         todo = [i for i in range(self.acked, self.rows) if i not in done]
-        # Rows below the first one still missing are all delivered now. Only their offsets may move
-        # the scan's starting point; delivered rows above it are remembered by number instead, since
-        # a later scan starting past them would not see them again.
+        # Only rows below the first missing one move the scan's start; those above are kept by number.
         acked = todo[0] if todo else self.rows
         self.found = sorted(row for row in done if row >= acked)
         self.acknowledged(acked, [(p, o) for row, p, o in found if row < acked])

@@ -1,10 +1,5 @@
-"""Offline features: `hydrant compute` — the worker's window features from files, with pandas.
-
-events.py reads and types the inputs and drops what the worker drops (late events, failing `where`
-filters, bad records); states.py builds bucket states and merges windows, vectorized and
-bit-identical to tables/apply.py and tables/read.py; compute.py answers `--at` and point-in-time
-`--labels` queries.
-"""
+"""Offline features, `hydrant compute`: the worker's window features from files, with pandas (events.py:
+inputs and lateness; states.py: bucket states and windows; compute.py: queries). docs/offline.md."""
 
 from app.tools.offline.compute import ComputeReport, compute, parse_at, write_table
 

@@ -1,14 +1,5 @@
-"""`hydrant compute`: every feature of a pipeline's groups from files, as the worker computes them.
-
-Two kinds of questions:
-
-- ``--at T`` (one or more): for every key, the features the HTTP API answers at ``at = T`` once the
-  worker has processed all the files' events (PRODUCT.md's windows: whole buckets up to b(T), so
-  events of T's own bucket later than T count, as online).
-- ``--labels FILE``: a point-in-time training set. Each label row (a key and a time T) gets the
-  features as of T: only events with event time <= T count (no leakage), in buckets
-  (b(T) - W/P, b(T)]. Late events are dropped as online.
-"""
+"""`hydrant compute`: a pipeline's features from files, as the worker computes them: at ``--at`` times,
+or point in time per ``--labels`` row (semantics: docs/offline.md)."""
 
 from __future__ import annotations
 
@@ -46,6 +37,7 @@ class ComputeReport:
     rows: int = 0
 
     def line(self, out: Path, seconds: float) -> str:
+        """The one-line summary printed at the end."""
         rate = self.events / seconds if seconds > 0 else float("inf")
         dropped = ", ".join(f"{n:,} {reason}" for reason, n in sorted(self.dropped.items()) if n)
         extra = f"; left out like the worker does: {dropped}" if dropped else ""

@@ -1,13 +1,5 @@
-"""Offline input: files -> typed events in the worker's processing order, late events and failing
-`where` filters removed exactly as the worker removes them.
-
-Processing order (what "earlier" means in PRODUCT.md's late rule): every file is read in row order —
-the order `hydrant produce` sends it, hence the key's offset order online. The streams of a group are
-interleaved by event time: a row comes after every earlier row of its own file, and after the rows of
-the other streams whose running maximum event time (in their file order) is smaller. Within one
-stream this is exactly the worker's order; across streams the worker's order depends on how fast it
-reads each topic, which only matters for lateness when streams drift more than a retention apart.
-"""
+"""Offline input: files -> typed events in the worker's processing order, with late events, failing
+`where` filters and bad records left out as the worker leaves them out (docs/offline.md)."""
 
 from __future__ import annotations
 
@@ -167,9 +159,8 @@ def _python(value: Any) -> Any:
 def evaluate_where(
     expression: Expression, fields: Mapping[str, pd.Series], n: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(holds, fails) per event for a `where` filter, through the same expression engine as the
-    worker (app.config.expressions). The expression is evaluated once per distinct combination of the
-    columns it names, not once per event, so a filter on a few categories costs a few evaluations."""
+    """(holds, fails) per event for a `where` filter, by the worker's expression engine
+    (app.config.expressions), evaluated once per distinct combination of the columns it names."""
     names = sorted(expression.names & set(fields))
     if not names:
         row = dict.fromkeys(expression.names)
@@ -266,8 +257,8 @@ def processing_order(streams: list[StreamEvents]) -> tuple[np.ndarray, np.ndarra
 def accept(
     pipeline: Pipeline, plans: Mapping[str, GroupPlan], streams: Mapping[str, StreamEvents]
 ) -> dict[str, GroupEvents]:
-    """Every group's accepted events. An event is dropped from every group when a `where` of its
-    stream fails, or when it is late for any group its stream feeds (PRODUCT.md), like the worker."""
+    """Every group's accepted events: an event is dropped from every group when a `where` of its stream
+    fails or it is late for any group its stream feeds (docs/product.md), as the worker drops it."""
     names = list(pipeline.streams)
     groups_of = {s: [g for g, p in plans.items() if s in p.by_stream] for s in names}
     # `where` failures: the worker evaluates every aggregation of every group of the stream first.

@@ -1,18 +1,5 @@
-"""Offline bucket states and window merges, vectorized, bit-identical to tables/apply.py and tables/read.py.
-
-The worker keeps, per key, bucket and aggregation, ``[count, sum, mean, m2, min, max, first, last,
-distinct, shift]`` updated event by event (tables.apply._update), and a read merges the buckets of
-a window in ascending order (tables.read.MergedWindow). Floating-point addition is not associative,
-so to give the same bits this module performs the same operations in the same order — only across
-all segments at once: step j of every segment (bucket, or window) is one numpy operation over the
-segments that have a j-th element. The number of numpy steps is the largest segment, the work is
-linear in the events.
-
-``distinct`` reuses the worker's own functions: value hashes (``value_hash``, once per distinct
-value), the exact hash list up to ``EXACT_DISTINCT`` per bucket, and for a bucket beyond it the
-DataSketches HLL built by the worker's ``add_distinct``, replayed in processing order; windows with a
-sketch are merged by the worker's ``MergedWindow``.
-"""
+"""Offline bucket states and window merges, vectorized and bit-identical to tables/apply.py and
+tables/read.py: the worker's float operations in its order, across all segments at once (docs/offline.md)."""
 
 from __future__ import annotations
 
@@ -76,6 +63,7 @@ class States:
 
     @staticmethod
     def concat(parts: list[States]) -> States:
+        """The segments of ``parts``, in order, as one States."""
         offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
         hash_offsets = np.cumsum([0] + [len(p.hashes) for p in parts[:-1]])
         sketches: dict[int, str] = {}
