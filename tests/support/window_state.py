@@ -1,4 +1,4 @@
-"""Helpers for the window-state tests (tests/unit/test_apply.py, test_read.py, test_state_format.py): a
+"""Helpers for the window-state tests (tests/unit/tables/test_apply.py, test_read.py, test_state_format.py): a
 pipeline with streams s1/s2 and one feature group g, events, and a :class:`Worker` that keeps a
 group's feature table in a dict, written with ``KeyState.changes()`` exactly as tables/features.py
 does, so flushes, reloads and crashes (unflushed changes lost, events redelivered) can be tested."""
