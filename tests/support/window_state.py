@@ -1,6 +1,6 @@
 """Helpers for the window-state tests (tests/unit/tables/test_apply.py, test_read.py, test_state_format.py): a
 pipeline with streams s1/s2 and one feature group g, events, and a :class:`Worker` that keeps a
-group's feature table in a dict, written with ``KeyState.changes()`` exactly as tables/features.py
+group's feature table in a dict, written with ``KeyState.changes()`` exactly as the engine
 does, so flushes, reloads and crashes (unflushed changes lost, events redelivered) can be tested."""
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class Worker:
         return [self.apply(event, offset) for offset, event in enumerate(events, start=start)]
 
     def flush(self) -> None:
-        """Write every key's changes (as tables/features.py does) and end the batch."""
+        """Write every key's changes (as the engine does) and end the batch."""
         for state in self.states.values():
             for record_key, value in state.changes():
                 if value is None:

@@ -1,4 +1,4 @@
-"""`hydrant compute` (app/offline) against the worker's own code, without a broker.
+"""`hydrant compute` (app/tools/offline) against the worker's own code, without a broker.
 
 The reference runs what the worker runs for every event: the record `hydrant produce` would send
 (app.tools.produce.encode_rows), decoded by app.records.decode.decode_event, then tables.apply's choose /
