@@ -13,11 +13,9 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from app.api.context import ApiContext
-from app.api.forwarding import Relayed, answer_elsewhere, ask, is_forwarded, route_keys
-from app.api.http import error_response
+from app.api.forwarding import answer_elsewhere, ask, is_forwarded, route_keys
+from app.api.http import HttpError, error_response
 from app.api.models import AT_LIMIT, MAX_BATCH_KEYS, BatchRequest, FeatureQuery
-from app.api.placement import Unavailable
-from app.errors import ApiError
 from app.records.partitioning import partition_for
 from tables.read import outside_retention, read_features
 from tables.registry import UnknownFeature, select_features, stored_state
@@ -25,11 +23,10 @@ from tables.registry import UnknownFeature, select_features, stored_state
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class BadRequest(ApiError):
+class BadRequest(HttpError):
     """A 400 answer: ``code`` and a message naming what is wrong in the request."""
 
-    def response(self) -> web.Response:
-        return error_response(400, self.code, str(self))
+    status = 400
 
 
 def parse_at(value: int | str | None) -> int:
@@ -123,7 +120,7 @@ async def lookup_one(request: web.Request, ctx: ApiContext, group: str, key: str
             return relayed
     except ValidationError as exc:
         return error_response(400, "bad_request", validation_message(exc))
-    except (BadRequest, Unavailable) as exc:
+    except HttpError as exc:
         return exc.response()
     result = answer_locally(ctx, group, key, at, names)
     if not result["found"]:
@@ -176,7 +173,7 @@ async def lookup_batch(request: web.Request, ctx: ApiContext, group: str) -> web
         for index in local:
             results[index] = answer_locally(ctx, group, batch.keys[index], at, names)
         answers = await asyncio.gather(*asked)
-    except (BadRequest, Unavailable, Relayed) as exc:
+    except HttpError as exc:
         return exc.response()
     for positions, answer in zip(remote.values(), answers, strict=True):
         for index, result in zip(positions, answer["results"], strict=True):

@@ -11,9 +11,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from app.api.http import JSON
+from app.api.http import JSON, HttpError
 from app.api.placement import RETRY, Placement, Unavailable
-from app.errors import ApiError
 from app.records.partitioning import partition_for
 
 logger = logging.getLogger(__name__)
@@ -130,7 +129,7 @@ async def ask(
         raise Unavailable("owner_unavailable", f"worker {owner} did not answer: {exc!r}") from None
 
 
-class Relayed(ApiError):
+class Relayed(HttpError):
     """Another worker's error answer, returned to the client as it was."""
 
     def __init__(self, status: int, body: bytes) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from app.errors import ApiError
 from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,15 @@ def error_response(
     """The one JSON error shape of the API: ``{"error": {"code", "message"}}``."""
     body = orjson.dumps({"error": {"code": code, "message": message}})
     return web.Response(body=body, status=status, content_type=JSON, headers=headers)
+
+
+class HttpError(ApiError):
+    """An error answer of the API (the handlers' one ``except``): ``status``, ``code``, message."""
+
+    headers: dict[str, str] | None = None
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.code, str(self), self.headers)
 
 
 def route_label(request: web.Request) -> str:
@@ -62,6 +72,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         message = exc.reason if exc.status != 404 else f"no route for {request.method} {request.path}"
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, code, message, headers)
+    except HttpError as exc:  # raised outside a handler's own ``except``
+        return exc.response()
     except Exception:
         logger.exception("unhandled error answering %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; see the worker log")

@@ -6,21 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
-from app.api.http import error_response
-from app.errors import ApiError
+from app.api.http import HttpError
 
 RETRY = {"Retry-After": "1"}
 
 
-class Unavailable(ApiError):
+class Unavailable(HttpError):
     """The answer cannot be given right now (503 with Retry-After): retry after a second."""
 
     status = 503
-
-    def response(self) -> web.Response:
-        return error_response(503, self.code, str(self), RETRY)
+    headers = RETRY
 
 
 class Placement:

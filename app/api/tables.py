@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from app.api.context import ApiContext
 from app.api.features import BadRequest, parse_at, split_names, validation_message
-from app.api.forwarding import Relayed, answer_elsewhere, ask, is_forwarded, partitions_by_owner
-from app.api.http import JSON, error_response
+from app.api.forwarding import answer_elsewhere, ask, is_forwarded, partitions_by_owner
+from app.api.http import JSON, HttpError, error_response
 from app.api.models import ScanQuery
 from app.api.placement import Unavailable
 from app.records.partitioning import partition_for
@@ -53,7 +53,7 @@ async def lookup_row(request: web.Request, ctx: ApiContext, lookup: str, key: st
     raw_key = key.encode("utf-8")
     try:
         relayed = await answer_elsewhere(request, table, raw_key, ctx.partitions, ctx.placement)
-    except Unavailable as exc:
+    except HttpError as exc:
         return exc.response()
     if relayed is not None:
         return relayed
@@ -145,7 +145,7 @@ async def scan_table(request: web.Request, ctx: ApiContext, name: str) -> web.Re
         )
     except ValidationError as exc:
         return error_response(400, "bad_request", validation_message(exc))
-    except (BadRequest, Unavailable, Relayed) as exc:
+    except HttpError as exc:
         return exc.response()
     for owner, answer in zip(remote, answers, strict=True):
         if sorted(answer["partitions"]) != owners[owner]:

@@ -164,7 +164,7 @@ def create_app(settings: Settings, pipeline: Pipeline) -> HydrantApp:
         broker_profile=settings.broker_profile,
         **faust_options(settings, pipeline),
     )
-    diagnostics.install(faust_app)
+    diagnostics.register(faust_app)
     WORKER.info(
         {"version": __version__, "pipeline": pipeline.name, "app_id": settings.group_id(pipeline.name)}
     )

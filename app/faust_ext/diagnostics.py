@@ -75,8 +75,8 @@ def dump(app: Any) -> str:
     return out.getvalue()
 
 
-def install(app: Any) -> None:
-    """Log :func:`dump` at WARNING whenever the worker gets SIGUSR1."""
+def register(app: Any) -> None:
+    """Add a task to ``app`` that logs :func:`dump` at WARNING whenever the worker gets SIGUSR1."""
 
     async def _handler() -> None:
         asyncio.get_running_loop().add_signal_handler(
