@@ -20,7 +20,7 @@ from typing import Any
 
 import faust
 
-#: What faust needs on the bundled Tansu broker (BROKER.md): short group timeouts (Tansu holds a new
+#: What faust needs on the bundled Tansu broker (docs/broker.md): short group timeouts (Tansu holds a new
 #: group's first JoinGroup for half the session timeout) and no idempotent producer.
 TANSU_OPTIONS: dict[str, Any] = {
     "broker_session_timeout": 10.0,

@@ -90,7 +90,7 @@ def user_rows(keys: int) -> list[tuple[bytes, bytes]]:
 
 def create_hydrant_topics(broker_url: str, pipeline: Path, app_id: str) -> None:
     """Every topic of ``pipeline`` (inputs, outputs, dead letters, the repartition topics of
-    consumer group ``app_id``) before the worker starts (BROKER.md: not while it runs)."""
+    consumer group ``app_id``) before the worker starts (docs/broker.md: not while it runs)."""
     from app.config.settings import load_settings
     from app.config.spec import load_pipeline
     from app.kafka.clients import create_pipeline_topics

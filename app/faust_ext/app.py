@@ -24,7 +24,7 @@ from app.metrics import WORKER
 if TYPE_CHECKING:
     from app.faust_ext.intake import Intake
 
-#: Settings the bundled Tansu broker needs (BROKER.md): short group timeouts, since Tansu holds a new
+#: Settings the bundled Tansu broker needs (docs/broker.md): short group timeouts, since Tansu holds a new
 #: group's first JoinGroup for half the session timeout; no idempotent producer (aiokafka's
 #: InitProducerId v0 fails there), hence at-least-once.
 TANSU_PROFILE: dict[str, Any] = {

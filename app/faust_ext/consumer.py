@@ -6,7 +6,7 @@ intakes (app/faust_ext/intake.py), and its thread asks the bundled broker for ex
   messages; the records of other topics (changelogs) go through Faust's path unchanged.
 - :class:`HydrantConsumerThread`: with HYDRANT_BROKER_PROFILE=tansu, the end offsets Faust sizes
   table recovery with come from :func:`app.kafka.end_offsets.exact_end_offsets` (Tansu's ListOffsets
-  answer is short, BROKER.md).
+  answer is short, docs/broker.md).
 - :class:`HydrantTransport` creates the consumer; the app uses it as its consumer transport
   (app/faust_ext/app.py ``HydrantApp._new_transport``). Its producer is Faust's.
 """

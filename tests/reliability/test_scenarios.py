@@ -162,7 +162,7 @@ def test_e_broker_restart(
     if broker.restart is None:
         pytest.skip(
             f"the broker here ({broker.kind}) cannot be restarted by the test: the bundled Tansu keeps "
-            "topics in memory only (a restart loses them, BROKER.md); a testcontainers Kafka can"
+            "topics in memory only (a restart loses them, docs/broker.md); a testcontainers Kafka can"
         )
     create_pipeline_topics_for(broker.url, shop_pipeline, uid)
     workload = make_workload(shop_pipeline, seed=15, keys=KEYS, count=EVENTS, malformed_share=0.1)

@@ -45,7 +45,7 @@ def check_keys_over_http(
     with httpx.Client(timeout=10) as client:
         for key in keys:
             for at in ats[key]:
-                # Only the windows that retention still fully holds at this `at` (PRODUCT.md).
+                # Only the windows that retention still fully holds at this `at` (docs/product.md).
                 want = {
                     name: value
                     for name, value in truth.features(key, at).items()

@@ -186,7 +186,7 @@ class GroundTruth:
         return int(buckets.max()) if len(buckets) else None
 
     def window_in_retention(self, key: str, at_ms: int, window_buckets: int, upto: int | None = None) -> bool:
-        """PRODUCT.md: a window W at T needs buckets from b(T) - W/P + 1; it is answerable unless that
+        """docs/product.md: a window W at T needs buckets from b(T) - W/P + 1; it is answerable unless that
         is <= n - R (those buckets may have been deleted)."""
         n = self.newest_bucket(key, upto)
         return n is None or at_ms // self.period_ms - window_buckets + 1 > n - self.retention

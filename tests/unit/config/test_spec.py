@@ -1,4 +1,4 @@
-"""The pipeline spec: the PRODUCT.md example loads; invalid specs name the field and the line."""
+"""The pipeline spec: the docs/product.md example loads; invalid specs name the field and the line."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ async def run_engine(engine: Engine, batches: list[Fetched], overlap: bool) -> t
 
 def expected_spend(records: list[Record]) -> list[tuple[Record, int, int, float]]:
     """Per order that gives an output row, in stream order: (record, spend_count_1h,
-    spend_count_24h, spend_sum_24h) computed from the records alone (PRODUCT.md: a window W at T
+    spend_count_24h, spend_sum_24h) computed from the records alone (docs/product.md: a window W at T
     covers buckets (b(T) - W/P, b(T)]; events applied in stream order; a redelivery counts once;
     an event in a bucket <= newest - R is late; buckets <= newest - R are gone)."""
     applied: dict[str, list[tuple[int, float]]] = defaultdict(list)  # user -> (bucket, amount)

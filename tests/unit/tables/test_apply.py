@@ -307,7 +307,7 @@ def test_crash_in_the_middle_of_a_flush_loses_nothing(written: int) -> None:
 
 
 def test_redelivery_after_expiry_is_not_late() -> None:
-    """PRODUCT.md: late iff b(event) <= n - R with n from *earlier* events. Event 0 is on time and is
+    """docs/product.md: late iff b(event) <= n - R with n from *earlier* events. Event 0 is on time and is
     applied; after a crash between the flush and the offset commit it is redelivered, and the state's
     n now includes the later event 1, so apply_event answers 'late' (the agent dead-letters it and
     counts it late) although it was counted. Expected 'duplicate'."""

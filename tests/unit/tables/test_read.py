@@ -151,7 +151,7 @@ def test_stddev_is_stable_for_moderate_offsets() -> None:
 
 
 def test_stddev_relative_error_for_large_offsets() -> None:
-    """PRODUCT.md: stddev relative error <= 1e-9. Values 1e9 + U(0, 1) (e.g. a timestamp-like field):
+    """docs/product.md: stddev relative error <= 1e-9. Values 1e9 + U(0, 1) (e.g. a timestamp-like field):
     Welford's running mean loses the low digits; pandas / statistics (two-pass) are exact."""
     plan, _ = group("1m", "{name: x, stream: s1, field: x, ops: [stddev], windows: [30m]}")
     rng = random.Random(3)

@@ -70,7 +70,7 @@ def test_prefix_scan_reads_only_the_keys_records_and_equals_point_reads(tmp_path
             expected = read_features(plan, pointwise, at)
             assert expected == read_features(plan, scanned, at)
         # "a" had x = 0, 4, ..., 36 at BASE + x * 170 s; the hour ending in b(at) holds those from bucket
-        # b(at) - 5 on (PRODUCT.md window bounds).
+        # b(at) - 5 on (docs/product.md window bounds).
         end = at // 600_000
         mine = [x for x in range(0, 40, 4) if (BASE + x * 170_000) // 600_000 > end - 6]
         a = read_features(plan, KeyState(b"a", db.get, plan.retention, scan), at)
