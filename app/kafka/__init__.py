@@ -1,2 +1,2 @@
-"""Kafka I/O: clients and topic creation, record batches, dead letters and forwards, changelog
-reads, and the bundled Tansu broker launcher."""
+"""Kafka I/O: clients and topic creation, record batches, dead letters and forwards, and the
+bundled Tansu broker launcher."""
