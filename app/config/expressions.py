@@ -1,14 +1,5 @@
-"""Safe expressions for `where` filters and `computed` columns, through simpleeval (never eval).
-
-An expression is parsed once, when the spec loads; its names are checked against the columns it may
-use, so a typo fails at start naming the field. Evaluation only walks the parsed tree.
-
-The usual expressions (constants, names, operators, comparisons, and/or, if-else, calls of
-:data:`FUNCTIONS`, tuple/list/set literals) are also turned into nested Python closures once, which do
-what simpleeval's handlers do for those nodes, with the same operator functions, and run several times
-faster. Anything else, and any name that is not a plain value of the row, goes to simpleeval itself,
-so the results and errors are simpleeval's.
-"""
+"""Safe expressions for `where` filters and `computed` columns, parsed once and run by simpleeval
+(never eval); common forms run as equivalent compiled closures, with simpleeval's results and errors."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Hydrant's settings: one frozen class read from HYDRANT_* environment variables.
-
-Faust reads its own variables (APP_DATADIR, BROKER_URL, WEB_PORT, ...) and lets them win over the
-arguments given to ``faust.App``; :mod:`app.runtime` hands Faust an empty environment so that only
-these settings apply.
-"""
+"""Hydrant's settings: one frozen class read from HYDRANT_* environment variables, the only
+configuration of a worker (Faust's own variables are ignored: docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -24,10 +20,8 @@ DEFAULT_PIPELINE = REPO_ROOT / "examples" / "shop" / "pipeline.yaml"
 
 
 def parse_broker_url(value: str) -> list[str]:
-    """``kafka://h1:9092,h2:9092`` or ``h1:9092,h2:9092`` -> ``["h1:9092", "h2:9092"]``.
-
-    Raises ValueError naming the bad part, so the settings error points at HYDRANT_BROKER.
-    """
+    """``kafka://h1:9092,h2:9092`` or ``h1:9092,h2:9092`` -> ``["h1:9092", "h2:9092"]``; ValueError
+    naming the bad part."""
     text = value.strip()
     for scheme in ("kafka://", "tcp://"):
         if text.startswith(scheme):
@@ -146,6 +140,7 @@ class Settings(BaseSettings):
 
     @property
     def advertised_url(self) -> str:
+        """How other workers reach this one: HYDRANT_WEB_ADVERTISED_URL, else http://<host>:<port>."""
         host = "127.0.0.1" if self.web_host in ("0.0.0.0", "::") else self.web_host
         return self.web_advertised_url or f"http://{host}:{self.web_port}"
 

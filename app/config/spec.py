@@ -1,10 +1,5 @@
-"""The pipeline spec: YAML -> validated, frozen models, with errors that name the field and the line.
-
-Shape and types are checked by pydantic; references between sections (an output's stream, a join's
-lookup, an aggregation's field, windows against the period, topic names) by the ``_check_*`` functions
-of ``_CHECKS``, one per section.
-Every problem is reported at once as ``path.to.field: message (line N)``.
-"""
+"""The pipeline spec: YAML -> validated, frozen models. SpecError lists every problem at once as
+``path.to.field: message (line N)``; cross-section references are checked by ``_CHECKS``."""
 
 from __future__ import annotations
 
@@ -115,9 +110,11 @@ class AggregationSpec(_Model):
 
     @property
     def windows_ms(self) -> list[int]:
+        """The windows in milliseconds, in spec order."""
         return [parse_duration(w) for w in self.windows]
 
     def feature_names(self) -> list[str]:
+        """``<name>_<op>_<window>`` per op and window, in spec order."""
         return [f"{self.name}_{op}_{w}" for op in self.ops for w in self.windows]
 
 
@@ -130,6 +127,7 @@ class FeatureGroupSpec(_Model):
 
     @property
     def period_ms(self) -> int:
+        """The bucket period in milliseconds."""
         return parse_duration(self.period)
 
     @property
@@ -138,6 +136,7 @@ class FeatureGroupSpec(_Model):
         return max(w for agg in self.aggregations for w in agg.windows_ms)
 
     def feature_names(self) -> list[str]:
+        """Every feature of the group, aggregation by aggregation."""
         return [name for agg in self.aggregations for name in agg.feature_names()]
 
 

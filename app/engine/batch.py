@@ -1,6 +1,5 @@
-"""The passes of a stream batch: decode and shard (1), read state (2a), run the shards (2b), send
-outputs and write state (3); and the loop that overlaps them. Faust-free: the worker's consumer,
-producers and intake come in as :class:`WorkerIO` and :class:`Source` (docs/performance.md)."""
+"""The passes of a stream batch (decode and shard, read state, run the shards, send and write) and
+the loop that overlaps them; the worker's I/O comes in as :class:`WorkerIO` and :class:`Source`."""
 
 from __future__ import annotations
 
@@ -50,7 +49,8 @@ class WorkerIO(Protocol):
     """What the engine uses of the running worker (app/faust_ext/worker_io.py gives Faust's)."""
 
     @property
-    def should_stop(self) -> bool: ...
+    def should_stop(self) -> bool:
+        """True once the worker is stopping: take no new batch."""
 
     @property
     def producer(self) -> Any:
@@ -66,17 +66,21 @@ class WorkerIO(Protocol):
     def topic_partitions(self, topic: str) -> int | None:
         """How many partitions ``topic`` has, as the consumer's metadata shows it (None: unknown)."""
 
-    async def crash(self, exc: BaseException) -> None: ...
+    async def crash(self, exc: BaseException) -> None:
+        """Stop the worker because of ``exc``."""
 
 
 class Source(Protocol):
     """Batches of fetched records (app/faust_ext/intake.py): each has ``offsets`` per partition."""
 
-    async def take(self, max_: int, within: float) -> Any: ...
+    async def take(self, max_: int, within: float) -> Any:
+        """Wait for a record, then up to ``within`` seconds for up to ``max_`` records."""
 
-    def take_ready(self, max_: int) -> Any: ...
+    def take_ready(self, max_: int) -> Any:
+        """Up to ``max_`` records already fetched, without waiting (may be empty)."""
 
-    def ack(self, batch: Any) -> None: ...
+    def ack(self, batch: Any) -> None:
+        """Mark every record of ``batch`` processed; call in batch order."""
 
 
 @dataclass(frozen=True)
@@ -169,13 +173,8 @@ class StreamEngine:
         self.duplicates = {g: DUPLICATE_EVENTS.labels(g) for g in tables.plans}
 
     async def run(self, io: WorkerIO, source: Source) -> None:
-        """Take batches from ``source`` until the worker stops. An unexpected error stops the worker
-        (its batch is not acked, so a restart redelivers it) instead of leaving its records pending.
-
-        Batches overlap: while the helpers run batch k + 1, the worker sends and writes batch k and
-        decodes batch k + 2. Batch k + 1 reads its state before batch k's is written locally, so the
-        records batch k changes are laid over what it reads. Batch k's deliveries are awaited, and
-        then its records acked in batch order, in the background."""
+        """Process batches from ``source`` until the worker stops, overlapping consecutive batches;
+        a batch is acked, in batch order, once all its deliveries are done. An error crashes the worker."""
         await self.helpers.connect()
         if self.helpers.count:
             logger.info("helper processes for batches: pids %s", self.helpers.pids())
@@ -271,8 +270,8 @@ class StreamEngine:
                 read_records(shard, feature_db, lookup_db)
 
     async def run_batch(self, batch: Batch, overlay: Overlay) -> Awaitable[dict[int, ShardResult]]:
-        """Pass 2b: lay ``overlay``, the previous batch's changes, over what each shard read, start
-        the helpers' shards and run the worker's own; the wait for every shard's result."""
+        """Pass 2b: lay ``overlay`` (the previous batch's changes) over what each shard read, start the
+        helpers' shards and run the worker's own; returns the wait for every shard's result."""
         running = {}
         for s, shard in enumerate(batch.shards[1:], 1):
             if shard.events:
@@ -283,7 +282,7 @@ class StreamEngine:
             lay_over(batch.shards[0], overlay)
             for n, _ in enumerate(self.work.steps(batch.shards[0], own), 1):
                 if n % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # let HTTP requests in: a whole batch can take a second of CPU
+                    await asyncio.sleep(0)  # let HTTP requests in between events
 
         async def results() -> dict[int, ShardResult]:
             done = dict(zip(running, await asyncio.gather(*running.values()), strict=True))
@@ -295,9 +294,8 @@ class StreamEngine:
     async def send_batch(
         self, batch: Batch, done: dict[int, ShardResult], producer: Any, kafka_producer: Any
     ) -> Awaitable[None]:
-        """Pass 3: send, in batch order, and write the state; the wait for every delivery (later
-        batches are processed meanwhile: the next one has read already and gets this batch's
-        changes laid over; the one after reads them from the local state, committed here)."""
+        """Pass 3: send outputs, forwards and dead letters in batch order and write the state locally;
+        returns the wait for every delivery and changelog ack."""
         partitions = self.partitions
         counts, home_of = batch.counts, batch.home_of
         deliveries: list[Awaitable[Any]] = []

@@ -1,5 +1,5 @@
-"""Helper processes that run the shards of every batch (HYDRANT_COMPUTE_PROCESSES): the exchange
-of a shard and its result through files in memory, and the helper's main loop."""
+"""Helper processes that run the shards of every batch (HYDRANT_COMPUTE_PROCESSES): the pool, the
+exchange of shards and results through memory files, and the helper's main loop."""
 
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ _FRAME = struct.Struct("!Q")  # a message on the pipes: the byte length of a fil
 
 
 def encode_shard(shard: Shard) -> bytes:
-    """``shard`` for a helper, in ``marshal`` form: plain values only, so it is written and read
-    ~1.5x and ~2x faster than a pickle (a shard holds tens of thousands of records)."""
+    """``shard`` as bytes for a helper (``marshal`` of plain values; what a helper needs only)."""
     events = [(e.stream, e.decoded, e.source, e.offset) for e in shard.events]
     wants = {slot: whole for slot, (whole, _) in shard.wants.items()}  # the buckets were for reading
     return marshal.dumps((events, wants, shard.records, shard.lookups))
 
 
 def decode_shard(payload: bytes) -> Shard:
+    """The shard :func:`encode_shard` encoded (in a helper)."""
     events, wants, records, lookups = marshal.loads(payload)  # noqa: S302 (from the worker that started us)
     return Shard(
         [ShardEvent(*event) for event in events],
@@ -41,17 +41,18 @@ def decode_shard(payload: bytes) -> Shard:
 
 
 def encode_result(result: ShardResult) -> bytes:
+    """``result`` as bytes for the worker (``marshal``)."""
     return marshal.dumps((result.outcomes, result.changes, result.late, result.duplicates))
 
 
 def decode_result(payload: bytes) -> ShardResult:
+    """The result :func:`encode_result` encoded (in the worker)."""
     return ShardResult(*marshal.loads(payload))  # noqa: S302 (from our own helper)
 
 
 def helper_main(pipeline_path: str, shard_fd: str, result_fd: str) -> None:
-    """A helper process (``python -m app.engine.helpers PIPELINE SHARD_FD RESULT_FD``): for each frame
-    on stdin, run the shard in the memory file ``shard_fd`` and answer with a frame on stdout once
-    the result is in ``result_fd``, until stdin ends (the worker closed it, or is gone)."""
+    """A helper (``python -m app.engine.helpers PIPELINE SHARD_FD RESULT_FD``): per size frame on stdin,
+    run the shard in ``shard_fd``, write the result to ``result_fd``, answer its size; until stdin ends."""
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes to stderr, never between the frames
     requests = sys.stdin.buffer
@@ -75,8 +76,7 @@ def _send(out: Any, size: int) -> None:
 
 
 def _write(fd: int, payload: bytes) -> int:
-    """``payload`` at the start of the file ``fd`` (overwritten in place: a file kept at its size
-    does not give back and zero its pages every batch); its length."""
+    """Write ``payload`` at the start of the file ``fd``, in place (the file keeps its size); its length."""
     done = 0
     view = memoryview(payload)
     while done < len(payload):
@@ -98,8 +98,7 @@ def _read(fd: int, size: int) -> bytes:
 
 
 def _memory_file(name: str) -> int:
-    """A file in memory, shared with a helper through its descriptor (no file system: nothing to
-    clean up after a crash, and no /dev/shm size limit)."""
+    """A file in memory (``memfd``; elsewhere an unlinked temp file), passed to a helper by descriptor."""
     if hasattr(os, "memfd_create"):
         return os.memfd_create(name)
     fd, path = tempfile.mkstemp(prefix=f"{name}-")  # elsewhere than Linux: an unlinked temp file
@@ -108,15 +107,8 @@ def _memory_file(name: str) -> int:
 
 
 class HelperPool:
-    """``count`` helper processes, each running one shard of every batch (none when 0); the worker
-    runs no shard itself then (shard 0 stays empty): it reads, sends and writes, and decodes the
-    next batch while the helpers run this one.
-
-    A shard and its result are passed in a file in memory (``memfd_create``), with only its size
-    on the helper's stdin or stdout, which the worker's event loop reads without blocking. A whole
-    shard (up to a few MB: the records of its keys) through the pipe itself moved 64 KiB per turn
-    of the worker's event loop, so a helper waited for most of it. Not a ProcessPoolExecutor: its
-    threads pass work and results on, each waiting for the GIL while the worker runs."""
+    """``count`` helper processes, each running one shard of every batch; with helpers the worker's
+    own shard 0 stays empty, with ``count`` 0 the worker runs every batch itself (docs/performance.md)."""
 
     def __init__(self, count: int, pipeline_path: Path) -> None:
         self.count = count
@@ -126,8 +118,7 @@ class HelperPool:
         self._files: list[tuple[int, int]] = []  # per helper: its shard's and its result's file
 
     def start(self) -> None:
-        """Start the processes (the worker does it before Faust starts, so that they have loaded the
-        pipeline before the first batch)."""
+        """Start the missing processes (call before Faust starts, so they load the pipeline early)."""
         while len(self._processes) < self.count:
             files = _memory_file("hydrant-shard"), _memory_file("hydrant-result")
             self._files.append(files)
@@ -179,6 +170,7 @@ class HelperPool:
         return decode_result(_read(result_fd, size))
 
     def pids(self) -> list[int]:
+        """The helpers' process ids."""
         return [process.pid for process in self._processes]
 
     def stop(self) -> None:

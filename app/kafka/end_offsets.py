@@ -1,4 +1,4 @@
-"""Exact end offsets on the bundled broker, whose ListOffsets answer is short (BROKER.md).
+"""Exact end offsets on the bundled broker, whose ListOffsets answer is short (docs/broker.md).
 
 Tansu answers ListOffsets(LATEST) with "first offset of the last record batch + 1", which is short
 of the true end whenever that batch holds more than one record; the high watermark in Fetch

@@ -1,8 +1,5 @@
-"""Decoding stream and lookup records, and building enriched rows: pure functions, no I/O.
-
-A record that cannot be used raises :class:`BadRecord` with one of the dead-letter reasons of
-PRODUCT.md; the agent sends it to the dead-letter topic unchanged and goes on.
-"""
+"""Decoding stream and lookup records into typed fields: pure functions, no I/O. A record that
+cannot be used raises :class:`BadRecord` with a dead-letter reason (docs/product.md)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Building enriched output rows: pure, testable without Faust or a broker.
-
-Row layout (PRODUCT.md): the stream event's fields, then each joined lookup's fields (flat, null
-when the key is absent), then the feature groups' values, then computed columns in spec order (a
-computed column may use the ones before it).
-"""
+"""Building enriched output rows, pure: the event's fields, joined lookup fields (null when absent),
+the groups' features, then computed columns in spec order (docs/product.md)."""
 
 from __future__ import annotations
 

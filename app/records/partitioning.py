@@ -42,12 +42,7 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 def is_home(key: bytes, partition: int, topic_partitions: int | None, partitions: int) -> bool:
     """True when a record of ``key`` read from ``partition`` of a topic with ``topic_partitions``
-    partitions is where Hydrant keeps that key's state; otherwise it must be repartitioned.
-
-    ``topic_partitions`` is None while the consumer's metadata snapshot is being rebuilt (during a
-    rebalance). The record is then judged by its partition alone: sending a home record through the
-    repartition topic would let later records of its source partition overtake it, and window state
-    (which keeps the highest applied offset per source partition) would take it for a duplicate."""
+    partitions is on the key's home partition; ``topic_partitions`` None (unknown): by partition alone."""
     if topic_partitions is not None and topic_partitions != partitions:
         return False
     return partition == partition_for(key, partitions)

@@ -19,10 +19,8 @@ def _header_items(message: Any) -> list[tuple[str, bytes]]:
 
 
 def source_headers(message: Any, repartitioned: bool = False) -> list[tuple[str, bytes]]:
-    """`hydrant-source-*` headers naming the original record; consumers use them to drop repeats.
-
-    On a repartitioned record they are copied from its headers (headers of user records are never
-    trusted: an input may well be another pipeline's output)."""
+    """`hydrant-source-*` headers naming the original record; copied from a repartitioned record's
+    headers, never taken from a user record's (it may be another pipeline's output)."""
     if repartitioned:
         return [(k, v) for k, v in _header_items(message) if k in _SOURCE_NAMES]
     return [*_partition_headers(message.topic, message.partition), (SOURCE_OFFSET, b"%d" % message.offset)]

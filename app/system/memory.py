@@ -1,13 +1,5 @@
-"""Keep a long-running worker's resident memory at the size of what it holds, and its garbage
-collections short.
-
-RocksDB allocates and frees memtable arenas (several MiB each) from its background threads all the
-time. With glibc's defaults every thread may get its own malloc arena, and freed memory stays in the
-arenas rather than going back to the system, so a worker's RSS crept up by ~10 % in the second half
-of a 10-minute soak while its state and RocksDB's own accounting stayed flat (docs/reliability.md).
-Two glibc calls fix that: fewer arenas, and returning free memory every 30 s. Elsewhere (musl,
-macOS) both are no-ops.
-"""
+"""Malloc and garbage-collector settings of a long-running process: fewer malloc arenas and free memory
+returned to the system (glibc only; docs/operations.md), short collections (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -51,15 +43,13 @@ async def release_free_memory() -> None:
         await asyncio.to_thread(_LIBC.malloc_trim, 0)
 
 
-#: Allocations between two young-generation collections (CPython's default is 700). A batch allocates
-#: hundreds of thousands of short-lived objects; collecting every 700 of them is wasted work.
+#: Allocations between two young-generation collections (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 50_000
 
 
 def settle_garbage_collector() -> None:
-    """Move every object alive now (modules, Faust's services, the spec) out of the collector's
-    reach, and collect the young generation less often. Call once the worker is started: full
-    collections then only walk objects created since, instead of stalling the event loop."""
+    """Freeze every object alive now out of the collector's reach and collect the young generation
+    every :data:`GC_YOUNG_THRESHOLD` allocations; call once, after start-up."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
@@ -68,10 +58,8 @@ def settle_garbage_collector() -> None:
 
 @contextlib.contextmanager
 def collections_paused() -> Iterator[None]:
-    """No automatic garbage collection inside: for a batch body, whose hundreds of thousands of
-    objects all live until its end. A young collection mid-batch finds them alive and moves them
-    to older generations, which later collections walk again: ~15 µs per event in a worker, 11 % of
-    the batch (docs/performance.md). Collection resumes after the batch, when they are freed."""
+    """No automatic garbage collection inside (a batch body); collection resumes on exit, unless it
+    was disabled before."""
     if not gc.isenabled():
         yield
         return

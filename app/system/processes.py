@@ -1,6 +1,5 @@
-"""Child processes that never outlive their parent: own session (a terminal Ctrl-C reaches only the
-parent, which stops children in order) and, on Linux, a parent-death signal (if the parent is killed,
-the kernel sends the child SIGTERM)."""
+"""Child processes that never outlive their parent: their own session (a terminal's Ctrl-C reaches
+only the parent, which stops them in order) and, on Linux, SIGTERM when the parent dies."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` giving the child SIGTERM when its parent dies (Linux); None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
