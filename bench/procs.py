@@ -23,7 +23,7 @@ def process_cpu(pid: int) -> float:
 
 
 def process_tree(root: int) -> dict[int, str]:
-    """``root`` and its descendants, pid -> what it is: "helper" (app.engine.shards), "serving"
+    """``root`` and its descendants, pid -> what it is: "helper" (app.engine.helpers), "serving"
     (app.serving.process) or "worker" (anything else, ``root`` itself)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -43,7 +43,7 @@ def process_tree(root: int) -> dict[int, str]:
             continue
         kind = (
             "helper"
-            if b"app.engine.shards" in cmdline
+            if b"app.engine.helpers" in cmdline
             else "serving"
             if b"app.serving.process" in cmdline
             else "worker"
