@@ -44,6 +44,12 @@ LATE_EVENTS = Counter(
     ["group"],
     registry=REGISTRY,
 )
+UNKEYED_EVENTS = Counter(
+    "hydrant_events_unkeyed_total",
+    "Events that did not feed a feature group because a field of the group's key was missing or null.",
+    ["group", "stream"],
+    registry=REGISTRY,
+)
 DUPLICATE_EVENTS = Counter(
     "hydrant_duplicate_events_total",
     "Redelivered events recognised by their source offset and not applied again.",

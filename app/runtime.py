@@ -45,7 +45,7 @@ serving = ServingSupervisor(settings, state_tables, placement)
 
 #: Helper processes that run every batch's shards: started before Faust (app/tools/cli.py `worker`).
 helpers = HelperPool(settings.compute_processes, settings.pipeline)
-_work = BatchWork(pipeline)
+_work = BatchWork(pipeline, group_id)
 stream_engine = StreamEngine(
     _work,
     stream_routes(pipeline, group_id, _work),

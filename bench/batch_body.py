@@ -27,7 +27,7 @@ import rocksdict
 from app.config.spec import parse_pipeline
 from app.faust_ext.tables import shared_memory
 from app.records.decode import decode_event
-from app.records.enrich import output_builders
+from app.records.enrich import group_part, join_part, output_builders
 from tables.apply import apply_event, choose, is_late
 from tables.key_state import KeyState
 from tables.plans import group_plans
@@ -41,7 +41,19 @@ USERS = {
     f"u{i}": {"country": "FR" if i % 3 else "DE", "segment": "gold" if i % 7 else None}
     for i in range(0, 10**6, 2)
 }
-READS = {name: {g for b in builders for g in b.groups} for name, builders in BUILDERS.items()}
+READS = {
+    name: {g for out in PIPELINE.outputs.values() if out.from_ == name for g in out.features}
+    for name in BUILDERS
+}
+JOINS = {
+    name: {
+        (j.lookup, j.on or PIPELINE.streams[name].key)
+        for out in PIPELINE.outputs.values()
+        if out.from_ == name
+        for j in out.join
+    }
+    for name in BUILDERS
+}
 SCAN = True  # read a key whose features an output reads with one range read (--point-reads: gets)
 STAGES = ("decode", "+ windows", "+ outputs")
 
@@ -109,13 +121,12 @@ def _run(events: list[tuple[str, bytes]], stages: int, batch: int, store: Any) -
             if stages < 3:
                 continue
 
-            def features(
-                group: str, _key: str, at: int, keyed: dict[str, KeyState] = keyed
-            ) -> dict[str, Any]:
-                return read_features(PLANS[group], keyed[group], at)
-
+            parts: dict[str, Any] = {
+                group_part(g): read_features(PLANS[g], keyed[g], ts) for g in READS[stream]
+            }
+            parts.update((join_part(name, on), lookup(name, key)) for name, on in JOINS[stream])
             for builder in BUILDERS[stream]:
-                digest.update(orjson.dumps(builder.build(key, ts, fields, lookup, features)))
+                digest.update(orjson.dumps(builder.build(fields, parts)))
         writes = rocksdict.WriteBatch(raw_mode=True)
         for state in states.values():
             for record_key, value in state.changes():

@@ -74,7 +74,7 @@ class GroupPlan:
     """A feature group's aggregations, per stream, with the bucket arithmetic of docs/product.md."""
 
     name: str
-    key: str
+    key: tuple[str, ...]  # the key's fields, in the order of its string form
     period_ms: int
     retention: int  # R = largest window / period, in buckets
     aggregations: tuple[AggregationPlan, ...]
@@ -125,7 +125,7 @@ class GroupPlan:
         by_stream: dict[str, tuple[AggregationPlan, ...]] = {}
         for agg in aggs:
             by_stream[agg.stream] = (*by_stream.get(agg.stream, ()), agg)
-        return cls(name, spec.key, period, spec.retention_ms // period, aggs, by_stream)
+        return cls(name, spec.key_fields, period, spec.retention_ms // period, aggs, by_stream)
 
     def bucket(self, time_ms: int) -> int:
         """b(t): the bucket number of an event time."""

@@ -13,6 +13,7 @@ from tests.support.broker import BrokerUnderTest, session_broker
 from tests.support.worker import WorkerProcess
 
 SHOP = Path(__file__).resolve().parents[1] / "examples" / "shop" / "pipeline.yaml"
+PAYMENTS = Path(__file__).resolve().parents[1] / "examples" / "payments" / "pipeline.yaml"
 
 
 def shop_pipeline_text(uid: str) -> str:

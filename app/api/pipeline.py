@@ -11,6 +11,7 @@ from aiohttp import web
 from app.api.context import ApiContext
 from app.api.http import JSON
 from app.api.tables import table_columns
+from app.config.routing import topic_plans
 
 
 def describe(ctx: ApiContext) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def describe(ctx: ApiContext) -> dict[str, Any]:
         "consumer_group": ctx.group_id,
         "partitions": partitions,
         "spec": pipeline.model_dump(mode="json", by_alias=True),
-        "topics": [asdict(plan) for plan in pipeline.topics(partitions, ctx.group_id)],
+        "topics": [asdict(plan) for plan in topic_plans(pipeline, partitions, ctx.group_id)],
         "tables": tables,
         "features": {name: plan.feature_names() for name, plan in ctx.tables.plans.items()},
     }

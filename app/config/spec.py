@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from ruamel.yaml import YAML
@@ -118,12 +117,23 @@ class AggregationSpec(_Model):
         return [f"{self.name}_{op}_{w}" for op in self.ops for w in self.windows]
 
 
-class FeatureGroupSpec(_Model):
-    """Sliding-window aggregates per entity key, bucketed by ``period``."""
+def _key_fields(value: object) -> object:
+    if isinstance(value, list) and len(set(map(str, value))) != len(value):
+        raise ValueError("a key field is listed twice")
+    return value
 
-    key: Name
+
+class FeatureGroupSpec(_Model):
+    """Sliding-window aggregates per entity key (a field or a list of fields), bucketed by ``period``."""
+
+    key: Annotated[Name | Annotated[list[Name], Field(min_length=1)], AfterValidator(_key_fields)]
     period: Duration
     aggregations: list[AggregationSpec] = Field(min_length=1)
+
+    @property
+    def key_fields(self) -> tuple[str, ...]:
+        """The key's fields, in the order of the key's string form."""
+        return (self.key,) if isinstance(self.key, str) else tuple(self.key)
 
     @property
     def period_ms(self) -> int:
@@ -141,9 +151,11 @@ class FeatureGroupSpec(_Model):
 
 
 class JoinSpec(_Model):
-    """Join a lookup by the stream key; ``prefix`` renames its fields to avoid collisions."""
+    """Join a lookup on a stream field (``on``, default: the stream key); ``prefix`` renames its
+    fields to avoid collisions."""
 
     lookup: Name
+    on: Name | None = None
     prefix: str = ""
 
 
@@ -169,46 +181,6 @@ class Pipeline(_Model):
     lookups: dict[Name, LookupSpec] = Field(default_factory=dict)
     features: dict[Name, FeatureGroupSpec] = Field(default_factory=dict)
     outputs: dict[Name, OutputSpec] = Field(default_factory=dict)
-
-    def topics(self, partitions: int, group: str) -> list[TopicPlan]:
-        """Every topic the pipeline needs (inputs, lookups, outputs, dead letters, and the internal
-        repartition topics of consumer group ``group``), in a stable order."""
-        plans: dict[str, TopicPlan] = {}
-        for name, stream in self.streams.items():
-            plans.setdefault(stream.topic, TopicPlan(stream.topic, "stream", name, partitions, False))
-            plans.setdefault(
-                stream.dlq_topic, TopicPlan(stream.dlq_topic, "dead-letter", name, partitions, False)
-            )
-        for name, lookup in self.lookups.items():
-            plans.setdefault(lookup.topic, TopicPlan(lookup.topic, "lookup", name, partitions, True))
-            plans.setdefault(
-                lookup.dlq_topic, TopicPlan(lookup.dlq_topic, "dead-letter", name, partitions, False)
-            )
-        for name, output in self.outputs.items():
-            plans.setdefault(output.topic, TopicPlan(output.topic, "output", name, partitions, False))
-        for name in self.streams:
-            topic = repartition_topic(group, "stream", name)
-            plans.setdefault(topic, TopicPlan(topic, "repartition", name, partitions, False))
-        for name in self.lookups:
-            topic = repartition_topic(group, "lookup", name)
-            plans.setdefault(topic, TopicPlan(topic, "repartition", name, partitions, False))
-        return list(plans.values())
-
-
-def repartition_topic(group: str, kind: Literal["stream", "lookup"], name: str) -> str:
-    """Internal topic where records that arrived on the wrong partition for their key are re-keyed."""
-    return f"{group}-{kind}-{name}-repartition"
-
-
-@dataclass(frozen=True)
-class TopicPlan:
-    """One topic Hydrant creates: its role, which spec entry uses it, partitions, compaction."""
-
-    name: str
-    role: Literal["stream", "lookup", "output", "dead-letter", "repartition"]
-    owner: str
-    partitions: int
-    compacted: bool
 
 
 Loc = tuple[str | int, ...]
@@ -250,11 +222,7 @@ def _check_aggregation(
     if stream is None:
         yield (*at, "stream"), f"unknown stream {agg.stream!r} (streams: {', '.join(p.streams)})"
         return
-    if stream.key != group.key:
-        yield (
-            (*at, "stream"),
-            f"stream {agg.stream!r} is keyed by {stream.key!r}, group by {group.key!r}",
-        )
+    yield from _check_key_fields(stream, agg.stream, group.key_fields, (*at, "stream"), "the group's key")
     needs_field = any(op != "count" for op in agg.ops)
     if agg.field is None and needs_field:
         yield (*at, "field"), "a field is required for ops other than count"
@@ -276,6 +244,21 @@ def _check_aggregation(
             )
     if len(set(agg.windows_ms)) != len(agg.windows):
         yield (*at, "windows"), "duplicate window"
+
+
+KEY_TYPES = ("str", "int")  # field types a key can be made of (its string form: docs/pipeline.md)
+
+
+def _check_key_fields(
+    stream: StreamSpec, name: str, fields: tuple[str, ...], at: Loc, what: str
+) -> Iterator[tuple[Loc, str]]:
+    """Each of ``fields`` is a str or int field of ``stream``; yields (location, message) per problem."""
+    for field in fields:
+        kind = stream.fields.get(field)
+        if kind is None:
+            yield at, f"stream {name!r} has no field {field!r} ({what})"
+        elif kind not in KEY_TYPES and field != stream.key:
+            yield at, f"field {field!r} of stream {name!r} is a {kind}; {what} must be a str or int field"
 
 
 def _check_topics(p: Pipeline) -> Iterator[tuple[Loc, str]]:
@@ -312,18 +295,24 @@ def _check_outputs(p: Pipeline) -> Iterator[tuple[Loc, str]]:
             yield (*at, "from"), f"unknown stream {out.from_!r} (streams: {', '.join(p.streams)})"
             continue
         columns: dict[str, str] = {f: "stream" for f in stream.fields}
-        yield from _check_joins(p, out, at, columns)
+        yield from _check_joins(p, out, stream, at, columns)
         yield from _check_output_features(p, out, stream, at, columns)
         yield from _check_computed(out, at, columns)
 
 
-def _check_joins(p: Pipeline, out: OutputSpec, at: Loc, columns: dict[str, str]) -> Iterator[tuple[Loc, str]]:
-    """An output's joined lookups exist and add no column twice; adds their columns to ``columns``."""
+def _check_joins(
+    p: Pipeline, out: OutputSpec, stream: StreamSpec, at: Loc, columns: dict[str, str]
+) -> Iterator[tuple[Loc, str]]:
+    """An output's joined lookups exist, join on a str or int field of the stream (a lookup's key is
+    a string) and add no column twice; adds their columns to ``columns``."""
     for i, join in enumerate(out.join):
         lookup = p.lookups.get(join.lookup)
         if lookup is None:
             yield (*at, "join", i), f"unknown lookup {join.lookup!r}"
             continue
+        if join.on is not None:
+            what = f"the key of lookup {join.lookup!r} is a string: a join"
+            yield from _check_key_fields(stream, out.from_, (join.on,), (*at, "join", i, "on"), what)
         for field in lookup.fields:
             column = join.prefix + field
             if column in columns:
@@ -340,17 +329,19 @@ def _check_joins(p: Pipeline, out: OutputSpec, at: Loc, columns: dict[str, str])
 def _check_output_features(
     p: Pipeline, out: OutputSpec, stream: StreamSpec, at: Loc, columns: dict[str, str]
 ) -> Iterator[tuple[Loc, str]]:
-    """An output's feature groups exist, share the stream's key and add no column twice; adds them to
-    ``columns``."""
+    """An output's feature groups exist, are keyed by fields of its stream and add no column twice;
+    adds them to ``columns``."""
     for i, gname in enumerate(out.features):
         joined_group = p.features.get(gname)
         if joined_group is None:
             yield (*at, "features", i), f"unknown feature group {gname!r}"
             continue
-        if joined_group.key != stream.key:
+        missing = [f for f in joined_group.key_fields if f not in stream.fields]
+        if missing:
             yield (
                 (*at, "features", i),
-                f"group {gname!r} is keyed by {joined_group.key!r}, stream by {stream.key!r}",
+                f"group {gname!r} is keyed by {', '.join(map(repr, missing))}, which stream "
+                f"{out.from_!r} does not have",
             )
         for feature in joined_group.feature_names():
             if feature in columns:

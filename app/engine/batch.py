@@ -8,17 +8,20 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
-from app.config.spec import Pipeline, StreamSpec, repartition_topic
+from app.config.routing import stream_stages
+from app.config.spec import Pipeline, StreamSpec
 from app.engine.helpers import HelperPool
 from app.engine.shards import (
     BatchWork,
+    Hop,
     Overlay,
     Shard,
     ShardEvent,
     ShardResult,
     changed_records,
+    is_hop,
     lay_over,
     read_records,
 )
@@ -31,10 +34,12 @@ from app.metrics import (
     EVENTS_PRODUCED,
     LATE_EVENTS,
     PROCESSING_SECONDS,
+    UNKEYED_EVENTS,
 )
 from app.records.decode import BadRecord, decode_event
+from app.records.keys import key_of
 from app.records.partitioning import is_home, partition_for
-from app.records.source import source_headers, source_position
+from app.records.source import carried_parts, carried_path, hop_headers, source_headers, source_position
 from app.system.memory import collections_paused, settle_garbage_collector
 from tables.registry import StateTables
 from tables.store import StateWriter
@@ -85,25 +90,37 @@ class Source(Protocol):
 
 @dataclass(frozen=True)
 class StreamRoute:
-    """What a topic's records are: which stream, whether they already took the repartition hop."""
+    """What a topic's records are: which stream, at which of its stages (app/config/routing.py),
+    whether they already took a hop (to the stream key's partition or to a later stage's)."""
 
     name: str
     spec: StreamSpec
     repartitioned: bool
-    rekey_topic: str
+    stage: int
+    key: tuple[str, ...]  # the stage's key fields
+    hop_topics: tuple[str, ...]  # per stage of the stream, the topic that brings events there
     consumed: Any
     produced: tuple[Any, ...]  # per output of the stream, as BatchWork builds its rows
 
+    @property
+    def rekey_topic(self) -> str:
+        """Where a record that arrived off the partition of its stream key is re-keyed."""
+        return self.hop_topics[0]
+
 
 def stream_routes(pipeline: Pipeline, group_id: str, work: BatchWork) -> dict[str, StreamRoute]:
-    """Every topic the stream batches read (each stream's topic and its repartition topic)."""
+    """Every topic the stream batches read: each stream's topic and the hop topic of each stage."""
     routes: dict[str, StreamRoute] = {}
     for name, spec in pipeline.streams.items():
-        rekey = repartition_topic(group_id, "stream", name)
+        stages = stream_stages(pipeline, name, group_id)
+        hops = tuple(stage.topic for stage in stages)
         consumed = EVENTS_CONSUMED.labels(name, spec.topic)
-        produced = tuple(EVENTS_PRODUCED.labels(b.name, b.topic) for b in work.streams[name].builders)
-        for topic, repartitioned in ((spec.topic, False), (rekey, True)):
-            routes[topic] = StreamRoute(name, spec, repartitioned, rekey, consumed, produced)
+        produced = tuple(EVENTS_PRODUCED.labels(b.name, b.topic) for b in work.stages[name][0].builders)
+        routes[spec.topic] = StreamRoute(name, spec, False, 0, stages[0].key, hops, consumed, produced)
+        for stage in stages:
+            routes[stage.topic] = StreamRoute(
+                name, spec, True, stage.index, stage.key, hops, consumed, produced
+            )
     return routes
 
 
@@ -236,7 +253,15 @@ class StreamEngine:
             except BadRecord as exc:
                 steps.append(Step(message, route, exc, b"", 0, 0))
                 continue
-            key, ts, _ = decoded
+            key, ts, fields = decoded
+            stage = route.stage
+            if stage:  # a later stage: keyed by the stage's key
+                found = key_of(fields, route.key)
+                if found is None:  # the stage before checked it: a record written by another spec
+                    missing = BadRecord("missing_key", f"no value for the key {'+'.join(route.key)}")
+                    steps.append(Step(message, route, missing, b"", 0, 0))
+                    continue
+                key = found
             raw_key = key.encode("utf-8")
             if not route.repartitioned:
                 topic = message.topic
@@ -250,7 +275,12 @@ class StreamEngine:
                 s = shard_of[raw_key] = shard_for(len(shard_of))
                 home_of[raw_key] = message.partition
             source, offset = source_position(message, route.repartitioned)
-            event = ShardEvent(route.name, decoded, source, offset)
+            if stage:  # events of one source reach a later stage in order only along one path
+                source += carried_path(message).decode()
+            if stage:
+                event = ShardEvent(route.name, decoded, source, offset, stage, key, carried_parts(message))
+            else:
+                event = ShardEvent(route.name, decoded, source, offset)
             steps.append(Step(message, route, None, raw_key, s, add(shards[s], event, key, raw_key, ts)))
         self.read_batch(batch)
         return batch
@@ -299,7 +329,7 @@ class StreamEngine:
         partitions = self.partitions
         counts, home_of = batch.counts, batch.home_of
         deliveries: list[Awaitable[Any]] = []
-        outputs = RecordBatches()
+        outputs = RecordBatches()  # outputs and hops to later stages
         output_partitions: dict[str, int] = {}  # asked once per batch
         outcomes = {s: result.outcomes for s, result in done.items()}
         add = outputs.add
@@ -311,6 +341,18 @@ class StreamEngine:
                 deliveries.append(await forward(producer, route.rekey_topic, raw_key, target, message))
                 continue
             outcome = outcomes[s][position] if error is None else None
+            if outcome is not None and is_hop(outcome):
+                stage, key, parts = cast(Hop, outcome)
+                hop_key = key.encode("utf-8")
+                add(
+                    route.hop_topics[stage],
+                    partition_for(hop_key, partitions),
+                    hop_key,
+                    message.value,
+                    hop_headers(message, route.repartitioned, route.stage, parts),
+                    message.timestamp,
+                )
+                continue
             if error is not None or isinstance(outcome, tuple):
                 if error is None:
                     error = BadRecord(*outcome)  # type: ignore[misc]
@@ -339,6 +381,8 @@ class StreamEngine:
                 self.late[group].inc(count)
             for group, count in result.duplicates.items():
                 self.duplicates[group].inc(count)
+            for (group, stream), count in result.unkeyed.items():
+                UNKEYED_EVENTS.labels(group, stream).inc(count)
         await writer.send()  # the state is now local: the batch after the next reads it
         return self._delivered(writer, deliveries, counts, batch)
 

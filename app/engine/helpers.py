@@ -24,7 +24,7 @@ _FRAME = struct.Struct("!Q")  # a message on the pipes: the byte length of a fil
 
 def encode_shard(shard: Shard) -> bytes:
     """``shard`` as bytes for a helper (``marshal`` of plain values; what a helper needs only)."""
-    events = [(e.stream, e.decoded, e.source, e.offset) for e in shard.events]
+    events = [(e.stream, e.decoded, e.source, e.offset, e.stage, e.key, e.carry) for e in shard.events]
     wants = {slot: whole for slot, (whole, _) in shard.wants.items()}  # the buckets were for reading
     return marshal.dumps((events, wants, shard.records, shard.lookups))
 
@@ -42,7 +42,7 @@ def decode_shard(payload: bytes) -> Shard:
 
 def encode_result(result: ShardResult) -> bytes:
     """``result`` as bytes for the worker (``marshal``)."""
-    return marshal.dumps((result.outcomes, result.changes, result.late, result.duplicates))
+    return marshal.dumps((result.outcomes, result.changes, result.late, result.duplicates, result.unkeyed))
 
 
 def decode_result(payload: bytes) -> ShardResult:

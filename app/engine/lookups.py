@@ -8,7 +8,8 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-from app.config.spec import LookupSpec, repartition_topic
+from app.config.routing import repartition_topic
+from app.config.spec import LookupSpec
 from app.engine.batch import BATCH_WITHIN_S, Source, WorkerIO
 from app.kafka.dead_letters import forward, send_dead_letter
 from app.metrics import LOOKUP_UPDATES

@@ -9,9 +9,11 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from app.config.spec import Pipeline, StreamSpec
+from app.config.routing import Stage, stream_stages
+from app.config.spec import Pipeline
 from app.records.decode import BadRecord
-from app.records.enrich import OutputBuilder, output_builders
+from app.records.enrich import OutputBuilder, group_part, join_part, output_builders
+from app.records.keys import key_of
 from tables.apply import apply_event, choose, is_late
 from tables.key_state import KeyState
 from tables.plans import group_plans
@@ -22,8 +24,17 @@ Slot = tuple[str, bytes]  # (feature group, entity key)
 Decoded = tuple[str, int, dict[str, Any]]  # decode_event's (key, event time ms, fields)
 Rows = list[tuple[str, bytes]]  # (output topic, value) per output of the event's stream
 Rejected = tuple[str, str]  # a BadRecord's (reason, message)
+#: (next stage, its key's string form, the parts gathered so far as orjson): the event goes on to
+#: that stage's hop topic (a plain tuple: results cross to the worker by ``marshal``)
+Hop = tuple[int, str, bytes]
 Changes = list[tuple[bytes, bytes | None]]  # (record key, value or None: deleted), in write order
 Overlay = dict[Slot, Changes]  # what a batch changed per slot, before it is written locally
+LATE = "late"  # the parts' entry naming why the event was late at an earlier stage
+
+
+def is_hop(outcome: Rows | Rejected | Hop) -> bool:
+    """Whether an event's outcome sends it on to a later stage."""
+    return isinstance(outcome, tuple) and len(outcome) == 3
 
 
 class Wants(NamedTuple):
@@ -35,12 +46,15 @@ class Wants(NamedTuple):
 
 @dataclass
 class ShardEvent:
-    """One decoded stream event of a shard, with its original record's position."""
+    """One decoded stream event of a shard at one of its stages, with its original record's position."""
 
     stream: str
     decoded: Decoded  # decode_event's result, as the worker decoded it to route the record
     source: str  # "<topic>:<partition>" of the original record (window state's duplicate check)
     offset: int
+    stage: int = 0  # which of its stream's stages (app/config/routing.py) it is at
+    key: str = ""  # the stage key's string form ("": the stream key, decoded[0])
+    carry: bytes | None = None  # the parts earlier stages gathered (orjson), None at stage 0
 
 
 @dataclass
@@ -62,49 +76,49 @@ class Shard:
 
 @dataclass
 class ShardResult:
-    """What a shard's run gives back: per event its rows or rejection, per key its changes, counts."""
+    """What a shard's run gives back: per event its rows, hop or rejection, per key its changes, counts."""
 
-    outcomes: list[Rows | Rejected] = field(default_factory=list)  # per event of the shard
+    outcomes: list[Rows | Rejected | Hop] = field(default_factory=list)  # per event of the shard
     changes: list[tuple[str, bytes, Changes]] = field(default_factory=list)
     late: dict[str, int] = field(default_factory=dict)  # per group
     duplicates: dict[str, int] = field(default_factory=dict)
+    unkeyed: dict[tuple[str, str], int] = field(default_factory=dict)  # per (group, stream)
 
 
 @dataclass(frozen=True)
-class StreamWork:
-    """What a stream's events need: the groups they feed and read, their output builders and joins."""
+class StageWork:
+    """What a stream's events need at one stage: the groups they feed and read, the joins, and (at
+    the last stage an event reaches) the stream's output builders."""
 
-    name: str
-    spec: StreamSpec
-    groups: tuple[str, ...]  # feature groups this stream feeds
+    stream: str
+    stage: Stage
     reads: frozenset[str]  # groups whose features its output rows carry (read whole)
     builders: tuple[OutputBuilder, ...]
-    joins: tuple[str, ...]  # lookups its output rows join
+    later: tuple[Stage, ...]  # the stream's stages after this one
 
 
 class BatchWork:
-    """What every shard needs of the pipeline: group plans and, per stream, its outputs."""
+    """What every shard needs of the pipeline: group plans and, per stream and stage, its work."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, group_id: str = "") -> None:
         self.plans = group_plans(pipeline)
-        self.streams: dict[str, StreamWork] = {}
-        for name, spec in pipeline.streams.items():
+        #: per stream, its stages' work in visiting order
+        self.stages: dict[str, tuple[StageWork, ...]] = {}
+        for name in pipeline.streams:
             builders = tuple(output_builders(pipeline, name))
-            self.streams[name] = StreamWork(
-                name,
-                spec,
-                tuple(g for g, plan in self.plans.items() if name in plan.by_stream),
-                frozenset(g for b in builders for g in b.groups),
-                builders,
-                tuple(dict.fromkeys(lookup for b in builders for lookup, _ in b.joins)),
+            stages = stream_stages(pipeline, name, group_id)
+            self.stages[name] = tuple(
+                StageWork(name, stage, frozenset(stage.reads), builders, stages[stage.index + 1 :])
+                for stage in stages
             )
 
     def add(self, shard: Shard, event: ShardEvent, key: str, raw_key: bytes, ts: int) -> int:
-        """Add a decoded home event to ``shard`` and note the records it reads; its position there."""
-        work = self.streams[event.stream]
+        """Add a decoded event, at home on the partition of its stage's ``key``, to ``shard`` and note
+        the records it reads; its position there."""
+        work = self.stages[event.stream][event.stage]
         wants = shard.wants
         plans = self.plans
-        for group in work.groups:
+        for group in work.stage.groups:
             wanted = wants.get((group, raw_key))
             if wanted is None:
                 wanted = wants[group, raw_key] = Wants(group in work.reads, set())
@@ -113,7 +127,7 @@ class BatchWork:
             wanted = wants.get((group, raw_key))
             if wanted is None or not wanted.whole:
                 wants[group, raw_key] = Wants(True, set() if wanted is None else wanted.buckets)
-        for lookup in work.joins:
+        for lookup, _ in work.stage.joins:
             shard.lookups[lookup, key] = None
         shard.events.append(event)
         return len(shard.events) - 1
@@ -147,29 +161,37 @@ class BatchWork:
         states: dict[Slot, KeyState],
         lookups: dict[tuple[str, str], dict[str, Any] | None],
         result: ShardResult,
-    ) -> Rows | Rejected:
-        work = self.streams[event.stream]
+    ) -> Rows | Rejected | Hop:
+        work = self.stages[event.stream][event.stage]
+        stage = work.stage
         try:
             key, ts, fields = event.decoded
-            raw_key = key.encode("utf-8")
-            self._apply(work, states, raw_key, fields, ts, event.source, event.offset, result)
-
-            def features(group: str, _key: str, at: int) -> dict[str, Any]:
-                # The group's state as this batch holds it (applied above if its stream feeds it).
-                return read_features(self.plans[group], states[group, raw_key], at)
-
-            def lookup(name: str, join_key: str) -> dict[str, Any] | None:
-                return lookups[name, join_key]
-
-            return [
-                (b.topic, orjson.dumps(b.build(key, ts, fields, lookup, features))) for b in work.builders
-            ]
+            here = event.key or key
+            raw_key = here.encode("utf-8")
+            late = self._apply(work, states, raw_key, fields, ts, event.source, event.offset, result)
+            parts: dict[str, Any] = orjson.loads(event.carry) if event.carry is not None else {}
+            if late is not None:
+                parts.setdefault(LATE, late)
+            plans = self.plans
+            for group in stage.reads:  # the group's state as this batch holds it, the event applied
+                parts[group_part(group)] = read_features(plans[group], states[group, raw_key], ts)
+            for lookup, on in stage.joins:
+                parts[join_part(lookup, on)] = lookups[lookup, here]
+            for later in work.later:  # the next stage whose key the event has
+                next_key = key_of(fields, later.key)
+                if next_key is not None:
+                    return (later.index, next_key, orjson.dumps(parts))
+                for group in later.groups:
+                    result.unkeyed[group, event.stream] = result.unkeyed.get((group, event.stream), 0) + 1
+            if LATE in parts:
+                raise BadRecord("late", parts[LATE])
+            return [(b.topic, orjson.dumps(b.build(fields, parts))) for b in work.builders]
         except BadRecord as exc:
             return (exc.reason, str(exc))
 
     def _apply(
         self,
-        work: StreamWork,
+        work: StageWork,
         states: dict[Slot, KeyState],
         raw_key: bytes,
         fields: dict[str, Any],
@@ -177,17 +199,19 @@ class BatchWork:
         source: str,
         offset: int,
         result: ShardResult,
-    ) -> None:
-        """Apply the event to every group its stream feeds; BadRecord('late') when it is late for
-        any of them (then it is applied to none), BadRecord('expression') when a `where` fails."""
-        if not work.groups:
-            return
+    ) -> str | None:
+        """Apply the event to every group its stream feeds at this stage; when it is late for any of
+        them it is applied to none and the lateness is returned; BadRecord('expression') when a
+        `where` fails."""
+        groups = work.stage.groups
+        if not groups:
+            return None
         plans = self.plans
         try:
-            chosen = {g: choose(plans[g], work.name, fields) for g in work.groups}
+            chosen = {g: choose(plans[g], work.stream, fields) for g in groups}
         except Exception as exc:
             raise BadRecord("expression", f"where filter: {type(exc).__name__}: {exc}") from None
-        keyed = [(g, states[g, raw_key]) for g in work.groups]
+        keyed = [(g, states[g, raw_key]) for g in groups]
         # A redelivery that a head already recorded is a duplicate there, even if its bucket expired since.
         late = [
             (g, state)
@@ -201,14 +225,14 @@ class BatchWork:
             first, state = late[0]
             plan = plans[first]
             horizon = (state.newest or 0) - plan.retention
-            raise BadRecord(
-                "late",
+            return (
                 f"event time {ts} is in bucket {plan.bucket(ts)} <= {horizon} (the key's newest bucket "
-                f"minus the retention of group {first!r})",
+                f"minus the retention of group {first!r})"
             )
         for g, state in keyed:
             if apply_event(plans[g], state, chosen[g], fields, ts, source, offset) == "duplicate":
                 result.duplicates[g] = result.duplicates.get(g, 0) + 1
+        return None
 
 
 def changed_records(results: Iterable[ShardResult]) -> Overlay:

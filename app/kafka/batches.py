@@ -34,17 +34,24 @@ class RecordBatches:
     """Records to send, grouped per (topic, partition) in the order they were added."""
 
     def __init__(self) -> None:
-        self._records: dict[tuple[str, int], list[tuple[bytes, bytes | None, list[Any]]]] = {}
+        self._records: dict[tuple[str, int], list[tuple[bytes, bytes | None, list[Any], int | None]]] = {}
 
     def __bool__(self) -> bool:
         return bool(self._records)
 
     def add(
-        self, topic: str, partition: int, key: bytes, value: bytes | None, headers: list[Any] | None = None
+        self,
+        topic: str,
+        partition: int,
+        key: bytes,
+        value: bytes | None,
+        headers: list[Any] | None = None,
+        timestamp_ms: int | None = None,
     ) -> None:
-        """Queue a record; ``headers`` (aiokafka wants a list) is kept, not copied: leave it as it is."""
+        """Queue a record (``timestamp_ms`` None: the time it is sent); ``headers`` (aiokafka wants a
+        list) is kept, not copied: leave it as it is."""
         self._records.setdefault((topic, partition), []).append(
-            (key, value, _NO_HEADERS if headers is None else headers)
+            (key, value, _NO_HEADERS if headers is None else headers, timestamp_ms)
         )
 
     async def send(self, producer: Any) -> list[SentBatch]:
@@ -53,13 +60,13 @@ class RecordBatches:
         for (topic, partition), records in self._records.items():
             batch = producer.create_batch()
             count = 0
-            for key, value, headers in records:
-                if _append(batch, count, key, value, headers):
+            for key, value, headers, timestamp in records:
+                if _append(batch, count, key, value, headers, timestamp):
                     count += 1
                     continue
                 sent.append(await _send(producer, batch, count, topic, partition))  # full
                 batch = producer.create_batch()
-                if not _append(batch, 0, key, value, headers):
+                if not _append(batch, 0, key, value, headers, timestamp):
                     raise ValueError(f"a record for {topic}[{partition}] is larger than a producer batch")
                 count = 1
             if count:
@@ -68,10 +75,12 @@ class RecordBatches:
         return sent
 
 
-def _append(batch: Any, count: int, key: bytes, value: bytes | None, headers: list[Any]) -> bool:
+def _append(
+    batch: Any, count: int, key: bytes, value: bytes | None, headers: list[Any], timestamp: int | None
+) -> bool:
     """``BatchBuilder.append`` without its per-record checks, at relative offset ``count`` (aiokafka
     internals: 0.14, pinned in pyproject.toml); False when the batch is full."""
-    return batch._builder.append(count, None, key, value, headers) is not None
+    return batch._builder.append(count, timestamp, key, value, headers) is not None
 
 
 async def _send(producer: Any, batch: Any, count: int, topic: str, partition: int) -> SentBatch:

@@ -10,8 +10,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from app.config.routing import TopicPlan, topic_plans
 from app.config.settings import Settings
-from app.config.spec import Pipeline, TopicPlan
+from app.config.spec import Pipeline
 from app.errors import BrokerError
 
 logger = logging.getLogger(__name__)
@@ -83,5 +84,5 @@ async def create_topics(settings: Settings, plans: list[TopicPlan]) -> tuple[lis
 async def create_pipeline_topics(settings: Settings, pipeline: Pipeline) -> tuple[list[str], list[str]]:
     """Every topic the pipeline needs, with HYDRANT_PARTITIONS partitions, idempotently."""
     return await create_topics(
-        settings, pipeline.topics(settings.partitions, settings.group_id(pipeline.name))
+        settings, topic_plans(pipeline, settings.partitions, settings.group_id(pipeline.name))
     )

@@ -50,3 +50,31 @@ def source_position(message: Any, repartitioned: bool = False) -> tuple[str, int
         return _source_name(message.topic, message.partition), message.offset
     values = dict(source_headers(message, repartitioned=True))
     return f"{values[SOURCE_TOPIC].decode()}:{values[SOURCE_PARTITION].decode()}", int(values[SOURCE_OFFSET])
+
+
+HOP_PARTS = "hydrant-parts"  # on a hop to a later stage: what the event's outputs read so far (orjson)
+HOP_PATH = "hydrant-path"  # on a hop to a later stage: ">p" per stage partition it went through
+
+
+def hop_headers(message: Any, repartitioned: bool, stage: int, parts: bytes) -> list[tuple[str, bytes]]:
+    """Headers of a record sent on from ``stage`` (on the message's partition) to a later stage: its
+    source, its original Kafka key, the path of stage partitions it took, ``parts``."""
+    headers = source_headers(message, repartitioned)
+    original = source_key(message, repartitioned)
+    if original is not None:
+        headers.append((SOURCE_KEY, original))
+    path = carried_path(message) if stage else b""
+    headers.append((HOP_PATH, path + b">%d" % message.partition))
+    headers.append((HOP_PARTS, parts))
+    return headers
+
+
+def carried_parts(message: Any) -> bytes | None:
+    """The parts a hop record carries (None on other records)."""
+    return next((v for k, v in _header_items(message) if k == HOP_PARTS), None)
+
+
+def carried_path(message: Any) -> bytes:
+    """The stage partitions a hop record went through, ``>p`` each (empty on other records): with
+    its source, the identity window state dedups it by (docs/pipeline.md: one path, one order)."""
+    return next((v for k, v in _header_items(message) if k == HOP_PATH), b"")

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from app import __version__
+from app.config.routing import stream_stages, topic_plans
 from app.config.settings import ENV_PREFIX, Settings, load_settings
 from app.config.spec import Pipeline, load_pipeline
 from app.errors import HydrantError, SpecError
@@ -152,7 +153,7 @@ def render_plan(spec: Pipeline, settings: Settings) -> str:
     """The derived plan: topics, tables, agents, features — what a worker of this spec will run."""
     group = settings.group_id(spec.name)
     lines = [f"pipeline {spec.name!r} is valid (consumer group {group!r})", "", "topics:"]
-    for plan in spec.topics(settings.partitions, group):
+    for plan in topic_plans(spec, settings.partitions, group):
         compact = ", compacted" if plan.compacted else ""
         lines.append(
             f"  {plan.name:<32} {plan.role:<12} {plan.partitions} partitions{compact}  ({plan.owner})"
@@ -163,9 +164,8 @@ def render_plan(spec: Pipeline, settings: Settings) -> str:
             f"  lookup-{name:<25} from {lookup.topic}, key {lookup.key}, fields {', '.join(lookup.fields)}"
         )
     for name, group_spec in spec.features.items():
-        lines.append(
-            f"  features-{name:<23} key {group_spec.key}, period {group_spec.period}, one record per bucket"
-        )
+        key = " + ".join(group_spec.key_fields)
+        lines.append(f"  features-{name:<23} key {key}, period {group_spec.period}, one record per bucket")
     lines += ["", "agents:"]
     for name in spec.lookups:
         lines.append(f"  update_{name:<24} {spec.lookups[name].topic} -> table lookup-{name}")
@@ -173,8 +173,20 @@ def render_plan(spec: Pipeline, settings: Settings) -> str:
         outs = [o.topic for o in spec.outputs.values() if o.from_ == name]
         target = ", ".join(outs) or "(state only)"
         lines.append(f"  process_events  {stream.topic:<16} -> {target}; bad -> {stream.dlq_topic}")
+    lines += ["", "routing (the keys each stream's events visit, in order; docs/pipeline.md):"]
+    for name in spec.streams:
+        lines.append(f"  {name}")
+        for stage in stream_stages(spec, name, group):
+            via = "the stream's key" if stage.index == 0 else f"via {stage.topic}"
+            does = [f"feeds {', '.join(stage.groups)}"] if stage.groups else []
+            does += [f"joins {lookup} on {on}" for lookup, on in stage.joins]
+            if stage.reads:
+                does.append(f"outputs read {', '.join(stage.reads)}")
+            key = " + ".join(stage.key)
+            lines.append(f"    {stage.index + 1}. {key} ({via}): {'; '.join(does) or 'nothing'}")
     for name, group_spec in spec.features.items():
-        lines += ["", f"feature group {name} (key {group_spec.key}, period {group_spec.period}):"]
+        key = " + ".join(group_spec.key_fields)
+        lines += ["", f"feature group {name} (key {key}, period {group_spec.period}):"]
         lines.append("  " + ", ".join(group_spec.feature_names()))
     return "\n".join(lines)
 

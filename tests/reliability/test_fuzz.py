@@ -11,6 +11,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.config.routing import topic_plans
 from app.config.spec import parse_pipeline
 from app.errors import SpecError
 from app.records.decode import BadRecord, decode_event, decode_lookup
@@ -92,4 +93,4 @@ def test_spec_loader_accepts_or_names_the_problem(text: str) -> None:
         assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
         return
     assert pipeline.streams  # a spec that loads is a usable pipeline
-    pipeline.topics(4, "g")
+    topic_plans(pipeline, 4, "g")

@@ -64,7 +64,9 @@ class Sent:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
-    timestamp_s: float | None = None  # single sends only (record batches leave it to the producer)
+    timestamp_s: float | None = None  # single sends only
+    #: record batches only: the record's timestamp (the producer's clock unless the engine set one)
+    timestamp_ms: int | None = field(default=None, compare=False)
 
 
 def done(result: Any) -> asyncio.Future[Any]:
@@ -128,7 +130,9 @@ class FakeKafkaProducer:
         self.next_offset[tp] = base + len(records)
         self.batches.append((topic, partition, base, len(records)))
         for r in records:
-            self.sent.append(Sent(topic, partition, r.key, r.value, tuple(r.headers)))
+            self.sent.append(
+                Sent(topic, partition, r.key, r.value, tuple(r.headers), timestamp_ms=r.timestamp)
+            )
         return done(RecordMetadata(topic, partition, tp, base, None, 0, None))
 
 
@@ -226,11 +230,16 @@ class Engine:
 def shop_engine(root: Path, helpers: int = 0, batch_max: int = 2_000) -> Engine:
     """The shop pipeline's StreamEngine on tables under ``root`` (made here), with ``helpers``
     helper processes (started by the engine's run, or :meth:`HelperPool.connect`)."""
+    return pipeline_engine(root, SHOP, helpers, batch_max)
+
+
+def pipeline_engine(root: Path, path: Path, helpers: int = 0, batch_max: int = 2_000) -> Engine:
+    """The StreamEngine of the pipeline file ``path`` on tables under ``root``, as :func:`shop_engine`."""
     root.mkdir(parents=True, exist_ok=True)
-    pipeline = load_pipeline(SHOP)
-    work = BatchWork(pipeline)
+    pipeline = load_pipeline(path)
+    work = BatchWork(pipeline, GROUP_ID)
     tables = StateTables.build(pipeline, lambda name, text: RdictTable(root, name, text))
-    pool = HelperPool(helpers, SHOP)
+    pool = HelperPool(helpers, path)
     written: list[tuple[str, int]] = []
     engine = StreamEngine(
         work,

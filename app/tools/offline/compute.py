@@ -261,7 +261,7 @@ def _select_groups(pipeline: Pipeline, groups: Sequence[str] | None) -> dict[str
     if len({p.key for p in chosen.values()}) > 1:
         raise InputFileError(
             "the groups have different keys ("
-            + ", ".join(f"{g}: {p.key}" for g, p in chosen.items())
+            + ", ".join(f"{g}: {'+'.join(p.key)}" for g, p in chosen.items())
             + "); choose groups with one key using --group"
         )
     return chosen
@@ -312,7 +312,9 @@ def compute(
             report.dropped[reason] = report.dropped.get(reason, 0) + n
     report.late = next((e.late_all for e in accepted.values()), 0)
     if labels is not None:
-        frame, q_keys, q_times = _label_queries(labels, next(iter(plans.values())).key, label_key, label_time)
+        frame, q_keys, q_times = _label_queries(
+            labels, next(iter(plans.values())).key[0], label_key, label_time
+        )
     else:
         present = np.zeros(len(key_names), dtype=bool)
         for g in plans:

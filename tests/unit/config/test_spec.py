@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from app.config.routing import stream_stages, topic_plans
 from app.config.spec import load_pipeline, parse_duration, parse_pipeline
 from app.errors import SpecError
-from tests.conftest import SHOP
+from tests.conftest import PAYMENTS, SHOP
 
 
 def test_shop_example_loads_with_feature_names_as_written() -> None:
@@ -24,7 +25,7 @@ def test_shop_example_loads_with_feature_names_as_written() -> None:
     assert "products_distinct_24h" in names and "clicks_count_10m" in names and len(names) == 16
     out = p.outputs["orders_enriched"]
     assert out.from_ == "orders" and [j.lookup for j in out.join] == ["users"] and out.join[0].prefix == ""
-    topics = {t.name: t for t in p.topics(3, "g")}
+    topics = {t.name: t for t in topic_plans(p, 3, "g")}
     assert set(topics) == {
         "orders",
         "orders.dlq",
@@ -158,6 +159,52 @@ INVALID = [
 ]
 
 
+PAYMENTS_TEXT = PAYMENTS.read_text()
+
+
+def broken_payments(old: str, new: str) -> str:
+    assert old in PAYMENTS_TEXT, old
+    return PAYMENTS_TEXT.replace(old, new, 1)
+
+
+# Several entities per stream: group keys and joins on other fields (docs/pipeline.md).
+INVALID += [
+    (
+        broken_payments("key: [card_id, merchant_id]", "key: [card_id, shop_id]"),
+        "features.card_merchant.aggregations.0.stream: stream 'payments' has no field 'shop_id' "
+        "(the group's key)",
+        "{name: pair,",
+    ),
+    (
+        broken_payments("key: [card_id, merchant_id]", "key: [card_id, amount]"),
+        "features.card_merchant.aggregations.0.stream: field 'amount' of stream 'payments' is a float; the "
+        "group's key must be a str or int field",
+        "{name: pair,",
+    ),
+    (
+        broken_payments("key: [card_id, merchant_id]", "key: [card_id, card_id]"),
+        "features.card_merchant.key: a key field is listed twice",
+        "key: [card_id, card_id]",
+    ),
+    (
+        broken_payments("on: merchant_id", "on: merchant"),
+        "outputs.payments_enriched.join.0.on: stream 'payments' has no field 'merchant'",
+        "on: merchant,",
+    ),
+    (
+        broken_payments("on: merchant_id", "on: amount"),
+        "outputs.payments_enriched.join.0.on: field 'amount' of stream 'payments' is a float; the key of "
+        "lookup 'merchants' is a string: a join must be a str or int field",
+        "on: amount",
+    ),
+    (
+        broken_payments("features: [card, merchant", "features: [card, merchant, user"),
+        "outputs.payments_enriched.features.2: unknown feature group 'user'",
+        "features: [card",
+    ),
+]
+
+
 @pytest.mark.parametrize(("text", "message", "needle"), INVALID, ids=[m.split(":")[0] for _, m, _ in INVALID])
 def test_invalid_spec_names_field_and_line(text: str, message: str, needle: str) -> None:
     with pytest.raises(SpecError) as err:
@@ -210,3 +257,25 @@ def test_hydrant_check_exits_2_with_messages(tmp_path: Path) -> None:
         text=True,
     )
     assert missing.returncode == 2 and "cannot read the pipeline file" in missing.stderr
+
+
+def test_payments_stages_visit_each_key_once_fewer_fields_first() -> None:
+    p = load_pipeline(PAYMENTS)
+    stages = stream_stages(p, "payments", "g")
+    assert [(s.key, s.groups, s.reads, s.joins) for s in stages] == [
+        (("card_id",), ("card",), ("card",), ()),
+        (("merchant_id",), ("merchant",), ("merchant",), (("merchants", "merchant_id"),)),
+        (("device_id",), ("device",), ("device",), ()),
+        (("card_id", "merchant_id"), ("card_merchant",), ("card_merchant",), ()),
+    ]
+    assert [s.topic for s in stages] == [
+        "g-stream-payments-repartition",
+        "g-stream-payments-by-merchant_id-repartition",
+        "g-stream-payments-by-device_id-repartition",
+        "g-stream-payments-by-card_id-merchant_id-repartition",
+    ]
+    hops = {t.name for t in topic_plans(p, 4, "g") if t.role == "repartition"}
+    assert {s.topic for s in stages} < hops
+    # The shop: one key per stream, so one stage each and no hop topic beyond today's.
+    shop = load_pipeline(SHOP)
+    assert [len(stream_stages(shop, name, "g")) for name in shop.streams] == [1, 1]

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from app.config.spec import repartition_topic
+from app.config.routing import repartition_topic
 from app.records.partitioning import partition_for
 from app.records.source import SOURCE_KEY, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 from tables.registry import stored_state

@@ -34,7 +34,9 @@ def test_a_record_the_worker_did_not_read_is_an_error_not_an_absent_bucket(tmp_p
         ts = newest * work.plans["user"].period_ms + 1
         value = orjson.dumps({"user_id": "u1", "page": "/", "ts": ts})
         shard = Shard()
-        event = ShardEvent("clicks", decode_event(value, work.streams["clicks"].spec, 0), "clicks:9", 0)
+        event = ShardEvent(
+            "clicks", decode_event(value, engine.engine.routes["clicks"].spec, 0), "clicks:9", 0
+        )
         work.add(shard, event, "u1", b"u1", ts)
         lookups = engine.tables.lookups["users"]
         read_records(

@@ -96,15 +96,17 @@ def test_state_writer_writes_each_partition_in_order_locally_and_to_its_changelo
         assert dict(dbs[0].items()) == {b"k\x00": b"head", b"k\x001": b"v1 again"}
         assert dict(dbs[1].items()) == {b"other": b"v"}
         assert told == [("features", 0), ("features", 1)]
-        changelog = writer._changelog._records  # what send() hands to the producer, per partition
+        changelog = (
+            writer._changelog._records
+        )  # what send() hands to the producer, per partition (timestamp None: when sent)
         assert changelog == {
             ("features-changelog", 0): [
-                (b"k\x001", b"v1", []),
-                (b"gone", None, []),
-                (b"k\x00", b"head", []),
-                (b"k\x001", b"v1 again", []),
+                (b"k\x001", b"v1", [], None),
+                (b"gone", None, [], None),
+                (b"k\x00", b"head", [], None),
+                (b"k\x001", b"v1 again", [], None),
             ],
-            ("features-changelog", 1): [(b"other", b"v", [])],
+            ("features-changelog", 1): [(b"other", b"v", [], None)],
         }
     finally:
         for db in dbs.values():
