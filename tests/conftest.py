@@ -24,6 +24,14 @@ def shop_pipeline_text(uid: str) -> str:
     return text.replace("name: shop", f"name: shop-{uid}")
 
 
+def payments_pipeline_text(uid: str) -> str:
+    """The payments example with every topic suffixed by ``uid``."""
+    text = PAYMENTS.read_text()
+    for topic in ("payments-enriched", "payments", "merchants"):
+        text = text.replace(f"topic: {topic}\n", f"topic: {topic}-{uid}\n")
+    return text.replace("name: payments", f"name: payments-{uid}")
+
+
 @pytest.fixture
 def uid() -> str:
     """Unique per test: topic names, consumer group, pipeline name."""

@@ -95,6 +95,9 @@ class StageWork:
     reads: frozenset[str]  # groups whose features its output rows carry (read whole)
     builders: tuple[OutputBuilder, ...]
     later: tuple[Stage, ...]  # the stream's stages after this one
+    #: (group, its part name) per group read here; (lookup, its part name) per join here
+    read_parts: tuple[tuple[str, str], ...] = ()
+    join_parts: tuple[tuple[str, str], ...] = ()
 
 
 class BatchWork:
@@ -108,7 +111,15 @@ class BatchWork:
             builders = tuple(output_builders(pipeline, name))
             stages = stream_stages(pipeline, name, group_id)
             self.stages[name] = tuple(
-                StageWork(name, stage, frozenset(stage.reads), builders, stages[stage.index + 1 :])
+                StageWork(
+                    name,
+                    stage,
+                    frozenset(stage.reads),
+                    builders,
+                    stages[stage.index + 1 :],
+                    tuple((g, group_part(g)) for g in stage.reads),
+                    tuple((lookup, join_part(lookup, on)) for lookup, on in stage.joins),
+                )
                 for stage in stages
             )
 
@@ -163,7 +174,6 @@ class BatchWork:
         result: ShardResult,
     ) -> Rows | Rejected | Hop:
         work = self.stages[event.stream][event.stage]
-        stage = work.stage
         try:
             key, ts, fields = event.decoded
             here = event.key or key
@@ -173,10 +183,10 @@ class BatchWork:
             if late is not None:
                 parts.setdefault(LATE, late)
             plans = self.plans
-            for group in stage.reads:  # the group's state as this batch holds it, the event applied
-                parts[group_part(group)] = read_features(plans[group], states[group, raw_key], ts)
-            for lookup, on in stage.joins:
-                parts[join_part(lookup, on)] = lookups[lookup, here]
+            for group, part in work.read_parts:  # the group's state as this batch holds it, event applied
+                parts[part] = read_features(plans[group], states[group, raw_key], ts)
+            for lookup, part in work.join_parts:
+                parts[part] = lookups[lookup, here]
             for later in work.later:  # the next stage whose key the event has
                 next_key = key_of(fields, later.key)
                 if next_key is not None:

@@ -392,22 +392,29 @@ def compute(
 @click.option(
     "--rate", type=click.FloatRange(min=1), default=50.0, show_default=True, help="Events per second."
 )
+@click.option(
+    "--example",
+    type=click.Choice(["shop", "payments"]),
+    default=None,
+    help="Which example's events (default: the one the pipeline fits).",
+)
 @friendly_errors
-def demo(pipeline: str | None, rate: float) -> None:
-    """Generate shop demo events (users, orders, clicks) into HYDRANT_BROKER until Ctrl-C/SIGTERM."""
-    from app.tools.demo import demo_topics, run_demo
+def demo(pipeline: str | None, rate: float, example: str | None) -> None:
+    """Generate demo events of an example (shop: users, orders, clicks; payments: merchants,
+    payments) into HYDRANT_BROKER until Ctrl-C/SIGTERM."""
+    from app.tools.demo import pick_example, run_demo
 
     settings = _settings(pipeline)
     _need_broker(settings)
     spec = load_pipeline(settings.pipeline)
-    demo_topics(spec)  # fails clearly when the pipeline is not the shop example
+    example = pick_example(spec, example)  # fails clearly when the pipeline fits no example
 
     async def run() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await run_demo(settings, spec, stop, rate=rate)
+        return await run_demo(settings, spec, stop, rate=rate, example=example)
 
     configure_logging(settings.log_level)
     sent = asyncio.run(run())
@@ -416,7 +423,12 @@ def demo(pipeline: str | None, rate: float) -> None:
 
 @cli.command()
 @pipeline_option
-@click.option("--demo/--no-demo", default=True, show_default=True, help="Generate example shop events.")
+@click.option(
+    "--demo/--no-demo",
+    default=True,
+    show_default=True,
+    help="Generate the example's events (shop or payments).",
+)
 @click.option(
     "--rate", type=click.FloatRange(min=1), default=50.0, show_default=True, help="Demo events per second."
 )

@@ -81,13 +81,13 @@ class DevSession:
                 f"api      {base}/   health {base}/healthz   ready {base}/readyz   metrics {base}/metrics"
             )
             if self.demo:
-                from app.tools.demo import demo_topics, run_demo
+                from app.tools.demo import pick_example, run_demo
 
-                demo_topics(self.spec)
+                example = pick_example(self.spec)
                 demo_task = asyncio.create_task(
-                    run_demo(settings, self.spec, self.stop_event, rate=self.rate)
+                    run_demo(settings, self.spec, self.stop_event, rate=self.rate, example=example)
                 )
-                click.echo(f"demo     shop events at ~{self.rate:.0f}/s (users, orders, clicks)")
+                click.echo(f"demo     {example} events at ~{self.rate:.0f}/s")
             click.echo("Ctrl-C to stop everything.")
             ready = asyncio.create_task(self._report_ready(base))
             while not self.stop_event.is_set():

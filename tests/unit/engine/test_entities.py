@@ -250,3 +250,46 @@ def test_a_composite_key_escapes_its_separator_and_routes_by_its_string_form() -
     assert key_string(["c|1", "m\\2"]) == "c\\|1|m\\\\2"
     stage = STAGES[-1]
     assert stage.key == ("card_id", "merchant_id") and stage.groups == ("card_merchant",)
+
+
+def test_a_payment_without_a_merchant_skips_its_stages_and_a_late_one_ends_as_one_dead_letter(
+    tmp_path: Path,
+) -> None:
+    engine = pipeline_engine(tmp_path, PAYMENTS)
+    try:
+        preload_merchants(engine)
+        day = 24 * 60 * MINUTE
+        base = {"device_id": "d1", "amount": 10.0, "status": "ok"}
+        events = [
+            {**base, "card_id": "c1", "merchant_id": "m1", "ts": T0 + 3 * day},  # m1's newest: day 3
+            {**base, "card_id": "c2", "merchant_id": None, "device_id": "d2", "ts": T0},  # no merchant
+            {**base, "card_id": "c3", "merchant_id": "m1", "device_id": "d3", "ts": T0},  # late for m1
+        ]
+        driver = Driver(engine)
+        driver.run([stream_record(i, e) for i, e in enumerate(events)], batch=1)
+        outputs = driver.outputs()
+        assert [o["card_id"] for o in outputs] == ["c1", "c2"]
+        no_merchant = outputs[1]
+        merchant_columns = [*PIPELINE.features["merchant"].feature_names(), "m_mcc", "m_country"]
+        merchant_columns += PIPELINE.features["card_merchant"].feature_names()
+        assert all(no_merchant[c] is None for c in merchant_columns)
+        assert no_merchant["spend_count_1h"] == 1 and no_merchant["device_count_1h"] == 1
+        # The late payment: one dead letter after the last stage, naming the merchant group; applied
+        # to every other stage's groups (its card, device and pair).
+        (dead,) = driver.io.producer.sent
+        headers = dict(dead.headers)
+        assert dead.topic == "payments.dlq" and headers["hydrant-reason"] == b"late"
+        assert b"group 'merchant'" in headers["hydrant-error"] and dead.value == orjson.dumps(events[2])
+        assert dead.key == b"c3"  # the original Kafka key
+        plans, at = engine.tables.plans, T0 + 60_000
+        for group, key, count in [("card", "c3", 1), ("device", "d3", 1), ("card_merchant", "c3|m1", 1)]:
+            db = engine.tables.features[group].db(partition_for(key.encode(), PARTITIONS))
+            features = read_features(plans[group], stored_state(plans[group], db, key.encode()), at)
+            assert next(v for n, v in features.items() if "count" in n) == count, group
+        m1 = engine.tables.features["merchant"].db(partition_for(b"m1", PARTITIONS))
+        assert (
+            read_features(plans["merchant"], stored_state(plans["merchant"], m1, b"m1"), at)["sales_count_1h"]
+            == 0
+        )
+    finally:
+        engine.close()
