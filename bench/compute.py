@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/compute.py                      # 2,000,000 events (the target size)
     .venv/bin/python bench/compute.py --events 100000      # a smoke run
+    .venv/bin/python bench/compute.py --payments           # payments: 4 keys, group card_merchant
+    .venv/bin/python bench/compute.py --payments --group card
 
 Prints events/s of the whole command (read, type, late events, bucket states, window merges, write)
 as `hydrant compute` reports it (the CLI in a subprocess; Python's start and imports, ~2 s, shown
@@ -25,6 +27,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "examples" / "shop" / "pipeline.yaml"
+PAYMENTS = REPO / "examples" / "payments" / "pipeline.yaml"
 T0 = 1_767_225_600_000
 HOUR = 3_600_000
 
@@ -61,6 +64,30 @@ def make_files(directory: Path, events: int, keys: int, days: int, seed: int = 7
     return paths
 
 
+def make_payments(directory: Path, events: int, cards: int, days: int, seed: int = 7) -> Path:
+    """Payments of ``cards`` cards at cards / 10 merchants, 5 % without a device: every event visits
+    the card, merchant, device and (card, merchant) stages."""
+    rng = np.random.default_rng(seed)
+    span = days * 24 * HOUR
+    device = pd.Series(rng.integers(0, cards, events)).map("d{:06d}".format)
+    device[rng.random(events) < 0.05] = None
+    payments = pd.DataFrame(
+        {
+            "card_id": pd.Series(rng.integers(0, cards, events)).map("c{:06d}".format),
+            "merchant_id": pd.Series(rng.integers(0, max(cards // 10, 1), events)).map("m{:05d}".format),
+            "device_id": device,
+            "amount": rng.uniform(1, 300, events),
+            "status": rng.choice(np.array(["ok", "declined", "ok"], dtype=object), events),
+            "ts": T0
+            + np.arange(events, dtype=np.int64) * span // max(events, 1)
+            + rng.integers(-HOUR // 2, HOUR // 2, events),
+        }
+    )
+    path = directory / "payments.parquet"
+    payments.to_parquet(path, index=False)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -68,15 +95,26 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--keys", type=int, default=20_000)
     parser.add_argument("--days", type=int, default=10)
+    parser.add_argument("--payments", action="store_true", help="The payments example instead of shop.")
+    parser.add_argument("--group", default="card_merchant", help="With --payments: the group computed.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        orders, clicks = make_files(directory, args.events, args.keys, args.days)
         at = T0 + args.days * 24 * HOUR
         out = directory / "features.parquet"
+        if args.payments:
+            pipeline = PAYMENTS
+            files = {"payments": make_payments(directory, args.events, args.keys, args.days)}
+            groups = [args.group]
+        else:
+            pipeline = PIPELINE
+            orders, clicks = make_files(directory, args.events, args.keys, args.days)
+            files = {"orders": orders, "clicks": clicks}
+            groups = []
+        inputs = [arg for name, path in files.items() for arg in ("--input", f"{name}={path}")]
         command = [
-            sys.executable, "-m", "app.tools.cli", "compute", str(PIPELINE),
-            "--input", f"orders={orders}", "--input", f"clicks={clicks}", "--at", str(at), "--out", str(out),
+            sys.executable, "-m", "app.tools.cli", "compute", str(pipeline), *inputs,
+            *(arg for g in groups for arg in ("--group", g)), "--at", str(at), "--out", str(out),
         ]  # fmt: skip
         started = time.perf_counter()
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
@@ -95,13 +133,14 @@ def main() -> None:
         from app.tools.frames import read_table
         from app.tools.offline import compute
 
-        spec = load_pipeline(PIPELINE)
+        spec = load_pipeline(pipeline)
         marks: list[tuple[str, float]] = [("start", time.perf_counter())]
         compute(
             spec,
-            {"orders": orders, "clicks": clicks},
+            files,
             read_table,
             ats=[at],
+            groups=groups or None,
             progress=lambda stage: marks.append((stage, time.perf_counter())),
         )
         marks.append(("end", time.perf_counter()))

@@ -312,11 +312,16 @@ def _inputs(pipeline: Pipeline, files: tuple[Path, ...], inputs: tuple[str, ...]
 @click.option(
     "--at", "ats", multiple=True, help="Reference time, epoch ms or ISO-8601; repeatable (default: now)."
 )
-@click.option("--keys", "keys", multiple=True, help="Only these keys (comma-separated; repeatable).")
-@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Point-in-time training set: label rows with a key and a time.")  # fmt: skip
 @click.option(
-    "--label-key", default=None, help="Key column of --labels (default: key, else the group's key)."
+    "--keys", "keys", multiple=True, help="Only these keys, string forms (comma-separated; repeatable)."
+)
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Point-in-time training set: rows with each group's key fields and a time.")  # fmt: skip
+@click.option(
+    "--label-key",
+    default=None,
+    help="One key column of --labels, the key's string form, for groups of one key (default: key, "
+    "else each group's key fields).",
 )
 @click.option(
     "--label-time", default=None, help="Time column of --labels (default: at, event_timestamp, ts, ...)."
@@ -344,8 +349,9 @@ def compute(
     """The pipeline's features computed offline from files, as the workers compute them.
 
     Inputs are CSV, Parquet or JSONL, one per stream (--input orders=orders.parquet, or a file named
-    after its stream). Rows: key, at, every feature; with --labels, each label row plus its features
-    as of its own time (no event after it counts). See docs/offline.md.
+    after its stream). Rows: key, each key field, at, every feature (groups of one key); with --labels,
+    each label row plus its groups' features as of its own time (no event after it counts), each
+    group looked up by its key fields. See docs/offline.md.
     """
     from tqdm import tqdm
 

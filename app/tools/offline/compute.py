@@ -3,7 +3,7 @@ or point in time per ``--labels`` row (semantics: docs/offline.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from app.tools.offline.events import (
     read_inputs,
     time_to_ms,
 )
+from app.tools.offline.keys import EntityKeys, Parts, combine, field_parts
 from app.tools.offline.states import States, merge_windows, segment_states, value_hashes
 from tables.plans import AggregationPlan, GroupPlan, group_plans
 
@@ -249,7 +250,8 @@ def _column(op: str, values: np.ndarray, valid: np.ndarray, data: _AggInput) -> 
     return pd.Series(obj, dtype=object)
 
 
-def _select_groups(pipeline: Pipeline, groups: Sequence[str] | None) -> dict[str, GroupPlan]:
+def _select_groups(pipeline: Pipeline, groups: Sequence[str] | None, one_key: bool) -> dict[str, GroupPlan]:
+    """The chosen groups' plans; with ``one_key`` (query mode), they must share one key."""
     plans = group_plans(pipeline)
     if not plans:
         raise InputFileError("the pipeline defines no feature groups")
@@ -258,13 +260,34 @@ def _select_groups(pipeline: Pipeline, groups: Sequence[str] | None) -> dict[str
     if unknown:
         raise InputFileError(f"no feature group {unknown[0]!r} (groups: {', '.join(plans)})")
     chosen = {g: plans[g] for g in names}
-    if len({p.key for p in chosen.values()}) > 1:
+    if one_key and len({p.key for p in chosen.values()}) > 1:
         raise InputFileError(
             "the groups have different keys ("
-            + ", ".join(f"{g}: {'+'.join(p.key)}" for g, p in chosen.items())
-            + "); choose groups with one key using --group"
+            + ", ".join(f"{g}: {' + '.join(p.key)}" for g, p in chosen.items())
+            + "); choose groups of one key with --group (--labels computes groups of different keys at once)"
         )
     return chosen
+
+
+def _integer_fields(pipeline: Pipeline, plans: Iterable[GroupPlan], key: tuple[str, ...]) -> list[bool]:
+    """Per field of ``key``: whether every stream feeding ``plans`` declares it int."""
+    specs = [pipeline.streams[s] for plan in plans for s in plan.by_stream]
+    return [all(spec.fields.get(name) == "int" for spec in specs) for name in key]
+
+
+def _masked(column: pd.Series, null: np.ndarray) -> pd.Series:
+    """``column`` with nulls where ``null`` holds (a nullable dtype for int and float columns)."""
+    if not null.any():
+        return column
+    if column.dtype == np.int64:
+        column = column.astype("Int64")
+    elif column.dtype == np.float64:
+        column = column.astype("Float64")
+    elif column.dtype == object:
+        values = column.to_numpy(dtype=object, copy=True)
+        values[null] = None
+        return pd.Series(values, index=column.index, dtype=object)
+    return column.mask(pd.Series(null, index=column.index))
 
 
 def compute(
@@ -280,10 +303,10 @@ def compute(
     progress: Progress | None = None,
     order_by_time: bool = False,
 ) -> tuple[pd.DataFrame, ComputeReport]:
-    """The feature table: with ``labels``, each label row plus its features as of its own time;
-    otherwise one row per (at, key) with ``key``, ``at`` and the features."""
+    """The feature table: with ``labels``, each label row plus its groups' features as of its own
+    time; otherwise one row per (at, key) with ``key``, one column per key field, ``at``, the features."""
     say = progress or (lambda _stage: None)
-    plans = _select_groups(pipeline, groups)
+    plans = _select_groups(pipeline, groups, one_key=labels is None)
     needed = {s for p in plans.values() for s in p.by_stream}
     missing = sorted(needed - set(inputs))
     if missing:
@@ -301,69 +324,106 @@ def compute(
             frame = sort_by_time(frame, time_field)  # as `hydrant produce --order-by` sends it
         return frame
 
-    streams, key_names = read_inputs(pipeline, inputs, read)
+    streams = read_inputs(pipeline, inputs, read)
     report = ComputeReport(events=sum(len(s.keys) + sum(s.dropped.values()) for s in streams.values()))
     say("late events")
-    # Every group of the pipeline decides lateness (an event late for one group is dropped from all,
-    # as online), as far as the given files feed it; only the chosen groups are written.
+    # Every group of the pipeline decides lateness at its key's stage (an event late for one group of
+    # a stage is applied to none of them, as online), as far as the given files feed it.
     accepted = accept(pipeline, group_plans(pipeline), streams)
     for s in streams.values():
         for reason, n in s.dropped.items():
             report.dropped[reason] = report.dropped.get(reason, 0) + n
-    report.late = next((e.late_all for e in accepted.values()), 0)
+    report.late = accepted.late
+    entity = {
+        key: accepted.keys.get(key) or EntityKeys.number(key, {})
+        for key in dict.fromkeys(p.key for p in plans.values())
+    }
     if labels is not None:
-        frame, q_keys, q_times = _label_queries(
-            labels, next(iter(plans.values())).key[0], label_key, label_time
-        )
+        frame, queries, q_times = _label_queries(labels, plans, entity, label_key, label_time)
     else:
-        present = np.zeros(len(key_names), dtype=bool)
+        key, one = next(iter(entity.items()))  # one key: _select_groups
+        present = np.zeros(len(one.names), dtype=bool)
         for g in plans:
-            present[accepted[g].keys] = True
-        known = {key_names[c] for c in np.flatnonzero(present).tolist()}
-        key_list = [k for k in keys if k in known] if keys is not None else sorted(known)
-        q_keys = np.array([k for _ in ats for k in key_list], dtype=object)
-        q_times = np.repeat(np.asarray(list(ats), dtype=np.int64), len(key_list))
-        frame = pd.DataFrame({"key": q_keys, "at": q_times})
+            present[accepted.groups[g].keys] = True
+        if keys is not None:  # in the order asked, each known key
+            found = pd.Index(one.names, dtype=object).get_indexer(pd.Index(list(keys), dtype=object))
+            chosen = found[found >= 0]
+            chosen = chosen[present[chosen]]
+        else:
+            chosen = one.sorted_codes(np.flatnonzero(present))
+        q_codes = np.tile(chosen, len(ats)).astype(np.int64)
+        q_times = np.repeat(np.asarray(list(ats), dtype=np.int64), len(chosen))
+        fields = one.columns(q_codes, _integer_fields(pipeline, plans.values(), key))
+        fields = {f: v for f, v in fields.items() if f not in ("key", "at")}  # a field so named: no copy
+        frame = pd.DataFrame({"key": one.names[q_codes], **fields, "at": q_times})
+        queries = {key: (q_codes, np.zeros(len(q_codes), dtype=bool))}
     columns: dict[str, pd.Series] = {}
-    names = list(pipeline.streams)
+    stream_names = list(pipeline.streams)
     for g, plan in plans.items():
-        q_codes = pd.Index(key_names, dtype=object).get_indexer(pd.Index(q_keys, dtype=object))
-        q_codes = np.where(q_codes < 0, len(key_names), q_codes).astype(np.int64)  # unknown: no events
+        q_codes, null = queries[plan.key]
         features = group_features(
-            plan, accepted[g], streams, names, q_codes, q_times, labels is not None, say
+            plan, accepted.groups[g], streams, stream_names, q_codes, q_times, labels is not None, say
         )
         for name, column in features.items():
             column_name = name if name not in columns and name not in frame.columns else f"{g}.{name}"
-            columns[column_name] = column.set_axis(frame.index)
+            columns[column_name] = _masked(column.set_axis(frame.index), null)
     out = pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
     report.rows = len(out)
     return out, report
 
 
 def _label_queries(
-    labels: pd.DataFrame, group_key: str, key_column: str | None, time_column: str | None
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    labels: pd.DataFrame,
+    plans: Mapping[str, GroupPlan],
+    entity: Mapping[tuple[str, ...], EntityKeys],
+    key_column: str | None,
+    time_column: str | None,
+) -> tuple[pd.DataFrame, dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """(label rows, per group key: each row's key code and mask of rows without that key, times).
+    One key column (``key_column``, else ``key`` when the groups share one key) holds the key's
+    string form; otherwise each group is looked up by columns named as its key fields."""
     columns = list(map(str, labels.columns))
-    key_col = key_column or ("key" if "key" in columns else group_key)
-    if key_col not in columns:
-        raise InputFileError(
-            f"labels: no key column {key_col!r} (columns: {', '.join(columns)}); use --label-key"
-        )
+    labels = labels.reset_index(drop=True)
+    group_keys = list(entity)
+    describe = ", ".join(f"{g}: {' + '.join(p.key)}" for g, p in plans.items())
+    sources: dict[tuple[str, ...], list[pd.Series]] = {}
+    if key_column is not None or (len(group_keys) == 1 and "key" in columns):
+        if len(group_keys) > 1:
+            raise InputFileError(
+                f"--label-key names one key column, but the groups have different keys ({describe}); "
+                "leave it out to look each group up by its key fields' columns"
+            )
+        column = key_column or "key"
+        if column not in columns:
+            raise InputFileError(
+                f"labels: no key column {column!r} (columns: {', '.join(columns)}); use --label-key"
+            )
+        sources[group_keys[0]] = [labels[column]]
+    else:
+        for g, plan in plans.items():
+            absent = [f for f in plan.key if f not in columns]
+            if absent:
+                hint = "; use --label-key" if len(group_keys) == 1 and len(plan.key) == 1 else ""
+                raise InputFileError(
+                    f"labels: no column {absent[0]!r} for group {g!r} (key {' + '.join(plan.key)}; "
+                    f"columns: {', '.join(columns)}){hint}"
+                )
+            sources[plan.key] = [labels[f] for f in plan.key]
     time_col = time_column or next((c for c in LABEL_TIME_COLUMNS if c in columns), None)
     if time_col is None or time_col not in columns:
         raise InputFileError(
             f"labels: no time column (looked for {time_column or ', '.join(LABEL_TIME_COLUMNS)}; "
             f"columns: {', '.join(columns)}); use --label-time"
         )
-    labels = labels.reset_index(drop=True)
     times, ok = time_to_ms(labels[time_col], time_col)
     if not ok.all():
         row = int(np.flatnonzero(~ok)[0])
         raise InputFileError(f"labels: row {row}: {time_col!r} is not epoch ms or ISO-8601")
-    keys = labels[key_col].map(lambda v: None if v is None or v != v else str(v)).to_numpy(dtype=object)
-    if any(k is None for k in keys):
-        raise InputFileError(f"labels: the key column {key_col!r} has empty values")
-    return labels, keys, times
+    queries: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+    for key, series in sources.items():
+        parts: list[Parts] = [field_parts(s) for s in series]
+        queries[key] = entity[key].lookup(combine(parts))
+    return labels, queries, times
 
 
 def parse_at(value: str) -> int:

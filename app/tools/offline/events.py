@@ -1,5 +1,6 @@
 """Offline input: files -> typed events in the worker's processing order, with late events, failing
-`where` filters and bad records left out as the worker leaves them out (docs/offline.md)."""
+`where` filters, events without a group's key and bad records left out as the worker leaves them
+out, stage by stage (app/config/routing.py; docs/offline.md)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import numpy as np
 import pandas as pd
 
 from app.config.expressions import Expression
+from app.config.routing import stream_stages
 from app.config.spec import Pipeline, StreamSpec
 from app.errors import InputFileError
 from app.tools.frames import time_to_ms
+from app.tools.offline.keys import EntityKeys, Keyed, Parts, combine, distinct_parts, field_parts
 from tables.plans import GroupPlan
 
 _INT_KINDS = "iu"
@@ -22,17 +25,17 @@ _INT_KINDS = "iu"
 
 @dataclass
 class StreamEvents:
-    """One stream's usable events, in file order: entity key, event time, typed declared fields."""
+    """One stream's usable events, in file order: stream key, event time, typed declared fields."""
 
     name: str
     index: int  # position of the stream in the spec (ties in the processing order)
-    keys: np.ndarray  # int64 codes into the key names (read_inputs: shared by all streams)
+    keys: np.ndarray  # int64 codes into key_texts: each event's stream key
+    key_texts: np.ndarray  # object: the distinct stream keys' string forms
     times: np.ndarray  # int64 epoch ms
     rows: np.ndarray  # int64 row number in the file
     fields: dict[str, pd.Series]  # declared fields, typed (see _typed_column), aligned with keys
     dropped: dict[str, int]  # reason -> rows left out (decode/missing_key/type/expression)
     where: dict[str, np.ndarray] = field(default_factory=dict)  # `where` source -> holds, per event
-    local_keys: list[str] = field(default_factory=list)  # before read_inputs: this file's key texts
 
 
 def _typed_column(column: pd.Series | None, kind: str, n: int) -> tuple[pd.Series, np.ndarray]:
@@ -85,28 +88,28 @@ def _typed_column(column: pd.Series | None, kind: str, n: int) -> tuple[pd.Serie
     return column.astype(object).where(is_bool, None).map(lambda v: None if v is None else bool(v)), bad
 
 
-def _entity_keys(column: pd.Series) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
-    """(codes into the key texts, -1 when unusable; key texts; missing mask; wrong-type mask), as
+def _entity_keys(column: pd.Series) -> tuple[Parts, np.ndarray, np.ndarray]:
+    """(the stream key's parts, -1 when unusable; missing mask; wrong-type mask), as
     app.records.decode._entity_key decides — once per distinct value."""
     codes, uniques = pd.factorize(column.reset_index(drop=True), use_na_sentinel=True)
     codes = np.asarray(codes, dtype=np.int64)
-    texts: list[str] = []
     status = np.zeros(len(uniques) + 1, dtype=np.int8)  # 0 usable, 1 missing, 2 wrong type; [-1]: null
     status[-1] = 1
     if pd.api.types.infer_dtype(uniques, skipna=True) == "string":  # the usual case: no loop
-        texts = np.asarray(uniques, dtype=object).tolist()
-        status[:-1] = np.array([t == "" for t in texts], dtype=bool)
-        state = status[codes]
-        return np.where(state == 0, codes, -1), texts, state == 1, state == 2
-    for i, raw in enumerate(np.asarray(uniques, dtype=object).tolist()):
-        value = _python(raw)
-        if value is None or value == "":
-            status[i] = 1
-        elif isinstance(value, bool) or not isinstance(value, str | int):
-            status[i] = 2
-        texts.append(str(value) if status[i] == 0 else "")
+        texts = np.asarray(uniques, dtype=object)
+        status[:-1] = texts == ""
+    else:
+        listed = []
+        for i, raw in enumerate(np.asarray(uniques, dtype=object).tolist()):
+            value = _python(raw)
+            if value is None or value == "":
+                status[i] = 1
+            elif isinstance(value, bool) or not isinstance(value, str | int):
+                status[i] = 2
+            listed.append(str(value) if status[i] == 0 else "")
+        texts = np.array(listed, dtype=object)
     state = status[codes]
-    return np.where(state == 0, codes, -1), texts, state == 1, state == 2
+    return distinct_parts(codes, texts, status[:-1] == 0), state == 1, state == 2
 
 
 def stream_events(name: str, index: int, stream: StreamSpec, frame: pd.DataFrame) -> StreamEvents:
@@ -128,7 +131,7 @@ def stream_events(name: str, index: int, stream: StreamSpec, frame: pd.DataFrame
         )
     n = len(frame)
     frame = frame.reset_index(drop=True)
-    codes, texts, missing, bad_key = _entity_keys(frame[stream.key])
+    (codes, texts), missing, bad_key = _entity_keys(frame[stream.key])
     times, time_ok = time_to_ms(frame[stream.time], stream.time)
     bad_type = bad_key.copy()
     fields: dict[str, pd.Series] = {}
@@ -143,7 +146,10 @@ def stream_events(name: str, index: int, stream: StreamSpec, frame: pd.DataFrame
     dropped = {"missing_key": int(missing.sum()), "type": int((bad_type & ~missing).sum())}
     rows = np.flatnonzero(keep).astype(np.int64)
     fields = {f: s[keep].reset_index(drop=True) for f, s in fields.items()}
-    return StreamEvents(name, index, codes[keep], times[keep], rows, fields, dropped, local_keys=texts)
+    keys = codes[keep]
+    # The key field as the worker's decoded event has it (a string) for `where` filters and aggregations.
+    fields[stream.key] = pd.Series(pd.Categorical.from_codes(keys, categories=pd.Index(texts, dtype=object)))
+    return StreamEvents(name, index, keys, texts, times[keep], rows, fields, dropped)
 
 
 def _python(value: Any) -> Any:
@@ -202,16 +208,25 @@ def evaluate_where(
 
 @dataclass
 class GroupEvents:
-    """A group's accepted events: the events of its streams in processing order minus late ones."""
+    """A group's accepted events: the events of its streams, at the stage of its key, in processing
+    order, minus those without the key, late there or dropped by a failing `where`."""
 
     plan: GroupPlan
-    keys: np.ndarray  # int64 key codes
+    keys: np.ndarray  # int64 codes into the group key's EntityKeys.names
     times: np.ndarray  # int64
     buckets: np.ndarray  # int64
     stream: np.ndarray  # int16: position in the spec's streams
     position: np.ndarray  # int64: index into that stream's StreamEvents arrays
-    late: int  # events of the group's streams dropped as late (for this or another group)
-    late_all: int  # late events of every stream
+    late: int  # events of the group's streams dropped as late at its key's stage (for it or another group)
+
+
+@dataclass
+class Accepted:
+    """What :func:`accept` decides: each group's events, each key's numbering, and the late events."""
+
+    groups: dict[str, GroupEvents]
+    keys: dict[tuple[str, ...], EntityKeys]
+    late: int  # events late at one stage or more (the worker dead-letters each once, reason `late`)
 
 
 def _late(keys: np.ndarray, buckets: np.ndarray, counted: np.ndarray, retention: int) -> np.ndarray:
@@ -243,85 +258,159 @@ def _late(keys: np.ndarray, buckets: np.ndarray, counted: np.ndarray, retention:
     return out
 
 
-def processing_order(streams: list[StreamEvents]) -> tuple[np.ndarray, np.ndarray]:
-    """(stream index, position) of every event of ``streams``, in offline processing order."""
+def processing_order(streams: list[StreamEvents]) -> np.ndarray:
+    """The offline processing order of the events of ``streams``: a permutation of their events
+    concatenated in the order given."""
     if not streams:
-        return np.zeros(0, dtype=np.int16), np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64)
     pmax = np.concatenate([np.maximum.accumulate(s.times) if len(s.times) else s.times for s in streams])
     sidx = np.concatenate([np.full(len(s.times), s.index, dtype=np.int16) for s in streams])
     pos = np.concatenate([np.arange(len(s.times), dtype=np.int64) for s in streams])
-    order = np.lexsort((pos, sidx, pmax))
-    return sidx[order], pos[order]
+    return np.lexsort((pos, sidx, pmax))
+
+
+def _stages(
+    pipeline: Pipeline, plans: Mapping[str, GroupPlan], stream: str
+) -> list[tuple[tuple[str, ...], list[str]]]:
+    """(key, groups of ``plans`` fed there) of each stage of ``stream`` that feeds one, in visiting order."""
+    stages = [(st.key, [g for g in st.groups if g in plans]) for st in stream_stages(pipeline, stream, "")]
+    return [(key, groups) for key, groups in stages if groups]
+
+
+def _entity_keys_of(
+    streams: Mapping[str, StreamEvents],
+    pipeline: Pipeline,
+    stages: Mapping[str, list[tuple[tuple[str, ...], list[str]]]],
+) -> dict[tuple[str, ...], EntityKeys]:
+    """Every key some stage of a stream feeds groups on, numbered across the streams that reach it."""
+    cache: dict[tuple[str, str], Parts] = {}
+
+    def parts(stream: str, name: str) -> Parts:
+        events = streams[stream]
+        if name == pipeline.streams[stream].key:
+            return events.keys, events.key_texts
+        if (stream, name) not in cache:
+            cache[stream, name] = field_parts(events.fields[name])
+        return cache[stream, name]
+
+    local: dict[tuple[str, ...], dict[str, Keyed]] = {}
+    for stream, visits in stages.items():
+        for key, _ in visits:
+            local.setdefault(key, {})[stream] = combine([parts(stream, name) for name in key])
+    return {key: EntityKeys.number(key, by_stream) for key, by_stream in local.items()}
 
 
 def accept(
     pipeline: Pipeline, plans: Mapping[str, GroupPlan], streams: Mapping[str, StreamEvents]
-) -> dict[str, GroupEvents]:
-    """Every group's accepted events: an event is dropped from every group when a `where` of its stream
-    fails or it is late for any group its stream feeds (docs/product.md), as the worker drops it."""
+) -> Accepted:
+    """Every group's accepted events, as the worker applies them stage by stage (app/config/routing.py):
+    at each key its stream visits, an event is applied to every group of that key its stream feeds,
+    unless it lacks the key, a `where` there fails (then no later stage sees it either) or it is late
+    for one of those groups (docs/product.md)."""
     names = list(pipeline.streams)
-    groups_of = {s: [g for g, p in plans.items() if s in p.by_stream] for s in names}
-    # `where` failures: the worker evaluates every aggregation of every group of the stream first.
+    stages = {s: _stages(pipeline, plans, s) for s in streams}
+    keys = _entity_keys_of(streams, pipeline, stages)
+    # Per stream and stage key: the events applied there unless late ("eligible").
+    eligible: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
     for s, events in streams.items():
-        fails = np.zeros(len(events.keys), dtype=bool)
-        for g in groups_of[s]:
-            for agg in plans[g].by_stream.get(s, ()):
-                if agg.where is not None and agg.where.source not in events.where:
-                    holds, failed = evaluate_where(agg.where, events.fields, len(events.keys))
-                    events.where[agg.where.source] = holds
-                    fails |= failed
-        if fails.any():
-            keep = ~fails
-            events.dropped["expression"] = int(fails.sum())
-            events.keys, events.times, events.rows = events.keys[keep], events.times[keep], events.rows[keep]
-            events.fields = {f: c[keep].reset_index(drop=True) for f, c in events.fields.items()}
-            events.where = {source: holds[keep] for source, holds in events.where.items()}
-    used = [streams[s] for s in names if s in streams and groups_of[s]]
-    sidx, pos = processing_order(used)
-    by_index = {names.index(s): streams[s] for s in streams}
-    n = len(sidx)
-    keys = np.empty(n, dtype=np.int64)
-    times = np.empty(n, dtype=np.int64)
-    for i, ev in by_index.items():
-        mask = sidx == i
-        keys[mask] = ev.keys[pos[mask]]
-        times[mask] = ev.times[pos[mask]]
-    key_codes = keys
+        n = len(events.keys)
+        failures: dict[str, np.ndarray] = {}
+        rejected = np.zeros(n, dtype=bool)  # a `where` failed at an earlier stage: dead-lettered there
+        for key, groups in stages[s]:
+            arrives = (keys[key].codes[s] >= 0) & ~rejected
+            fails = np.zeros(n, dtype=bool)
+            for g in groups:
+                for agg in plans[g].by_stream.get(s, ()):
+                    if agg.where is None:
+                        continue
+                    source = agg.where.source
+                    if source not in failures:
+                        events.where[source], failures[source] = evaluate_where(agg.where, events.fields, n)
+                    fails |= failures[source]
+            eligible[s, key] = arrives & ~fails
+            rejected |= arrives & fails
+        events.dropped["expression"] = int(rejected.sum())
+    used = [streams[s] for s in names if s in streams and stages[s]]
+    order = processing_order(used)
+
+    def in_order(arrays: list[np.ndarray]) -> np.ndarray:
+        """Per event in processing order, from one array per used stream (aligned with its events)."""
+        return np.concatenate(arrays)[order] if arrays else order
+
+    sidx = in_order([np.full(len(ev.times), ev.index, dtype=np.int16) for ev in used])
+    pos = in_order([np.arange(len(ev.times), dtype=np.int64) for ev in used])
+    times = in_order([ev.times for ev in used])
+    n = len(order)
+    late_anywhere = np.zeros(n, dtype=bool)
+    out: dict[str, GroupEvents] = {}
+    for key, entity in keys.items():
+        # Streams without a stage on this key: no key (-1), not at the stage.
+        reach = {ev.name: ev.name in entity.codes for ev in used}
+        codes = in_order(
+            [entity.codes[ev.name] if reach[ev.name] else np.full(len(ev.keys), -1) for ev in used]
+        )
+        at_stage = in_order(
+            [eligible[ev.name, key] if reach[ev.name] else np.zeros(len(ev.keys), bool) for ev in used]
+        )
+        # The stage's events: usually all (each has the key, no `where` failed), then used without copies.
+        here = np.arange(n) if at_stage.all() else np.flatnonzero(at_stage)
+        every = len(here) == n
+        fed = {g: plans[g] for s in entity.codes for k, gs in stages[s] if k == key for g in gs}
+        accepted, member = _fixed_point(
+            fed,
+            codes if every else codes[here],
+            times if every else times[here],
+            sidx if every else sidx[here],
+            names,
+            streams,
+        )
+        late_anywhere[here[~accepted]] = True
+        for g, plan in fed.items():
+            chosen = here[member[g] & accepted]
+            out[g] = GroupEvents(
+                plan,
+                codes[chosen],
+                times[chosen],
+                times[chosen] // plan.period_ms,
+                sidx[chosen],
+                pos[chosen],
+                int((member[g] & ~accepted).sum()),
+            )
+    return Accepted(out, keys, int(late_anywhere.sum()))
+
+
+def _fixed_point(
+    plans: Mapping[str, GroupPlan],
+    keys: np.ndarray,
+    times: np.ndarray,
+    sidx: np.ndarray,
+    names: list[str],
+    streams: Mapping[str, StreamEvents],
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(accepted, per group its events) of one stage's events (one key, processing order): an event is
+    late when late for any group of the stage its stream feeds; a fixed point of the late rule, which
+    is the sequential answer."""
     member = {
         g: np.isin(sidx, [names.index(s) for s in plan.by_stream if s in streams])
         for g, plan in plans.items()
     }
     buckets = {g: times // plan.period_ms for g, plan in plans.items()}
+    n = len(keys)
     accepted = np.ones(n, dtype=bool)
-    for _ in range(64):  # a fixed point is the sequential answer; one group converges at once
+    for _ in range(64):  # one group, or groups fed by the same streams, converge at once
         late = np.zeros(n, dtype=bool)
         for g, plan in plans.items():
             sel = np.flatnonzero(member[g])
-            late[sel] |= _late(key_codes[sel], buckets[g][sel], accepted[sel], plan.retention)
+            late[sel] |= _late(keys[sel], buckets[g][sel], accepted[sel], plan.retention)
         if np.array_equal(~late, accepted):
-            break
+            return accepted, member
         accepted = np.asarray(~late, dtype=bool)
-    else:  # pragma: no cover - not seen; would need groups whose lateness keeps flipping
-        raise InputFileError("late events: no stable answer found across the feature groups")
-    out: dict[str, GroupEvents] = {}
-    for g, plan in plans.items():
-        chosen = member[g] & accepted
-        out[g] = GroupEvents(
-            plan,
-            keys[chosen],
-            times[chosen],
-            buckets[g][chosen],
-            sidx[chosen],
-            pos[chosen],
-            int((member[g] & ~accepted).sum()),
-            int((~accepted).sum()),
-        )
-    return out
+    raise InputFileError(  # pragma: no cover - not seen; would need groups whose lateness keeps flipping
+        "late events: no stable answer found across the feature groups"
+    )
 
 
-def read_inputs(
-    pipeline: Pipeline, inputs: Mapping[str, Path], reader: Any
-) -> tuple[dict[str, StreamEvents], list[str]]:
+def read_inputs(pipeline: Pipeline, inputs: Mapping[str, Path], reader: Any) -> dict[str, StreamEvents]:
     """Each named stream's file, read by ``reader(path, stream)`` and typed."""
     names = list(pipeline.streams)
     out: dict[str, StreamEvents] = {}
@@ -331,18 +420,4 @@ def read_inputs(
                 f"--input {name}=…: no stream {name!r} in the pipeline (streams: {', '.join(names)})"
             )
         out[name] = stream_events(name, names.index(name), pipeline.streams[name], reader(path, name))
-    # One numbering of the keys across streams; the key field as a categorical for `where` filters.
-    index: dict[str, int] = {}
-    for events in out.values():
-        mapping = np.array(
-            [index.setdefault(t, len(index)) for t in events.local_keys] + [-1], dtype=np.int64
-        )
-        events.keys = mapping[events.keys]
-        events.local_keys = []
-    key_names = list(index)
-    categories = pd.Index(key_names, dtype=object)
-    for name, events in out.items():
-        events.fields[pipeline.streams[name].key] = pd.Series(
-            pd.Categorical.from_codes(events.keys, categories=categories)
-        )
-    return out, key_names
+    return out

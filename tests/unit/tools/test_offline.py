@@ -192,10 +192,12 @@ def test_compute_equals_the_worker_bit_for_bit(tmp_path: Path) -> None:
     checked = 0
     for group, table in got.items():
         assert sorted(set(table["key"])) == sorted(states[group])
+        assert list(table.columns[:3]) == ["key", "user_id", "at"]  # the key field beside the key
+        assert table["user_id"].equals(table["key"])
         for row in table.to_dict("records"):
             state = states[group][row["key"]]
             want = read_features(plans[group], state, row["at"])
-            assert list(want) == [c for c in table.columns if c not in ("key", "at")]
+            assert list(want) == list(table.columns[3:])
             for name, value in want.items():
                 if outside_retention(plans[group], state, row["at"], {name}):
                     continue  # the worker answers 422 there; offline still has the buckets
