@@ -12,6 +12,7 @@ from app.engine.batch import StreamEngine, stream_routes
 from app.engine.helpers import HelperPool
 from app.engine.lookups import BATCH_MAX as LOOKUP_BATCH_MAX
 from app.engine.lookups import LookupUpdater
+from app.engine.replicas import ReplicaUpdater
 from app.engine.shards import BatchWork
 from app.faust_ext.app import FETCH_RECORDS, HydrantApp, create_app
 from app.faust_ext.intake import Intake
@@ -22,6 +23,7 @@ from app.faust_ext.worker_io import FaustWorkerIO
 from app.metrics import REGISTRY
 from app.serving.supervisor import ServingSupervisor
 from tables.registry import StateTables
+from tables.replica import LookupReplica
 
 settings: Settings = get_settings()
 pipeline: Pipeline = load_pipeline(settings.pipeline)
@@ -29,11 +31,20 @@ group_id = settings.group_id(pipeline.name)
 app: HydrantApp = create_app(settings, pipeline)
 REGISTRY.register(LiveCollector(app))
 
+#: Global lookups: each worker's replica of the whole lookup, and what keeps it (agents/update_lookups.py).
+replica_updaters = {
+    name: ReplicaUpdater(
+        name, spec, LookupReplica(settings.data_dir / "replicas" / group_id / f"lookup-{name}")
+    )
+    for name, spec in pipeline.lookups.items()
+    if spec.global_
+}
 state_tables = StateTables.build(
     pipeline,
     lambda name, text: raw_table(app, name, settings.partitions, text, settings.rocksdb_memory_mb),
+    {name: updater.replica for name, updater in replica_updaters.items()},
 )
-placement = WorkerPlacement(app)
+placement = WorkerPlacement(app, [updater.readiness for updater in replica_updaters.values()])
 register_views(
     app,
     ApiContext(

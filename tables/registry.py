@@ -4,7 +4,7 @@ factory the runtime passes in; and the reads the API and the census make of them
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -12,6 +12,7 @@ import orjson
 from app.config.spec import Pipeline
 from tables.key_state import KeyState
 from tables.plans import GroupPlan, group_plans
+from tables.replica import LookupReplica
 from tables.store import StateTable, StateWriter, local_keys, prefix_scan
 
 #: make_table(name, description) -> a StateTable (app/faust_ext/tables.py makes Faust tables)
@@ -35,10 +36,14 @@ class StateTables:
     plans: dict[str, GroupPlan]
     features: dict[str, StateTable]
     lookups: dict[str, StateTable]
+    #: global lookups' replicas on this worker (tables/replica.py), which their joins read
+    replicas: dict[str, LookupReplica] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, pipeline: Pipeline, make_table: TableFactory) -> StateTables:
-        """Every table of ``pipeline``, each made by ``make_table``."""
+    def build(
+        cls, pipeline: Pipeline, make_table: TableFactory, replicas: dict[str, LookupReplica] | None = None
+    ) -> StateTables:
+        """Every table of ``pipeline``, each made by ``make_table``; ``replicas`` of global lookups."""
         plans = group_plans(pipeline)
         features = {
             group: make_table(feature_table_name(group), f"Window state of feature group {group!r}")
@@ -48,7 +53,7 @@ class StateTables:
             name: make_table(lookup_table_name(name), f"Lookup {name!r} fed by topic {spec.topic!r}")
             for name, spec in pipeline.lookups.items()
         }
-        return cls(plans, features, lookups)
+        return cls(plans, features, lookups, replicas or {})
 
     def all(self) -> dict[str, StateTable]:
         """Lookup tables and feature tables by their pipeline name."""

@@ -51,7 +51,9 @@ def stream_stages(pipeline: Pipeline, stream: str, group: str) -> tuple[Stage, .
     for output in outputs:
         for join in output.join:
             on = join.on or spec.key
-            joins = keys.setdefault((on,), ([], [], []))[2]
+            # A global lookup is on every worker: joined at the first stage, on whatever field.
+            here = own if pipeline.lookups[join.lookup].global_ else (on,)
+            joins = keys.setdefault(here, ([], [], []))[2]
             if (join.lookup, on) not in joins:
                 joins.append((join.lookup, on))
     # Keys of fewer fields first: a composite key then comes after the keys of its fields, so its

@@ -94,7 +94,10 @@ class StreamSpec(_InputSpec):
 
 
 class LookupSpec(_InputSpec):
-    """A changelog-backed lookup table fed by a (compacted) topic."""
+    """A changelog-backed lookup table fed by a (compacted) topic; ``global``: also replicated whole
+    to every worker, so joins on any field read it without a hop (docs/pipeline.md)."""
+
+    global_: bool = Field(default=False, alias="global")
 
 
 class AggregationSpec(_Model):

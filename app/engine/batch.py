@@ -288,12 +288,13 @@ class StreamEngine:
     def read_batch(self, batch: Batch) -> None:
         """Pass 2a: read what each shard needs from the local state."""
         home_of, features, lookups = batch.home_of, self.tables.features, self.tables.lookups
+        replicas = self.tables.replicas
 
         def feature_db(group: str, key: bytes) -> Any:
             return features[group].db(home_of[key])
 
-        def lookup_db(name: str, key: bytes) -> Any:  # lookups are co-partitioned with the streams
-            return lookups[name].db(home_of[key])
+        def lookup_db(name: str, key: bytes) -> Any:  # co-partitioned with the key, or global
+            return replicas[name].db if name in replicas else lookups[name].db(home_of[key])
 
         for shard in batch.shards:
             if shard.events:

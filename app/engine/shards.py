@@ -95,9 +95,9 @@ class StageWork:
     reads: frozenset[str]  # groups whose features its output rows carry (read whole)
     builders: tuple[OutputBuilder, ...]
     later: tuple[Stage, ...]  # the stream's stages after this one
-    #: (group, its part name) per group read here; (lookup, its part name) per join here
+    #: (group, its part name) per group read here; (lookup, stream field, its part name) per join here
     read_parts: tuple[tuple[str, str], ...] = ()
-    join_parts: tuple[tuple[str, str], ...] = ()
+    join_parts: tuple[tuple[str, tuple[str], str], ...] = ()
 
 
 class BatchWork:
@@ -118,7 +118,7 @@ class BatchWork:
                     builders,
                     stages[stage.index + 1 :],
                     tuple((g, group_part(g)) for g in stage.reads),
-                    tuple((lookup, join_part(lookup, on)) for lookup, on in stage.joins),
+                    tuple((lookup, (on,), join_part(lookup, on)) for lookup, on in stage.joins),
                 )
                 for stage in stages
             )
@@ -138,8 +138,11 @@ class BatchWork:
             wanted = wants.get((group, raw_key))
             if wanted is None or not wanted.whole:
                 wants[group, raw_key] = Wants(True, set() if wanted is None else wanted.buckets)
-        for lookup, _ in work.stage.joins:
-            shard.lookups[lookup, key] = None
+        fields = event.decoded[2]
+        for lookup, on, _ in work.join_parts:  # by the joined field's value (the key, unless global)
+            value = key_of(fields, on)
+            if value is not None:
+                shard.lookups[lookup, value] = None
         shard.events.append(event)
         return len(shard.events) - 1
 
@@ -185,8 +188,9 @@ class BatchWork:
             plans = self.plans
             for group, part in work.read_parts:  # the group's state as this batch holds it, event applied
                 parts[part] = read_features(plans[group], states[group, raw_key], ts)
-            for lookup, part in work.join_parts:
-                parts[part] = lookups[lookup, here]
+            for lookup, on, part in work.join_parts:
+                value = key_of(fields, on)
+                parts[part] = None if value is None else lookups[lookup, value]
             for later in work.later:  # the next stage whose key the event has
                 next_key = key_of(fields, later.key)
                 if next_key is not None:

@@ -3,7 +3,7 @@ partitions from its assignment, other workers' URLs from its assignor."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -15,11 +15,17 @@ from app.api.placement import Placement, Unavailable
 class WorkerPlacement(Placement):
     """Where partitions live as the worker's Faust app sees them."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, conditions: Sequence[Callable[[], tuple[bool, str]]] = ()) -> None:
         self.app = app
+        self.conditions = tuple(conditions)  # more (ready, reason) checks, e.g. global lookups read
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready once table recovery completed and no new recovery or rebalance is running."""
+        """Ready once table recovery completed, no new recovery or rebalance is running and every
+        condition holds."""
+        for condition in self.conditions:
+            ready, reason = condition()
+            if not ready:
+                return ready, reason
         app = self.app
         if not app.tables.recovery.completed.is_set():
             return False, "tables are recovering from their changelogs (first assignment not finished)"

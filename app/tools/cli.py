@@ -162,6 +162,7 @@ def render_plan(spec: Pipeline, settings: Settings) -> str:
     for name, lookup in spec.lookups.items():
         lines.append(
             f"  lookup-{name:<25} from {lookup.topic}, key {lookup.key}, fields {', '.join(lookup.fields)}"
+            + (" (global: replicated on every worker)" if lookup.global_ else "")
         )
     for name, group_spec in spec.features.items():
         key = " + ".join(group_spec.key_fields)

@@ -23,6 +23,7 @@ from app.engine.helpers import HelperPool
 from app.engine.shards import BatchWork
 from app.records.partitioning import partition_for
 from tables.registry import StateTables
+from tables.replica import LookupReplica
 from tests.conftest import SHOP
 from tests.support.tables import RdictTable
 
@@ -217,6 +218,8 @@ class Engine:
         self.helpers.stop()
         for table in self.tables.all().values():
             table.close()  # type: ignore[attr-defined]
+        for replica in self.tables.replicas.values():
+            replica.close()
 
     def contents(self) -> dict[tuple[str, int], list[Any]]:
         """Every table partition's RocksDB records, in key order."""
@@ -238,7 +241,12 @@ def pipeline_engine(root: Path, path: Path, helpers: int = 0, batch_max: int = 2
     root.mkdir(parents=True, exist_ok=True)
     pipeline = load_pipeline(path)
     work = BatchWork(pipeline, GROUP_ID)
-    tables = StateTables.build(pipeline, lambda name, text: RdictTable(root, name, text))
+    replicas = {
+        name: LookupReplica(root / "replicas" / name)
+        for name, spec in pipeline.lookups.items()
+        if spec.global_
+    }
+    tables = StateTables.build(pipeline, lambda name, text: RdictTable(root, name, text), replicas)
     pool = HelperPool(helpers, path)
     written: list[tuple[str, int]] = []
     engine = StreamEngine(

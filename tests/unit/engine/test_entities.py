@@ -293,3 +293,62 @@ def test_a_payment_without_a_merchant_skips_its_stages_and_a_late_one_ends_as_on
         )
     finally:
         engine.close()
+
+
+GLOBAL_PIPELINE = """
+name: global-join
+streams:
+  payments:
+    topic: payments
+    key: card_id
+    time: ts
+    fields: {card_id: str, merchant_id: str, amount: float, ts: int}
+lookups:
+  merchants: {topic: merchants, key: merchant_id, fields: {mcc: str, country: str}, global: true}
+features:
+  card:
+    key: card_id
+    period: 10m
+    aggregations:
+      - {name: spend, stream: payments, field: amount, ops: [count, sum], windows: [1h]}
+outputs:
+  enriched:
+    topic: enriched
+    from: payments
+    join: [{lookup: merchants, on: merchant_id, prefix: m_}]
+    features: [card]
+"""
+
+
+def test_a_global_lookup_is_joined_on_any_field_at_the_first_stage_from_the_replica(tmp_path: Path) -> None:
+    path = tmp_path / "global.yaml"
+    path.write_text(GLOBAL_PIPELINE)
+    pipeline = load_pipeline(path)
+    (stage,) = stream_stages(pipeline, "payments", GROUP_ID)  # no hop for the join
+    assert stage.joins == (("merchants", "merchant_id"),)
+    engine = pipeline_engine(tmp_path / "state", path)
+    try:
+        replica = engine.tables.replicas["merchants"]
+        replica.apply([(b"m1", orjson.dumps({"mcc": "5411", "country": "FR"}))], {0: 1})
+        events = [
+            {"card_id": "c1", "merchant_id": "m1", "amount": 5.0, "ts": T0},
+            {"card_id": "c2", "merchant_id": "m2", "amount": 7.0, "ts": T0},  # not in the lookup
+            {"card_id": "c1", "merchant_id": None, "amount": 1.0, "ts": T0 + 1},
+        ]
+        driver = Driver(engine)
+        records = []
+        for i, e in enumerate(events):
+            key = e["card_id"].encode()
+            records.append(
+                Record("payments", partition_for(key, PARTITIONS), i, key, orjson.dumps(e), e["ts"])
+            )
+        driver.run(records, batch=3)
+        rows = sorted((orjson.loads(s.value) for s in driver.io.sent_to("enriched")), key=lambda r: r["ts"])
+        assert [(r["card_id"], r["m_mcc"], r["m_country"], r["spend_count_1h"]) for r in rows] == [
+            ("c1", "5411", "FR", 1),
+            ("c2", None, None, 1),
+            ("c1", None, None, 2),
+        ]
+        assert not [s for s in driver.io.kafka_producer.sent if s.topic.endswith("-repartition")]
+    finally:
+        engine.close()
