@@ -1,5 +1,6 @@
 """`GET /features/{group}/{key}` and `POST /features/{group}`: feature values of one key or of up to
-1,000 keys, answered from this process's state or its owners' (batches split per owner)."""
+1,000 keys, answered from this process's state or its owners' (batches split per owner). A key is its
+string form (app/records/keys.py), taken as given: one that is no key of the group has no state."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from pydantic import ValidationError
 from app.api.context import ApiContext
 from app.api.forwarding import answer_elsewhere, ask, is_forwarded, route_keys
 from app.api.http import HttpError, error_response
-from app.api.models import AT_LIMIT, MAX_BATCH_KEYS, BatchRequest, FeatureQuery
+from app.api.models import AT_LIMIT, KEY_INT_LIMIT, MAX_BATCH_KEYS, BatchRequest, FeatureQuery
+from app.records.keys import key_string, split_key
 from app.records.partitioning import partition_for
 from tables.read import outside_retention, read_features
 from tables.registry import UnknownFeature, select_features, stored_state
@@ -81,6 +83,50 @@ def validation_message(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
+def key_strings(ctx: ApiContext, group: str, keys: list[str | dict[str, Any]]) -> list[str]:
+    """The string form of each requested key (an object: of the group's key fields, in key order);
+    BadRequest naming the first object that does not have exactly the group's key fields, or a bad
+    value (:func:`key_value`)."""
+    fields = ctx.tables.plans[group].key
+    forms = []
+    for index, key in enumerate(keys):
+        if isinstance(key, str):
+            forms.append(key)
+            continue
+        wrong = [f"missing key field {f!r}" for f in fields if f not in key]
+        wrong += [f"{f!r} is not a key field" for f in key if f not in fields]
+        if wrong:
+            keyed = f"group {group!r} is keyed by {', '.join(fields)}"
+            raise BadRequest("bad_request", f"keys[{index}]: {'; '.join(wrong)} ({keyed})")
+        forms.append(key_string([key_value(f"keys[{index}].{name}", key[name]) for name in fields]))
+    return forms
+
+
+def key_value(where: str, value: Any) -> str | int:
+    """A key field's value in an object key: a string, or an integer (JSON's: 7.0 is 7) below 2^53
+    in magnitude, which a JSON parser reads exactly; BadRequest naming ``where`` otherwise."""
+    if isinstance(value, str):
+        return value
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if not whole and not (isinstance(value, float) and value.is_integer()):
+        raise BadRequest("bad_request", f"{where}: {value!r} is neither a string nor an integer")
+    if not -KEY_INT_LIMIT < value < KEY_INT_LIMIT:
+        raise BadRequest("bad_request", f"{where}: {value!r} is beyond 2^53; send the key in its string form")
+    return int(value)
+
+
+def not_found(ctx: ApiContext, group: str, key: str) -> web.Response:
+    """404 ``key_not_found``; for a composite group, also why ``key`` is no key of it, if it is not."""
+    fields = ctx.tables.plans[group].key
+    message = f"key {key!r} has no state in group {group!r}"
+    try:
+        split_key(key, len(fields))
+    except ValueError as exc:
+        form = "|".join(fields)
+        message += f": {exc} ({form}, a '|' or '\\' inside a value escaped with '\\')"
+    return error_response(404, "key_not_found", message)
+
+
 def answer_locally(
     ctx: ApiContext, group: str, key: str, at: int, names: frozenset[str] | None
 ) -> dict[str, Any]:
@@ -124,7 +170,7 @@ async def lookup_one(request: web.Request, ctx: ApiContext, group: str, key: str
         return exc.response()
     result = answer_locally(ctx, group, key, at, names)
     if not result["found"]:
-        return error_response(404, "key_not_found", f"key {key!r} has no state in group {group!r}")
+        return not_found(ctx, group, key)
     if "error" in result:
         return error_response(422, **result["error"])
     return web.Response(
@@ -150,28 +196,29 @@ async def lookup_batch(request: web.Request, ctx: ApiContext, group: str) -> web
             413, "too_many_keys", f"{len(batch.keys)} keys; a batch takes at most {MAX_BATCH_KEYS}"
         )
     try:
+        keys = key_strings(ctx, group, batch.keys)
         names = feature_names(ctx, group, batch.features)
         at = parse_at(batch.at)
         placement = ctx.placement
         placement.ensure_ready()
         table = ctx.tables.features[group]
         local, remote = route_keys(
-            table, [k.encode("utf-8") for k in batch.keys], is_forwarded(request), ctx.partitions, placement
+            table, [k.encode("utf-8") for k in keys], is_forwarded(request), ctx.partitions, placement
         )
-        results: list[Any] = [None] * len(batch.keys)
+        results: list[Any] = [None] * len(keys)
         asked = [
             ask(
                 request,
                 owner,
                 "POST",
                 request.path,
-                {"keys": [batch.keys[i] for i in positions], "features": batch.features, "at": at},
+                {"keys": [keys[i] for i in positions], "features": batch.features, "at": at},
                 placement=placement,
             )
             for owner, positions in remote.items()
         ]
         for index in local:
-            results[index] = answer_locally(ctx, group, batch.keys[index], at, names)
+            results[index] = answer_locally(ctx, group, keys[index], at, names)
         answers = await asyncio.gather(*asked)
     except HttpError as exc:
         return exc.response()

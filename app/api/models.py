@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
 MAX_BATCH_KEYS = 1000
 MAX_SCAN_ROWS = 1_000_000
 DEFAULT_SCAN_ROWS = 10_000
+
+#: Integer values of object keys are JSON's safe integers, |v| < 2^53: exact however a JSON parser
+#: reads them (as a double, or 7.0 for 7); a larger integer key is sent in the string form.
+KEY_INT_LIMIT = 2**53
 
 #: Reference times beyond ±10^15 ms (year ~33,000) are refused: nothing real is there, and they would
 #: not fit the 64-bit integers of JSON consumers.
@@ -26,6 +30,23 @@ Timestamp = (
     | Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 )
 AT_HELP = "Reference time: epoch milliseconds or ISO-8601 (default: now)."
+
+
+#: A requested key: its string form, or an object of the group's key fields (app/api/features.py
+#: checks the fields and values, which depend on the group).
+Key = StrictStr | dict[str, Any]
+#: The schema of a key field's value in an object key.
+KEY_VALUE_SCHEMA = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "integer", "minimum": 1 - KEY_INT_LIMIT, "maximum": KEY_INT_LIMIT - 1},
+    ]
+}
+KEYS_HELP = (
+    f"Entity keys, at most {MAX_BATCH_KEYS} (413 above): each the key's string form, or an object of "
+    "exactly the group's key fields (values strings or integers, |v| < 2^53). The string form of a "
+    "composite key is its values in key order joined by '|', a '|' or '\\' inside a value escaped with '\\'."
+)
 
 
 class ErrorDetail(BaseModel):
@@ -60,8 +81,8 @@ class BatchRequest(BaseModel):
     """Body of ``POST /features/{group}``."""
 
     model_config = ConfigDict(extra="forbid")
-    keys: list[str] = Field(
-        description=f"Entity keys, at most {MAX_BATCH_KEYS} (413 above).",
+    keys: list[Key] = Field(
+        description=KEYS_HELP,
         json_schema_extra={"maxItems": MAX_BATCH_KEYS},  # documented; enforced as 413, not 400
     )
     features: list[str] | None = Field(default=None, description="Feature names (default: all).")
@@ -69,7 +90,7 @@ class BatchRequest(BaseModel):
 
 
 class BatchResult(BaseModel):
-    key: str
+    key: str = Field(description="The key's string form.")
     found: bool = Field(description="False when the key has no stored state.")
     features: dict[str, Any] | None = Field(
         default=None, description="Present when found and inside retention."

@@ -15,6 +15,7 @@ from app import __version__
 from app.api.context import ApiContext
 from app.api.http import JSON
 from app.api.models import (
+    KEY_VALUE_SCHEMA,
     BatchAnswer,
     BatchRequest,
     ErrorAnswer,
@@ -74,6 +75,19 @@ KEY = {
 }
 
 
+def group_key(fields: tuple[str, ...]) -> dict[str, Any]:
+    """The ``key`` path parameter of a group keyed by ``fields``: the key's string form."""
+    if len(fields) == 1:
+        return KEY
+    form = "|".join(fields)
+    return {
+        **KEY,
+        "description": f"The key's string form {form}: its values in this order joined by '|', a '|' or "
+        "'\\' inside a value escaped with '\\' ('|' sent as %7C; keys containing '/' are asked with "
+        "POST /features/{group}).",
+    }
+
+
 def query_params(model: type[BaseModel], narrow: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The query parameters of a pydantic query model, from its field schemas (``narrow`` replaces
     the schema of a parameter whose values depend on the pipeline)."""
@@ -93,10 +107,18 @@ def query_params(model: type[BaseModel], narrow: dict[str, dict[str, Any]]) -> l
     return params
 
 
-def batch_body(names: list[str]) -> dict[str, Any]:
-    """BatchRequest's schema with `features` narrowed to the group's names."""
+def batch_body(names: list[str], fields: tuple[str, ...]) -> dict[str, Any]:
+    """BatchRequest's schema with `features` narrowed to the group's names and an object key to
+    exactly the group's key ``fields``."""
     schema = BatchRequest.model_json_schema()
     schema["properties"]["features"]["anyOf"][0]["items"] = {"type": "string", "enum": names}
+    forms = schema["properties"]["keys"]["items"]["anyOf"]
+    forms[1] = {
+        "type": "object",
+        "properties": dict.fromkeys(fields, KEY_VALUE_SCHEMA),
+        "required": list(fields),
+        "additionalProperties": False,
+    }
     return schema
 
 
@@ -128,7 +150,8 @@ def operation(
 
 def feature_paths(ctx: ApiContext, group: str) -> dict[str, Any]:
     """The paths of feature group ``group`` (one key, batch)."""
-    names = ctx.tables.plans[group].feature_names()
+    plan = ctx.tables.plans[group]
+    names = plan.feature_names()
     narrow = {"features": {"type": "string", "pattern": names_pattern(names)}}
     return {
         f"/features/{group}/{{key}}": {
@@ -137,7 +160,7 @@ def feature_paths(ctx: ApiContext, group: str) -> dict[str, Any]:
                 f"Features of one key of group {group}",
                 json_body(FeatureAnswer, "The key's features at `at`."),
                 (400, 401, 404, 422, 503),
-                [KEY, *query_params(FeatureQuery, narrow)],
+                [group_key(plan.key), *query_params(FeatureQuery, narrow)],
             )
         },
         f"/features/{group}": {
@@ -146,7 +169,7 @@ def feature_paths(ctx: ApiContext, group: str) -> dict[str, Any]:
                 f"Features of up to 1000 keys of group {group}, in request order",
                 json_body(BatchAnswer, "One result per key; found=false for keys without state."),
                 (400, 401, 404, 413, 503),
-                body=batch_body(names),
+                body=batch_body(names, plan.key),
             )
         },
     }

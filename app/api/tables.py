@@ -1,5 +1,6 @@
 """`GET /tables/{lookup}/{key}` (one lookup row) and `GET /tables/{name}` (a whole table across
-every worker, as JSON, CSV or Parquet; each partition answered exactly once, rows in key order)."""
+every worker, as JSON, CSV or Parquet; each partition answered exactly once, rows in key order; a
+feature group's rows carry its key fields' values beside the key's string form)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from app.api.forwarding import answer_elsewhere, ask, is_forwarded, partitions_b
 from app.api.http import JSON, HttpError, error_response
 from app.api.models import ScanQuery
 from app.api.placement import Unavailable
+from app.records.keys import split_key
 from app.records.partitioning import partition_for
 from tables.read import outside_retention, read_features
 from tables.registry import entity_keys, stored_state
@@ -28,10 +30,27 @@ YIELD_EVERY = 500  # rows scanned between giving the event loop back to other re
 
 
 def table_columns(ctx: ApiContext, name: str) -> list[str]:
-    """``key`` then the lookup's fields or the group's features, in spec order."""
+    """``key`` then the lookup's fields, or ``key``, the group's key fields and its features, in
+    spec order."""
     if name in ctx.tables.lookups:
         return ["key", *ctx.pipeline.lookups[name].fields]
-    return ["key", *ctx.tables.plans[name].feature_names()]
+    plan = ctx.tables.plans[name]
+    return ["key", *key_columns(plan.key, plan.feature_names()), *plan.feature_names()]
+
+
+def key_columns(fields: tuple[str, ...], features: list[str]) -> list[str]:
+    """The key field columns of a group keyed by ``fields``: each field but one named like another
+    column (``key`` or a feature), which would be that column twice."""
+    return [f for f in fields if f != "key" and f not in features]
+
+
+def key_values(fields: tuple[str, ...], key: str) -> dict[str, str | None]:
+    """A stored key's value per key field, as strings (all None for a key that does not split into
+    them, which the engine never stores)."""
+    try:
+        return dict(zip(fields, split_key(key, len(fields)), strict=True))
+    except ValueError:
+        return dict.fromkeys(fields)
 
 
 def unknown_table(ctx: ApiContext, name: str) -> web.Response:
@@ -73,6 +92,8 @@ async def scan_partitions(
     skipped = 0
     seen = 0
     wanted = frozenset(columns[1:])
+    plan = ctx.tables.plans.get(name)
+    fields = [f for f in key_columns(plan.key, plan.feature_names()) if f in wanted] if plan else []
     for partition in partitions:
         if name in ctx.tables.lookups:
             for raw_key, raw in local_keys(ctx.tables.lookups[name], partition):
@@ -82,15 +103,20 @@ async def scan_partitions(
                 if seen % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
         else:
-            assert at is not None
-            plan, table = ctx.tables.plans[name], ctx.tables.features[name]
+            assert at is not None and plan is not None
+            table = ctx.tables.features[name]
             db = table.db(partition)
             for raw_key in entity_keys(table, partition):
                 state = stored_state(plan, db, raw_key)
                 if outside_retention(plan, state, at, wanted):
                     skipped += 1
                 else:
-                    rows.append({"key": raw_key.decode("utf-8"), **read_features(plan, state, at, wanted)})
+                    row: dict[str, Any] = {"key": raw_key.decode("utf-8")}
+                    if fields:
+                        values = key_values(plan.key, row["key"])
+                        row.update((f, values[f]) for f in fields)
+                    row.update(read_features(plan, state, at, wanted))
+                    rows.append(row)
                 seen += 1
                 if seen % YIELD_EVERY == 0:
                     await asyncio.sleep(0)

@@ -175,6 +175,7 @@ def test_table_scans_agree_in_json_csv_and_parquet_on_both_workers(cluster: Clus
             assert len(frame) == KEYS, (url, fmt)
             pd.testing.assert_frame_equal(frame, frames[(cluster.one.url, "json")], check_dtype=False)
         assert not scan_problems(frames[(cluster.one.url, "json")], expected)
+        assert list(frames[(cluster.one.url, "json")].columns[:3]) == ["key", "user_id", "spend_count_1h"]
 
         lookups = {fmt: scan(client, cluster.two.url, "users", fmt) for fmt in ("json", "csv", "parquet")}
         want = pd.DataFrame([{"key": k, **v} for k, v in sorted(cluster.users.items())])
@@ -189,6 +190,12 @@ def test_table_scans_agree_in_json_csv_and_parquet_on_both_workers(cluster: Clus
         assert few["columns"] == ["key", "spend_sum_24h"] and few["truncated"] is True and few["count"] == 5
         assert [r["key"] for r in few["rows"]] == sorted(cluster.users)[:5]
         assert few["rows"][0]["spend_sum_24h"] == pytest.approx(expected.iloc[0]["spend_sum_24h"])
+        by_field = client.get(
+            f"{cluster.one.url}/tables/user", params={"columns": "user_id", "limit": 1, "at": cluster.end}
+        ).json()
+        assert by_field["columns"] == ["key", "user_id"] and by_field["rows"] == [
+            {"key": few["rows"][0]["key"], "user_id": few["rows"][0]["key"]}
+        ]
 
         for url in cluster.urls:
             row = client.get(f"{url}/tables/users/u0042")

@@ -80,7 +80,8 @@ def scan(client: httpx.Client, url: str, table: str, fmt: str = "json", **params
 
 
 def expected_scan(truth: GroundTruth, keys: list[str], at: int) -> pd.DataFrame:
-    rows = [{"key": key, **truth.features(key, at)} for key in sorted(keys)]
+    """The shop's `user` scan at ``at``: ``key``, its key field ``user_id`` (the same), the features."""
+    rows = [{"key": key, "user_id": key, **truth.features(key, at)} for key in sorted(keys)]
     return pd.DataFrame(rows)
 
 
