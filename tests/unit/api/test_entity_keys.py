@@ -30,8 +30,8 @@ from app.serving.process import TableName
 from tables.registry import StateTables
 from tests.conftest import PAYMENTS, SHOP
 from tests.support.engine import GROUP_ID, PARTITIONS, T0, Engine, pipeline_engine
+from tests.support.entities import Driver, stream_record
 from tests.support.tables import RdictTable
-from tests.unit.engine.test_entities import Driver, stream_record
 
 MINUTE = 60_000
 AT = T0 + 30 * MINUTE

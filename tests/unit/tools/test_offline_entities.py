@@ -25,7 +25,7 @@ from tables.read import outside_retention, read_features
 from tables.registry import entity_keys, stored_state
 from tests.conftest import PAYMENTS
 from tests.support.engine import PARTITIONS, T0, pipeline_engine
-from tests.unit.engine.test_entities import (
+from tests.support.entities import (
     Driver,
     Reference,
     assert_features,
