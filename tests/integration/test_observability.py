@@ -21,17 +21,17 @@ from tests.support.shop import make_events, publish
 from tests.support.tools import tool
 from tests.support.worker import REPO, WorkerProcess, wait_for
 
-EVENTS = 30_000
+EVENTS = 60_000  # a backlog of ~3 s at the shop pipeline's rate: several scrapes see the lag
 
 
 class Prometheus:
-    """A real Prometheus server on loopback, scraping ``targets`` every second."""
+    """A real Prometheus server on loopback, scraping ``targets`` every 250 ms."""
 
     def __init__(self, tmp: Path, targets: list[str]) -> None:
         self.port = free_port()
         config = tmp / "prometheus.yml"
         config.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "global: {scrape_interval: 250ms, scrape_timeout: 250ms, evaluation_interval: 1s}\n"
             "scrape_configs:\n"
             f"  - job_name: hydrant\n    static_configs:\n      - targets: {json.dumps(targets)}\n"
         )
