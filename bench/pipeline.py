@@ -439,6 +439,7 @@ def main() -> None:
                 app_id = f"hydrant-payments-{tag}"
                 if number:
                     create_hydrant_topics(broker.url, payments, app_id)
+                (here / "payments").mkdir()
                 figure, more = run_hydrant(
                     broker, payments, app_id, here / "payments", args.events, args.events, embedded.pid,
                     streams=("payments",), name="(p) hydrant payments (4 groups, 4 keys)",
