@@ -3,7 +3,6 @@ detection by source offset, and the per-bucket running values (docs/state-format
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ from tables.state_format import (
     OFFSETS,
     AggState,
     convert,
+    sketch_of,
     value_hash,
 )
 
@@ -126,9 +126,9 @@ def _update(agg: AggState | None, value: Any, time_ms: int, plan: AggregationPla
     return agg
 
 
-def add_distinct(distinct: list[int] | str, h: int) -> list[int] | str:
-    """``distinct`` (exact hash list, or base64 HLL sketch) with hash ``h`` added; a sketch past
-    ``EXACT_DISTINCT`` hashes. May change the list in place."""
+def add_distinct(distinct: list[int] | str | Any, h: int) -> list[int] | Any:
+    """``distinct`` (exact hash list, HLL sketch in its stored form or live) with hash ``h`` added;
+    a live sketch past ``EXACT_DISTINCT`` hashes. May change the list or sketch in place."""
     if isinstance(distinct, list):
         if h in distinct:
             return distinct
@@ -136,10 +136,12 @@ def add_distinct(distinct: list[int] | str, h: int) -> list[int] | str:
             distinct.append(h)
             return distinct
         sketch = _sketch_of(distinct)
+    elif isinstance(distinct, str):
+        sketch = sketch_of(distinct)
     else:
-        sketch = datasketches.hll_sketch.deserialize(base64.b64decode(distinct))
+        sketch = distinct
     sketch.update(h)
-    return base64.b64encode(sketch.serialize_compact()).decode("ascii")
+    return sketch
 
 
 def _sketch_of(hashes: list[int]) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from tables.state_format import Bucket, bucket_key, head_key
+from tables.state_format import Bucket, bucket_key, encode_bucket, head_key
 
 Loader = Callable[[bytes], bytes | None]
 #: Every (record key, value) whose key starts with the given prefix, in key order (a range read).
@@ -154,7 +154,7 @@ class KeyState:
         if not (self._dirty or self._head_dirty or self._deleted):
             return []
         out: list[tuple[bytes, bytes | None]] = [
-            (bucket_key(self.key, number), orjson.dumps(self._buckets[number]))
+            (bucket_key(self.key, number), encode_bucket(self._buckets[number]))
             for number in sorted(self._dirty - self._deleted)
         ]
         if self._head_dirty:

@@ -3,7 +3,6 @@ with the same float operations in the same order as the offline tools; and the r
 
 from __future__ import annotations
 
-import base64
 import math
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from tables.plans import (
     SUM,
     GroupPlan,
 )
-from tables.state_format import AGGREGATIONS, HLL_LG_K, LAYOUT, AggState, convert
+from tables.state_format import AGGREGATIONS, HLL_LG_K, LAYOUT, AggState, convert, sketch_of
 
 
 @dataclass
@@ -45,7 +44,7 @@ class MergedWindow:
     first: tuple[int, Any] | None = None
     last: tuple[int, Any] | None = None
     hashes: set[int] = field(default_factory=set)
-    sketches: list[str] = field(default_factory=list)
+    sketches: list[Any] = field(default_factory=list)  # live or in their stored form
 
     def add(self, agg: AggState) -> None:
         """Merge in the next bucket's state (buckets in ascending order)."""
@@ -100,12 +99,14 @@ class MergedWindow:
         raise ValueError(f"unknown op {op!r}")
 
 
-def _distinct_count(hashes: set[int], sketches: list[str]) -> int:
+def _distinct_count(hashes: set[int], sketches: list[Any]) -> int:
+    """The number of distinct values: exact from the hashes alone, else the HLL union's estimate
+    (``sketches`` live or in their stored form)."""
     if not sketches:
         return len(hashes)
     union = datasketches.hll_union(HLL_LG_K)
-    for encoded in sketches:
-        union.update(datasketches.hll_sketch.deserialize(base64.b64decode(encoded)))
+    for sketch in sketches:
+        union.update(sketch_of(sketch) if isinstance(sketch, str) else sketch)
     for h in hashes:
         single = datasketches.hll_sketch(HLL_LG_K)
         single.update(h)
@@ -135,13 +136,15 @@ def _window_results(
             out[position] = total if op == "sum" else total / count if count else None
         elif op == "distinct":
             hashes: set[int] = set()
-            sketches: list[str] = []
+            sketches: list[Any] = []
             i = at[DISTINCT]
             for agg in states:
                 digest = agg[i]
                 if isinstance(digest, list):
                     hashes.update(digest)
                 else:
+                    if isinstance(digest, str):  # decoded once per loaded bucket, kept live
+                        digest = agg[i] = sketch_of(digest)
                     sketches.append(digest)
             out[position] = _distinct_count(hashes, sketches)
         elif not count:

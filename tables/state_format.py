@@ -3,10 +3,12 @@ value hashes for distinct, and the conversion of buckets in earlier formats or l
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from typing import Any
 
+import datasketches
 import orjson
 
 from tables.plans import ALL_FIELDS, OP_FIELDS, GroupPlan, layout_of
@@ -27,6 +29,24 @@ def value_hash(value: Any) -> int:
         value += 0.0  # -0.0 == 0.0: one distinct value, one hash
     digest = hashlib.blake2b(orjson.dumps(value), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
+
+
+def sketch_of(text: str) -> Any:
+    """A bucket's distinct sketch from its stored form (base64 of the compact HLL)."""
+    return datasketches.hll_sketch.deserialize(base64.b64decode(text))
+
+
+def _stored_form(value: Any) -> str:
+    """orjson's ``default`` for a bucket: a distinct sketch kept live in memory, as stored."""
+    if isinstance(value, datasketches.hll_sketch):
+        return base64.b64encode(value.serialize_compact()).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not part of a bucket record")
+
+
+def encode_bucket(record: Bucket | None) -> bytes:
+    """A bucket record as stored; its distinct sketches (live objects while a batch runs, decoded
+    once per bucket) in their stored form."""
+    return orjson.dumps(record, default=_stored_form)
 
 
 def head_key(key: bytes) -> bytes:

@@ -56,7 +56,7 @@ class States:
     last: np.ndarray
     hash_start: np.ndarray  # len + 1: the segment's exact hashes are hashes[hash_start[i]:hash_start[i+1]]
     hashes: np.ndarray
-    sketches: dict[int, str] = field(default_factory=dict)  # segment -> base64 HLL (no exact hashes then)
+    sketches: dict[int, Any] = field(default_factory=dict)  # segment -> live HLL sketch (no exact hashes then)
 
     def __len__(self) -> int:
         return len(self.count)
@@ -66,7 +66,7 @@ class States:
         """The segments of ``parts``, in order, as one States."""
         offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
         hash_offsets = np.cumsum([0] + [len(p.hashes) for p in parts[:-1]])
-        sketches: dict[int, str] = {}
+        sketches: dict[int, Any] = {}
         for p, off in zip(parts, offsets, strict=True):
             sketches.update({int(k) + int(off): v for k, v in p.sketches.items()})
         hash_start = np.concatenate(
@@ -156,7 +156,7 @@ def segment_states(
     # distinct: the exact hash list per bucket up to EXACT_DISTINCT, else the worker's sketch.
     hash_start = np.zeros(nseg + 1, dtype=np.int64)
     exact = _EMPTY_I
-    sketches: dict[int, str] = {}
+    sketches: dict[int, Any] = {}  # live HLL sketches
     if distinct:
         h = hashes if hashes is not None else value_hashes(values)
         frame = pd.DataFrame({"s": np.repeat(np.arange(nseg), sizes), "h": h})
@@ -164,10 +164,10 @@ def segment_states(
         per = np.bincount(unique["s"].to_numpy(), minlength=nseg)
         big = np.flatnonzero(per > EXACT_DISTINCT)
         for s in big.tolist():
-            state: list[int] | str = []
+            state: Any = []
             for value in h[starts[s] : starts[s] + sizes[s]].tolist():
                 state = add_distinct(state, value)
-            assert isinstance(state, str)
+            assert not isinstance(state, list)
             sketches[s] = state
         if len(big):
             unique = unique[~unique["s"].isin(big)]
@@ -286,7 +286,7 @@ def _distinct_counts(states: States, lo: np.ndarray, length: np.ndarray, extra: 
         merged = MergedWindow()
         rows = list(range(int(lo[i]), int(lo[i] + length[i]))) + ([int(extra[i])] if extra[i] >= 0 else [])
         for r in rows:
-            digest: list[int] | str = states.sketches.get(r) or states.hashes[hs[r] : hs[r + 1]].tolist()
+            digest = states.sketches[r] if r in states.sketches else states.hashes[hs[r] : hs[r + 1]].tolist()
             merged.add([int(states.count[r]), 0.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0, digest, 0.0])
         out[i] = merged.distinct()
     return out
