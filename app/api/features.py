@@ -17,7 +17,7 @@ from app.api.context import ApiContext
 from app.api.forwarding import answer_elsewhere, ask, is_forwarded, route_keys
 from app.api.http import HttpError, error_response
 from app.api.models import AT_LIMIT, KEY_INT_LIMIT, MAX_BATCH_KEYS, BatchRequest, FeatureQuery
-from app.records.keys import key_string, placement, split_key
+from app.records.keys import key_string, split_key
 from app.records.partitioning import partition_for
 from tables.read import outside_retention, read_features
 from tables.registry import UnknownFeature, select_features, stored_state
@@ -115,16 +115,6 @@ def key_value(where: str, value: Any) -> str | int:
     return int(value)
 
 
-def placed_by(ctx: ApiContext, group: str, key: str) -> bytes:
-    """What decides the partition of ``key`` in ``group`` (app/records/keys.py); a string that is no
-    key of the group is placed as it is: it has no state anywhere (404, :func:`not_found`)."""
-    raw_key = key.encode("utf-8")
-    try:
-        return placement(raw_key, len(ctx.tables.plans[group].key))
-    except ValueError:
-        return raw_key
-
-
 def not_found(ctx: ApiContext, group: str, key: str) -> web.Response:
     """404 ``key_not_found``; for a composite group, also why ``key`` is no key of it, if it is not."""
     fields = ctx.tables.plans[group].key
@@ -143,8 +133,7 @@ def answer_locally(
     """One key's batch result from this process's state (the caller checked that it holds the key)."""
     raw_key = key.encode("utf-8")
     plan = ctx.tables.plans[group]
-    partition = partition_for(placed_by(ctx, group, key), ctx.partitions)
-    db = ctx.placement.database(ctx.tables.features[group], partition)
+    db = ctx.placement.database(ctx.tables.features[group], partition_for(raw_key, ctx.partitions))
     state = stored_state(plan, db, raw_key)
     if not state.exists:
         return {"key": key, "found": False}
@@ -172,8 +161,7 @@ async def lookup_one(request: web.Request, ctx: ApiContext, group: str, key: str
         else:  # the common case, without pydantic
             names, at = None, parse_at(None)
         table = ctx.tables.features[group]
-        placed = placed_by(ctx, group, key)
-        relayed = await answer_elsewhere(request, table, placed, ctx.partitions, ctx.placement)
+        relayed = await answer_elsewhere(request, table, key.encode("utf-8"), ctx.partitions, ctx.placement)
         if relayed is not None:
             return relayed
     except ValidationError as exc:
@@ -215,7 +203,7 @@ async def lookup_batch(request: web.Request, ctx: ApiContext, group: str) -> web
         placement.ensure_ready()
         table = ctx.tables.features[group]
         local, remote = route_keys(
-            table, [placed_by(ctx, group, k) for k in keys], is_forwarded(request), ctx.partitions, placement
+            table, [k.encode("utf-8") for k in keys], is_forwarded(request), ctx.partitions, placement
         )
         results: list[Any] = [None] * len(keys)
         asked = [

@@ -11,12 +11,11 @@ from app.config.spec import Pipeline
 
 @dataclass(frozen=True)
 class Stage:
-    """One field a stream's events are keyed by in turn: the groups they feed there (keyed by that
-    field, or by several with that one first), and what the stream's outputs read there (groups'
-    features, lookups joined on that field); stage 0 is the stream's own key."""
+    """One key a stream's events visit: the groups they feed there, and what the stream's outputs
+    read there (groups' features, lookups joined on that key); stage 0 is the stream's own key."""
 
     index: int
-    key: tuple[str]  # the field
+    key: tuple[str, ...]  # the key's fields, in the order of its string form
     topic: str  # the hop topic its records arrive on once re-keyed (stage 0: the stream's repartition topic)
     groups: tuple[str, ...]  # feature groups the stream feeds on this key
     reads: tuple[str, ...]  # groups whose features the stream's outputs carry, read here
@@ -34,18 +33,17 @@ def hop_topic(group: str, stream: str, key: tuple[str, ...]) -> str:
 
 
 def stream_stages(pipeline: Pipeline, stream: str, group: str) -> tuple[Stage, ...]:
-    """The stages of ``stream`` in visiting order: its own key first, then each other field its
-    groups (by their key's first field: where a composite key lives) or its outputs' groups and joins
-    use, in the order the spec first names them."""
+    """The stages of ``stream`` in visiting order: its own key first, then each other key its groups
+    or its outputs' groups and joins use, in the order the spec first names them."""
     spec = pipeline.streams[stream]
     own = (spec.key,)
     fed = {g for g, gs in pipeline.features.items() if any(a.stream == stream for a in gs.aggregations)}
     outputs = [o for o in pipeline.outputs.values() if o.from_ == stream]
     read = {g for o in outputs for g in o.features}
-    keys: dict[tuple[str], tuple[list[str], list[str], list[tuple[str, str]]]] = {own: ([], [], [])}
+    keys: dict[tuple[str, ...], tuple[list[str], list[str], list[tuple[str, str]]]] = {own: ([], [], [])}
     for name, gs in pipeline.features.items():
         if name in fed or name in read:
-            groups, reads, _ = keys.setdefault((gs.key_fields[0],), ([], [], []))
+            groups, reads, _ = keys.setdefault(gs.key_fields, ([], [], []))
             if name in fed:
                 groups.append(name)
             if name in read:
@@ -58,7 +56,9 @@ def stream_stages(pipeline: Pipeline, stream: str, group: str) -> tuple[Stage, .
             joins = keys.setdefault(here, ([], [], []))[2]
             if (join.lookup, on) not in joins:
                 joins.append((join.lookup, on))
-    order = [own, *(k for k in keys if k != own)]
+    # Keys of fewer fields first: a composite key then comes after the keys of its fields, so its
+    # events arrive along few paths (window state keeps an offset per path: docs/pipeline.md).
+    order = [own, *sorted((k for k in keys if k != own), key=len)]
     return tuple(
         Stage(
             i,

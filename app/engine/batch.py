@@ -37,7 +37,7 @@ from app.metrics import (
     UNKEYED_EVENTS,
 )
 from app.records.decode import BadRecord, decode_event
-from app.records.keys import key_of, placement
+from app.records.keys import key_of
 from app.records.partitioning import is_home, partition_for
 from app.records.source import carried_parts, carried_path, hop_headers, source_headers, source_position
 from app.system.memory import collections_paused, settle_garbage_collector
@@ -159,8 +159,8 @@ class Batch:
     started: float
     shards: list[Shard]
     steps: list[Step] = field(default_factory=list)
-    shard_of: dict[bytes, int] = field(default_factory=dict)  # a stage's key -> its shard
-    #: a stage's key -> the partition its events are at home on (:meth:`StreamEngine.home`)
+    shard_of: dict[bytes, int] = field(default_factory=dict)  # entity key -> its shard
+    #: entity key -> the partition its state is read from and written to
     home_of: dict[bytes, int] = field(default_factory=dict)
     counts: dict[Any, int] = field(default_factory=dict)  # consumed/produced counters, added when done
 
@@ -187,7 +187,6 @@ class StreamEngine:
         self.batch_max = batch_max
         self.on_write = on_write
         self.late = {g: LATE_EVENTS.labels(g) for g in tables.plans}
-        self.key_sizes = {g: len(plan.key) for g, plan in tables.plans.items()}
         self.duplicates = {g: DUPLICATE_EVENTS.labels(g) for g in tables.plans}
 
     async def run(self, io: WorkerIO, source: Source) -> None:
@@ -286,19 +285,13 @@ class StreamEngine:
         self.read_batch(batch)
         return batch
 
-    def home(self, batch: Batch, group: str, key: bytes) -> int:
-        """The partition that holds ``group``'s state of ``key`` in ``batch``: that of the stage's
-        key, which is the key itself or a composite key's first value (app/records/keys.py)."""
-        size = self.key_sizes[group]
-        return batch.home_of[key if size == 1 else placement(key, size)]
-
     def read_batch(self, batch: Batch) -> None:
         """Pass 2a: read what each shard needs from the local state."""
         home_of, features, lookups = batch.home_of, self.tables.features, self.tables.lookups
-        replicas, home = self.tables.replicas, self.home
+        replicas = self.tables.replicas
 
         def feature_db(group: str, key: bytes) -> Any:
-            return features[group].db(home(batch, group, key))
+            return features[group].db(home_of[key])
 
         def lookup_db(name: str, key: bytes) -> Any:  # co-partitioned with the key, or global
             return replicas[name].db if name in replicas else lookups[name].db(home_of[key])
@@ -335,7 +328,7 @@ class StreamEngine:
         """Pass 3: send outputs, forwards and dead letters in batch order and write the state locally;
         returns the wait for every delivery and changelog ack."""
         partitions = self.partitions
-        counts = batch.counts
+        counts, home_of = batch.counts, batch.home_of
         deliveries: list[Awaitable[Any]] = []
         outputs = RecordBatches()  # outputs and hops to later stages
         output_partitions: dict[str, int] = {}  # asked once per batch
@@ -384,7 +377,7 @@ class StreamEngine:
         features = self.tables.features
         for result in done.values():
             for group, entity, changes in result.changes:
-                writer.write_many(features[group], self.home(batch, group, entity), changes)
+                writer.write_many(features[group], home_of[entity], changes)
             for group, count in result.late.items():
                 self.late[group].inc(count)
             for group, count in result.duplicates.items():

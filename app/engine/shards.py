@@ -98,17 +98,6 @@ class StageWork:
     #: (group, its part name) per group read here; (lookup, stream field, its part name) per join here
     read_parts: tuple[tuple[str, str], ...] = ()
     join_parts: tuple[tuple[str, tuple[str], str], ...] = ()
-    #: the key fields of each group here keyed by several fields (the stage's field first)
-    composite: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-    def slot_key(self, group: str, raw_key: bytes, fields: dict[str, Any]) -> bytes | None:
-        """The key of ``group``'s state for an event at home here on ``raw_key`` (None: the event
-        has no value for one of its fields)."""
-        names = self.composite.get(group)
-        if names is None:
-            return raw_key
-        found = key_of(fields, names)
-        return None if found is None else found.encode("utf-8")
 
 
 class BatchWork:
@@ -130,11 +119,6 @@ class BatchWork:
                     stages[stage.index + 1 :],
                     tuple((g, group_part(g)) for g in stage.reads),
                     tuple((lookup, (on,), join_part(lookup, on)) for lookup, on in stage.joins),
-                    {
-                        g: self.plans[g].key
-                        for g in {*stage.groups, *stage.reads}
-                        if len(self.plans[g].key) > 1
-                    },
                 )
                 for stage in stages
             )
@@ -145,23 +129,16 @@ class BatchWork:
         work = self.stages[event.stream][event.stage]
         wants = shard.wants
         plans = self.plans
-        fields = event.decoded[2]
-        slot_key = work.slot_key
         for group in work.stage.groups:
-            key_here = slot_key(group, raw_key, fields)
-            if key_here is None:
-                continue
-            wanted = wants.get((group, key_here))
+            wanted = wants.get((group, raw_key))
             if wanted is None:
-                wanted = wants[group, key_here] = Wants(group in work.reads, set())
+                wanted = wants[group, raw_key] = Wants(group in work.reads, set())
             wanted.buckets.add(ts // plans[group].period_ms)  # the event's bucket
         for group in work.reads:
-            key_here = slot_key(group, raw_key, fields)
-            if key_here is None:
-                continue
-            wanted = wants.get((group, key_here))
+            wanted = wants.get((group, raw_key))
             if wanted is None or not wanted.whole:
-                wants[group, key_here] = Wants(True, set() if wanted is None else wanted.buckets)
+                wants[group, raw_key] = Wants(True, set() if wanted is None else wanted.buckets)
+        fields = event.decoded[2]
         for lookup, on, _ in work.join_parts:  # by the joined field's value (the key, unless global)
             value = key_of(fields, on)
             if value is not None:
@@ -210,9 +187,7 @@ class BatchWork:
                 parts.setdefault(LATE, late)
             plans = self.plans
             for group, part in work.read_parts:  # the group's state as this batch holds it, event applied
-                key_here = work.slot_key(group, raw_key, fields)
-                if key_here is not None:
-                    parts[part] = read_features(plans[group], states[group, key_here], ts)
+                parts[part] = read_features(plans[group], states[group, raw_key], ts)
             for lookup, on, part in work.join_parts:
                 value = key_of(fields, on)
                 parts[part] = None if value is None else lookups[lookup, value]
@@ -246,17 +221,11 @@ class BatchWork:
         if not groups:
             return None
         plans = self.plans
-        keyed = []
-        for g in groups:
-            key_here = work.slot_key(g, raw_key, fields)
-            if key_here is None:  # a null in another field of its key: the event skips the group
-                result.unkeyed[g, work.stream] = result.unkeyed.get((g, work.stream), 0) + 1
-            else:
-                keyed.append((g, states[g, key_here]))
         try:
-            chosen = {g: choose(plans[g], work.stream, fields) for g, _ in keyed}
+            chosen = {g: choose(plans[g], work.stream, fields) for g in groups}
         except Exception as exc:
             raise BadRecord("expression", f"where filter: {type(exc).__name__}: {exc}") from None
+        keyed = [(g, states[g, raw_key]) for g in groups]
         # A redelivery that a head already recorded is a duplicate there, even if its bucket expired since.
         late = [
             (g, state)

@@ -1,6 +1,5 @@
 """Entity keys' string form (docs/product.md): one field's value as it is; a composite key's values
-in key order joined by ``|``, each ``|`` or ``\\`` inside a value escaped with ``\\``; a composite
-key lives on the partition of its first value (:func:`placement`). Pure."""
+in key order joined by ``|``, each ``|`` or ``\\`` inside a value escaped with ``\\``. Pure."""
 
 from __future__ import annotations
 
@@ -57,11 +56,3 @@ def split_key(text: str, size: int) -> list[str]:
     if len(values) != size:
         raise ValueError(f"key {text!r} has {len(values)} values; the key has {size} fields")
     return values
-
-
-def placement(raw_key: bytes, size: int) -> bytes:
-    """What decides the partition of a key of ``size`` fields: the key itself, or a composite key's
-    first value (so that its state sits beside that field's other groups: docs/pipeline.md)."""
-    if size == 1:
-        return raw_key
-    return split_key(raw_key.decode("utf-8"), size)[0].encode("utf-8")

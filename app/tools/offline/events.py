@@ -280,11 +280,9 @@ def _stages(
 def _entity_keys_of(
     streams: Mapping[str, StreamEvents],
     pipeline: Pipeline,
-    plans: Mapping[str, GroupPlan],
     stages: Mapping[str, list[tuple[tuple[str, ...], list[str]]]],
 ) -> dict[tuple[str, ...], EntityKeys]:
-    """Every stage's key and every key of a group fed there, numbered across the streams that
-    reach it."""
+    """Every key some stage of a stream feeds groups on, numbered across the streams that reach it."""
     cache: dict[tuple[str, str], Parts] = {}
 
     def parts(stream: str, name: str) -> Parts:
@@ -297,9 +295,8 @@ def _entity_keys_of(
 
     local: dict[tuple[str, ...], dict[str, Keyed]] = {}
     for stream, visits in stages.items():
-        for stage_key, groups in visits:
-            for key in dict.fromkeys([stage_key, *(plans[g].key for g in groups)]):
-                local.setdefault(key, {})[stream] = combine([parts(stream, name) for name in key])
+        for key, _ in visits:
+            local.setdefault(key, {})[stream] = combine([parts(stream, name) for name in key])
     return {key: EntityKeys.number(key, by_stream) for key, by_stream in local.items()}
 
 
@@ -312,7 +309,7 @@ def accept(
     for one of those groups (docs/product.md)."""
     names = list(pipeline.streams)
     stages = {s: _stages(pipeline, plans, s) for s in streams}
-    keys = _entity_keys_of(streams, pipeline, plans, stages)
+    keys = _entity_keys_of(streams, pipeline, stages)
     # Per stream and stage key: the events applied there unless late ("eligible").
     eligible: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
     for s, events in streams.items():
@@ -346,29 +343,22 @@ def accept(
     n = len(order)
     late_anywhere = np.zeros(n, dtype=bool)
     out: dict[str, GroupEvents] = {}
-    for key in dict.fromkeys(k for s in stages for k, _ in stages[s]):
-        # Streams without a stage on this key: not at the stage.
-        reach = {ev.name: (ev.name, key) in eligible for ev in used}
+    for key, entity in keys.items():
+        # Streams without a stage on this key: no key (-1), not at the stage.
+        reach = {ev.name: ev.name in entity.codes for ev in used}
+        codes = in_order(
+            [entity.codes[ev.name] if reach[ev.name] else np.full(len(ev.keys), -1) for ev in used]
+        )
         at_stage = in_order(
             [eligible[ev.name, key] if reach[ev.name] else np.zeros(len(ev.keys), bool) for ev in used]
         )
         # The stage's events: usually all (each has the key, no `where` failed), then used without copies.
         here = np.arange(n) if at_stage.all() else np.flatnonzero(at_stage)
         every = len(here) == n
-        fed = {g: plans[g] for s in stages for k, gs in stages[s] if k == key for g in gs}
-        # Per group, its key's code per event (-1: none; a composite key may lack another field).
-        codes = {
-            g: in_order(
-                [
-                    keys[plan.key].codes[ev.name] if reach[ev.name] else np.full(len(ev.keys), -1)
-                    for ev in used
-                ]
-            )
-            for g, plan in fed.items()
-        }
+        fed = {g: plans[g] for s in entity.codes for k, gs in stages[s] if k == key for g in gs}
         accepted, member = _fixed_point(
             fed,
-            {g: c if every else c[here] for g, c in codes.items()},
+            codes if every else codes[here],
             times if every else times[here],
             sidx if every else sidx[here],
             names,
@@ -379,7 +369,7 @@ def accept(
             chosen = here[member[g] & accepted]
             out[g] = GroupEvents(
                 plan,
-                codes[g][chosen],
+                codes[chosen],
                 times[chosen],
                 times[chosen] // plan.period_ms,
                 sidx[chosen],
@@ -391,27 +381,27 @@ def accept(
 
 def _fixed_point(
     plans: Mapping[str, GroupPlan],
-    keys: Mapping[str, np.ndarray],
+    keys: np.ndarray,
     times: np.ndarray,
     sidx: np.ndarray,
     names: list[str],
     streams: Mapping[str, StreamEvents],
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(accepted, per group its events) of one stage's events (processing order; ``keys``: per group,
-    its key's code per event, -1 when the event lacks it): an event is late when late for any group
-    of the stage it feeds; a fixed point of the late rule, which is the sequential answer."""
+    """(accepted, per group its events) of one stage's events (one key, processing order): an event is
+    late when late for any group of the stage its stream feeds; a fixed point of the late rule, which
+    is the sequential answer."""
     member = {
-        g: np.isin(sidx, [names.index(s) for s in plan.by_stream if s in streams]) & (keys[g] >= 0)
+        g: np.isin(sidx, [names.index(s) for s in plan.by_stream if s in streams])
         for g, plan in plans.items()
     }
     buckets = {g: times // plan.period_ms for g, plan in plans.items()}
-    n = len(times)
+    n = len(keys)
     accepted = np.ones(n, dtype=bool)
     for _ in range(64):  # one group, or groups fed by the same streams, converge at once
         late = np.zeros(n, dtype=bool)
         for g, plan in plans.items():
             sel = np.flatnonzero(member[g])
-            late[sel] |= _late(keys[g][sel], buckets[g][sel], accepted[sel], plan.retention)
+            late[sel] |= _late(keys[sel], buckets[g][sel], accepted[sel], plan.retention)
         if np.array_equal(~late, accepted):
             return accepted, member
         accepted = np.asarray(~late, dtype=bool)

@@ -56,7 +56,9 @@ class States:
     last: np.ndarray
     hash_start: np.ndarray  # len + 1: the segment's exact hashes are hashes[hash_start[i]:hash_start[i+1]]
     hashes: np.ndarray
-    sketches: dict[int, Any] = field(default_factory=dict)  # segment -> live HLL sketch (no exact hashes then)
+    sketches: dict[int, Any] = field(
+        default_factory=dict
+    )  # segment -> live HLL sketch (no exact hashes then)
 
     def __len__(self) -> int:
         return len(self.count)

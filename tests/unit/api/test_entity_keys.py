@@ -24,7 +24,7 @@ from app.api.pipeline import describe
 from app.api.placement import Placement
 from app.api.views import ROUTES
 from app.config.spec import load_pipeline
-from app.records.keys import key_string, placement
+from app.records.keys import key_string
 from app.records.partitioning import partition_for
 from app.serving.process import TableName
 from tables.registry import StateTables
@@ -242,8 +242,7 @@ async def test_keys_forwarded_to_their_owner_travel_in_string_form(engine: Engin
                 strings = [key_string([c, m]) for c, m, _, _ in PAYMENTS_SEEN]
                 got = await answer(await a.post("/features/card_merchant", json={"keys": keys, "at": AT}))
     assert [r["key"] for r in got["results"]] == strings and all(r["found"] for r in got["results"])
-    # a composite key lives on the partition of its first value, the card
-    remote = [k for k in strings if partition_for(placement(k.encode(), 2), PARTITIONS) >= 2]
+    remote = [k for k in strings if partition_for(k.encode(), PARTITIONS) >= 2]
     assert remote and len(remote) < len(strings)  # the example's keys land on both workers
     assert seen_by_b == [{"keys": remote, "features": None, "at": AT}]
 

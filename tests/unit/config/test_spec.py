@@ -259,32 +259,23 @@ def test_hydrant_check_exits_2_with_messages(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "cannot read the pipeline file" in missing.stderr
 
 
-def test_payments_stages_visit_each_field_once_a_composite_key_with_its_first_field() -> None:
+def test_payments_stages_visit_each_key_once_fewer_fields_first() -> None:
     p = load_pipeline(PAYMENTS)
     stages = stream_stages(p, "payments", "g")
-    # (card_id, merchant_id) lives on the partition of the card: fed at the card's stage, no hop
     assert [(s.key, s.groups, s.reads, s.joins) for s in stages] == [
-        (("card_id",), ("card", "card_merchant"), ("card", "card_merchant"), ()),
+        (("card_id",), ("card",), ("card",), ()),
         (("merchant_id",), ("merchant",), ("merchant",), (("merchants", "merchant_id"),)),
         (("device_id",), ("device",), ("device",), ()),
+        (("card_id", "merchant_id"), ("card_merchant",), ("card_merchant",), ()),
     ]
     assert [s.topic for s in stages] == [
         "g-stream-payments-repartition",
         "g-stream-payments-by-merchant_id-repartition",
         "g-stream-payments-by-device_id-repartition",
+        "g-stream-payments-by-card_id-merchant_id-repartition",
     ]
     hops = {t.name for t in topic_plans(p, 4, "g") if t.role == "repartition"}
     assert {s.topic for s in stages} < hops
     # The shop: one key per stream, so one stage each and no hop topic beyond today's.
     shop = load_pipeline(SHOP)
     assert [len(stream_stages(shop, name, "g")) for name in shop.streams] == [1, 1]
-
-
-def test_a_composite_key_goes_to_the_stage_of_its_first_field() -> None:
-    text = PAYMENTS_TEXT.replace("key: [card_id, merchant_id]", "key: [merchant_id, card_id]")
-    stages = stream_stages(parse_pipeline(text), "payments", "g")
-    assert [(s.key, s.groups) for s in stages] == [
-        (("card_id",), ("card",)),
-        (("merchant_id",), ("merchant", "card_merchant")),
-        (("device_id",), ("device",)),
-    ]

@@ -11,7 +11,7 @@ import pytest
 
 from app.config.routing import stream_stages
 from app.config.spec import load_pipeline
-from app.records.keys import key_string, placement
+from app.records.keys import key_string
 from app.records.partitioning import partition_for
 from app.records.source import HOP_PARTS, SOURCE_KEY, SOURCE_OFFSET
 from tables.read import read_features
@@ -68,10 +68,10 @@ def test_each_output_carries_every_group_at_the_event_and_the_lookup_row_current
         hops = [s for s in driver.io.kafka_producer.sent if s.topic in HOPS]
         first = dict(hops[0].headers)
         assert first[SOURCE_KEY] == events[0]["card_id"].encode() and first[SOURCE_OFFSET] == b"0"
-        assert orjson.loads(first[HOP_PARTS]).keys() == {"g:card", "g:card_merchant"}  # both at the card
+        assert orjson.loads(first[HOP_PARTS]).keys() == {"g:card"}
         assert hops[0].timestamp_ms == events[0]["ts"]  # the record's timestamp goes along
         unkeyed = sum(1 for e in events if e["device_id"] is None)
-        assert len(hops) == 2 * len(events) - unkeyed  # merchant, device (when there is one)
+        assert len(hops) == 3 * len(events) - unkeyed  # merchant, device (when there is one), pair
     finally:
         engine.close()
 
@@ -108,19 +108,17 @@ def test_batched_and_redelivered_events_count_once_in_every_group(tmp_path: Path
             assert len(keys) > 3
             for key in keys:
                 raw = key.encode()
-                home = partition_for(placement(raw, len(spec.key_fields)), PARTITIONS)
-                db = engine.tables.features[group].db(home)
+                db = engine.tables.features[group].db(partition_for(raw, PARTITIONS))
                 state = stored_state(plans[group], db, raw)
                 assert_features(read_features(plans[group], state, at), reference.features(group, key, at))
     finally:
         engine.close()
 
 
-def test_a_composite_key_escapes_its_separator_and_lives_with_its_first_value() -> None:
-    form = key_string(["c|1", "m\\2"])
-    assert form == "c\\|1|m\\\\2"
-    assert placement(form.encode(), 2) == b"c|1"  # on the card's partition, fed at the card's stage
-    assert STAGES[0].key == ("card_id",) and STAGES[0].groups == ("card", "card_merchant")
+def test_a_composite_key_escapes_its_separator_and_routes_by_its_string_form() -> None:
+    assert key_string(["c|1", "m\\2"]) == "c\\|1|m\\\\2"
+    stage = STAGES[-1]
+    assert stage.key == ("card_id", "merchant_id") and stage.groups == ("card_merchant",)
 
 
 def test_a_payment_without_a_merchant_skips_its_stages_and_a_late_one_ends_as_one_dead_letter(
@@ -154,8 +152,7 @@ def test_a_payment_without_a_merchant_skips_its_stages_and_a_late_one_ends_as_on
         assert dead.key == b"c3"  # the original Kafka key
         plans, at = engine.tables.plans, T0 + 60_000
         for group, key, count in [("card", "c3", 1), ("device", "d3", 1), ("card_merchant", "c3|m1", 1)]:
-            home = partition_for(placement(key.encode(), len(plans[group].key)), PARTITIONS)
-            db = engine.tables.features[group].db(home)
+            db = engine.tables.features[group].db(partition_for(key.encode(), PARTITIONS))
             features = read_features(plans[group], stored_state(plans[group], db, key.encode()), at)
             assert next(v for n, v in features.items() if "count" in n) == count, group
         m1 = engine.tables.features["merchant"].db(partition_for(b"m1", PARTITIONS))

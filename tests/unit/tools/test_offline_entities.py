@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from app.config.spec import parse_pipeline
 from app.errors import InputFileError
-from app.records.keys import key_string, placement, split_key
+from app.records.keys import key_string, split_key
 from app.records.partitioning import partition_for
 from app.tools.cli import cli
 from app.tools.frames import read_table
@@ -85,7 +85,7 @@ class Online:
         out = {}
         for partition in range(PARTITIONS):
             for raw in entity_keys(table, partition):
-                assert partition_for(placement(raw, len(plan.key)), PARTITIONS) == partition
+                assert partition_for(raw, PARTITIONS) == partition
                 state = stored_state(plan, table.db(partition), raw)
                 features = read_features(plan, state, at)
                 gone = frozenset(n for n in features if outside_retention(plan, state, at, {n}))
