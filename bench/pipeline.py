@@ -453,28 +453,24 @@ def main() -> None:
                 figures.append(hydrant)
                 print(f"  {hydrant.name}: {hydrant.rate:,.0f} events/s", flush=True)
             if args.example == "payments":
-                app_id = f"hydrant-payments-{tag}"
-                if number:
-                    create_hydrant_topics(broker.url, payments, app_id)
-                (here / "payments").mkdir()
-                figure, more = run_hydrant(
-                    broker, payments, app_id, here / "payments", args.events, args.events, embedded.pid,
-                    streams=("payments",), name="(p) payments: 4 groups, 4 keys, 3 hops",
-                )  # fmt: skip
-                figures.append(figure)
-                detail += "\npayments: " + more
-                print(f"  {figure.name}: {figure.rate:,.0f} events/s", flush=True)
-                app_id = f"hydrant-one-key-{tag}"
-                if number:
-                    create_hydrant_topics(broker.url, one_key, app_id)
-                (here / "one-key").mkdir()
-                flat, more = run_hydrant(
-                    broker, one_key, app_id, here / "one-key", args.events, args.events, embedded.pid,
-                    streams=("payments",), name="(q) the same 4 groups on card_id, no hop",
-                )  # fmt: skip
-                figures.append(flat)
-                detail += f"\n(q): {more}\n(p) / (q): {figure.rate / flat.rate:.0%} (what the hops cost)"
-                print(f"  {flat.name}: {flat.rate:,.0f} events/s", flush=True)
+                rates = []
+                for spec, label, name in [
+                    (payments, "payments", "(p) payments: 4 groups, 4 keys, 3 hops"),
+                    (one_key, "one-key", "(q) the same 4 groups on card_id, no hop"),
+                ]:
+                    app_id = f"hydrant-{label}-{tag}"
+                    if number:
+                        create_hydrant_topics(broker.url, spec, app_id)
+                    (here / label).mkdir()
+                    figure, more = run_hydrant(
+                        broker, spec, app_id, here / label, args.events, args.events, embedded.pid,
+                        streams=("payments",), name=name,
+                    )  # fmt: skip
+                    figures.append(figure)
+                    rates.append(figure.rate)
+                    detail += f"\n{name[:3]}: {more}"
+                    print(f"  {figure.name}: {figure.rate:,.0f} events/s", flush=True)
+                detail += f"\n(p) / (q): {rates[0] / rates[1]:.0%} (what the hops cost)"
             if not args.skip_faust:
                 figures.append(run_faust(broker.url, broker.bootstrap, inputs, tag, here, args.events))
                 print(f"  {figures[-1].name}: {figures[-1].rate:,.0f} events/s", flush=True)

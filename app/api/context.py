@@ -4,8 +4,10 @@ serving process for itself, so every handler runs on plain objects."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from app.api.placement import Placement
+from app.config.services import ServicePlan, service_plan
 from app.config.spec import Pipeline
 from tables.registry import StateTables
 
@@ -20,3 +22,8 @@ class ApiContext:
     tables: StateTables
     placement: Placement
     protected: bool = False  # an API token is required (the OpenAPI document says so)
+
+    @cached_property
+    def services(self) -> dict[str, ServicePlan]:
+        """Each feature service's plan (its columns, groups, joins, compiled expressions)."""
+        return {name: service_plan(self.pipeline, name) for name in self.pipeline.services}

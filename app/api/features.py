@@ -197,34 +197,43 @@ async def lookup_batch(request: web.Request, ctx: ApiContext, group: str) -> web
         )
     try:
         keys = key_strings(ctx, group, batch.keys)
-        names = feature_names(ctx, group, batch.features)
         at = parse_at(batch.at)
-        placement = ctx.placement
-        placement.ensure_ready()
-        table = ctx.tables.features[group]
-        local, remote = route_keys(
-            table, [k.encode("utf-8") for k in keys], is_forwarded(request), ctx.partitions, placement
-        )
-        results: list[Any] = [None] * len(keys)
-        asked = [
-            ask(
-                request,
-                owner,
-                "POST",
-                request.path,
-                {"keys": [keys[i] for i in positions], "features": batch.features, "at": at},
-                placement=placement,
-            )
-            for owner, positions in remote.items()
-        ]
-        for index in local:
-            results[index] = answer_locally(ctx, group, keys[index], at, names)
-        answers = await asyncio.gather(*asked)
+        results = await group_results(request, ctx, group, keys, batch.features, at)
     except HttpError as exc:
         return exc.response()
-    for positions, answer in zip(remote.values(), answers, strict=True):
-        for index, result in zip(positions, answer["results"], strict=True):
-            results[index] = result
     return web.Response(
         body=orjson.dumps({"group": group, "at": at, "results": results}), content_type="application/json"
     )
+
+
+async def group_results(
+    request: web.Request, ctx: ApiContext, group: str, keys: list[str], features: list[str] | None, at: int
+) -> list[dict[str, Any]]:
+    """Per key (string form) its batch result (found, features or error), read here or asked of
+    its owner, one request per owner, in parallel. HttpError: unknown feature, rebalancing, owner's error."""
+    names = feature_names(ctx, group, features)
+    placement = ctx.placement
+    placement.ensure_ready()
+    table = ctx.tables.features[group]
+    local, remote = route_keys(
+        table, [k.encode("utf-8") for k in keys], is_forwarded(request), ctx.partitions, placement
+    )
+    results: list[Any] = [None] * len(keys)
+    asked = [
+        ask(
+            request,
+            owner,
+            "POST",
+            f"/features/{group}",
+            {"keys": [keys[i] for i in positions], "features": features, "at": at},
+            placement=placement,
+        )
+        for owner, positions in remote.items()
+    ]
+    for index in local:
+        results[index] = answer_locally(ctx, group, keys[index], at, names)
+    answers = await asyncio.gather(*asked)
+    for positions, answer in zip(remote.values(), answers, strict=True):
+        for index, result in zip(positions, answer["results"], strict=True):
+            results[index] = result
+    return results

@@ -106,6 +106,69 @@ class BatchAnswer(BaseModel):
     results: list[BatchResult] = Field(description="One result per requested key, in request order.")
 
 
+class LookupBatchRequest(BaseModel):
+    """Body of ``POST /tables/{lookup}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    keys: list[str] = Field(description="Lookup keys.", json_schema_extra={"maxItems": MAX_BATCH_KEYS})
+
+
+class LookupResult(BaseModel):
+    key: str
+    found: bool
+    value: dict[str, Any] | None = Field(default=None, description="The row's fields, when found.")
+
+
+class LookupBatchAnswer(BaseModel):
+    table: str
+    results: list[LookupResult] = Field(description="One result per requested key, in request order.")
+
+
+class ServiceRequest(BaseModel):
+    """Body of ``POST /services/{name}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    rows: list[Any] = Field(
+        description="Each row, an object: the service's entity fields and request fields.",
+        json_schema_extra={"maxItems": MAX_BATCH_KEYS},  # documented; enforced as 413, not 400
+    )
+    at: Timestamp | None = Field(default=None, description=AT_HELP)
+
+
+class ServiceRow(BaseModel):
+    features: dict[str, Any] | None = Field(
+        default=None, description="Request fields, features, lookup columns, computed columns, in that order."
+    )
+    missing: list[str] = Field(default_factory=list, description="Groups without state for the row's key.")
+    outside_retention: list[str] = Field(
+        default_factory=list,
+        description="Groups whose key needs expired buckets at `at` (their features are null).",
+    )
+    error: ErrorDetail | None = Field(default=None, description="A row that could not be answered, instead.")
+
+
+class ServiceAnswer(BaseModel):
+    service: str
+    at: int
+    rows: list[ServiceRow] = Field(description="One per request row, in request order.")
+
+
+class ServiceColumn(BaseModel):
+    name: str
+    type: str = Field(description="int, float, str, bool, or any (computed columns).")
+
+
+class ServiceInfo(BaseModel):
+    name: str
+    entities: list[str]
+    request: dict[str, str]
+    columns: list[ServiceColumn]
+
+
+class ServicesAnswer(BaseModel):
+    services: list[ServiceInfo]
+
+
 class LookupAnswer(BaseModel):
     table: str
     key: str

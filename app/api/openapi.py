@@ -22,9 +22,14 @@ from app.api.models import (
     FeatureAnswer,
     FeatureQuery,
     LookupAnswer,
+    LookupBatchAnswer,
+    LookupBatchRequest,
     PipelineAnswer,
     ScanAnswer,
     ScanQuery,
+    ServiceAnswer,
+    ServiceRequest,
+    ServicesAnswer,
     StatusAnswer,
 )
 from app.api.tables import PARQUET, table_columns
@@ -35,15 +40,17 @@ MODELS: list[type[BaseModel]] = [
     FeatureAnswer,
     BatchAnswer,
     LookupAnswer,
+    LookupBatchAnswer,
     ScanAnswer,
     PipelineAnswer,
     StatusAnswer,
+    ServicesAnswer,
 ]
 ERRORS = {
     400: "Bad request: a parameter or the body is invalid (the message names it).",
     401: "Missing or wrong bearer token (only when HYDRANT_API_TOKEN is set).",
-    404: "Unknown table, group or key.",
-    413: "More than 1000 keys, or a body above 1 MiB.",
+    404: "Unknown table, group, service or key.",
+    413: "More than 1000 keys or rows, or a body above 1 MiB.",
     422: "`at` is outside the key's retention.",
     503: "Not ready, rebalancing, or the key's owner did not answer; retry after Retry-After seconds.",
 }
@@ -197,6 +204,13 @@ def table_paths(ctx: ApiContext, name: str) -> dict[str, Any]:
         }
     }
     if name in ctx.tables.lookups:
+        paths[f"/tables/{name}"]["post"] = operation(
+            ctx.protected,
+            f"Rows of up to 1000 keys of lookup {name}, in request order",
+            json_body(LookupBatchAnswer, "One result per key; found=false for keys without a row."),
+            (400, 401, 404, 413, 503),
+            body=LookupBatchRequest.model_json_schema(),
+        )
         paths[f"/tables/{name}/{{key}}"] = {
             "get": operation(
                 ctx.protected,
@@ -207,6 +221,45 @@ def table_paths(ctx: ApiContext, name: str) -> dict[str, Any]:
             )
         }
     return paths
+
+
+JSON_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}, "str": {"type": "string"}}
+JSON_TYPES["bool"] = {"type": "boolean"}
+
+
+def service_paths(ctx: ApiContext, name: str) -> dict[str, Any]:
+    """``POST /services/{name}``: its rows' entity and request fields, its answer's columns."""
+    plan = ctx.services[name]
+    row = {
+        "type": "object",
+        "properties": {
+            **dict.fromkeys(plan.entities, KEY_VALUE_SCHEMA),
+            **{field: JSON_TYPES[kind] for field, kind in plan.request.items()},
+        },
+        "required": [*plan.entities, *plan.request],
+    }
+    body = ServiceRequest.model_json_schema()
+    body["properties"]["rows"]["items"] = row
+    answer = ServiceAnswer.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = answer.pop("$defs")
+    columns = {
+        c: {"type": [JSON_TYPES[k]["type"], "null"]} if k in JSON_TYPES else {} for c, k in plan.columns
+    }
+    service_row = defs["ServiceRow"]
+    service_row["properties"]["features"] = {"type": "object", "properties": columns}
+    answer["properties"]["rows"]["items"] = service_row
+    return {
+        f"/services/{name}": {
+            "post": operation(
+                ctx.protected,
+                f"Service {name}: its columns for up to 1000 rows, in request order",
+                {"description": "One answer per row: its columns, or its error.",
+                 "content": {JSON: {"schema": answer}}},
+                (400, 401, 404, 413, 503),
+                body=body,
+            )
+        }
+    }  # fmt: skip
 
 
 def open_operation(summary: str, ok: dict[str, Any], errors: tuple[int, ...] = ()) -> dict[str, Any]:
@@ -221,9 +274,19 @@ def document(ctx: ApiContext) -> dict[str, Any]:
         paths.update(feature_paths(ctx, group))
     for name in ctx.tables.all():
         paths.update(table_paths(ctx, name))
+    for name in ctx.services:
+        paths.update(service_paths(ctx, name))
     metrics_type = CONTENT_TYPE.split(";")[0]
     paths.update(
         {
+            "/services": {
+                "get": operation(
+                    ctx.protected,
+                    "The feature services, with their entity and request fields and answer columns",
+                    json_body(ServicesAnswer, "The services."),
+                    (401,),
+                )
+            },
             "/pipeline": {
                 "get": operation(
                     ctx.protected,

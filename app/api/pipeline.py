@@ -10,6 +10,7 @@ from aiohttp import web
 
 from app.api.context import ApiContext
 from app.api.http import JSON
+from app.api.services import service_info
 from app.api.tables import table_columns
 from app.config.routing import topic_plans
 
@@ -36,6 +37,7 @@ def describe(ctx: ApiContext) -> dict[str, Any]:
         "topics": [asdict(plan) for plan in topic_plans(pipeline, partitions, ctx.group_id)],
         "tables": tables,
         "features": {name: plan.feature_names() for name, plan in ctx.tables.plans.items()},
+        "services": [service_info(plan) for plan in ctx.services.values()],
     }
 
 

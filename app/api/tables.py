@@ -15,9 +15,9 @@ from pydantic import ValidationError
 
 from app.api.context import ApiContext
 from app.api.features import BadRequest, parse_at, split_names, validation_message
-from app.api.forwarding import answer_elsewhere, ask, is_forwarded, partitions_by_owner
+from app.api.forwarding import answer_elsewhere, ask, is_forwarded, partitions_by_owner, route_keys
 from app.api.http import JSON, HttpError, error_response
-from app.api.models import ScanQuery
+from app.api.models import MAX_BATCH_KEYS, LookupBatchRequest, ScanQuery
 from app.api.placement import Unavailable
 from app.records.keys import split_key
 from app.records.partitioning import partition_for
@@ -59,15 +59,21 @@ def unknown_table(ctx: ApiContext, name: str) -> web.Response:
     return error_response(404, "unknown_table", f"no table {name!r} (lookups and feature groups: {known})")
 
 
+def unknown_lookup(ctx: ApiContext, lookup: str) -> web.Response:
+    """404 ``unknown_table`` naming the lookups (and the feature-group path, for a group's name)."""
+    hint = (
+        f"; {lookup!r} is a feature group: use /features/{lookup}/<key>" if lookup in ctx.tables.plans else ""
+    )
+    return error_response(
+        404, "unknown_table", f"no lookup table {lookup!r} (lookups: {', '.join(ctx.tables.lookups)}){hint}"
+    )
+
+
 async def lookup_row(request: web.Request, ctx: ApiContext, lookup: str, key: str) -> web.Response:
     """One lookup row: 200, 404 (table, key), 503."""
     lookups = ctx.tables.lookups
     if lookup not in lookups:
-        in_groups = lookup in ctx.tables.plans
-        hint = f"; {lookup!r} is a feature group: use /features/{lookup}/<key>" if in_groups else ""
-        return error_response(
-            404, "unknown_table", f"no lookup table {lookup!r} (lookups: {', '.join(lookups)}){hint}"
-        )
+        return unknown_lookup(ctx, lookup)
     table = lookups[lookup]
     raw_key = key.encode("utf-8")
     try:
@@ -81,6 +87,55 @@ async def lookup_row(request: web.Request, ctx: ApiContext, lookup: str, key: st
         return error_response(404, "key_not_found", f"key {key!r} is not in lookup {lookup!r}")
     body = b'{"table":%b,"key":%b,"value":%b}' % (orjson.dumps(lookup), orjson.dumps(key), raw)
     return web.Response(body=body, content_type=JSON)
+
+
+async def lookup_rows_batch(request: web.Request, ctx: ApiContext, name: str) -> web.Response:
+    """Rows of up to 1000 keys of lookup ``name``, in request order: 200, 400, 404 (table), 413, 503."""
+    lookup = name
+    if lookup not in ctx.tables.lookups:
+        return unknown_lookup(ctx, lookup)
+    try:
+        batch = LookupBatchRequest.model_validate(orjson.loads(await request.read()))
+    except orjson.JSONDecodeError as exc:
+        return error_response(400, "bad_json", f"the body is not JSON: {exc}")
+    except ValidationError as exc:
+        return error_response(400, "bad_request", validation_message(exc))
+    if len(batch.keys) > MAX_BATCH_KEYS:
+        return error_response(
+            413, "too_many_keys", f"{len(batch.keys)} keys; a batch takes at most {MAX_BATCH_KEYS}"
+        )
+    try:
+        rows = await lookup_rows(request, ctx, lookup, batch.keys)
+    except HttpError as exc:
+        return exc.response()
+    results = [
+        {"key": key, "found": row is not None, **({"value": row} if row is not None else {})}
+        for key, row in zip(batch.keys, rows, strict=True)
+    ]
+    return web.Response(body=orjson.dumps({"table": lookup, "results": results}), content_type=JSON)
+
+
+async def lookup_rows(request: web.Request, ctx: ApiContext, lookup: str, keys: list[str]) -> list[Any]:
+    """Per key its lookup row (a dict) or None, read here or asked of its owner, one request per
+    owner, in parallel. HttpError: rebalancing, owner's error."""
+    placement = ctx.placement
+    placement.ensure_ready()
+    table = ctx.tables.lookups[lookup]
+    raw_keys = [k.encode("utf-8") for k in keys]
+    local, remote = route_keys(table, raw_keys, is_forwarded(request), ctx.partitions, placement)
+    asked = [
+        ask(request, owner, "POST", f"/tables/{lookup}", {"keys": [keys[i] for i in at]}, placement=placement)
+        for owner, at in remote.items()
+    ]
+    rows: list[Any] = [None] * len(keys)
+    for index in local:
+        raw_key = raw_keys[index]
+        raw = placement.database(table, partition_for(raw_key, ctx.partitions)).get(raw_key)
+        rows[index] = None if raw is None else orjson.loads(raw)
+    for positions, answer in zip(remote.values(), await asyncio.gather(*asked), strict=True):
+        for index, result in zip(positions, answer["results"], strict=True):
+            rows[index] = result.get("value")
+    return rows
 
 
 async def scan_partitions(

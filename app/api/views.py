@@ -14,7 +14,8 @@ from app.api.features import lookup_batch, lookup_one
 from app.api.health import healthz, metrics, readyz
 from app.api.openapi import openapi_answer
 from app.api.pipeline import pipeline_answer
-from app.api.tables import lookup_row, scan_table
+from app.api.services import list_services, service_answer
+from app.api.tables import lookup_row, lookup_rows_batch, scan_table
 
 Handler = Callable[..., Awaitable[web.Response]]
 
@@ -27,19 +28,32 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("post", "/features/{group}", lookup_batch),
     ("get", "/tables/{lookup}/{key}", lookup_row),
     ("get", "/tables/{name}", scan_table),
+    ("post", "/tables/{name}", lookup_rows_batch),
+    ("get", "/services", list_services),
+    ("post", "/services/{name}", service_answer),
     ("get", "/pipeline", pipeline_answer),
     ("get", "/openapi.json", openapi_answer),
 )
 
 
 def register(app: Any, ctx: ApiContext) -> None:
-    """Add every route of :data:`ROUTES` to ``app`` (a faust.App), answering from ``ctx``."""
+    """Add every route of :data:`ROUTES` to ``app`` (a faust.App), answering from ``ctx``: one view
+    per path, with a method per handler of that path."""
+    paths: dict[str, dict[str, Handler]] = {}
     for method, path, handler in ROUTES:
-        app.page(path)(_view(method, handler, ctx))
+        paths.setdefault(path, {})[method] = handler
+    for path, handlers in paths.items():
+        app.page(path)(_view(handlers, ctx))
 
 
-def _view(method: str, handler: Handler, ctx: ApiContext) -> type[View]:
-    async def answer(self: View, request: web.Request, **params: str) -> web.Response:
-        return await handler(request, ctx, **params)
+def _view(handlers: dict[str, Handler], ctx: ApiContext) -> type[View]:
+    def answer(handler: Handler) -> Callable[..., Awaitable[web.Response]]:
+        async def method(self: View, request: web.Request, **params: str) -> web.Response:
+            return await handler(request, ctx, **params)
 
-    return type(f"{handler.__name__}_view", (View,), {method: answer, "__doc__": handler.__doc__})
+        return method
+
+    name = "_".join(h.__name__ for h in handlers.values())
+    docs = " ".join(h.__doc__ or "" for h in handlers.values())
+    methods = {method: answer(handler) for method, handler in handlers.items()}
+    return type(f"{name}_view", (View,), {**methods, "__doc__": docs})

@@ -176,6 +176,43 @@ class OutputSpec(_Model):
     computed: dict[Name, str] = Field(default_factory=dict)
 
 
+class ServiceFeatureSpec(_Model):
+    """Features a service answers: one (``feature: group.name``) or every one of a group
+    (``group``), each named ``prefix`` + its name."""
+
+    feature: str | None = None
+    group: Name | None = None
+    prefix: str = ""
+
+
+def _service_feature_item(value: object) -> object:
+    """``group.*`` -> a whole group, ``group.name`` -> one feature."""
+    if isinstance(value, str):
+        group, _, name = value.partition(".")
+        return {"group": group} if name == "*" else {"feature": value}
+    return value
+
+
+def _distinct_names(value: object) -> object:
+    if isinstance(value, list) and len(set(map(str, value))) != len(value):
+        raise ValueError("a field is listed twice")
+    return value
+
+
+class ServiceSpec(_Model):
+    """A model's feature vector in one call (docs/api.md): rows carry ``entities`` and ``request``
+    fields; the answer has the request fields, the features, joined lookup columns and computed
+    columns, in that order."""
+
+    entities: Annotated[list[Name], Field(min_length=1), AfterValidator(_distinct_names)]
+    request: dict[Name, FieldType] = Field(default_factory=dict)
+    features: list[Annotated[ServiceFeatureSpec, BeforeValidator(_service_feature_item)]] = Field(
+        min_length=1
+    )
+    join: list[Annotated[JoinSpec, BeforeValidator(_join_item)]] = Field(default_factory=list)
+    computed: dict[Name, str] = Field(default_factory=dict)
+
+
 class Pipeline(_Model):
     """A whole pipeline spec, validated."""
 
@@ -184,6 +221,7 @@ class Pipeline(_Model):
     lookups: dict[Name, LookupSpec] = Field(default_factory=dict)
     features: dict[Name, FeatureGroupSpec] = Field(default_factory=dict)
     outputs: dict[Name, OutputSpec] = Field(default_factory=dict)
+    services: dict[Name, ServiceSpec] = Field(default_factory=dict)
 
 
 Loc = tuple[str | int, ...]
@@ -363,6 +401,74 @@ def _check_computed(out: OutputSpec, at: Loc, columns: dict[str, str]) -> Iterat
         columns[cname] = "computed"
 
 
+def _check_services(p: Pipeline) -> Iterator[tuple[Loc, str]]:
+    """Each service's fields, features, joins and computed columns; yields (location, message)."""
+    for sname, service in p.services.items():
+        at: Loc = ("services", sname)
+        entities = set(service.entities)
+        columns: dict[str, str] = {}
+        for field in service.request:
+            if field in entities:
+                yield (*at, "request", field), f"request field {field!r} is also an entity field"
+            columns[field] = "a request field"
+        for i, item in enumerate(service.features):
+            yield from _check_service_features(p, item, entities, (*at, "features", i), columns)
+        for i, join in enumerate(service.join):
+            lookup = p.lookups.get(join.lookup)
+            if lookup is None:
+                yield (*at, "join", i), f"unknown lookup {join.lookup!r} (lookups: {', '.join(p.lookups)})"
+                continue
+            on = join.on or lookup.key
+            if on not in entities:
+                yield (
+                    (*at, "join", i, "on"),
+                    f"{on!r} is not an entity field of the service (entities: {', '.join(service.entities)})",
+                )
+            for field in lookup.fields:
+                column = join.prefix + field
+                if column in columns:
+                    yield (
+                        (*at, "join", i),
+                        f"column {column!r} of lookup {join.lookup!r} collides with {columns[column]}; "
+                        "give the join a prefix",
+                    )
+                columns[column] = f"lookup {join.lookup}"
+        for cname, source in service.computed.items():
+            if cname in columns:
+                yield (*at, "computed", cname), f"computed column {cname!r} collides with {columns[cname]}"
+            problem = _expression_problem(source, {**dict.fromkeys(entities), **columns})
+            if problem:
+                yield (*at, "computed", cname), problem
+            columns[cname] = "a computed column"
+
+
+def _check_service_features(
+    p: Pipeline, item: ServiceFeatureSpec, entities: set[str], at: Loc, columns: dict[str, str]
+) -> Iterator[tuple[Loc, str]]:
+    """One ``features`` entry of a service: its group (keyed by entity fields) and feature exist and
+    its columns are new; adds them to ``columns``."""
+    if (item.feature is None) == (item.group is None):
+        yield at, "give either feature: GROUP.NAME or group: GROUP"
+        return
+    gname, name = (item.group, None) if item.group else (item.feature or "").partition(".")[::2]
+    group = p.features.get(gname or "")
+    if group is None:
+        yield at, f"unknown feature group {gname!r} (groups: {', '.join(p.features)})"
+        return
+    missing = [f for f in group.key_fields if f not in entities]
+    if missing:
+        yield at, f"group {gname!r} is keyed by {', '.join(map(repr, missing))}: list it in entities"
+    names = group.feature_names()
+    if name is not None and name not in names:
+        yield at, f"group {gname!r} has no feature {name!r} (features: {', '.join(names)})"
+        return
+    for feature in [name] if name is not None else names:
+        column = item.prefix + feature
+        if column in columns:
+            yield at, f"column {column!r} collides with {columns[column]}; give a prefix"
+        columns[column] = f"group {gname}"
+
+
 # The cross-section checks, run in this order by parse_pipeline (the order of the reported problems).
 _CHECKS: tuple[Callable[[Pipeline], Iterator[tuple[Loc, str]]], ...] = (
     _check_streams,
@@ -370,6 +476,7 @@ _CHECKS: tuple[Callable[[Pipeline], Iterator[tuple[Loc, str]]], ...] = (
     _check_features,
     _check_topics,
     _check_outputs,
+    _check_services,
 )
 
 

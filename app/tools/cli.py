@@ -17,6 +17,7 @@ import click
 
 from app import __version__
 from app.config.routing import stream_stages, topic_plans
+from app.config.services import service_plan
 from app.config.settings import ENV_PREFIX, Settings, load_settings
 from app.config.spec import Pipeline, load_pipeline
 from app.errors import HydrantError, SpecError
@@ -189,6 +190,11 @@ def render_plan(spec: Pipeline, settings: Settings) -> str:
         key = " + ".join(group_spec.key_fields)
         lines += ["", f"feature group {name} (key {key}, period {group_spec.period}):"]
         lines.append("  " + ", ".join(group_spec.feature_names()))
+    for name in spec.services:
+        service = service_plan(spec, name)
+        asked = ", ".join([*service.entities, *(f"{f}: {t}" for f, t in service.request.items())])
+        lines += ["", f"service {name} (POST /services/{name}; each row: {asked}):"]
+        lines.append("  " + ", ".join(f"{column} {kind}" for column, kind in service.columns))
     return "\n".join(lines)
 
 

@@ -79,6 +79,7 @@ def test_openapi_document_lists_this_pipelines_paths_and_every_status(tmp_path: 
         "/tables/users/{key}",
         "/tables/users",
         "/tables/user",
+        "/services",
         "/pipeline",
         "/healthz",
         "/readyz",

@@ -204,6 +204,60 @@ INVALID += [
     ),
 ]
 
+# Feature services (docs/api.md): groups and features, entities, joins, column collisions, computed.
+SERVICE_JOIN = (
+    'on: merchant_id, prefix: m_}]\n    computed:\n      amount_vs_merchant: "amount / sales_avg_24h if s'
+)
+INVALID += [
+    (
+        broken_payments("      - merchant.sales_avg_24h", "      - merchant.sales_avg_2h"),
+        "services.fraud.features.1: group 'merchant' has no feature 'sales_avg_2h' (features: sales_count_1h",
+        "merchant.sales_avg_2h",
+    ),
+    (
+        broken_payments("      - card.*", "      - cards.*"),
+        "services.fraud.features.0: unknown feature group 'cards' (groups: card, merchant, device, "
+        "card_merchant)",
+        "cards.*",
+    ),
+    (
+        broken_payments("entities: [card_id, merchant_id]", "entities: [card_id]"),
+        "services.fraud.features.1: group 'merchant' is keyed by 'merchant_id': list it in entities",
+        "merchant.sales_avg_24h",
+    ),
+    (
+        broken_payments(
+            "      - merchant.sales_avg_24h", "      - merchant.sales_avg_24h\n      - card.spend_sum_1h"
+        ),
+        "services.fraud.features.2: column 'spend_sum_1h' collides with group card; give a prefix",
+        "card.spend_sum_1h",
+    ),
+    (
+        broken_payments("request: {amount: float}", "request: {amount: float, card_id: str}"),
+        "services.fraud.request.card_id: request field 'card_id' is also an entity field",
+        "request: {amount",
+    ),
+    (
+        broken_payments("request: {amount: float}", "request: {amount: decimal}"),
+        "services.fraud.request.amount: unknown type 'decimal'",
+        "request: {amount",
+    ),
+    (
+        broken_payments(SERVICE_JOIN, SERVICE_JOIN.replace("merchant_id", "device_id")),
+        "services.fraud.join.0.on: 'device_id' is not an entity field of the service (entities: card_id, "
+        "merchant_id)",
+        "on: device_id",
+    ),
+    (
+        broken_payments(
+            'amount_vs_merchant: "amount / sales_avg_24h if sales_avg_24h else',
+            'amount_vs_merchant: "amount / sales_avg_1w if sales_avg_24h else',
+        ),
+        "services.fraud.computed.amount_vs_merchant: unknown name 'sales_avg_1w'",
+        'amount_vs_merchant: "amount / sales_avg_1w',
+    ),
+]
+
 
 @pytest.mark.parametrize(("text", "message", "needle"), INVALID, ids=[m.split(":")[0] for _, m, _ in INVALID])
 def test_invalid_spec_names_field_and_line(text: str, message: str, needle: str) -> None:

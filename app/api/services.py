@@ -1,0 +1,184 @@
+"""`GET /services` and `POST /services/{name}`: a model's feature vector per request row, from
+several groups and lookups keyed by different fields (each read here or asked of its owners, one
+request per owner and group, in parallel), plus request fields and computed columns."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from app.api.context import ApiContext
+from app.api.features import BadRequest, group_results, key_value, parse_at, validation_message
+from app.api.http import JSON, HttpError, error_response
+from app.api.models import MAX_BATCH_KEYS, ServiceRequest
+from app.api.tables import lookup_rows
+from app.config.services import ServicePlan
+from app.records.keys import key_string
+
+
+class RowError(Exception):
+    """Why one request row cannot be answered: its ``code`` and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def service_info(plan: ServicePlan) -> dict[str, Any]:
+    """A service as ``GET /services`` and ``GET /pipeline`` list it: its fields and typed columns."""
+    return {
+        "name": plan.name,
+        "entities": list(plan.entities),
+        "request": plan.request,
+        "columns": [{"name": name, "type": kind} for name, kind in plan.columns],
+    }
+
+
+async def list_services(request: web.Request, ctx: ApiContext) -> web.Response:
+    """Every service with its entity fields, request fields and answered columns with their types."""
+    services = [service_info(plan) for plan in ctx.services.values()]
+    return web.Response(body=orjson.dumps({"services": services}), content_type=JSON)
+
+
+async def service_answer(request: web.Request, ctx: ApiContext, name: str) -> web.Response:
+    """The service's columns per row, in request order: 200 (rows that cannot be answered carry an
+    error), 400, 404 (service), 413, 503."""
+    plan = ctx.services.get(name)
+    if plan is None:
+        known = ", ".join(ctx.services) or "none"
+        return error_response(404, "unknown_service", f"no service {name!r} (services: {known})")
+    try:
+        body = ServiceRequest.model_validate(orjson.loads(await request.read()))
+    except orjson.JSONDecodeError as exc:
+        return error_response(400, "bad_json", f"the body is not JSON: {exc}")
+    except ValidationError as exc:
+        return error_response(400, "bad_request", validation_message(exc))
+    if len(body.rows) > MAX_BATCH_KEYS:
+        return error_response(
+            413, "too_many_rows", f"{len(body.rows)} rows; a request takes at most {MAX_BATCH_KEYS}"
+        )
+    try:
+        at = parse_at(body.at)
+        rows = await answer_rows(request, ctx, plan, body.rows, at)
+    except HttpError as exc:
+        return exc.response()
+    return web.Response(body=orjson.dumps({"service": name, "at": at, "rows": rows}), content_type=JSON)
+
+
+async def answer_rows(
+    request: web.Request, ctx: ApiContext, plan: ServicePlan, rows: list[Any], at: int
+) -> list[dict[str, Any]]:
+    """Each row's answer: its columns, the groups without state (``missing``) or outside retention,
+    or its ``error``. HttpError when a group or lookup cannot be read (rebalancing, owner's error)."""
+    checked: list[dict[str, Any] | RowError] = []
+    for index, row in enumerate(rows):
+        try:
+            checked.append(checked_row(plan, index, row))
+        except RowError as exc:
+            checked.append(exc)
+    valid = [row for row in checked if isinstance(row, dict)]
+    # One batch per group and lookup over the distinct keys of the valid rows, all in parallel.
+    group_keys = [_distinct(key_string([row[f] for f in g.key]) for row in valid) for g in plan.groups]
+    join_keys = [_distinct(key_string([row[j.on]]) for row in valid) for j in plan.joins]
+    reads = [
+        group_results(request, ctx, g.group, list(keys), _names(ctx, g.group, g.features), at)
+        for g, keys in zip(plan.groups, group_keys, strict=True)
+    ]
+    reads += [
+        lookup_rows(request, ctx, j.lookup, list(keys)) for j, keys in zip(plan.joins, join_keys, strict=True)
+    ]
+    answers = await asyncio.gather(*reads)
+    by_key = [
+        dict(zip(keys, answer, strict=True))
+        for keys, answer in zip(group_keys + join_keys, answers, strict=True)
+    ]
+    results, found = by_key[: len(plan.groups)], by_key[len(plan.groups) :]
+    out = []
+    for row in checked:
+        if isinstance(row, RowError):
+            out.append({"error": {"code": row.code, "message": str(row)}})
+            continue
+        try:
+            out.append(_columns(plan, row, results, found))
+        except RowError as exc:
+            out.append({"error": {"code": exc.code, "message": str(exc)}})
+    return out
+
+
+def checked_row(plan: ServicePlan, index: int, row: Any) -> dict[str, Any]:
+    """The entity and request fields of request row ``index``, typed; RowError naming what is wrong."""
+    if not isinstance(row, dict):
+        raise RowError("bad_row", f"rows[{index}]: expected an object with {', '.join(plan.entities)}")
+    values: dict[str, Any] = {}
+    for field in plan.entities:
+        if row.get(field) is None:
+            raise RowError("missing_field", f"rows[{index}]: no value for the entity field {field!r}")
+        try:
+            values[field] = key_value(f"rows[{index}].{field}", row[field])
+        except BadRequest as exc:
+            raise RowError("bad_type", str(exc)) from None
+    for field, kind in plan.request.items():
+        if row.get(field) is None:
+            raise RowError("missing_field", f"rows[{index}]: no value for the request field {field!r}")
+        values[field] = _typed(f"rows[{index}].{field}", row[field], kind)
+    return values
+
+
+def _typed(where: str, value: Any, kind: str) -> Any:
+    """``value`` as a request field of type ``kind`` (an int is a float too); RowError otherwise."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "float" and is_number:
+        return float(value)
+    if kind == "int" and is_number and float(value).is_integer():
+        return int(value)
+    if (kind == "str" and isinstance(value, str)) or (kind == "bool" and isinstance(value, bool)):
+        return value
+    raise RowError("bad_type", f"{where}: {value!r} is not a {kind}")
+
+
+def _columns(
+    plan: ServicePlan,
+    row: dict[str, Any],
+    results: list[dict[str, dict[str, Any]]],
+    found: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One valid row's answer from its groups' results and lookup rows."""
+    columns = {field: row[field] for field in plan.request}
+    missing, outside = [], []
+    for group, by_key in zip(plan.groups, results, strict=True):
+        result = by_key[key_string([row[f] for f in group.key])]
+        values = result.get("features") or {}
+        if not result["found"]:
+            missing.append(group.group)
+        elif "error" in result:
+            outside.append(group.group)
+        for feature, column in group.features:
+            columns[column] = values.get(feature)
+    for join, by_key in zip(plan.joins, found, strict=True):
+        lookup_row = by_key[key_string([row[join.on]])] or {}
+        for field, column in join.columns:
+            columns[column] = lookup_row.get(field)
+    scope = {**row, **columns}
+    for column, expression in plan.computed:
+        try:
+            columns[column] = scope[column] = expression.evaluate(scope)
+        except Exception as exc:  # any failure of user code: this row's error
+            raise RowError(
+                "expression",
+                f"computed column {column!r} = {expression.source!r}: {type(exc).__name__}: {exc}",
+            ) from None
+    return {"features": columns, "missing": missing, "outside_retention": outside}
+
+
+def _distinct(keys: Any) -> dict[str, None]:
+    return dict.fromkeys(keys)
+
+
+def _names(ctx: ApiContext, group: str, features: tuple[tuple[str, str], ...]) -> list[str] | None:
+    """The feature names to ask of a group: None when the service reads all of them."""
+    names = [feature for feature, _ in features]
+    return None if len(names) == len(ctx.tables.plans[group].names) else names
