@@ -287,17 +287,20 @@ def produce(
     click.echo(summary.line())
 
 
-def _inputs(pipeline: Pipeline, files: tuple[Path, ...], inputs: tuple[str, ...]) -> dict[str, Path]:
-    """--input STREAM=FILE pairs, plus positional files named after a stream (orders.parquet)."""
+def _inputs(
+    pipeline: Pipeline, files: tuple[Path, ...], inputs: tuple[str, ...], lookups: bool = False
+) -> dict[str, Path]:
+    """--input STREAM=FILE pairs (and LOOKUP=FILE with ``lookups``), plus positional files named
+    after a stream (orders.parquet)."""
     out: dict[str, Path] = {}
+    names = [*pipeline.streams, *(pipeline.lookups if lookups else ())]
     for item in inputs:
         name, sep, text = item.partition("=")
         if not sep or not name or not text:
             raise HydrantError(f"--input {item!r}: expected STREAM=FILE")
-        if name.strip() not in pipeline.streams:
-            raise HydrantError(
-                f"--input {item}: no stream {name.strip()!r} (streams: {', '.join(pipeline.streams)})"
-            )
+        if name.strip() not in names:
+            what = "streams and lookups" if lookups else "streams"
+            raise HydrantError(f"--input {item}: no stream {name.strip()!r} ({what}: {', '.join(names)})")
         out[name.strip()] = Path(text)
     for path in files:
         stem = path.name.split(".")[0]
@@ -339,6 +342,12 @@ def _inputs(pipeline: Pipeline, files: tuple[Path, ...], inputs: tuple[str, ...]
     help="Process each file in event-time order, as `hydrant produce --order-by <time field>` sends it.",
 )
 @click.option("--group", "groups", multiple=True, help="Only this feature group (repeatable; default: all).")
+@click.option(
+    "--service",
+    default=None,
+    help="With --labels: the columns this feature service answers at each row's time (lookups' "
+    "files as --input LOOKUP=FILE).",
+)
 @friendly_errors
 def compute(
     pipeline_file: Path,
@@ -352,13 +361,15 @@ def compute(
     label_time: str | None,
     order_by_time: bool,
     groups: tuple[str, ...],
+    service: str | None,
 ) -> None:
     """The pipeline's features computed offline from files, as the workers compute them.
 
     Inputs are CSV, Parquet or JSONL, one per stream (--input orders=orders.parquet, or a file named
     after its stream). Rows: key, each key field, at, every feature (groups of one key); with --labels,
     each label row plus its groups' features as of its own time (no event after it counts), each
-    group looked up by its key fields. See docs/offline.md.
+    group looked up by its key fields; with --service too, the columns that service answers then.
+    See docs/offline.md.
     """
     from tqdm import tqdm
 
@@ -368,9 +379,21 @@ def compute(
 
     configure_logging(load_settings().log_level)
     spec = load_pipeline(pipeline_file)
-    streams = _inputs(spec, files, inputs)
+    streams = _inputs(spec, files, inputs, lookups=service is not None)
     if labels is not None and ats:
         raise HydrantError("use either --labels or --at, not both")
+    if service is not None:
+        if labels is None:
+            raise HydrantError("--service needs --labels: the rows to answer, each with a time")
+        from app.tools.offline.service import compute_service
+
+        started = time.monotonic()
+        frame, report = compute_service(
+            spec, service, streams, read_table, read_table(labels), label_time, order_by_time=order_by_time
+        )
+        write_table(frame, out)
+        click.echo(report.line(out, time.monotonic() - started))
+        return
     at_values = [parse_at(a) for a in ats] or [int(time.time() * 1000)]
     key_list = [k.strip() for item in keys for k in item.split(",") if k.strip()] or None
     label_frame = read_table(labels) if labels is not None else None

@@ -13,6 +13,7 @@ import pandas as pd
 from app.config.spec import Pipeline
 from app.errors import InputFileError
 from app.tools.offline.events import (
+    Accepted,
     GroupEvents,
     StreamEvents,
     accept,
@@ -307,37 +308,7 @@ def compute(
     time; otherwise one row per (at, key) with ``key``, one column per key field, ``at``, the features."""
     say = progress or (lambda _stage: None)
     plans = _select_groups(pipeline, groups, one_key=labels is None)
-    needed = {s for p in plans.values() for s in p.by_stream}
-    missing = sorted(needed - set(inputs))
-    if missing:
-        raise InputFileError(
-            "no input for stream(s) " + ", ".join(missing) + f": pass --input {missing[0]}=FILE"
-        )
-    say("read")
-
-    def read(path: Path, stream: str) -> pd.DataFrame:
-        frame = reader(path)
-        time_field = pipeline.streams[stream].time
-        if order_by_time and time_field is not None and time_field in frame.columns:
-            from app.tools.frames import order_by_time as sort_by_time
-
-            frame = sort_by_time(frame, time_field)  # as `hydrant produce --order-by` sends it
-        return frame
-
-    streams = read_inputs(pipeline, inputs, read)
-    report = ComputeReport(events=sum(len(s.keys) + sum(s.dropped.values()) for s in streams.values()))
-    say("late events")
-    # Every group of the pipeline decides lateness at its key's stage (an event late for one group of
-    # a stage is applied to none of them, as online), as far as the given files feed it.
-    accepted = accept(pipeline, group_plans(pipeline), streams)
-    for s in streams.values():
-        for reason, n in s.dropped.items():
-            report.dropped[reason] = report.dropped.get(reason, 0) + n
-    report.late = accepted.late
-    entity = {
-        key: accepted.keys.get(key) or EntityKeys.number(key, {})
-        for key in dict.fromkeys(p.key for p in plans.values())
-    }
+    streams, accepted, entity, report = prepared(pipeline, plans, inputs, reader, order_by_time, say)
     if labels is not None:
         frame, queries, q_times = _label_queries(labels, plans, entity, label_key, label_time)
     else:
@@ -370,6 +341,50 @@ def compute(
     out = pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
     report.rows = len(out)
     return out, report
+
+
+def prepared(
+    pipeline: Pipeline,
+    plans: Mapping[str, GroupPlan],
+    inputs: Mapping[str, Path],
+    reader: Callable[[Path], pd.DataFrame],
+    order_by_time: bool,
+    say: Progress,
+) -> tuple[dict[str, StreamEvents], Accepted, dict[tuple[str, ...], EntityKeys], ComputeReport]:
+    """The input files read and typed, each group's accepted events (lateness per stage, as online)
+    and each group key's numbering: what every query of ``plans`` starts from."""
+    needed = {s for p in plans.values() for s in p.by_stream}
+    missing = sorted(needed - set(inputs))
+    if missing:
+        raise InputFileError(
+            "no input for stream(s) " + ", ".join(missing) + f": pass --input {missing[0]}=FILE"
+        )
+    say("read")
+
+    def read(path: Path, stream: str) -> pd.DataFrame:
+        frame = reader(path)
+        time_field = pipeline.streams[stream].time
+        if order_by_time and time_field is not None and time_field in frame.columns:
+            from app.tools.frames import order_by_time as sort_by_time
+
+            frame = sort_by_time(frame, time_field)  # as `hydrant produce --order-by` sends it
+        return frame
+
+    streams = read_inputs(pipeline, inputs, read)
+    report = ComputeReport(events=sum(len(s.keys) + sum(s.dropped.values()) for s in streams.values()))
+    say("late events")
+    # Every group of the pipeline decides lateness at its key's stage (an event late for one group of
+    # a stage is applied to none of them, as online), as far as the given files feed it.
+    accepted = accept(pipeline, group_plans(pipeline), streams)
+    for s in streams.values():
+        for reason, n in s.dropped.items():
+            report.dropped[reason] = report.dropped.get(reason, 0) + n
+    report.late = accepted.late
+    entity = {
+        key: accepted.keys.get(key) or EntityKeys.number(key, {})
+        for key in dict.fromkeys(p.key for p in plans.values())
+    }
+    return streams, accepted, entity, report
 
 
 def _label_queries(
