@@ -71,7 +71,9 @@ stream_source = Intake(app, stream_engine.routes, max_buffered=4 * FETCH_RECORDS
 app.topics.add(app.topic(*stream_engine.routes, key_serializer="raw", value_serializer="raw"))
 
 lookup_updaters = {
-    name: LookupUpdater(name, spec, state_tables.lookups[name], group_id, settings.partitions)
+    name: LookupUpdater(
+        name, spec, state_tables.lookups[name], group_id, settings.partitions, on_write=serving.wrote
+    )
     for name, spec in pipeline.lookups.items()
 }
 lookup_sources = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.config.routing import repartition_topic
@@ -27,9 +27,16 @@ class LookupUpdater:
     """Applies lookup ``name``'s records to ``table``, a batch at a time."""
 
     def __init__(
-        self, name: str, spec: LookupSpec, table: StateTable, group_id: str, partitions: int
+        self,
+        name: str,
+        spec: LookupSpec,
+        table: StateTable,
+        group_id: str,
+        partitions: int,
+        on_write: Callable[[str, int], None] | None = None,
     ) -> None:
         self.name = name
+        self.on_write = on_write  # told of each local write (table, partition): the serving processes
         self.spec = spec
         self.table = table
         self.partitions = partitions
@@ -53,7 +60,7 @@ class LookupUpdater:
         """Apply one batch (from the lookup's topic or its repartition topic); return once every
         table write, forward and dead letter of it is on the broker."""
         producer, spec, partitions = io.producer, self.spec, self.partitions
-        writer = StateWriter(io.kafka_producer)
+        writer = StateWriter(io.kafka_producer, on_write=self.on_write)
         deliveries: list[Awaitable[Any]] = []
         topic_counts: dict[str, int | None] = {}
         for record in records:

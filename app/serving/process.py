@@ -1,5 +1,6 @@
-"""The serving process (``python -m app.serving.process``, the worker's child): feature reads from RocksDB
-secondaries on the public port; every other request passed to the worker (docs/api.md)."""
+"""The serving process (``python -m app.serving.process``, the worker's child): feature reads, lookup
+row batches and feature services from RocksDB secondaries on the public port; every other request
+passed to the worker (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from app.api.context import ApiContext
 from app.api.features import lookup_batch, lookup_one
 from app.api.http import Handler, application_options, error_response
 from app.api.placement import Placement, Unavailable
+from app.api.services import service_answer
+from app.api.tables import lookup_rows_batch
 from app.config.settings import Settings, get_settings, worker_socket
 from app.config.spec import load_pipeline
 from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, REGISTRY
@@ -253,6 +256,8 @@ class Server:
         self.web = web.Application(**options)
         self.web.router.add_get("/features/{group}/{key}", self.lookup_one)
         self.web.router.add_post("/features/{group}", self.lookup_batch)
+        self.web.router.add_post("/tables/{name}", self.lookup_rows)
+        self.web.router.add_post("/services/{name}", self.service)
         self.web.router.add_get("/readyz", self.readyz)
         self.web.router.add_route("*", "/{path:.*}", self.pass_on, name=PASS_ON_NAME)
 
@@ -264,6 +269,14 @@ class Server:
     async def lookup_batch(self, request: web.Request) -> web.Response:
         """``POST /features/{group}``, as app.api.features.lookup_batch answers it."""
         return await lookup_batch(request, self.ctx, request.match_info["group"])
+
+    async def lookup_rows(self, request: web.Request) -> web.Response:
+        """``POST /tables/{lookup}``, as app.api.tables.lookup_rows_batch answers it."""
+        return await lookup_rows_batch(request, self.ctx, request.match_info["name"])
+
+    async def service(self, request: web.Request) -> web.Response:
+        """``POST /services/{name}``, as app.api.services.service_answer answers it."""
+        return await service_answer(request, self.ctx, request.match_info["name"])
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         """Not ready: 503 with the worker's reason from the bulletin (also before the worker's web
@@ -351,7 +364,7 @@ def main() -> None:
         format="[%(asctime)s] [%(process)d] %(levelname)s %(name)s: %(message)s",
     )
     tables = StateTables.build(load_pipeline(settings.pipeline), TableName)
-    names = [table.name for table in tables.features.values()]
+    names = [table.name for table in tables.all().values()]
     bulletin = open_bulletin(settings.data_dir, names, settings.partitions, create=False)
     try:
         uvloop.run(serve(bulletin, settings))  # libuv's loop: cheaper per request than asyncio's

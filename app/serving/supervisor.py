@@ -41,7 +41,7 @@ class ServingSupervisor:
         settings = self.settings
         if not settings.serving_process or self.procs:
             return
-        names = [table.name for table in self.tables.features.values()]
+        names = [table.name for table in self.tables.all().values()]
         self.bulletin = open_bulletin(settings.data_dir, names, settings.partitions, create=True)
         metrics = metrics_dir(settings.data_dir)  # their request counts start from zero with the worker
         shutil.rmtree(metrics, ignore_errors=True)
@@ -66,8 +66,8 @@ class ServingSupervisor:
             self.bulletin.wrote(table, partition)
 
     def current_status(self) -> Status:
-        """Readiness, and per feature table the partitions held here (with their RocksDB paths) and
-        every other partition's owner."""
+        """Readiness, and per feature or lookup table the partitions held here (with their RocksDB
+        paths) and every other partition's owner."""
         ready, reason = self.placement.readiness()
         if self._own_url is None:
             self._own_url = self.placement.own_url()  # the configured canonical URL: fixed
@@ -76,7 +76,7 @@ class ServingSupervisor:
             return Status(ready=False, reason=reason, own_url=own)
         active: dict[str, dict[int, str]] = {}
         owners: dict[str, dict[int, str]] = {}
-        for table in self.tables.features.values():
+        for table in self.tables.all().values():
             held = active[table.name] = {}
             known = owners[table.name] = {}
             for partition in range(self.settings.partitions):
