@@ -239,7 +239,9 @@ def service_paths(ctx: ApiContext, name: str) -> dict[str, Any]:
         "required": [*plan.entities, *plan.request],
     }
     body = ServiceRequest.model_json_schema()
-    body["properties"]["rows"]["items"] = row
+    # Any other row is answered too, with that row's error in its place (not a 400): documented so.
+    other = {"description": "Any other value: its answer row is an error (missing_field, bad_type, bad_row)."}
+    body["properties"]["rows"]["items"] = {"anyOf": [row, other]}
     answer = ServiceAnswer.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = answer.pop("$defs")
     columns = {

@@ -115,7 +115,7 @@ def checked_row(plan: ServicePlan, index: int, row: Any) -> dict[str, Any]:
         raise RowError("bad_row", f"rows[{index}]: expected an object with {', '.join(plan.entities)}")
     values: dict[str, Any] = {}
     for field in plan.entities:
-        if row.get(field) is None:
+        if row.get(field) is None or row[field] == "":  # as for events: no key
             raise RowError("missing_field", f"rows[{index}]: no value for the entity field {field!r}")
         try:
             values[field] = key_value(f"rows[{index}].{field}", row[field])

@@ -89,6 +89,7 @@ ROWS: list[Any] = [
     {"card_id": "c3", "merchant_id": "m3", "amount": None},
     ["c1", "m2"],
     {"card_id": "c5", "merchant_id": "m4", "amount": 99.0},
+    {"card_id": "", "merchant_id": "m4", "amount": 1.0},  # empty: no key, as for events
 ]
 ERRORS = {
     3: ("missing_field", "rows[3]: no value for the entity field 'merchant_id'"),
@@ -96,6 +97,7 @@ ERRORS = {
     5: ("bad_type", "rows[5].card_id: 1.5 is neither a string nor an integer"),
     6: ("missing_field", "rows[6]: no value for the request field 'amount'"),
     7: ("bad_row", "rows[7]: expected an object with card_id, merchant_id"),
+    9: ("missing_field", "rows[9]: no value for the entity field 'card_id'"),
 }
 
 
@@ -186,7 +188,8 @@ async def test_two_workers_ask_each_owner_once_per_group_and_lookup(engine: Engi
 def test_the_openapi_document_describes_each_service(engine: Engine) -> None:
     paths = document(context(engine))["paths"]
     body = paths["/services/fraud"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    row = body["properties"]["rows"]["items"]
+    row, other = body["properties"]["rows"]["items"]["anyOf"]
+    assert "error" in other["description"]
     assert row["required"] == ["card_id", "merchant_id", "amount"]
     assert row["properties"]["amount"] == {"type": "number"}
     answer = paths["/services/fraud"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
