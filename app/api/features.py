@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from app.api.context import ApiContext
 from app.api.forwarding import answer_elsewhere, ask, is_forwarded, route_keys
@@ -29,6 +30,31 @@ class BadRequest(HttpError):
     """A 400 answer: ``code`` and a message naming what is wrong in the request."""
 
     status = 400
+
+
+class TooLarge(HttpError):
+    """A 413 answer: more items in a request than it takes."""
+
+    status = 413
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def request_body(
+    request: web.Request, model: type[Body], count: Callable[[Body], int], what: str
+) -> Body:
+    """The request's JSON body as ``model``: BadRequest (``bad_json``, ``bad_request``), or TooLarge
+    (``too_many_<what>``) when ``count`` of it is above 1000."""
+    try:
+        body = model.model_validate(orjson.loads(await request.read()))
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("bad_json", f"the body is not JSON: {exc}") from None
+    except ValidationError as exc:
+        raise BadRequest("bad_request", validation_message(exc)) from None
+    if count(body) > MAX_BATCH_KEYS:
+        raise TooLarge(f"too_many_{what}", f"{count(body)} {what}; a request takes at most {MAX_BATCH_KEYS}")
+    return body
 
 
 def parse_at(value: int | str | None) -> int:
@@ -184,18 +210,7 @@ async def lookup_batch(request: web.Request, ctx: ApiContext, group: str) -> web
     if group not in ctx.tables.plans:
         return unknown_group(ctx, group)
     try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        return error_response(400, "bad_json", f"the body is not JSON: {exc}")
-    try:
-        batch = BatchRequest.model_validate(body)
-    except ValidationError as exc:
-        return error_response(400, "bad_request", validation_message(exc))
-    if len(batch.keys) > MAX_BATCH_KEYS:
-        return error_response(
-            413, "too_many_keys", f"{len(batch.keys)} keys; a batch takes at most {MAX_BATCH_KEYS}"
-        )
-    try:
+        batch = await request_body(request, BatchRequest, lambda b: len(b.keys), "keys")
         keys = key_strings(ctx, group, batch.keys)
         at = parse_at(batch.at)
         results = await group_results(request, ctx, group, keys, batch.features, at)

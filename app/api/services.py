@@ -9,12 +9,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
 
 from app.api.context import ApiContext
-from app.api.features import BadRequest, group_results, key_value, parse_at, validation_message
+from app.api.features import BadRequest, group_results, key_value, parse_at, request_body
 from app.api.http import JSON, HttpError, error_response
-from app.api.models import MAX_BATCH_KEYS, ServiceRequest
+from app.api.models import ServiceRequest
 from app.api.tables import lookup_rows
 from app.config.services import ServicePlan
 from app.records.keys import key_string
@@ -52,16 +51,7 @@ async def service_answer(request: web.Request, ctx: ApiContext, name: str) -> we
         known = ", ".join(ctx.services) or "none"
         return error_response(404, "unknown_service", f"no service {name!r} (services: {known})")
     try:
-        body = ServiceRequest.model_validate(orjson.loads(await request.read()))
-    except orjson.JSONDecodeError as exc:
-        return error_response(400, "bad_json", f"the body is not JSON: {exc}")
-    except ValidationError as exc:
-        return error_response(400, "bad_request", validation_message(exc))
-    if len(body.rows) > MAX_BATCH_KEYS:
-        return error_response(
-            413, "too_many_rows", f"{len(body.rows)} rows; a request takes at most {MAX_BATCH_KEYS}"
-        )
-    try:
+        body = await request_body(request, ServiceRequest, lambda b: len(b.rows), "rows")
         at = parse_at(body.at)
         rows = await answer_rows(request, ctx, plan, body.rows, at)
     except HttpError as exc:

@@ -14,10 +14,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from app.api.context import ApiContext
-from app.api.features import BadRequest, parse_at, split_names, validation_message
+from app.api.features import BadRequest, parse_at, request_body, split_names, validation_message
 from app.api.forwarding import answer_elsewhere, ask, is_forwarded, partitions_by_owner, route_keys
 from app.api.http import JSON, HttpError, error_response
-from app.api.models import MAX_BATCH_KEYS, LookupBatchRequest, ScanQuery
+from app.api.models import LookupBatchRequest, ScanQuery
 from app.api.placement import Unavailable
 from app.records.keys import split_key
 from app.records.partitioning import partition_for
@@ -95,16 +95,7 @@ async def lookup_rows_batch(request: web.Request, ctx: ApiContext, name: str) ->
     if lookup not in ctx.tables.lookups:
         return unknown_lookup(ctx, lookup)
     try:
-        batch = LookupBatchRequest.model_validate(orjson.loads(await request.read()))
-    except orjson.JSONDecodeError as exc:
-        return error_response(400, "bad_json", f"the body is not JSON: {exc}")
-    except ValidationError as exc:
-        return error_response(400, "bad_request", validation_message(exc))
-    if len(batch.keys) > MAX_BATCH_KEYS:
-        return error_response(
-            413, "too_many_keys", f"{len(batch.keys)} keys; a batch takes at most {MAX_BATCH_KEYS}"
-        )
-    try:
+        batch = await request_body(request, LookupBatchRequest, lambda b: len(b.keys), "keys")
         rows = await lookup_rows(request, ctx, lookup, batch.keys)
     except HttpError as exc:
         return exc.response()

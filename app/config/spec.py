@@ -354,17 +354,19 @@ def _check_joins(
         if join.on is not None:
             what = f"the key of lookup {join.lookup!r} is a string: a join"
             yield from _check_key_fields(stream, out.from_, (join.on,), (*at, "join", i, "on"), what)
-        for field in lookup.fields:
-            column = join.prefix + field
-            if column in columns:
-                yield (
-                    (*at, "join", i),
-                    (
-                        f"field {column!r} of lookup {join.lookup!r} collides with {columns[column]}; "
-                        f"give the join a prefix"
-                    ),
-                )
-            columns[column] = f"lookup {join.lookup}"
+        yield from _joined_columns(join, lookup, (*at, "join", i), columns)
+
+
+def _joined_columns(
+    join: JoinSpec, lookup: LookupSpec, at: Loc, columns: dict[str, str]
+) -> Iterator[tuple[Loc, str]]:
+    """A joined lookup's columns (``prefix`` + field) are new; adds them to ``columns``."""
+    for field in lookup.fields:
+        column = join.prefix + field
+        if column in columns:
+            message = f"field {column!r} of lookup {join.lookup!r} collides with {columns[column]}"
+            yield at, message + "; give the join a prefix"
+        columns[column] = f"lookup {join.lookup}"
 
 
 def _check_output_features(
@@ -424,15 +426,7 @@ def _check_services(p: Pipeline) -> Iterator[tuple[Loc, str]]:
                     (*at, "join", i, "on"),
                     f"{on!r} is not an entity field of the service (entities: {', '.join(service.entities)})",
                 )
-            for field in lookup.fields:
-                column = join.prefix + field
-                if column in columns:
-                    yield (
-                        (*at, "join", i),
-                        f"column {column!r} of lookup {join.lookup!r} collides with {columns[column]}; "
-                        "give the join a prefix",
-                    )
-                columns[column] = f"lookup {join.lookup}"
+            yield from _joined_columns(join, lookup, (*at, "join", i), columns)
         for cname, source in service.computed.items():
             if cname in columns:
                 yield (*at, "computed", cname), f"computed column {cname!r} collides with {columns[cname]}"
