@@ -90,7 +90,8 @@ async def lookup_row(request: web.Request, ctx: ApiContext, lookup: str, key: st
 
 
 async def lookup_rows_batch(request: web.Request, ctx: ApiContext, name: str) -> web.Response:
-    """Rows of up to 1000 keys of lookup ``name``, in request order: 200, 400, 404 (table), 413, 503."""
+    """Rows of up to 1000 keys of lookup ``name``, in request order: 200, 400, 404 (table), 413, 503
+    (routed for lookups only: a feature group's table answers POST with 405)."""
     lookup = name
     if lookup not in ctx.tables.lookups:
         return unknown_lookup(ctx, lookup)

@@ -28,7 +28,6 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("post", "/features/{group}", lookup_batch),
     ("get", "/tables/{lookup}/{key}", lookup_row),
     ("get", "/tables/{name}", scan_table),
-    ("post", "/tables/{name}", lookup_rows_batch),
     ("get", "/services", list_services),
     ("post", "/services/{name}", service_answer),
     ("get", "/pipeline", pipeline_answer),
@@ -36,11 +35,28 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 )
 
 
+def routes(ctx: ApiContext) -> list[tuple[str, str, Handler]]:
+    """:data:`ROUTES` and ``POST /tables/{lookup}`` for each lookup of ``ctx``: on those paths only,
+    so that a feature group's table allows GET alone (the Allow header follows the routes)."""
+    batches = [("post", f"/tables/{name}", lookup_batch_of(name)) for name in ctx.tables.lookups]
+    return [*ROUTES, *batches]
+
+
+def lookup_batch_of(name: str) -> Handler:
+    """``POST /tables/{name}`` of lookup ``name`` (a path without parameters)."""
+
+    async def lookup_rows(request: web.Request, ctx: ApiContext) -> web.Response:
+        return await lookup_rows_batch(request, ctx, name)
+
+    lookup_rows.__doc__ = lookup_rows_batch.__doc__
+    return lookup_rows
+
+
 def register(app: Any, ctx: ApiContext) -> None:
-    """Add every route of :data:`ROUTES` to ``app`` (a faust.App), answering from ``ctx``: one view
+    """Add every route of :func:`routes` to ``app`` (a faust.App), answering from ``ctx``: one view
     per path, with a method per handler of that path."""
     paths: dict[str, dict[str, Handler]] = {}
-    for method, path, handler in ROUTES:
+    for method, path, handler in routes(ctx):
         paths.setdefault(path, {})[method] = handler
     for path, handlers in paths.items():
         app.page(path)(_view(handlers, ctx))

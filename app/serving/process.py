@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +257,8 @@ class Server:
         self.web = web.Application(**options)
         self.web.router.add_get("/features/{group}/{key}", self.lookup_one)
         self.web.router.add_post("/features/{group}", self.lookup_batch)
-        self.web.router.add_post("/tables/{name}", self.lookup_rows)
+        for lookup in self.ctx.tables.lookups:  # only there: a feature group's table allows GET alone
+            self.web.router.add_post(f"/tables/{lookup}", partial(self.lookup_rows, lookup))
         self.web.router.add_post("/services/{name}", self.service)
         self.web.router.add_get("/readyz", self.readyz)
         self.web.router.add_route("*", "/{path:.*}", self.pass_on, name=PASS_ON_NAME)
@@ -270,9 +272,9 @@ class Server:
         """``POST /features/{group}``, as app.api.features.lookup_batch answers it."""
         return await lookup_batch(request, self.ctx, request.match_info["group"])
 
-    async def lookup_rows(self, request: web.Request) -> web.Response:
+    async def lookup_rows(self, lookup: str, request: web.Request) -> web.Response:
         """``POST /tables/{lookup}``, as app.api.tables.lookup_rows_batch answers it."""
-        return await lookup_rows_batch(request, self.ctx, request.match_info["name"])
+        return await lookup_rows_batch(request, self.ctx, lookup)
 
     async def service(self, request: web.Request) -> web.Response:
         """``POST /services/{name}``, as app.api.services.service_answer answers it."""

@@ -22,7 +22,7 @@ from app.api.http import application_options
 from app.api.openapi import document
 from app.api.pipeline import describe
 from app.api.placement import Placement
-from app.api.views import ROUTES
+from app.api.views import routes
 from app.config.spec import load_pipeline
 from app.records.keys import key_string
 from app.records.partitioning import partition_for
@@ -88,7 +88,7 @@ def web_app(ctx: ApiContext, seen: list[Any] | None = None) -> web.Application:
     """Every route of the API on an aiohttp application answering from ``ctx``; each POST body
     received is appended to ``seen``."""
     app = web.Application(**application_options(None))
-    for method, path, handler in ROUTES:
+    for method, path, handler in routes(ctx):
 
         async def view(request: web.Request, handler: Any = handler) -> web.StreamResponse:
             if seen is not None and request.method == "POST":

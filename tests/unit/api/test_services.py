@@ -145,6 +145,13 @@ async def test_request_errors(engine: Engine) -> None:
         assert bad_at.status == 400 and (await bad_at.json())["error"]["code"] == "bad_at"
         empty = await client.post("/services/fraud", json={"rows": [], "at": AT})
         assert empty.status == 200 and (await empty.json())["rows"] == []
+        group = await client.post("/tables/card", json={"keys": ["c1"]})  # lookup rows only
+        assert group.status == 405 and "POST" not in group.headers["Allow"]
+        rows = await (await client.post("/tables/merchants", json={"keys": ["m1", "m77"]})).json()
+        assert rows["results"] == [
+            {"key": "m1", "found": True, "value": merchant_row("m1")},
+            {"key": "m77", "found": False},
+        ]
 
 
 async def test_outside_retention_nulls_the_group_and_names_it(engine: Engine) -> None:
