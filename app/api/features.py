@@ -154,12 +154,14 @@ def not_found(ctx: ApiContext, group: str, key: str) -> web.Response:
 
 
 def answer_locally(
-    ctx: ApiContext, group: str, key: str, at: int, names: frozenset[str] | None
+    ctx: ApiContext, group: str, key: str, at: int, names: frozenset[str] | None, db: Any = None
 ) -> dict[str, Any]:
-    """One key's batch result from this process's state (the caller checked that it holds the key)."""
+    """One key's batch result from this process's state (the caller checked that it holds the key),
+    read from ``db`` when the caller has its partition's database already."""
     raw_key = key.encode("utf-8")
     plan = ctx.tables.plans[group]
-    db = ctx.placement.database(ctx.tables.features[group], partition_for(raw_key, ctx.partitions))
+    if db is None:
+        db = ctx.placement.database(ctx.tables.features[group], partition_for(raw_key, ctx.partitions))
     state = stored_state(plan, db, raw_key)
     if not state.exists:
         return {"key": key, "found": False}
@@ -245,8 +247,13 @@ async def group_results(
         )
         for owner, positions in remote.items()
     ]
+    dbs: dict[int, Any] = {}  # per partition, asked of the placement once per request
     for index in local:
-        results[index] = answer_locally(ctx, group, keys[index], at, names)
+        partition = partition_for(keys[index].encode("utf-8"), ctx.partitions)
+        db = dbs.get(partition)
+        if db is None:
+            db = dbs[partition] = placement.database(table, partition)
+        results[index] = answer_locally(ctx, group, keys[index], at, names, db)
     answers = await asyncio.gather(*asked)
     for positions, answer in zip(remote.values(), answers, strict=True):
         for index, result in zip(positions, answer["results"], strict=True):

@@ -120,9 +120,14 @@ async def lookup_rows(request: web.Request, ctx: ApiContext, lookup: str, keys: 
         for owner, at in remote.items()
     ]
     rows: list[Any] = [None] * len(keys)
+    dbs: dict[int, Any] = {}  # per partition, asked of the placement once per request
     for index in local:
         raw_key = raw_keys[index]
-        raw = placement.database(table, partition_for(raw_key, ctx.partitions)).get(raw_key)
+        partition = partition_for(raw_key, ctx.partitions)
+        db = dbs.get(partition)
+        if db is None:
+            db = dbs[partition] = placement.database(table, partition)
+        raw = db.get(raw_key)
         rows[index] = None if raw is None else orjson.loads(raw)
     for positions, answer in zip(remote.values(), await asyncio.gather(*asked), strict=True):
         for index, result in zip(positions, answer["results"], strict=True):
