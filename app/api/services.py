@@ -70,30 +70,34 @@ async def answer_rows(
             checked.append(checked_row(plan, index, row))
         except RowError as exc:
             checked.append(exc)
-    valid = [row for row in checked if isinstance(row, dict)]
+    # Per valid row, its key of each group then of each join, in string form.
+    keyed = [
+        [key_string([row[f] for f in g.key]) for g in plan.groups]
+        + [key_string([row[j.on]]) for j in plan.joins]
+        for row in checked
+        if isinstance(row, dict)
+    ]
     # One batch per group and lookup over the distinct keys of the valid rows, all in parallel.
-    group_keys = [_distinct(key_string([row[f] for f in g.key]) for row in valid) for g in plan.groups]
-    join_keys = [_distinct(key_string([row[j.on]]) for row in valid) for j in plan.joins]
+    distinct = [list(dict.fromkeys(keys)) for keys in zip(*keyed, strict=True)] if keyed else []
     reads = [
-        group_results(request, ctx, g.group, list(keys), _names(ctx, g.group, g.features), at)
-        for g, keys in zip(plan.groups, group_keys, strict=True)
+        group_results(request, ctx, g.group, keys, _names(ctx, g.group, g.features), at)
+        for g, keys in zip(plan.groups, distinct, strict=False)
     ]
     reads += [
-        lookup_rows(request, ctx, j.lookup, list(keys)) for j, keys in zip(plan.joins, join_keys, strict=True)
+        lookup_rows(request, ctx, j.lookup, keys)
+        for j, keys in zip(plan.joins, distinct[len(plan.groups) :], strict=False)
     ]
     answers = await asyncio.gather(*reads)
-    by_key = [
-        dict(zip(keys, answer, strict=True))
-        for keys, answer in zip(group_keys + join_keys, answers, strict=True)
-    ]
-    results, found = by_key[: len(plan.groups)], by_key[len(plan.groups) :]
+    by_key = [dict(zip(keys, answer, strict=True)) for keys, answer in zip(distinct, answers, strict=True)]
     out = []
+    rows_keys = iter(keyed)
     for row in checked:
-        if isinstance(row, RowError):
-            out.append({"error": {"code": row.code, "message": str(row)}})
-            continue
         try:
-            out.append(_columns(plan, row, results, found))
+            if isinstance(row, RowError):
+                raise row
+            out.append(
+                _columns(plan, row, [found[key] for found, key in zip(by_key, next(rows_keys), strict=True)])
+            )
         except RowError as exc:
             out.append({"error": {"code": exc.code, "message": str(exc)}})
     return out
@@ -133,14 +137,12 @@ def _typed(where: str, value: Any, kind: str) -> Any:
 def _columns(
     plan: ServicePlan,
     row: dict[str, Any],
-    results: list[dict[str, dict[str, Any]]],
-    found: list[dict[str, Any]],
+    answers: list[Any],
 ) -> dict[str, Any]:
-    """One valid row's answer from its groups' results and lookup rows."""
+    """One valid row's answer from its groups' results then its lookup rows (``answers``)."""
     columns = {field: row[field] for field in plan.request}
     missing, outside = [], []
-    for group, by_key in zip(plan.groups, results, strict=True):
-        result = by_key[key_string([row[f] for f in group.key])]
+    for group, result in zip(plan.groups, answers, strict=False):
         values = result.get("features") or {}
         if not result["found"]:
             missing.append(group.group)
@@ -148,8 +150,8 @@ def _columns(
             outside.append(group.group)
         for feature, column in group.features:
             columns[column] = values.get(feature)
-    for join, by_key in zip(plan.joins, found, strict=True):
-        lookup_row = by_key[key_string([row[join.on]])] or {}
+    for join, found in zip(plan.joins, answers[len(plan.groups) :], strict=True):
+        lookup_row = found or {}
         for field, column in join.columns:
             columns[column] = lookup_row.get(field)
     scope = {**row, **columns}
@@ -162,10 +164,6 @@ def _columns(
                 f"computed column {column!r} = {expression.source!r}: {type(exc).__name__}: {exc}",
             ) from None
     return {"features": columns, "missing": missing, "outside_retention": outside}
-
-
-def _distinct(keys: Any) -> dict[str, None]:
-    return dict.fromkeys(keys)
 
 
 def _names(ctx: ApiContext, group: str, features: tuple[tuple[str, str], ...]) -> list[str] | None:
