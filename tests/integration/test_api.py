@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,8 +28,9 @@ from tests.support.checks import (
 )
 from tests.support.ground_truth import GroundTruth
 from tests.support.kafka import create_pipeline_topics_for, produce
+from tests.support.openapi_fuzz import run_schemathesis
 from tests.support.shop import HOUR, Event, make_events, newest_times, publish, truth_of
-from tests.support.worker import REPO, WorkerProcess, wait_for
+from tests.support.worker import WorkerProcess, wait_for
 
 TOKEN = "test-token-5f1c"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -252,30 +251,7 @@ def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_document(
 ) -> None:
     """Property-based requests from /openapi.json (fixed seed, bounded): every answer is documented,
     matches its schema, and none is a 5xx."""
-    config = REPO / "tests" / "schemathesis.toml"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "schemathesis.cli",
-            "--config-file",
-            str(config),
-            "run",
-            f"{cluster.one.url}/openapi.json",
-            "--checks",
-            "all",
-            "--header",
-            f"Authorization: Bearer {TOKEN}",
-            "--max-examples",
-            "60",
-            "--seed",
-            "20261122",
-            "--report-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=tmp_path,
-    )
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    run_schemathesis(
+        cluster.one.url, tmp_path, "--checks", "all", "--header", f"Authorization: Bearer {TOKEN}",
+        "--max-examples", "60",
+    )  # fmt: skip

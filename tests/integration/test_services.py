@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,7 +30,8 @@ from tests.support.broker import BrokerUnderTest
 from tests.support.checks import mismatches
 from tests.support.ground_truth import GroundTruth
 from tests.support.kafka import consume, create_pipeline_topics_for, produce
-from tests.support.worker import REPO, WorkerProcess, wait_for
+from tests.support.openapi_fuzz import run_schemathesis
+from tests.support.worker import WorkerProcess, wait_for
 
 CARDS, MERCHANTS, PAYMENTS = 400, 100, 5_000
 NUMERIC_CARDS = 10  # cards named "9000".."9009": a request may send them as the integer 9000
@@ -334,32 +333,11 @@ def test_schemathesis_finds_no_5xx_on_services_and_lookup_batches(cluster: Clust
     """Must-show 4: property-based requests from /openapi.json to GET /services, POST
     /services/fraud and POST /tables/merchants (fixed seed, bounded): none is a 5xx, every answer is
     documented and matches its schema."""
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "schemathesis.cli",
-            "--config-file",
-            str(REPO / "tests" / "schemathesis.toml"),
-            "run",
-            f"{cluster.one.url}/openapi.json",
-            "--include-name-regex",
-            r"^(GET /services|POST /services/fraud|POST /tables/merchants)$",
-            "--max-examples",
-            "200",
-            "--seed",
-            "20261122",
-            "--report-junit-path",
-            str(tmp_path / "junit.xml"),
-            "--report-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=tmp_path,
-    )
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    run_schemathesis(
+        cluster.one.url, tmp_path, "--include-name-regex",
+        r"^(GET /services|POST /services/fraud|POST /tables/merchants)$",
+        "--max-examples", "200", "--report-junit-path", str(tmp_path / "junit.xml"),
+    )  # fmt: skip
     junit = ElementTree.parse(tmp_path / "junit.xml").getroot()
     tested = sorted(case.get("name", "") for case in junit.iter("testcase"))
     assert tested == ["GET /services", "POST /services/fraud", "POST /tables/merchants"], tested
