@@ -38,8 +38,8 @@ class KeyState:
         self.key = key
         self._load = load
         self._retention = retention
-        # scanned: the encoded stored buckets (a bucket absent here is not stored); else None
-        self._raw: dict[int, bytes] | None = None
+        # scanned: every record by record key (a bucket absent here is not stored); else None
+        self._raw: dict[bytes, bytes] | None = None
         if scan is None:
             raw = load(key + b"\x00")  # head_key(key)
         else:
@@ -56,21 +56,13 @@ class KeyState:
         self._dirty: set[int] = set()
         self._deleted: set[int] = set()
 
-    def _scan(self, scan: Scanner) -> tuple[bytes | None, dict[int, bytes]]:
-        """The head and the encoded buckets, from one range read of the key's records. Records of
-        other keys that share the prefix (a key that itself contains a NUL) do not parse as a bucket
-        number and are skipped; the head decides below which buckets count as stored."""
+    def _scan(self, scan: Scanner) -> tuple[bytes | None, dict[bytes, bytes]]:
+        """The head and every record of the prefix by record key, from one range read. Records of
+        other keys that share the prefix (a key that itself contains a NUL) are never looked up: a
+        bucket is found by its record key, and the head decides which buckets count as stored."""
         prefix = self.key + b"\x00"
-        head: bytes | None = None
-        buckets: dict[int, bytes] = {}
-        size = len(prefix)
-        for record_key, value in scan(prefix):
-            rest = record_key[size:]
-            if not rest:
-                head = value
-            elif rest.isdigit() or (rest[:1] == b"-" and rest[1:].isdigit()):  # -?[0-9]+, without a regex
-                buckets[int(rest)] = value
-        return head, buckets
+        records = dict(scan(prefix))
+        return records.get(prefix), records
 
     @property
     def exists(self) -> bool:
@@ -114,13 +106,28 @@ class KeyState:
 
     def _decoded(self, number: int) -> Bucket | None:
         """Stored bucket ``number``, decoded and kept (the caller knows it is stored)."""
-        raw = self._raw.get(number) if self._raw is not None else self._load(bucket_key(self.key, number))
+        record_key = b"%b\x00%d" % (self.key, number)  # bucket_key(self.key, number)
+        raw = self._raw.get(record_key) if self._raw is not None else self._load(record_key)
         if raw is None:
             return self._cache(number, None)
         record = orjson.loads(raw)
         if type(record) is dict:  # the earlier format: {"o": ..., "a": ..., "l": ...}
             record = [record["a"], record.get("l"), record["o"]]
         return self._cache(number, record)
+
+    def buckets_in(self, lo: int, hi: int) -> tuple[list[int], list[Bucket]]:
+        """The stored buckets in [lo, hi], ascending: their numbers and records (decoded and kept)."""
+        numbers: list[int] = []
+        records: list[Bucket] = []
+        loaded = self._buckets
+        for number in self.stored(lo, hi):
+            record = loaded.get(number, UNREAD)
+            if record is UNREAD:
+                record = self._decoded(number)
+            if record is not None:
+                numbers.append(number)
+                records.append(record)
+        return numbers, records
 
     def _cache(self, number: int, record: Bucket | None) -> Bucket | None:
         self._buckets[number] = record

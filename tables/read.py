@@ -10,7 +10,7 @@ from typing import Any
 
 import datasketches
 
-from tables.key_state import UNREAD, KeyState
+from tables.key_state import KeyState
 from tables.plans import (
     COUNT,
     DISTINCT,
@@ -192,65 +192,69 @@ def _window_results(
             raise ValueError(f"unknown op {op!r}")
 
 
-def read_features(
-    plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | None = None
-) -> dict[str, Any]:
-    """Every feature (or those in ``names``) with windows ending at ``at_ms``: a window W covers
-    buckets (b(at) - W/P, b(at)]. Empty windows: count/sum/distinct 0, the others None."""
-    end = at_ms // plan.period_ms
+@dataclass(frozen=True)
+class Selection:
+    """The features one read answers (all of a group's, or ``names``) and what reading them takes:
+    made once per request by :func:`selection`, then applied to every key."""
+
+    reads: tuple[tuple[int, int, tuple[tuple[str, int], ...]], ...]  # as GroupPlan.reads
+    widest: int  # buckets of the widest window read
+    outputs: tuple[tuple[str, int], ...] | None  # (name, position in plan.names); None: all
+
+
+def selection(plan: GroupPlan, names: frozenset[str] | set[str] | None = None) -> Selection:
+    """What reading ``names`` (None: every feature) of ``plan`` takes."""
+    if names is None:
+        return Selection(plan.reads, plan.widest, None)
     all_names = plan.names
-    reads = plan.reads
-    widest = plan.widest
-    if names is not None:
-        reads = tuple(
-            (index, size, wanted)
-            for index, size, ops in reads
-            if (wanted := tuple((op, i) for op, i in ops if all_names[i] in names))
-        )
+    reads = tuple(
+        (index, size, wanted)
+        for index, size, ops in plan.reads
+        if (wanted := tuple((op, i) for op, i in ops if all_names[i] in names))
+    )
+    outputs = tuple((name, i) for i, name in enumerate(all_names) if name in names)
+    return Selection(reads, max((size for _, size, _ in reads), default=0), outputs)
+
+
+def read_features(
+    plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | Selection | None = None
+) -> dict[str, Any]:
+    """Every feature (or those in ``names``, or of a :class:`Selection`) with windows ending at
+    ``at_ms``: a window W covers buckets (b(at) - W/P, b(at)]. Empty windows: count/sum/distinct 0,
+    the others None."""
+    if names is None:  # the common case: no selection to make
+        reads, widest, outputs = plan.reads, plan.widest, None
+    else:
+        chosen = names if isinstance(names, Selection) else selection(plan, names)
+        reads, widest, outputs = chosen.reads, chosen.widest, chosen.outputs
         if not reads:
             return {}
-        widest = max(size for _, size, _ in reads)
+    end = at_ms // plan.period_ms
     # Every window ends at `end`: the buckets of the widest one, loaded once, serve them all.
-    numbers: list[int] = []
-    slots: list[list[AggState | None]] = []  # per bucket, its aggregation states
-    loaded = state._buckets
+    numbers, records = state.buckets_in(end - widest + 1, end)
     tag = plan.tag
-    for number in state.stored(end - widest + 1, end):
-        record = loaded.get(number, UNREAD)
-        if record is UNREAD:
-            record = state._decoded(number)  # stored: no need to ask again (KeyState.bucket)
-        if record is not None:
-            if record[LAYOUT] != tag:
-                record = convert(plan, record)
-            numbers.append(number)
-            slots.append(record[AGGREGATIONS])
-    out: list[Any] = [None] * len(all_names)
+    slots = [(r if r[LAYOUT] == tag else convert(plan, r))[AGGREGATIONS] for r in records]
+    out: list[Any] = [None] * len(plan.names)
     aggregations = plan.aggregations
     for index, size, ops in reads:
-        states = [agg for a in slots[bisect_left(numbers, end - size + 1) :] if (agg := a[index]) is not None]
+        first = bisect_left(numbers, end - size + 1)
+        states = [agg for a in slots[first:] if (agg := a[index]) is not None]
         _window_results(states, ops, aggregations[index].at, out)
-    if names is None:
-        return dict(zip(all_names, out, strict=True))
-    return {name: value for name, value in zip(all_names, out, strict=True) if name in names}
+    if outputs is None:
+        return dict(zip(plan.names, out, strict=True))
+    return {name: out[i] for name, i in outputs}
 
 
 def outside_retention(
-    plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | None = None
+    plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | Selection | None = None
 ) -> bool:
     """Whether a feature asked for (all when ``names`` is None) needs buckets at or below n - R at
     ``at_ms``, which may be deleted (docs/product.md): the API answers 422 then."""
     newest = state.newest
     if newest is None:
         return False
-    widest = plan.widest
-    if names is not None:
-        widest = max(
-            (
-                size
-                for agg in plan.aggregations
-                for label, size in agg.windows
-                if any(f"{agg.name}_{op}_{label}" in names for op in agg.ops)
-            ),
-            default=0,
-        )
+    if names is None:
+        widest = plan.widest
+    else:
+        widest = (names if isinstance(names, Selection) else selection(plan, names)).widest
     return plan.bucket(at_ms) - widest + 1 <= newest - plan.retention

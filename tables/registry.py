@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from app.config.spec import Pipeline
-from tables.key_state import KeyState
+from tables.key_state import KeyState, Scanner
 from tables.plans import GroupPlan, group_plans
 from tables.replica import LookupReplica
 from tables.store import StateTable, StateWriter, local_keys, prefix_scan
@@ -64,10 +64,11 @@ class UnknownFeature(ValueError):
     """A requested feature name that the group does not define."""
 
 
-def stored_state(plan: GroupPlan, db: Any, key: bytes, scan: bool = True) -> KeyState:
+def stored_state(plan: GroupPlan, db: Any, key: bytes, scan: Scanner | None = None) -> KeyState:
     """A key's state in ``db``, a RocksDB partition of the group's table (the worker's own or a
-    secondary instance of it); ``scan``: all its records in one range read (for a feature read)."""
-    return KeyState(key, db.get, plan.retention, prefix_scan(db) if scan else None)
+    secondary instance of it), all its records from one range read: of ``scan`` (a
+    :func:`prefix_scan` of ``db``, reused for several keys), or of a new one."""
+    return KeyState(key, db.get, plan.retention, scan or prefix_scan(db))
 
 
 def entity_keys(table: StateTable, partition: int) -> Iterator[bytes]:

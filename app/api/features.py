@@ -20,8 +20,10 @@ from app.api.http import HttpError, error_response
 from app.api.models import AT_LIMIT, KEY_INT_LIMIT, MAX_BATCH_KEYS, BatchRequest, FeatureQuery
 from app.records.keys import key_string, split_key
 from app.records.partitioning import partition_for
-from tables.read import outside_retention, read_features
+from tables.key_state import Scanner
+from tables.read import Selection, outside_retention, read_features, selection
 from tables.registry import UnknownFeature, select_features, stored_state
+from tables.store import prefix_scan
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -154,15 +156,21 @@ def not_found(ctx: ApiContext, group: str, key: str) -> web.Response:
 
 
 def answer_locally(
-    ctx: ApiContext, group: str, key: str, at: int, names: frozenset[str] | None, db: Any = None
+    ctx: ApiContext,
+    group: str,
+    key: str,
+    at: int,
+    names: frozenset[str] | Selection | None,
+    read: tuple[Any, Scanner] | None = None,
 ) -> dict[str, Any]:
     """One key's batch result from this process's state (the caller checked that it holds the key),
-    read from ``db`` when the caller has its partition's database already."""
+    read from ``read`` (its partition's database and a range reader of it) when the caller has them."""
     raw_key = key.encode("utf-8")
     plan = ctx.tables.plans[group]
-    if db is None:
+    if read is None:
         db = ctx.placement.database(ctx.tables.features[group], partition_for(raw_key, ctx.partitions))
-    state = stored_state(plan, db, raw_key)
+        read = (db, prefix_scan(db))
+    state = stored_state(plan, read[0], raw_key, read[1])
     if not state.exists:
         return {"key": key, "found": False}
     if outside_retention(plan, state, at, names):
@@ -228,7 +236,7 @@ async def group_results(
 ) -> list[dict[str, Any]]:
     """Per key (string form) its batch result (found, features or error), read here or asked of
     its owner, one request per owner, in parallel. HttpError: unknown feature, rebalancing, owner's error."""
-    names = feature_names(ctx, group, features)
+    names = selection(ctx.tables.plans[group], feature_names(ctx, group, features))  # once, not per key
     placement = ctx.placement
     placement.ensure_ready()
     table = ctx.tables.features[group]
@@ -247,13 +255,11 @@ async def group_results(
         )
         for owner, positions in remote.items()
     ]
-    dbs: dict[int, Any] = {}  # per partition, asked of the placement once per request
-    for index in local:
-        partition = partition_for(keys[index].encode("utf-8"), ctx.partitions)
-        db = dbs.get(partition)
-        if db is None:
-            db = dbs[partition] = placement.database(table, partition)
-        results[index] = answer_locally(ctx, group, keys[index], at, names, db)
+    for partition, positions in local.items():
+        db = placement.database(table, partition)  # caught up now: one range reader sees it as is
+        read = (db, prefix_scan(db))
+        for index in positions:
+            results[index] = answer_locally(ctx, group, keys[index], at, names, read)
     answers = await asyncio.gather(*asked)
     for positions, answer in zip(remote.values(), answers, strict=True):
         for index, result in zip(positions, answer["results"], strict=True):

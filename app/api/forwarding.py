@@ -43,16 +43,16 @@ async def answer_elsewhere(
 
 def route_keys(
     table: Any, keys: list[bytes], forwarded: bool, partitions: int, placement: Placement
-) -> tuple[list[int], dict[str, list[int]]]:
-    """Split key positions into those this worker answers and those per owner URL. Raises
-    Unavailable when an owner is unknown, or (for a forwarded request) when a key is not ours."""
-    local: list[int] = []
+) -> tuple[dict[int, list[int]], dict[str, list[int]]]:
+    """Split key positions into those this worker answers, per partition, and those per owner URL.
+    Raises Unavailable when an owner is unknown, or (for a forwarded request) when a key is not ours."""
+    local: dict[int, list[int]] = {}
     remote: dict[str, list[int]] = {}
     me = placement.own_url()
     for index, key in enumerate(keys):
         partition = partition_for(key, partitions)
         if placement.holds(table, partition):
-            local.append(index)
+            local.setdefault(partition, []).append(index)
             continue
         owner = placement.owner_of(table, partition)
         if forwarded or owner is None or owner == me:

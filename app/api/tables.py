@@ -21,9 +21,9 @@ from app.api.models import LookupBatchRequest, ScanQuery
 from app.api.placement import Unavailable
 from app.records.keys import split_key
 from app.records.partitioning import partition_for
-from tables.read import outside_retention, read_features
+from tables.read import outside_retention, read_features, selection
 from tables.registry import entity_keys, stored_state
-from tables.store import local_keys
+from tables.store import local_keys, prefix_scan
 
 PARQUET = "application/vnd.apache.parquet"
 YIELD_EVERY = 500  # rows scanned between giving the event loop back to other requests
@@ -120,15 +120,11 @@ async def lookup_rows(request: web.Request, ctx: ApiContext, lookup: str, keys: 
         for owner, at in remote.items()
     ]
     rows: list[Any] = [None] * len(keys)
-    dbs: dict[int, Any] = {}  # per partition, asked of the placement once per request
-    for index in local:
-        raw_key = raw_keys[index]
-        partition = partition_for(raw_key, ctx.partitions)
-        db = dbs.get(partition)
-        if db is None:
-            db = dbs[partition] = placement.database(table, partition)
-        raw = db.get(raw_key)
-        rows[index] = None if raw is None else orjson.loads(raw)
+    for partition, positions in local.items():
+        get = placement.database(table, partition).get
+        for index in positions:
+            raw = get(raw_keys[index])
+            rows[index] = None if raw is None else orjson.loads(raw)
     for positions, answer in zip(remote.values(), await asyncio.gather(*asked), strict=True):
         for index, result in zip(positions, answer["results"], strict=True):
             rows[index] = result.get("value")
@@ -158,16 +154,18 @@ async def scan_partitions(
             assert at is not None and plan is not None
             table = ctx.tables.features[name]
             db = table.db(partition)
+            scan = prefix_scan(db)  # one range reader for the partition's keys, in key order
+            chosen = selection(plan, wanted)
             for raw_key in entity_keys(table, partition):
-                state = stored_state(plan, db, raw_key)
-                if outside_retention(plan, state, at, wanted):
+                state = stored_state(plan, db, raw_key, scan)
+                if outside_retention(plan, state, at, chosen):
                     skipped += 1
                 else:
                     row: dict[str, Any] = {"key": raw_key.decode("utf-8")}
                     if fields:
                         values = key_values(plan.key, row["key"])
                         row.update((f, values[f]) for f in fields)
-                    row.update(read_features(plan, state, at, wanted))
+                    row.update(read_features(plan, state, at, chosen))
                     rows.append(row)
                 seen += 1
                 if seen % YIELD_EVERY == 0:
