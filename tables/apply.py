@@ -9,7 +9,20 @@ from typing import Any, Literal
 import datasketches
 
 from tables.key_state import KeyState
-from tables.plans import DISTINCT, FIRST_T, LAST_T, M2, MAX, MEAN, MIN, SHIFT, SUM, AggregationPlan, GroupPlan
+from tables.plans import (
+    DISTINCT,
+    FIRST_T,
+    LAST_T,
+    M2,
+    MAX,
+    MEAN,
+    MIN,
+    RECENT,
+    SHIFT,
+    SUM,
+    AggregationPlan,
+    GroupPlan,
+)
 from tables.state_format import (
     AGGREGATIONS,
     EXACT_DISTINCT,
@@ -92,7 +105,8 @@ def _update(agg: AggState | None, value: Any, time_ms: int, plan: AggregationPla
     if agg is None:
         x = float(value) if numeric else 0.0
         hashes = [value_hash(value)] if plan.distinct else []
-        canonical = (1, x, 0.0, 0.0, value, value, time_ms, value, time_ms, value, hashes, x)
+        recent = [[time_ms, value]]
+        canonical = (1, x, 0.0, 0.0, value, value, time_ms, value, time_ms, value, hashes, x, recent)
         return [canonical[f] for f in plan.layout]
     count = agg[0] + 1  # count: always the first field
     agg[0] = count
@@ -123,7 +137,23 @@ def _update(agg: AggState | None, value: Any, time_ms: int, plan: AggregationPla
     i = at[DISTINCT]
     if i >= 0:  # hashing costs more than everything else here: only for aggregations that need it
         agg[i] = add_distinct(agg[i], value_hash(value))
+    i = at[RECENT]
+    if i >= 0:
+        add_recent(agg[i], time_ms, value, plan.n)
     return agg
+
+
+def add_recent(recent: list[list[Any]], time_ms: int, value: Any, n: int) -> None:
+    """Keep ``[time, value]`` in ``recent``, the bucket's latest ``n`` values in (time, arrival)
+    order, oldest first: on equal times the later arrival counts as newer (as for last)."""
+    if len(recent) >= n and time_ms < recent[0][0]:
+        return  # older than every value kept
+    position = len(recent)
+    while position and recent[position - 1][0] > time_ms:  # events mostly arrive in time order
+        position -= 1
+    recent.insert(position, [time_ms, value])
+    if len(recent) > n:
+        del recent[0]
 
 
 def add_distinct(distinct: list[int] | str | Any, h: int) -> list[int] | Any:

@@ -13,7 +13,9 @@ from app.config.spec import FeatureGroupSpec, Pipeline, parse_duration
 
 #: The canonical fields of an aggregation state, by position (a state keeps those its ops read, in
 #: this order; docs/state-format.md).
-COUNT, SUM, MEAN, M2, MIN, MAX, FIRST_T, FIRST_V, LAST_T, LAST_V, DISTINCT, SHIFT = range(12)
+COUNT, SUM, MEAN, M2, MIN, MAX, FIRST_T, FIRST_V, LAST_T, LAST_V, DISTINCT, SHIFT, RECENT = range(13)
+FIELDS = 13
+#: The fields of a bucket written before layouts were recorded (no tag): the first twelve.
 ALL_FIELDS = (1 << 12) - 1
 #: The canonical fields each op reads (count is always kept).
 OP_FIELDS: dict[str, tuple[int, ...]] = {
@@ -26,6 +28,7 @@ OP_FIELDS: dict[str, tuple[int, ...]] = {
     "first": (FIRST_T, FIRST_V),
     "last": (LAST_T, LAST_V),
     "distinct": (DISTINCT,),
+    "last_n": (RECENT,),
 }
 
 
@@ -40,6 +43,7 @@ class AggregationPlan:
     ops: tuple[str, ...]
     windows: tuple[tuple[str, int], ...]  # (label as written, number of buckets)
     where: Expression | None
+    n: int = 0  # values last_n keeps (0: no last_n)
     # whether it keeps value hashes (`dataclasses.`: the attribute `field` above shadows the function)
     distinct: bool = dataclasses.field(init=False, compare=False, repr=False)
     #: bitmask of the canonical fields its state keeps; the canonical fields kept, in order; per
@@ -57,7 +61,11 @@ class AggregationPlan:
         layout = layout_of(mask)
         object.__setattr__(self, "mask", mask)
         object.__setattr__(self, "layout", layout)
-        object.__setattr__(self, "at", tuple(layout.index(f) if f in layout else -1 for f in range(12)))
+        object.__setattr__(self, "at", tuple(layout.index(f) if f in layout else -1 for f in range(FIELDS)))
+
+    def label(self, op: str) -> str:
+        """The op's part of its feature names (``last10`` for last_n with n = 10)."""
+        return f"last{self.n}" if op == "last_n" else op
 
     def wants(self, fields: Mapping[str, Any]) -> bool:
         """Whether an event feeds this aggregation (its `where` holds). Raises on expression failure."""
@@ -66,7 +74,7 @@ class AggregationPlan:
 
 def layout_of(mask: int) -> tuple[int, ...]:
     """The canonical fields of ``mask``, in canonical order."""
-    return tuple(f for f in range(12) if mask >> f & 1)
+    return tuple(f for f in range(FIELDS) if mask >> f & 1)
 
 
 @dataclass(frozen=True)
@@ -92,12 +100,15 @@ class GroupPlan:
     def __post_init__(self) -> None:
         object.__setattr__(self, "tag", ",".join(format(a.mask, "x") for a in self.aggregations))
         written = [
-            f"{a.name}_{op}_{label}" for a in self.aggregations for op in a.ops for label, _ in a.windows
+            f"{a.name}_{a.label(op)}_{label}"
+            for a in self.aggregations
+            for op in a.ops
+            for label, _ in a.windows
         ]
         names = tuple(dict.fromkeys(written))
         position = {name: i for i, name in enumerate(names)}
         reads = tuple(
-            (a.index, size, tuple((op, position[f"{a.name}_{op}_{label}"]) for op in a.ops))
+            (a.index, size, tuple((op, position[f"{a.name}_{a.label(op)}_{label}"]) for op in a.ops))
             for a in self.aggregations
             for label, size in a.windows
         )
@@ -119,6 +130,7 @@ class GroupPlan:
                 ops=tuple(a.ops),
                 windows=tuple((w, parse_duration(w) // period) for w in a.windows),
                 where=Expression(a.where) if a.where else None,
+                n=a.n or 0,
             )
             for i, a in enumerate(spec.aggregations)
         )

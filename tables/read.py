@@ -22,6 +22,7 @@ from tables.plans import (
     MAX,
     MEAN,
     MIN,
+    RECENT,
     SHIFT,
     SUM,
     GroupPlan,
@@ -115,7 +116,11 @@ def _distinct_count(hashes: set[int], sketches: list[Any]) -> int:
 
 
 def _window_results(
-    states: list[AggState], ops: tuple[tuple[str, int], ...], at: tuple[int, ...], out: list[Any]
+    states: list[AggState],
+    ops: tuple[tuple[str, int], ...],
+    at: tuple[int, ...],
+    out: list[Any],
+    last_n: int = 0,
 ) -> None:
     """``out[position] = result`` for each (op, position) of ``ops`` over bucket states in time order
     (in the layout ``at``: position per canonical field): the operations of :meth:`MergedWindow.add` and
@@ -125,7 +130,9 @@ def _window_results(
         count += agg[0]  # count: always the first field
     total: float | None = None
     for op, position in ops:
-        if op == "count":
+        if op == "last_n":
+            out[position] = latest(states, at[RECENT], last_n)
+        elif op == "count":
             out[position] = count
         elif op == "sum" or op == "avg":
             if total is None:
@@ -216,6 +223,19 @@ def selection(plan: GroupPlan, names: frozenset[str] | set[str] | None = None) -
     return Selection(reads, max((size for _, size, _ in reads), default=0), outputs)
 
 
+def latest(states: list[AggState], i: int, n: int) -> list[Any]:
+    """The last ``n`` values of bucket states in time order (each keeping its latest ``[time, value]``
+    pairs at position ``i``, oldest first), newest first."""
+    values: list[Any] = []
+    for agg in reversed(states):  # a later bucket's values are all newer
+        recent = agg[i]
+        for j in range(len(recent) - 1, -1, -1):
+            values.append(recent[j][1])
+            if len(values) == n:
+                return values
+    return values
+
+
 def read_features(
     plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | Selection | None = None
 ) -> dict[str, Any]:
@@ -239,7 +259,8 @@ def read_features(
     for index, size, ops in reads:
         first = bisect_left(numbers, end - size + 1)
         states = [agg for a in slots[first:] if (agg := a[index]) is not None]
-        _window_results(states, ops, aggregations[index].at, out)
+        aggregation = aggregations[index]
+        _window_results(states, ops, aggregation.at, out, aggregation.n)
     if outputs is None:
         return dict(zip(plan.names, out, strict=True))
     return {name: out[i] for name, i in outputs}

@@ -225,6 +225,7 @@ def table_paths(ctx: ApiContext, name: str) -> dict[str, Any]:
 
 JSON_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}, "str": {"type": "string"}}
 JSON_TYPES["bool"] = {"type": "boolean"}
+JSON_TYPES["list"] = {"type": "array"}  # last_n: the window's latest values, newest first
 
 
 def service_paths(ctx: ApiContext, name: str) -> dict[str, Any]:

@@ -9,7 +9,14 @@ from app.config.expressions import Expression
 from app.config.spec import Pipeline
 
 #: JSON type of each op's value over a field of each type ("": the field's own type)
-_OP_TYPES = {"count": "int", "distinct": "int", "sum": "float", "avg": "float", "stddev": "float"}
+_OP_TYPES = {
+    "count": "int",
+    "distinct": "int",
+    "sum": "float",
+    "avg": "float",
+    "stddev": "float",
+    "last_n": "list",
+}
 
 
 @dataclass(frozen=True)
@@ -46,13 +53,14 @@ class ServicePlan:
 
 def feature_types(pipeline: Pipeline, group: str) -> dict[str, str]:
     """The JSON type of each feature of ``group``: int for counts, float for sums and means, the
-    field's type for min, max, first and last (values may be null: empty windows)."""
+    field's type for min, max, first and last (values may be null: empty windows), list for last_n
+    (of the field's values)."""
     types = {}
     for agg in pipeline.features[group].aggregations:
         field = pipeline.streams[agg.stream].fields.get(agg.field or "", "float")
-        for op in agg.ops:
+        for op, label in agg.op_labels():
             for window in agg.windows:
-                types[f"{agg.name}_{op}_{window}"] = _OP_TYPES.get(op, field)
+                types[f"{agg.name}_{label}_{window}"] = _OP_TYPES.get(op, field)
     return types
 
 

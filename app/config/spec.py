@@ -16,7 +16,8 @@ from app.config.expressions import Expression, ExpressionError
 from app.errors import SpecError
 
 FIELD_TYPES = ("str", "int", "float", "bool")
-OPS = ("count", "sum", "avg", "min", "max", "stddev", "first", "last", "distinct")
+OPS = ("count", "sum", "avg", "min", "max", "stddev", "first", "last", "distinct", "last_n")
+MAX_LAST_N = 1_000  # the largest ``n`` of last_n: a bucket keeps at most n values
 _UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -109,15 +110,21 @@ class AggregationSpec(_Model):
     ops: list[Op] = Field(min_length=1)
     windows: list[Duration] = Field(min_length=1)
     where: str | None = None
+    n: int | None = Field(default=None, ge=1, le=MAX_LAST_N, description="How many values last_n keeps.")
 
     @property
     def windows_ms(self) -> list[int]:
         """The windows in milliseconds, in spec order."""
         return [parse_duration(w) for w in self.windows]
 
+    def op_labels(self) -> list[tuple[str, str]]:
+        """(op, its part of the feature names) per op, in spec order: ``last_n`` with n: 10 is
+        ``last10``, the other ops their own name."""
+        return [(op, f"last{self.n}" if op == "last_n" else op) for op in self.ops]
+
     def feature_names(self) -> list[str]:
         """``<name>_<op>_<window>`` per op and window, in spec order."""
-        return [f"{self.name}_{op}_{w}" for op in self.ops for w in self.windows]
+        return [f"{self.name}_{label}_{w}" for _, label in self.op_labels() for w in self.windows]
 
 
 def _key_fields(value: object) -> object:
@@ -273,6 +280,10 @@ def _check_aggregation(
         numeric = [op for op in agg.ops if op in ("sum", "avg", "stddev")]
         if numeric:
             yield (*at, "ops"), f"{', '.join(numeric)}: needs a numeric field; {agg.field!r} is a str"
+    if "last_n" in agg.ops and agg.n is None:
+        yield (*at, "n"), "last_n needs n: how many of the window's latest values to keep (e.g. n: 10)"
+    elif agg.n is not None and "last_n" not in agg.ops:
+        yield (*at, "n"), "n is only read by the op last_n"
     if agg.where is not None:
         problem = _expression_problem(agg.where, stream.fields)
         if problem:

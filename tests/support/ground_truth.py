@@ -70,9 +70,14 @@ def _is_null(value: Any) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
 
 
-def window_value(op: str, values: pd.Series, times: np.ndarray) -> Any:
-    """One op over one window's non-null values (``times`` aligned with ``values``, processing order)."""
+def window_value(op: str, values: pd.Series, times: np.ndarray, n: int = 0) -> Any:
+    """One op over one window's non-null values (``times`` aligned with ``values``, processing order);
+    ``n``: what last_n keeps."""
     count = len(values)
+    if op == "last_n":
+        # Newest first by time; on equal times the later arrival is newer (stable sort, reversed).
+        order = np.argsort(times, kind="stable")[::-1][:n]
+        return [_python(values.iloc[i]) for i in order]
     if op == "count":
         return count
     if op == "distinct":
@@ -215,10 +220,10 @@ class GroundTruth:
                     per_window[label] = (_EMPTY, _NO_TIMES)
                 else:
                     per_window[label] = (pd.Series(data.value[mask], copy=False), data.time[mask])
-            for op in agg.ops:
+            for op, op_label in agg.op_labels():
                 for label, _ in windows:
                     values, times = per_window[label]
-                    out[f"{agg.name}_{op}_{label}"] = window_value(op, values, times)
+                    out[f"{agg.name}_{op_label}_{label}"] = window_value(op, values, times, agg.n or 0)
         return out
 
 

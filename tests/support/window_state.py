@@ -139,7 +139,8 @@ class Worker:
 
 
 def op_of(spec: Any) -> dict[str, str]:
-    return {f"{a.name}_{op}_{w}": op for a in spec.aggregations for op in a.ops for w in a.windows}
+    labels = [(a, op, label) for a in spec.aggregations for op, label in a.op_labels()]
+    return {f"{a.name}_{label}_{w}": op for a, op, label in labels for w in a.windows}
 
 
 def assert_same(

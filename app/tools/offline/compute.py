@@ -12,6 +12,7 @@ import pandas as pd
 
 from app.config.spec import Pipeline
 from app.errors import InputFileError
+from app.records.cells import csv_text
 from app.tools.offline.events import (
     Accepted,
     GroupEvents,
@@ -136,19 +137,27 @@ def _agg_input(
     return _AggInput(events.keys[sel], events.buckets[sel], events.times[sel], values, numeric, hashes)
 
 
-def _bucket_table(data: _AggInput, ops: frozenset[str]) -> tuple[np.ndarray, np.ndarray, States]:
+def _bucket_table(
+    data: _AggInput, ops: frozenset[str], last_n: int = 0
+) -> tuple[np.ndarray, np.ndarray, States]:
     """(key code, bucket, states) of every (key, bucket) with values, sorted by key then bucket."""
     k, b = data.key_codes, data.buckets
     if not len(k):
-        return _EMPTY, _EMPTY, segment_states(_EMPTY, data.values[:0], _EMPTY, data.numeric, ops, _EMPTY)
+        empty = segment_states(_EMPTY, data.values[:0], _EMPTY, data.numeric, ops, _EMPTY, last_n)
+        return _EMPTY, _EMPTY, empty
     change = np.r_[True, (k[1:] != k[:-1]) | (b[1:] != b[:-1])]
     segment = np.cumsum(change) - 1
-    states = segment_states(segment, data.values, data.times, data.numeric, ops, data.hashes)
+    states = segment_states(segment, data.values, data.times, data.numeric, ops, data.hashes, last_n)
     return k[change], b[change], states
 
 
 def _partial_table(
-    data: _AggInput, q_key: np.ndarray, q_end: np.ndarray, q_time: np.ndarray, ops: frozenset[str]
+    data: _AggInput,
+    q_key: np.ndarray,
+    q_end: np.ndarray,
+    q_time: np.ndarray,
+    ops: frozenset[str],
+    last_n: int = 0,
 ) -> tuple[np.ndarray, States]:
     """Per query: the state of its own bucket b(T) holding only the events with time <= T.
     Returns (row of that state or -1, states)."""
@@ -162,7 +171,7 @@ def _partial_table(
     qs = pairs["q"].to_numpy(dtype=np.int64)
     idx = pairs["i"].to_numpy(dtype=np.int64)
     hashes = data.hashes[idx] if data.hashes is not None else None
-    states = segment_states(qs, data.values[idx], data.times[idx], data.numeric, ops, hashes)
+    states = segment_states(qs, data.values[idx], data.times[idx], data.numeric, ops, hashes, last_n)
     row = np.full(len(q_key), -1, dtype=np.int64)
     if len(qs):
         owners = qs[np.r_[True, qs[1:] != qs[:-1]]]
@@ -189,9 +198,9 @@ def group_features(
         progress(f"{plan.name}.{agg.name}")
         data = _agg_input(agg, events, order, streams, list(stream_names).index(agg.stream), coded)
         ops = frozenset(agg.ops)
-        k, b, full = _bucket_table(data, ops)
+        k, b, full = _bucket_table(data, ops, agg.n)
         if point_in_time:
-            extra, partial = _partial_table(data, q_codes, q_end, q_times, ops)
+            extra, partial = _partial_table(data, q_codes, q_end, q_times, ops, agg.n)
             states = States.concat([full, partial])
             extra = np.where(extra >= 0, extra + len(full), -1)
         else:
@@ -200,11 +209,11 @@ def group_features(
         per_window = {}
         for label, size in agg.windows:
             lo, length = _window_rows(k, b, q_codes, q_end - size + 1, last)
-            per_window[label] = merge_windows(states, lo, length, extra, agg.distinct)
+            per_window[label] = merge_windows(states, lo, length, extra, agg.distinct, agg.n)
         for op in agg.ops:
             for label, _ in agg.windows:
                 values, valid = per_window[label].result(op)
-                out[f"{agg.name}_{op}_{label}"] = _column(op, values, valid, data)
+                out[f"{agg.name}_{agg.label(op)}_{label}"] = _column(op, values, valid, data)
     return out
 
 
@@ -234,6 +243,8 @@ def _window_rows(
 
 
 def _column(op: str, values: np.ndarray, valid: np.ndarray, data: _AggInput) -> pd.Series:
+    if op == "last_n":  # lists of the field's values, newest first ([] for an empty window)
+        return pd.Series(values, dtype=object)
     if op in ("count", "distinct"):
         return pd.Series(values.astype(np.int64))
     if op == "sum":
@@ -458,7 +469,7 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
     if suffix in (".parquet", ".pq"):
         frame.to_parquet(path, index=False)
     elif suffix == ".csv":
-        frame.to_csv(path, index=False)
+        path.write_text(csv_text(frame))
     elif suffix in (".jsonl", ".ndjson", ".json"):
         from app.tools.frames import encode_rows  # orjson: floats in their shortest round-trip form
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from tables.apply import add_distinct
-from tables.read import MergedWindow
+from tables.read import MergedWindow, latest
 from tables.state_format import EXACT_DISTINCT, value_hash
 
 _EMPTY_I = np.zeros(0, dtype=np.int64)
@@ -59,6 +59,7 @@ class States:
     sketches: dict[int, Any] = field(
         default_factory=dict
     )  # segment -> live HLL sketch (no exact hashes then)
+    recent: np.ndarray | None = None  # last_n: per segment its latest [time, value] pairs, oldest first
 
     def __len__(self) -> int:
         return len(self.count)
@@ -82,10 +83,14 @@ class States:
                 arrays = [a.astype(object) for a in arrays]
             return np.concatenate(arrays)
 
+        recent = None
+        if any(p.recent is not None for p in parts):
+            recent = np.concatenate([p.recent if p.recent is not None else _no_recent(len(p)) for p in parts])
         return States(
             cat("count"), cat("sum"), cat("shift"), cat("mean"), cat("m2"),
             cat("min"), cat("max"), cat("first"), cat("last"),
             hash_start=hash_start, hashes=np.concatenate([p.hashes for p in parts]), sketches=sketches,
+            recent=recent,
         )  # fmt: skip
 
 
@@ -96,15 +101,17 @@ def segment_states(
     numeric: bool,
     ops: frozenset[str],
     hashes: np.ndarray | None = None,
+    last_n: int = 0,
 ) -> States:
     """States of the segments of events given in processing order grouped by ``segment`` (sorted
-    ascending, each segment contiguous), exactly as tables.apply._update builds them."""
+    ascending, each segment contiguous), exactly as tables.apply._update builds them; ``last_n``:
+    how many values the op last_n keeps."""
     n = len(segment)
     if n == 0:
         empty_f = np.zeros(0)
         return States(
             _EMPTY_I, empty_f, empty_f, empty_f, empty_f, values[:0], values[:0], values[:0], values[:0],
-            np.zeros(1, dtype=np.int64), _EMPTY_I,
+            np.zeros(1, dtype=np.int64), _EMPTY_I, recent=_no_recent(0) if last_n else None,
         )  # fmt: skip
     starts = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
     sizes = np.diff(np.r_[starts, n])
@@ -149,12 +156,23 @@ def segment_states(
     else:
         vmin = np.minimum.reduceat(values, starts)
         vmax = np.maximum.reduceat(values, starts)
-    if ops & {"first", "last"}:
+    if ops & {"first", "last", "last_n"}:
         by_time = np.lexsort((np.arange(n), times, segment))
+    if ops & {"first", "last"}:
         first = values[by_time[starts]]
         last = values[by_time[np.r_[starts[1:], n] - 1]]
     else:
         first = last = np.zeros(nseg)
+    # last_n: each bucket's latest values by (time, arrival), as tables.apply.add_recent keeps them.
+    recent = None
+    if "last_n" in ops:
+        recent = _no_recent(nseg)
+        ends = np.r_[starts[1:], n]
+        listed = values.tolist()
+        stamps = times.tolist()
+        for s_, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            kept = by_time[max(start, end - last_n) : end].tolist()
+            recent[s_] = [[stamps[i], listed[i]] for i in kept]
     # distinct: the exact hash list per bucket up to EXACT_DISTINCT, else the worker's sketch.
     hash_start = np.zeros(nseg + 1, dtype=np.int64)
     exact = _EMPTY_I
@@ -176,7 +194,15 @@ def segment_states(
             per[big] = 0
         exact = unique["h"].to_numpy(dtype=np.int64)
         hash_start[1:] = np.cumsum(per)
-    return States(count, total, shift, mean, m2, vmin, vmax, first, last, hash_start, exact, sketches)
+    return States(count, total, shift, mean, m2, vmin, vmax, first, last, hash_start, exact, sketches, recent)
+
+
+def _no_recent(size: int) -> np.ndarray:
+    """``size`` empty last_n lists (an object array)."""
+    out = np.empty(size, dtype=object)
+    for i in range(size):
+        out[i] = []
+    return out
 
 
 @dataclass
@@ -192,10 +218,14 @@ class Merged:
     first: np.ndarray
     last: np.ndarray
     distinct: np.ndarray
+    latest: np.ndarray | None = None  # last_n: per query its values, newest first
 
     def result(self, op: str) -> tuple[np.ndarray, np.ndarray]:
         """(values, valid mask) of ``op``; invalid means null (empty window, or stddev below 2)."""
         has = self.count > 0
+        if op == "last_n":
+            assert self.latest is not None
+            return self.latest, np.ones(len(has), dtype=bool)
         if op == "count":
             return self.count, np.ones(len(has), dtype=bool)
         if op == "distinct":
@@ -213,10 +243,11 @@ class Merged:
 
 
 def merge_windows(
-    states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarray, distinct: bool
+    states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarray, distinct: bool, last_n: int = 0
 ) -> Merged:
     """Merge, per query, the states ``lo .. lo + length - 1`` and then ``extra`` (a row of
-    ``states``, or -1 for none), in that order, with the operations of tables.read.MergedWindow.add."""
+    ``states``, or -1 for none), in that order, with the operations of tables.read.MergedWindow.add
+    (and tables.read.latest for last_n)."""
     q = len(lo)
     total_len = length + (extra >= 0)
     perm = np.argsort(-total_len, kind="stable")
@@ -258,9 +289,22 @@ def merge_windows(
         dist[perm] = _distinct_counts(states, lo_p, len_p, ex_p)
     inv = np.empty(q, dtype=np.int64)
     inv[perm] = np.arange(q)
+    latest = _latest(states, lo, length, extra, last_n) if last_n else None
     return Merged(
-        count[inv], s_sum[inv], mean[inv], m2[inv], vmin[inv], vmax[inv], first[inv], last[inv], dist
+        count[inv], s_sum[inv], mean[inv], m2[inv], vmin[inv], vmax[inv], first[inv], last[inv], dist, latest
     )
+
+
+def _latest(states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarray, n: int) -> np.ndarray:
+    """Per query, the last ``n`` values of its rows (``lo ..``, then ``extra``), newest first."""
+    assert states.recent is not None
+    recent = states.recent
+    out = _no_recent(len(lo))
+    for i, (first, size, last) in enumerate(zip(lo.tolist(), length.tolist(), extra.tolist(), strict=True)):
+        rows = range(first, first + size)
+        ordered = [*rows, last] if last >= 0 else rows
+        out[i] = latest([[0, recent[r]] for r in ordered], 1, n)
+    return out
 
 
 def _distinct_counts(states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarray) -> np.ndarray:

@@ -170,6 +170,23 @@ def broken_payments(old: str, new: str) -> str:
 # Several entities per stream: group keys and joins on other fields (docs/pipeline.md).
 INVALID += [
     (
+        broken("field: product, ops: [distinct]", "field: product, ops: [distinct, last_n]"),
+        "features.user.aggregations.2.n: last_n needs n",
+        "{name: products,",
+    ),
+    (
+        broken("field: product, ops: [distinct]", "field: product, n: 5, ops: [distinct]"),
+        "features.user.aggregations.2.n: n is only read by the op last_n",
+        "{name: products,",
+    ),
+    (
+        broken("field: product, ops: [distinct]", "field: product, n: 5000, ops: [last_n]"),
+        "features.user.aggregations.2.n: Input should be less than or equal to 1000",
+        "{name: products,",
+    ),
+]
+INVALID += [
+    (
         broken_payments("key: [card_id, merchant_id]", "key: [card_id, shop_id]"),
         "features.card_merchant.aggregations.0.stream: stream 'payments' has no field 'shop_id' "
         "(the group's key)",

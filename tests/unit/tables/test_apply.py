@@ -24,6 +24,7 @@ from tests.support.window_state import (
     Event,
     Worker,
     assert_same,
+    buckets_of,
     frame,
     group,
     group_spec,
@@ -39,7 +40,7 @@ PERIODS = {"1m": MINUTE, "5m": 5 * MINUTE, "10m": 10 * MINUTE}
 FIELD_OPS = {
     "x": OPS,
     "n": OPS,
-    "word": ("count", "min", "max", "first", "last", "distinct"),
+    "word": ("count", "min", "max", "first", "last", "distinct", "last_n"),
     "y": OPS,
 }
 WHERE = {
@@ -80,6 +81,7 @@ def aggregation(draw: st.DrawFn, index: int, period_minutes: int) -> str:
     parts = [f"name: a{index}", f"stream: {stream}"]
     parts += [f"field: {field_name}"] if field_name else []
     parts += [f"ops: [{', '.join(ops)}]", f"windows: [{', '.join(labels)}]"]
+    parts += [f"n: {draw(st.integers(1, 4))}"] if "last_n" in ops else []
     parts += [f'where: "{where}"'] if where else []
     return "{" + ", ".join(parts) + "}"
 
@@ -154,9 +156,9 @@ def test_matches_ground_truth(scenario: Scenario) -> None:
     truth_late = truth.late_seqs()
     ops = op_of(spec)
     sizes = {
-        f"{a.name}_{op}_{w}": parse_duration(w) // plan.period_ms
+        f"{a.name}_{label}_{w}": parse_duration(w) // plan.period_ms
         for a in spec.aggregations
-        for op in a.ops
+        for _, label in a.op_labels()
         for w in a.windows
     }
     worker = Worker(plan)
@@ -340,6 +342,31 @@ def test_first_and_last_ties_follow_arrival() -> None:
     assert_same(GroundTruth(spec, frame(events)).features("u", t), want, op_of(spec), "reference")
 
 
+def test_last_n_newest_first_ties_follow_arrival_across_buckets() -> None:
+    plan, spec = group("1m", "{name: w, stream: s1, field: word, ops: [last_n], n: 3, windows: [1m, 5m]}")
+    t = BASE + 2 * MINUTE
+    events = [
+        s1("u", t + 10, word="a"),
+        s1("u", t + 30, word="b"),
+        s1("u", t + 10, word="c"),  # tie with a, arrives later: newer than a
+        s1("u", t + 5, word="d"),  # older than all three kept: dropped from this bucket
+        s1("u", t - MINUTE, word="e"),  # the bucket before, arrives last
+        s1("u", t + 20, word=None),  # null: not counted
+    ]
+    worker = Worker(plan)
+    worker.run(events[:3])
+    worker.flush()  # the kept values and their order survive a reload
+    worker.run(events[3:], start=3)
+    want = {"w_last3_1m": ["b", "c", "a"], "w_last3_5m": ["b", "c", "a"]}
+    assert worker.read("u", t) == want
+    assert worker.read("u", t - MINUTE) == {"w_last3_1m": ["e"], "w_last3_5m": ["e"]}
+    assert worker.read("u", t + 5 * MINUTE) == {"w_last3_1m": [], "w_last3_5m": []}  # empty window: []
+    assert GroundTruth(spec, frame(events)).features("u", t) == want
+    worker.flush()
+    counts = sorted((state[0], len(state[1])) for state, *_ in (b[0] for b in buckets_of(worker, "u")))
+    assert counts == [(1, 1), (4, 3)]  # 4 events in the bucket at t, 3 values kept
+
+
 def test_late_boundary_and_filtered_events_still_advance_newest() -> None:
     plan, _ = group(
         "10m",
@@ -410,6 +437,16 @@ def test_state_stays_bounded() -> None:
     worker.flush()
     assert worker.stored_buckets("u") <= plan.retention + 1
     assert sum(len(v) for v in worker.table.values()) < 200_000
+
+
+def test_last_n_state_stays_bounded() -> None:
+    plan, _ = group("5m", "{name: w, stream: s1, field: x, ops: [last_n], n: 5, windows: [30m]}")
+    worker = Worker(plan)
+    for i in range(2_000):  # 2,000 events in one bucket
+        worker.apply(s1("u", BASE + i, float(i)), i)
+    worker.flush()
+    assert worker.read("u", BASE) == {"w_last5_30m": [1999.0, 1998.0, 1997.0, 1996.0, 1995.0]}
+    assert max(len(v) for v in worker.table.values()) < 300
 
 
 def test_distinct_is_exact_below_one_hundred() -> None:

@@ -60,8 +60,15 @@ features:
         field: product
         ops: [distinct, min, max, first, last]
         windows: [1h, 24h]
-      - {name: qty, stream: orders, field: qty, ops: [sum, min, max, distinct, stddev], windows: [24h]}
+      - name: qty
+        stream: orders
+        field: qty
+        ops: [sum, min, max, distinct, stddev, last_n]
+        n: 4
+        windows: [24h]
       - {name: clicks, stream: clicks, ops: [count], windows: [10m, 1h]}
+      - {name: recent, stream: orders, field: amount, ops: [last_n], n: 5, windows: [1h, 24h]}
+      - {name: seen, stream: orders, field: product, ops: [last_n], n: 3, windows: [1h]}
   pages:
     key: user_id
     period: 5m
