@@ -12,6 +12,7 @@ from tables.key_state import KeyState
 from tables.plans import (
     DISTINCT,
     FIRST_T,
+    FREQUENT,
     LAST_T,
     M2,
     MAX,
@@ -26,13 +27,17 @@ from tables.plans import (
 from tables.state_format import (
     AGGREGATIONS,
     EXACT_DISTINCT,
+    EXACT_TOP,
+    FREQUENT_LG,
     HLL_LG_K,
     LAYOUT,
     OFFSETS,
     AggState,
     convert,
+    frequent_of,
     sketch_of,
     value_hash,
+    value_text,
 )
 
 Outcome = Literal["applied", "duplicate", "late"]
@@ -106,7 +111,9 @@ def _update(agg: AggState | None, value: Any, time_ms: int, plan: AggregationPla
         x = float(value) if numeric else 0.0
         hashes = [value_hash(value)] if plan.distinct else []
         recent = [[time_ms, value]]
-        canonical = (1, x, 0.0, 0.0, value, value, time_ms, value, time_ms, value, hashes, x, recent)
+        frequent = {value_text(value): 1} if plan.k else {}
+        canonical: tuple[Any, ...] = (1, x, 0.0, 0.0, value, value, time_ms, value, time_ms, value, hashes, x)
+        canonical += (recent, frequent)
         return [canonical[f] for f in plan.layout]
     count = agg[0] + 1  # count: always the first field
     agg[0] = count
@@ -140,7 +147,31 @@ def _update(agg: AggState | None, value: Any, time_ms: int, plan: AggregationPla
     i = at[RECENT]
     if i >= 0:
         add_recent(agg[i], time_ms, value, plan.n)
+    i = at[FREQUENT]
+    if i >= 0:
+        agg[i] = add_frequent(agg[i], value_text(value))
     return agg
+
+
+def add_frequent(counts: dict[str, int] | str | Any, text: str) -> dict[str, int] | Any:
+    """``counts`` (exact counts by value text, a sketch in its stored form, or live) with one more
+    ``text``; a live frequent-items sketch past ``EXACT_TOP`` distinct values. May change it in place."""
+    if isinstance(counts, dict):
+        if text in counts:
+            counts[text] += 1
+            return counts
+        if len(counts) < EXACT_TOP:
+            counts[text] = 1
+            return counts
+        sketch = datasketches.frequent_strings_sketch(FREQUENT_LG)
+        for known, count in counts.items():
+            sketch.update(known, count)
+    elif isinstance(counts, str):
+        sketch = frequent_of(counts)
+    else:
+        sketch = counts
+    sketch.update(text)
+    return sketch
 
 
 def add_recent(recent: list[list[Any]], time_ms: int, value: Any, n: int) -> None:

@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.config.expressions import Expression
-from app.config.spec import FeatureGroupSpec, Pipeline, parse_duration
+from app.config.spec import FeatureGroupSpec, Pipeline, op_label, parse_duration
 
 #: The canonical fields of an aggregation state, by position (a state keeps those its ops read, in
 #: this order; docs/state-format.md).
-COUNT, SUM, MEAN, M2, MIN, MAX, FIRST_T, FIRST_V, LAST_T, LAST_V, DISTINCT, SHIFT, RECENT = range(13)
-FIELDS = 13
+COUNT, SUM, MEAN, M2, MIN, MAX, FIRST_T, FIRST_V, LAST_T, LAST_V, DISTINCT, SHIFT = range(12)
+RECENT, FREQUENT = 12, 13  # last_n, top_k
+FIELDS = 14
 #: The fields of a bucket written before layouts were recorded (no tag): the first twelve.
 ALL_FIELDS = (1 << 12) - 1
 #: The canonical fields each op reads (count is always kept).
@@ -29,6 +30,7 @@ OP_FIELDS: dict[str, tuple[int, ...]] = {
     "last": (LAST_T, LAST_V),
     "distinct": (DISTINCT,),
     "last_n": (RECENT,),
+    "top_k": (FREQUENT,),
 }
 
 
@@ -44,6 +46,7 @@ class AggregationPlan:
     windows: tuple[tuple[str, int], ...]  # (label as written, number of buckets)
     where: Expression | None
     n: int = 0  # values last_n keeps (0: no last_n)
+    k: int = 0  # values top_k answers (0: no top_k)
     # whether it keeps value hashes (`dataclasses.`: the attribute `field` above shadows the function)
     distinct: bool = dataclasses.field(init=False, compare=False, repr=False)
     #: bitmask of the canonical fields its state keeps; the canonical fields kept, in order; per
@@ -65,7 +68,7 @@ class AggregationPlan:
 
     def label(self, op: str) -> str:
         """The op's part of its feature names (``last10`` for last_n with n = 10)."""
-        return f"last{self.n}" if op == "last_n" else op
+        return op_label(op, self.n, self.k)
 
     def wants(self, fields: Mapping[str, Any]) -> bool:
         """Whether an event feeds this aggregation (its `where` holds). Raises on expression failure."""
@@ -131,6 +134,7 @@ class GroupPlan:
                 windows=tuple((w, parse_duration(w) // period) for w in a.windows),
                 where=Expression(a.where) if a.where else None,
                 n=a.n or 0,
+                k=a.k or 0,
             )
             for i, a in enumerate(spec.aggregations)
         )

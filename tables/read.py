@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import datasketches
+import orjson
 
 from tables.key_state import KeyState
 from tables.plans import (
@@ -16,6 +17,7 @@ from tables.plans import (
     DISTINCT,
     FIRST_T,
     FIRST_V,
+    FREQUENT,
     LAST_T,
     LAST_V,
     M2,
@@ -27,7 +29,16 @@ from tables.plans import (
     SUM,
     GroupPlan,
 )
-from tables.state_format import AGGREGATIONS, HLL_LG_K, LAYOUT, AggState, convert, sketch_of
+from tables.state_format import (
+    AGGREGATIONS,
+    FREQUENT_LG,
+    HLL_LG_K,
+    LAYOUT,
+    AggState,
+    convert,
+    frequent_of,
+    sketch_of,
+)
 
 
 @dataclass
@@ -121,6 +132,7 @@ def _window_results(
     at: tuple[int, ...],
     out: list[Any],
     last_n: int = 0,
+    top_k: int = 0,
 ) -> None:
     """``out[position] = result`` for each (op, position) of ``ops`` over bucket states in time order
     (in the layout ``at``: position per canonical field): the operations of :meth:`MergedWindow.add` and
@@ -132,6 +144,8 @@ def _window_results(
     for op, position in ops:
         if op == "last_n":
             out[position] = latest(states, at[RECENT], last_n)
+        elif op == "top_k":
+            out[position] = most_frequent(states, at[FREQUENT], top_k)
         elif op == "count":
             out[position] = count
         elif op == "sum" or op == "avg":
@@ -236,6 +250,38 @@ def latest(states: list[AggState], i: int, n: int) -> list[Any]:
     return values
 
 
+def most_frequent(states: list[AggState], i: int, k: int) -> list[list[Any]]:
+    """The ``k`` most frequent values of bucket states in time order (each keeping exact counts by
+    value text, or a frequent-items sketch, at position ``i``) as ``[value, count]``, most frequent
+    first, ties by smaller value: exact counts when every bucket is exact, else the merged sketch's
+    estimates (docs/features.md gives the bound)."""
+    exact: dict[str, int] = {}
+    sketches: list[Any] = []
+    for agg in states:
+        counts = agg[i]
+        if isinstance(counts, dict):
+            for text, count in counts.items():
+                exact[text] = exact.get(text, 0) + count
+        else:
+            if isinstance(counts, str):  # decoded once per loaded bucket, kept live
+                counts = agg[i] = frequent_of(counts)
+            sketches.append(counts)
+    if sketches:
+        merged = datasketches.frequent_strings_sketch(FREQUENT_LG)
+        for sketch in sketches:
+            merged.merge(sketch)
+        for text, count in exact.items():
+            merged.update(text, count)
+        rows = merged.get_frequent_items(datasketches.frequent_items_error_type.NO_FALSE_NEGATIVES)
+        exact = {text: int(estimate) for text, estimate, _, _ in rows}
+    ranked = sorted(((orjson.loads(text), count) for text, count in exact.items()), key=_by_count)
+    return [[value, count] for value, count in ranked[:k]]
+
+
+def _by_count(item: tuple[Any, int]) -> tuple[int, Any]:
+    return -item[1], item[0]
+
+
 def read_features(
     plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | Selection | None = None
 ) -> dict[str, Any]:
@@ -260,7 +306,7 @@ def read_features(
         first = bisect_left(numbers, end - size + 1)
         states = [agg for a in slots[first:] if (agg := a[index]) is not None]
         aggregation = aggregations[index]
-        _window_results(states, ops, aggregation.at, out, aggregation.n)
+        _window_results(states, ops, aggregation.at, out, aggregation.n, aggregation.k)
     if outputs is None:
         return dict(zip(plan.names, out, strict=True))
     return {name: out[i] for name, i in outputs}

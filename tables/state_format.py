@@ -20,6 +20,9 @@ AGGREGATIONS, LAYOUT, OFFSETS = range(3)
 
 EXACT_DISTINCT = 128  # per bucket; beyond it a bucket keeps a sketch instead of the hashes
 HLL_LG_K = 14  # HyperLogLog precision of a bucket's sketch (docs/state-format.md)
+EXACT_TOP = 1_000  # top_k: distinct values a bucket counts exactly; beyond, a frequent-items sketch
+FREQUENT_LG = 10  # log2 of the frequent-items sketch's largest map (counts within 0.34 % of N)
+TOP_PREFIX = "f:"  # a stored frequent-items sketch: "f:" + base64 (an exact count map is an object)
 logger = logging.getLogger(__name__)
 
 
@@ -36,10 +39,24 @@ def sketch_of(text: str) -> Any:
     return datasketches.hll_sketch.deserialize(base64.b64decode(text))
 
 
+def frequent_of(text: str) -> Any:
+    """A bucket's top_k sketch from its stored form (``TOP_PREFIX`` + base64)."""
+    return datasketches.frequent_strings_sketch.deserialize(base64.b64decode(text[len(TOP_PREFIX) :]))
+
+
+def value_text(value: Any) -> str:
+    """A field value as top_k counts it: its JSON text (one text per value, whatever its type)."""
+    if isinstance(value, float):
+        value += 0.0  # -0.0 == 0.0: one value
+    return orjson.dumps(value).decode()
+
+
 def _stored_form(value: Any) -> str:
-    """orjson's ``default`` for a bucket: a distinct sketch kept live in memory, as stored."""
+    """orjson's ``default`` for a bucket: a sketch kept live in memory, as stored."""
     if isinstance(value, datasketches.hll_sketch):
         return base64.b64encode(value.serialize_compact()).decode("ascii")
+    if isinstance(value, datasketches.frequent_strings_sketch):
+        return TOP_PREFIX + base64.b64encode(value.serialize()).decode("ascii")
     raise TypeError(f"{type(value).__name__} is not part of a bucket record")
 
 

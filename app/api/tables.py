@@ -19,7 +19,7 @@ from app.api.forwarding import answer_elsewhere, ask, is_forwarded, partitions_b
 from app.api.http import JSON, HttpError, error_response
 from app.api.models import LookupBatchRequest, ScanQuery
 from app.api.placement import Unavailable
-from app.records.cells import csv_text
+from app.records.cells import csv_text, parquet_ready
 from app.records.keys import split_key
 from app.records.partitioning import partition_for
 from tables.read import outside_retention, read_features, selection
@@ -183,7 +183,7 @@ def encode(fmt: str, answer: dict[str, Any]) -> tuple[bytes, str]:
     if fmt == "csv":
         return csv_text(frame).encode("utf-8"), "text/csv"
     buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
+    parquet_ready(frame).to_parquet(buffer, index=False)
     return buffer.getvalue(), PARQUET
 
 

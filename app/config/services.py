@@ -54,7 +54,7 @@ class ServicePlan:
 def feature_types(pipeline: Pipeline, group: str) -> dict[str, str]:
     """The JSON type of each feature of ``group``: int for counts, float for sums and means, the
     field's type for min, max, first and last (values may be null: empty windows), list for last_n
-    (of the field's values)."""
+    (of the field's values) and top_k (of [value, count] pairs)."""
     types = {}
     for agg in pipeline.features[group].aggregations:
         field = pipeline.streams[agg.stream].fields.get(agg.field or "", "float")

@@ -16,8 +16,9 @@ from app.config.expressions import Expression, ExpressionError
 from app.errors import SpecError
 
 FIELD_TYPES = ("str", "int", "float", "bool")
-OPS = ("count", "sum", "avg", "min", "max", "stddev", "first", "last", "distinct", "last_n")
+OPS = ("count", "sum", "avg", "min", "max", "stddev", "first", "last", "distinct", "last_n", "top_k")
 MAX_LAST_N = 1_000  # the largest ``n`` of last_n: a bucket keeps at most n values
+MAX_TOP_K = 1_000  # the largest ``k`` of top_k (exact up to 1,000 distinct values per bucket)
 _UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -50,6 +51,15 @@ def _op(value: str) -> str:
     if value not in OPS:
         raise ValueError(f"unknown op {value!r} (expected one of {', '.join(OPS)})")
     return value
+
+
+def op_label(op: str, n: int | None, k: int | None) -> str:
+    """An op's part of its feature names: ``last{n}`` for last_n, ``top{k}`` for top_k, else the op."""
+    if op == "last_n":
+        return f"last{n}"
+    if op == "top_k":
+        return f"top{k}"
+    return op
 
 
 def _name(value: str) -> str:
@@ -111,6 +121,7 @@ class AggregationSpec(_Model):
     windows: list[Duration] = Field(min_length=1)
     where: str | None = None
     n: int | None = Field(default=None, ge=1, le=MAX_LAST_N, description="How many values last_n keeps.")
+    k: int | None = Field(default=None, ge=1, le=MAX_TOP_K, description="How many values top_k answers.")
 
     @property
     def windows_ms(self) -> list[int]:
@@ -119,8 +130,8 @@ class AggregationSpec(_Model):
 
     def op_labels(self) -> list[tuple[str, str]]:
         """(op, its part of the feature names) per op, in spec order: ``last_n`` with n: 10 is
-        ``last10``, the other ops their own name."""
-        return [(op, f"last{self.n}" if op == "last_n" else op) for op in self.ops]
+        ``last10``, ``top_k`` with k: 5 is ``top5``, the other ops their own name."""
+        return [(op, op_label(op, self.n, self.k)) for op in self.ops]
 
     def feature_names(self) -> list[str]:
         """``<name>_<op>_<window>`` per op and window, in spec order."""
@@ -284,6 +295,10 @@ def _check_aggregation(
         yield (*at, "n"), "last_n needs n: how many of the window's latest values to keep (e.g. n: 10)"
     elif agg.n is not None and "last_n" not in agg.ops:
         yield (*at, "n"), "n is only read by the op last_n"
+    if "top_k" in agg.ops and agg.k is None:
+        yield (*at, "k"), "top_k needs k: how many of the window's most frequent values to answer (e.g. k: 5)"
+    elif agg.k is not None and "top_k" not in agg.ops:
+        yield (*at, "k"), "k is only read by the op top_k"
     if agg.where is not None:
         problem = _expression_problem(agg.where, stream.fields)
         if problem:

@@ -1,10 +1,32 @@
-"""Feature values in text tables: a CSV cell holds a list-valued feature (last_n) as JSON, so it reads
-back with any JSON parser (pandas would write Python's repr). Pure."""
+"""List-valued features (last_n, top_k) in tables: a CSV cell holds the JSON array (pandas would write
+Python's repr); in Parquet a top_k cell is a list of {value, count} structs (a [value, count] pair
+mixes types, which Arrow lists cannot). Pure."""
 
 from __future__ import annotations
 
 import orjson
 import pandas as pd
+
+
+def _pairs(column: pd.Series) -> bool:
+    """Whether ``column`` holds top_k answers: lists of [value, count] pairs."""
+    return column.dtype == object and any(
+        isinstance(v, list) and v and isinstance(v[0], list) for v in column
+    )
+
+
+def parquet_ready(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each top_k cell as a list of ``{"value", "count"}`` (a copy when it changes)."""
+    paired = [name for name in frame.columns if _pairs(frame[name])]
+    if paired:
+        frame = frame.copy()
+        for name in paired:
+            cells = [
+                [{"value": v, "count": c} for v, c in cell] if isinstance(cell, list) else cell
+                for cell in frame[name]
+            ]
+            frame[name] = pd.Series(cells, index=frame.index, dtype=object)
+    return frame
 
 
 def csv_text(frame: pd.DataFrame) -> str:

@@ -26,6 +26,7 @@ event field, in *processing* order (row order); columns named ``seq``, ``bucket`
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,10 +71,14 @@ def _is_null(value: Any) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
 
 
-def window_value(op: str, values: pd.Series, times: np.ndarray, n: int = 0) -> Any:
+def window_value(op: str, values: pd.Series, times: np.ndarray, n: int = 0, k: int = 0) -> Any:
     """One op over one window's non-null values (``times`` aligned with ``values``, processing order);
-    ``n``: what last_n keeps."""
+    ``n``: what last_n keeps, ``k``: what top_k answers."""
     count = len(values)
+    if op == "top_k":
+        counts = Counter(_python(v) for v in values)
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        return [[value, c] for value, c in ranked[:k]]
     if op == "last_n":
         # Newest first by time; on equal times the later arrival is newer (stable sort, reversed).
         order = np.argsort(times, kind="stable")[::-1][:n]
@@ -223,7 +228,8 @@ class GroundTruth:
             for op, op_label in agg.op_labels():
                 for label, _ in windows:
                     values, times = per_window[label]
-                    out[f"{agg.name}_{op_label}_{label}"] = window_value(op, values, times, agg.n or 0)
+                    value = window_value(op, values, times, agg.n or 0, agg.k or 0)
+                    out[f"{agg.name}_{op_label}_{label}"] = value
         return out
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from app.config.spec import Pipeline
 from app.errors import InputFileError
-from app.records.cells import csv_text
+from app.records.cells import csv_text, parquet_ready
 from app.tools.offline.events import (
     Accepted,
     GroupEvents,
@@ -209,7 +209,7 @@ def group_features(
         per_window = {}
         for label, size in agg.windows:
             lo, length = _window_rows(k, b, q_codes, q_end - size + 1, last)
-            per_window[label] = merge_windows(states, lo, length, extra, agg.distinct, agg.n)
+            per_window[label] = merge_windows(states, lo, length, extra, agg.distinct, agg.n, agg.k)
         for op in agg.ops:
             for label, _ in agg.windows:
                 values, valid = per_window[label].result(op)
@@ -243,7 +243,7 @@ def _window_rows(
 
 
 def _column(op: str, values: np.ndarray, valid: np.ndarray, data: _AggInput) -> pd.Series:
-    if op == "last_n":  # lists of the field's values, newest first ([] for an empty window)
+    if op in ("last_n", "top_k"):  # lists ([] for an empty window)
         return pd.Series(values, dtype=object)
     if op in ("count", "distinct"):
         return pd.Series(values.astype(np.int64))
@@ -467,7 +467,7 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
     """Parquet (.parquet/.pq), CSV (.csv) or JSONL (.jsonl/.ndjson) by the suffix."""
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        frame.to_parquet(path, index=False)
+        parquet_ready(frame).to_parquet(path, index=False)
     elif suffix == ".csv":
         path.write_text(csv_text(frame))
     elif suffix in (".jsonl", ".ndjson", ".json"):

@@ -3,15 +3,16 @@ tables/read.py: the worker's float operations in its order, across all segments 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tables.apply import add_distinct
-from tables.read import MergedWindow, latest
-from tables.state_format import EXACT_DISTINCT, value_hash
+from tables.apply import add_distinct, add_frequent
+from tables.read import MergedWindow, latest, most_frequent
+from tables.state_format import EXACT_DISTINCT, value_hash, value_text
 
 _EMPTY_I = np.zeros(0, dtype=np.int64)
 
@@ -60,6 +61,7 @@ class States:
         default_factory=dict
     )  # segment -> live HLL sketch (no exact hashes then)
     recent: np.ndarray | None = None  # last_n: per segment its latest [time, value] pairs, oldest first
+    frequent: np.ndarray | None = None  # top_k: per segment its counts by value text, or its sketch
 
     def __len__(self) -> int:
         return len(self.count)
@@ -83,14 +85,18 @@ class States:
                 arrays = [a.astype(object) for a in arrays]
             return np.concatenate(arrays)
 
-        recent = None
+        recent = frequent = None
         if any(p.recent is not None for p in parts):
             recent = np.concatenate([p.recent if p.recent is not None else _no_recent(len(p)) for p in parts])
+        if any(p.frequent is not None for p in parts):
+            frequent = np.concatenate(
+                [p.frequent if p.frequent is not None else _no_recent(len(p)) for p in parts]
+            )
         return States(
             cat("count"), cat("sum"), cat("shift"), cat("mean"), cat("m2"),
             cat("min"), cat("max"), cat("first"), cat("last"),
             hash_start=hash_start, hashes=np.concatenate([p.hashes for p in parts]), sketches=sketches,
-            recent=recent,
+            recent=recent, frequent=frequent,
         )  # fmt: skip
 
 
@@ -112,6 +118,7 @@ def segment_states(
         return States(
             _EMPTY_I, empty_f, empty_f, empty_f, empty_f, values[:0], values[:0], values[:0], values[:0],
             np.zeros(1, dtype=np.int64), _EMPTY_I, recent=_no_recent(0) if last_n else None,
+            frequent=_no_recent(0) if "top_k" in ops else None,
         )  # fmt: skip
     starts = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
     sizes = np.diff(np.r_[starts, n])
@@ -173,6 +180,17 @@ def segment_states(
         for s_, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
             kept = by_time[max(start, end - last_n) : end].tolist()
             recent[s_] = [[stamps[i], listed[i]] for i in kept]
+    # top_k: each bucket's counts by value text, replayed through tables.apply.add_frequent in order.
+    frequent = None
+    if "top_k" in ops:
+        frequent = np.empty(nseg, dtype=object)
+        texts = [value_text(v) for v in values.tolist()]
+        ends = np.r_[starts[1:], n]
+        for s_, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            counts: Any = {}
+            for text in texts[start:end]:
+                counts = add_frequent(counts, text)
+            frequent[s_] = counts
     # distinct: the exact hash list per bucket up to EXACT_DISTINCT, else the worker's sketch.
     hash_start = np.zeros(nseg + 1, dtype=np.int64)
     exact = _EMPTY_I
@@ -194,7 +212,9 @@ def segment_states(
             per[big] = 0
         exact = unique["h"].to_numpy(dtype=np.int64)
         hash_start[1:] = np.cumsum(per)
-    return States(count, total, shift, mean, m2, vmin, vmax, first, last, hash_start, exact, sketches, recent)
+    return States(
+        count, total, shift, mean, m2, vmin, vmax, first, last, hash_start, exact, sketches, recent, frequent
+    )
 
 
 def _no_recent(size: int) -> np.ndarray:
@@ -219,13 +239,15 @@ class Merged:
     last: np.ndarray
     distinct: np.ndarray
     latest: np.ndarray | None = None  # last_n: per query its values, newest first
+    top: np.ndarray | None = None  # top_k: per query its [value, count] pairs
 
     def result(self, op: str) -> tuple[np.ndarray, np.ndarray]:
         """(values, valid mask) of ``op``; invalid means null (empty window, or stddev below 2)."""
         has = self.count > 0
-        if op == "last_n":
-            assert self.latest is not None
-            return self.latest, np.ones(len(has), dtype=bool)
+        if op in ("last_n", "top_k"):
+            lists = self.latest if op == "last_n" else self.top
+            assert lists is not None
+            return lists, np.ones(len(has), dtype=bool)
         if op == "count":
             return self.count, np.ones(len(has), dtype=bool)
         if op == "distinct":
@@ -243,11 +265,17 @@ class Merged:
 
 
 def merge_windows(
-    states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarray, distinct: bool, last_n: int = 0
+    states: States,
+    lo: np.ndarray,
+    length: np.ndarray,
+    extra: np.ndarray,
+    distinct: bool,
+    last_n: int = 0,
+    top_k: int = 0,
 ) -> Merged:
     """Merge, per query, the states ``lo .. lo + length - 1`` and then ``extra`` (a row of
     ``states``, or -1 for none), in that order, with the operations of tables.read.MergedWindow.add
-    (and tables.read.latest for last_n)."""
+    (and tables.read.latest for last_n, tables.read.most_frequent for top_k)."""
     q = len(lo)
     total_len = length + (extra >= 0)
     perm = np.argsort(-total_len, kind="stable")
@@ -290,9 +318,36 @@ def merge_windows(
     inv = np.empty(q, dtype=np.int64)
     inv[perm] = np.arange(q)
     latest = _latest(states, lo, length, extra, last_n) if last_n else None
+    top = _top(states, lo, length, extra, top_k) if top_k else None
     return Merged(
-        count[inv], s_sum[inv], mean[inv], m2[inv], vmin[inv], vmax[inv], first[inv], last[inv], dist, latest
+        count[inv],
+        s_sum[inv],
+        mean[inv],
+        m2[inv],
+        vmin[inv],
+        vmax[inv],
+        first[inv],
+        last[inv],
+        dist,
+        latest,
+        top,
     )
+
+
+def _rows(lo: np.ndarray, length: np.ndarray, extra: np.ndarray) -> Iterator[list[int]]:
+    """Per query, its rows in merge order: ``lo ..`` then ``extra``."""
+    for first, size, last in zip(lo.tolist(), length.tolist(), extra.tolist(), strict=True):
+        yield [*range(first, first + size), *([last] if last >= 0 else [])]
+
+
+def _top(states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarray, k: int) -> np.ndarray:
+    """Per query, the ``k`` most frequent values of its rows as the worker reads them."""
+    assert states.frequent is not None
+    frequent = states.frequent
+    out = _no_recent(len(lo))
+    for i, rows in enumerate(_rows(lo, length, extra)):
+        out[i] = most_frequent([[0, frequent[r]] for r in rows], 1, k)
+    return out
 
 
 def _latest(states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarray, n: int) -> np.ndarray:
@@ -300,10 +355,8 @@ def _latest(states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarra
     assert states.recent is not None
     recent = states.recent
     out = _no_recent(len(lo))
-    for i, (first, size, last) in enumerate(zip(lo.tolist(), length.tolist(), extra.tolist(), strict=True)):
-        rows = range(first, first + size)
-        ordered = [*rows, last] if last >= 0 else rows
-        out[i] = latest([[0, recent[r]] for r in ordered], 1, n)
+    for i, rows in enumerate(_rows(lo, length, extra)):
+        out[i] = latest([[0, recent[r]] for r in rows], 1, n)
     return out
 
 

@@ -180,6 +180,16 @@ INVALID += [
         "{name: products,",
     ),
     (
+        broken("field: product, ops: [distinct]", "field: product, ops: [top_k]"),
+        "features.user.aggregations.2.k: top_k needs k",
+        "{name: products,",
+    ),
+    (
+        broken("field: product, ops: [distinct]", "field: product, k: 3, ops: [last_n], n: 2"),
+        "features.user.aggregations.2.k: k is only read by the op top_k",
+        "{name: products,",
+    ),
+    (
         broken("field: product, ops: [distinct]", "field: product, n: 5000, ops: [last_n]"),
         "features.user.aggregations.2.n: Input should be less than or equal to 1000",
         "{name: products,",

@@ -40,7 +40,7 @@ PERIODS = {"1m": MINUTE, "5m": 5 * MINUTE, "10m": 10 * MINUTE}
 FIELD_OPS = {
     "x": OPS,
     "n": OPS,
-    "word": ("count", "min", "max", "first", "last", "distinct", "last_n"),
+    "word": ("count", "min", "max", "first", "last", "distinct", "last_n", "top_k"),
     "y": OPS,
 }
 WHERE = {
@@ -82,6 +82,7 @@ def aggregation(draw: st.DrawFn, index: int, period_minutes: int) -> str:
     parts += [f"field: {field_name}"] if field_name else []
     parts += [f"ops: [{', '.join(ops)}]", f"windows: [{', '.join(labels)}]"]
     parts += [f"n: {draw(st.integers(1, 4))}"] if "last_n" in ops else []
+    parts += [f"k: {draw(st.integers(1, 4))}"] if "top_k" in ops else []
     parts += [f'where: "{where}"'] if where else []
     return "{" + ", ".join(parts) + "}"
 
@@ -484,3 +485,44 @@ def test_distinct_within_three_percent_at_ten_thousand(exact_buckets: int) -> No
     estimate = worker.read("u", BASE + 59 * MINUTE)["d_distinct_1h"]
     assert abs(estimate - 10_000) / 10_000 <= 0.03, estimate
     assert worker.stored_buckets("u") == 60
+
+
+def test_top_k_exact_counts_ties_by_smaller_value_and_empty() -> None:
+    plan, spec = group("1m", "{name: t, stream: s1, field: word, ops: [top_k], k: 2, windows: [1m, 5m]}")
+    t = BASE + 2 * MINUTE
+    words = ["b", "a", "c", "b", "a", "c", "c"]
+    events = [s1("u", t + i, word=w) for i, w in enumerate(words)] + [s1("u", t - MINUTE, word="a")]
+    worker = Worker(plan)
+    worker.run(events)
+    worker.flush()
+    want = {"t_top2_1m": [["c", 3], ["a", 2]], "t_top2_5m": [["a", 3], ["c", 3]]}  # a ties c: a first
+    assert worker.read("u", t) == want
+    assert GroundTruth(spec, frame(events)).features("u", t) == want
+    assert worker.read("u", t + 9 * MINUTE) == {"t_top2_1m": [], "t_top2_5m": []}
+
+
+def test_top_k_beyond_one_thousand_distinct_values_within_the_stated_bound() -> None:
+    """3,000 distinct values (skewed) over two one-minute buckets: the buckets switch to the
+    frequent-items sketch; the top 5 are the true top 5, each count within 0.34 % of the events."""
+    plan, spec = group("1m", "{name: t, stream: s1, field: n, ops: [top_k], k: 5, windows: [5m]}")
+    rng = random.Random(3)
+    events = [
+        s1("u", BASE + rng.randrange(2 * MINUTE), n=int(rng.paretovariate(0.8)) % 3000) for _ in range(20_000)
+    ]
+    events += [s1("u", BASE + MINUTE + i, n=10_000 + i) for i in range(3000)]  # 3,000 values seen once
+    worker = Worker(plan)
+    worker.run(events[:15_000])
+    worker.flush()  # sketches stored and read back, then updated again
+    worker.run(events[15_000:], start=15_000)
+    live = worker.read("u", BASE + MINUTE)
+    worker.flush()
+    stored = worker.read("u", BASE + MINUTE)
+    assert live == stored
+    got = stored["t_top5_5m"]
+    want = GroundTruth(spec, frame(events)).features("u", BASE + MINUTE)["t_top5_5m"]
+    assert [v for v, _ in got] == [v for v, _ in want]
+    bound = 3.5 / 1024 * len(events)
+    assert all(abs(c - w) <= bound for (_, c), (_, w) in zip(got, want, strict=True)), (got, want)
+    forms = sorted(type(b[0][0][1]).__name__ for b in buckets_of(worker, "u"))
+    assert forms == ["dict", "str"]  # minute 0 still exact, minute 1 (> 1,000 values) a sketch
+    assert max(len(v) for v in worker.table.values()) < 20_000

@@ -68,7 +68,8 @@ features:
         windows: [24h]
       - {name: clicks, stream: clicks, ops: [count], windows: [10m, 1h]}
       - {name: recent, stream: orders, field: amount, ops: [last_n], n: 5, windows: [1h, 24h]}
-      - {name: seen, stream: orders, field: product, ops: [last_n], n: 3, windows: [1h]}
+      - {name: seen, stream: orders, field: product, ops: [last_n, top_k], n: 3, k: 4, windows: [1h, 24h]}
+      - {name: sizes, stream: orders, field: qty, ops: [top_k], k: 3, windows: [24h]}
   pages:
     key: user_id
     period: 5m
@@ -100,15 +101,17 @@ def shop_frames(
     orders.loc[rng.random(n_orders) < 0.03, "amount"] = np.nan  # `amount > 250` fails: dead letter
     orders.loc[rng.random(n_orders) < 0.02, "product"] = None
     orders.loc[rng.random(n_orders) < 0.01, "user_id"] = None  # missing key: dead letter
-    # One key with 300 distinct products in one bucket: that bucket keeps a HyperLogLog sketch.
+    # One key with 1,200 distinct products in one bucket: that bucket keeps a HyperLogLog sketch for
+    # distinct and a frequent-items sketch for top_k (a few products seen more often).
+    products = [f"h{i}" for i in range(1200)] + [f"h{i % 7}" for i in range(100)]
     heavy = pd.DataFrame(
         {
             "user_id": "heavy",
-            "product": [f"h{i}" for i in range(300)],
-            "amount": rng.uniform(1, 300, 300),
-            "qty": pd.array(rng.integers(1, 9, 300), dtype="Int64"),
+            "product": products,
+            "amount": rng.uniform(1, 300, len(products)),
+            "qty": pd.array(rng.integers(1, 9, len(products)), dtype="Int64"),
             "status": "paid",
-            "ts": T0 + 20 * HOUR + np.arange(300) * 1000,
+            "ts": T0 + 20 * HOUR + np.arange(len(products)) * 200,
         }
     )
     late = orders.dropna(subset=["user_id"]).sample(40, random_state=seed).copy()
@@ -213,7 +216,8 @@ def test_compute_equals_the_worker_bit_for_bit(tmp_path: Path) -> None:
                 checked += 1
     assert checked > 5_000
     heavy = got["user"].set_index(["key", "at"]).loc[("heavy", T0 + 20 * HOUR + 5 * MIN)]
-    assert 290 <= heavy["products_distinct_1h"] <= 310  # the sketch's estimate, same bits as online
+    assert 1164 <= heavy["products_distinct_1h"] <= 1236  # the sketch's estimate, same bits as online
+    assert [v for v, _ in heavy["seen_top4_1h"]] == ["h0", "h1", "h2", "h3"]  # seen 15 times each
     assert report.late > 30  # late clicks of `pages`, dropped from `user` too, and the 40 late orders
 
 
