@@ -21,19 +21,23 @@ from tables.plans import (
     RECENT,
     SHIFT,
     SUM,
+    VALUES,
     AggregationPlan,
     GroupPlan,
 )
 from tables.state_format import (
     AGGREGATIONS,
     EXACT_DISTINCT,
+    EXACT_QUANTILE,
     EXACT_TOP,
     FREQUENT_LG,
     HLL_LG_K,
     LAYOUT,
     OFFSETS,
+    TDIGEST_K,
     AggState,
     convert,
+    digest_of,
     frequent_of,
     sketch_of,
     value_hash,
@@ -113,7 +117,7 @@ def _update(agg: AggState | None, value: Any, time_ms: int, plan: AggregationPla
         recent = [[time_ms, value]]
         frequent = {value_text(value): 1} if plan.k else {}
         canonical: tuple[Any, ...] = (1, x, 0.0, 0.0, value, value, time_ms, value, time_ms, value, hashes, x)
-        canonical += (recent, frequent)
+        canonical += (recent, frequent, [x])
         return [canonical[f] for f in plan.layout]
     count = agg[0] + 1  # count: always the first field
     agg[0] = count
@@ -150,7 +154,31 @@ def _update(agg: AggState | None, value: Any, time_ms: int, plan: AggregationPla
     i = at[FREQUENT]
     if i >= 0:
         agg[i] = add_frequent(agg[i], value_text(value))
+    i = at[VALUES]
+    if i >= 0 and numeric:
+        agg[i] = add_value(agg[i], float(value))
     return agg
+
+
+def add_value(values: list[float] | str | Any, x: float) -> list[float] | Any:
+    """``values`` (the bucket's values in arrival order, a t-digest in its stored form, or live) with
+    ``x``; a live t-digest past ``EXACT_QUANTILE`` values. May change it in place. The digest is
+    compressed after every value: a stored digest reads back as the same state, so the answers do not
+    depend on when a batch wrote it (and `hydrant compute`, which never stores one, gives the same)."""
+    if isinstance(values, list):
+        if len(values) < EXACT_QUANTILE:
+            values.append(x)
+            return values
+        digest = datasketches.tdigest_double(TDIGEST_K)
+        for known in values:
+            digest.update(known)
+    elif isinstance(values, str):
+        digest = digest_of(values)
+    else:
+        digest = values
+    digest.update(x)
+    digest.compress()
+    return digest
 
 
 def add_frequent(counts: dict[str, int] | str | Any, text: str) -> dict[str, int] | Any:

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.config.expressions import Expression
-from app.config.spec import FeatureGroupSpec, Pipeline, op_label, parse_duration
+from app.config.spec import FeatureGroupSpec, Pipeline, op_label, parse_duration, quantile_label
 
 #: The canonical fields of an aggregation state, by position (a state keeps those its ops read, in
 #: this order; docs/state-format.md).
 COUNT, SUM, MEAN, M2, MIN, MAX, FIRST_T, FIRST_V, LAST_T, LAST_V, DISTINCT, SHIFT = range(12)
-RECENT, FREQUENT = 12, 13  # last_n, top_k
-FIELDS = 14
+RECENT, FREQUENT, VALUES = 12, 13, 14  # last_n, top_k, percentile
+FIELDS = 15
 #: The fields of a bucket written before layouts were recorded (no tag): the first twelve.
 ALL_FIELDS = (1 << 12) - 1
 #: The canonical fields each op reads (count is always kept).
@@ -31,6 +31,7 @@ OP_FIELDS: dict[str, tuple[int, ...]] = {
     "distinct": (DISTINCT,),
     "last_n": (RECENT,),
     "top_k": (FREQUENT,),
+    "percentile": (VALUES,),
 }
 
 
@@ -47,6 +48,7 @@ class AggregationPlan:
     where: Expression | None
     n: int = 0  # values last_n keeps (0: no last_n)
     k: int = 0  # values top_k answers (0: no top_k)
+    quantiles: tuple[float, ...] = ()  # what percentile answers
     # whether it keeps value hashes (`dataclasses.`: the attribute `field` above shadows the function)
     distinct: bool = dataclasses.field(init=False, compare=False, repr=False)
     #: bitmask of the canonical fields its state keeps; the canonical fields kept, in order; per
@@ -66,9 +68,16 @@ class AggregationPlan:
         object.__setattr__(self, "layout", layout)
         object.__setattr__(self, "at", tuple(layout.index(f) if f in layout else -1 for f in range(FIELDS)))
 
-    def label(self, op: str) -> str:
-        """The op's part of its feature names (``last10`` for last_n with n = 10)."""
-        return op_label(op, self.n, self.k)
+    def labels(self) -> list[tuple[str, str, float | None]]:
+        """(op, its part of the feature names, its quantile or None) per feature of each window, in
+        spec order: percentile gives one per quantile (``p50``), last_n ``last10``, top_k ``top5``."""
+        out: list[tuple[str, str, float | None]] = []
+        for op in self.ops:
+            if op == "percentile":
+                out += [(op, quantile_label(q), q) for q in self.quantiles]
+            else:
+                out.append((op, op_label(op, self.n, self.k), None))
+        return out
 
     def wants(self, fields: Mapping[str, Any]) -> bool:
         """Whether an event feeds this aggregation (its `where` holds). Raises on expression failure."""
@@ -91,10 +100,10 @@ class GroupPlan:
     aggregations: tuple[AggregationPlan, ...]
     by_stream: Mapping[str, tuple[AggregationPlan, ...]] = field(default_factory=dict)
     # Precomputed once for read_features: the feature names (output order, each once), then per
-    # (aggregation, window): (aggregation index, buckets, ((op, position in names), ...)).
+    # (aggregation, window): (aggregation index, buckets, ((op, position in names, quantile), ...)).
     _written: tuple[str, ...] = field(init=False, compare=False, repr=False)  # as feature_names() lists them
     names: tuple[str, ...] = field(init=False, compare=False, repr=False)
-    reads: tuple[tuple[int, int, tuple[tuple[str, int], ...]], ...] = field(
+    reads: tuple[tuple[int, int, tuple[tuple[str, int, float | None], ...]], ...] = field(
         init=False, compare=False, repr=False
     )
     widest: int = field(init=False, compare=False, repr=False)  # buckets of the largest window
@@ -103,15 +112,15 @@ class GroupPlan:
     def __post_init__(self) -> None:
         object.__setattr__(self, "tag", ",".join(format(a.mask, "x") for a in self.aggregations))
         written = [
-            f"{a.name}_{a.label(op)}_{label}"
+            f"{a.name}_{part}_{label}"
             for a in self.aggregations
-            for op in a.ops
+            for _, part, _ in a.labels()
             for label, _ in a.windows
         ]
         names = tuple(dict.fromkeys(written))
         position = {name: i for i, name in enumerate(names)}
         reads = tuple(
-            (a.index, size, tuple((op, position[f"{a.name}_{a.label(op)}_{label}"]) for op in a.ops))
+            (a.index, size, tuple((op, position[f"{a.name}_{p}_{label}"], q) for op, p, q in a.labels()))
             for a in self.aggregations
             for label, size in a.windows
         )
@@ -135,6 +144,7 @@ class GroupPlan:
                 where=Expression(a.where) if a.where else None,
                 n=a.n or 0,
                 k=a.k or 0,
+                quantiles=tuple(a.quantiles or ()),
             )
             for i, a in enumerate(spec.aggregations)
         )

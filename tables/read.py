@@ -27,6 +27,7 @@ from tables.plans import (
     RECENT,
     SHIFT,
     SUM,
+    VALUES,
     GroupPlan,
 )
 from tables.state_format import (
@@ -34,8 +35,10 @@ from tables.state_format import (
     FREQUENT_LG,
     HLL_LG_K,
     LAYOUT,
+    TDIGEST_K,
     AggState,
     convert,
+    digest_of,
     frequent_of,
     sketch_of,
 )
@@ -128,21 +131,27 @@ def _distinct_count(hashes: set[int], sketches: list[Any]) -> int:
 
 def _window_results(
     states: list[AggState],
-    ops: tuple[tuple[str, int], ...],
+    ops: tuple[tuple[str, int, float | None], ...],
     at: tuple[int, ...],
     out: list[Any],
     last_n: int = 0,
     top_k: int = 0,
 ) -> None:
-    """``out[position] = result`` for each (op, position) of ``ops`` over bucket states in time order
-    (in the layout ``at``: position per canonical field): the operations of :meth:`MergedWindow.add` and
-    :meth:`MergedWindow.result`, in the same order (so the same floats), only those that the ops need."""
+    """``out[position] = result`` for each (op, position, quantile) of ``ops`` over bucket states in
+    time order (in the layout ``at``: position per canonical field): the operations of
+    :meth:`MergedWindow.add` and :meth:`MergedWindow.result`, in the same order (so the same floats),
+    only those that the ops need."""
     count = 0
     for agg in states:
         count += agg[0]  # count: always the first field
     total: float | None = None
-    for op, position in ops:
-        if op == "last_n":
+    spread: Any = None  # percentile: the window's values (sorted) or merged t-digest, made once
+    for op, position, q in ops:
+        if op == "percentile":
+            if spread is None:
+                spread = window_values(states, at[VALUES])
+            out[position] = quantile(spread, q) if count else None
+        elif op == "last_n":
             out[position] = latest(states, at[RECENT], last_n)
         elif op == "top_k":
             out[position] = most_frequent(states, at[FREQUENT], top_k)
@@ -218,7 +227,7 @@ class Selection:
     """The features one read answers (all of a group's, or ``names``) and what reading them takes:
     made once per request by :func:`selection`, then applied to every key."""
 
-    reads: tuple[tuple[int, int, tuple[tuple[str, int], ...]], ...]  # as GroupPlan.reads
+    reads: tuple[tuple[int, int, tuple[tuple[str, int, float | None], ...]], ...]  # as GroupPlan.reads
     widest: int  # buckets of the widest window read
     outputs: tuple[tuple[str, int], ...] | None  # (name, position in plan.names); None: all
 
@@ -231,7 +240,7 @@ def selection(plan: GroupPlan, names: frozenset[str] | set[str] | None = None) -
     reads = tuple(
         (index, size, wanted)
         for index, size, ops in plan.reads
-        if (wanted := tuple((op, i) for op, i in ops if all_names[i] in names))
+        if (wanted := tuple((op, i, q) for op, i, q in ops if all_names[i] in names))
     )
     outputs = tuple((name, i) for i, name in enumerate(all_names) if name in names)
     return Selection(reads, max((size for _, size, _ in reads), default=0), outputs)
@@ -280,6 +289,46 @@ def most_frequent(states: list[AggState], i: int, k: int) -> list[list[Any]]:
 
 def _by_count(item: tuple[Any, int]) -> tuple[int, Any]:
     return -item[1], item[0]
+
+
+def window_values(states: list[AggState], i: int) -> list[float] | Any:
+    """The window's values for percentile from bucket states in time order (each keeping its values,
+    or a t-digest, at position ``i``): all values sorted when every bucket kept them, else one
+    t-digest merged in bucket order (exact buckets' values added in their arrival order)."""
+    exact: list[float] = []
+    digests: list[Any] = []
+    for agg in states:
+        kept = agg[i]
+        if isinstance(kept, list):
+            exact.extend(kept)
+        else:
+            if isinstance(kept, str):  # decoded once per loaded bucket, kept live
+                kept = agg[i] = digest_of(kept)
+            digests.append(kept)
+    if not digests:
+        exact.sort()
+        return exact
+    merged = datasketches.tdigest_double(TDIGEST_K)
+    for digest in digests:
+        merged.merge(digest)
+    for x in exact:
+        merged.update(x)
+    return merged
+
+
+def quantile(spread: list[float] | Any, q: float | None) -> float | None:
+    """Quantile ``q`` of :func:`window_values`: of sorted values with linear interpolation (as numpy
+    and pandas, default method), or the t-digest's estimate; None when there are no values."""
+    assert q is not None
+    if not isinstance(spread, list):
+        return float(spread.get_quantile(q))
+    if not spread:
+        return None
+    position = q * (len(spread) - 1)
+    low = int(position)
+    high = min(low + 1, len(spread) - 1)
+    a, b, t = spread[low], spread[high], position - low
+    return a + (b - a) * t if t < 0.5 else b - (b - a) * (1 - t)  # numpy's lerp
 
 
 def read_features(

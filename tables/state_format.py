@@ -23,6 +23,8 @@ HLL_LG_K = 14  # HyperLogLog precision of a bucket's sketch (docs/state-format.m
 EXACT_TOP = 1_000  # top_k: distinct values a bucket counts exactly; beyond, a frequent-items sketch
 FREQUENT_LG = 10  # log2 of the frequent-items sketch's largest map (counts within 0.34 % of N)
 TOP_PREFIX = "f:"  # a stored frequent-items sketch: "f:" + base64 (an exact count map is an object)
+EXACT_QUANTILE = 100  # percentile: values a bucket keeps exactly; beyond, a t-digest
+TDIGEST_K = 400  # the t-digest's compression (docs/features.md: rank error, size)
 logger = logging.getLogger(__name__)
 
 
@@ -44,6 +46,11 @@ def frequent_of(text: str) -> Any:
     return datasketches.frequent_strings_sketch.deserialize(base64.b64decode(text[len(TOP_PREFIX) :]))
 
 
+def digest_of(text: str) -> Any:
+    """A bucket's percentile t-digest from its stored form (base64)."""
+    return datasketches.tdigest_double.deserialize(base64.b64decode(text))
+
+
 def value_text(value: Any) -> str:
     """A field value as top_k counts it: its JSON text (one text per value, whatever its type)."""
     if isinstance(value, float):
@@ -57,6 +64,8 @@ def _stored_form(value: Any) -> str:
         return base64.b64encode(value.serialize_compact()).decode("ascii")
     if isinstance(value, datasketches.frequent_strings_sketch):
         return TOP_PREFIX + base64.b64encode(value.serialize()).decode("ascii")
+    if isinstance(value, datasketches.tdigest_double):
+        return base64.b64encode(value.serialize()).decode("ascii")
     raise TypeError(f"{type(value).__name__} is not part of a bucket record")
 
 

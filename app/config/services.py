@@ -15,7 +15,9 @@ _OP_TYPES = {
     "sum": "float",
     "avg": "float",
     "stddev": "float",
+    "percentile": "float",
     "last_n": "list",
+    "top_k": "list",
 }
 
 
@@ -52,9 +54,9 @@ class ServicePlan:
 
 
 def feature_types(pipeline: Pipeline, group: str) -> dict[str, str]:
-    """The JSON type of each feature of ``group``: int for counts, float for sums and means, the
-    field's type for min, max, first and last (values may be null: empty windows), list for last_n
-    (of the field's values) and top_k (of [value, count] pairs)."""
+    """The JSON type of each feature of ``group``: int for counts, float for sums, means and
+    percentiles, the field's type for min, max, first and last (values may be null: empty windows),
+    list for last_n (of the field's values) and top_k (of [value, count] pairs)."""
     types = {}
     for agg in pipeline.features[group].aggregations:
         field = pipeline.streams[agg.stream].fields.get(agg.field or "", "float")

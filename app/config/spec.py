@@ -16,7 +16,20 @@ from app.config.expressions import Expression, ExpressionError
 from app.errors import SpecError
 
 FIELD_TYPES = ("str", "int", "float", "bool")
-OPS = ("count", "sum", "avg", "min", "max", "stddev", "first", "last", "distinct", "last_n", "top_k")
+OPS = (
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "stddev",
+    "first",
+    "last",
+    "distinct",
+    "last_n",
+    "top_k",
+    "percentile",
+)
 MAX_LAST_N = 1_000  # the largest ``n`` of last_n: a bucket keeps at most n values
 MAX_TOP_K = 1_000  # the largest ``k`` of top_k (exact up to 1,000 distinct values per bucket)
 _UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -51,6 +64,11 @@ def _op(value: str) -> str:
     if value not in OPS:
         raise ValueError(f"unknown op {value!r} (expected one of {', '.join(OPS)})")
     return value
+
+
+def quantile_label(q: float) -> str:
+    """A quantile's part of its feature name: 0.5 -> ``p50``, 0.999 -> ``p99_9``."""
+    return "p" + f"{q * 100:.6g}".replace(".", "_")
 
 
 def op_label(op: str, n: int | None, k: int | None) -> str:
@@ -122,6 +140,9 @@ class AggregationSpec(_Model):
     where: str | None = None
     n: int | None = Field(default=None, ge=1, le=MAX_LAST_N, description="How many values last_n keeps.")
     k: int | None = Field(default=None, ge=1, le=MAX_TOP_K, description="How many values top_k answers.")
+    quantiles: list[float] | None = Field(
+        default=None, min_length=1, max_length=20, description="The quantiles percentile answers, in (0, 1)."
+    )
 
     @property
     def windows_ms(self) -> list[int]:
@@ -130,8 +151,15 @@ class AggregationSpec(_Model):
 
     def op_labels(self) -> list[tuple[str, str]]:
         """(op, its part of the feature names) per op, in spec order: ``last_n`` with n: 10 is
-        ``last10``, ``top_k`` with k: 5 is ``top5``, the other ops their own name."""
-        return [(op, op_label(op, self.n, self.k)) for op in self.ops]
+        ``last10``, ``top_k`` with k: 5 is ``top5``, ``percentile`` one per quantile (``p50``, ``p99``,
+        ``p99_9``), the other ops their own name."""
+        out = []
+        for op in self.ops:
+            if op == "percentile":
+                out += [(op, quantile_label(q)) for q in self.quantiles or ()]
+            else:
+                out.append((op, op_label(op, self.n, self.k)))
+        return out
 
     def feature_names(self) -> list[str]:
         """``<name>_<op>_<window>`` per op and window, in spec order."""
@@ -288,13 +316,26 @@ def _check_aggregation(
     elif agg.field is not None and agg.field not in stream.fields:
         yield (*at, "field"), f"unknown field {agg.field!r} of stream {agg.stream!r}"
     elif agg.field is not None and stream.fields[agg.field] not in ("int", "float"):
-        numeric = [op for op in agg.ops if op in ("sum", "avg", "stddev")]
+        numeric = [op for op in agg.ops if op in ("sum", "avg", "stddev", "percentile")]
         if numeric:
             yield (*at, "ops"), f"{', '.join(numeric)}: needs a numeric field; {agg.field!r} is a str"
     if "last_n" in agg.ops and agg.n is None:
         yield (*at, "n"), "last_n needs n: how many of the window's latest values to keep (e.g. n: 10)"
     elif agg.n is not None and "last_n" not in agg.ops:
         yield (*at, "n"), "n is only read by the op last_n"
+    if "percentile" in agg.ops and not agg.quantiles:
+        yield (
+            (*at, "quantiles"),
+            "percentile needs quantiles: which to answer (e.g. quantiles: [0.5, 0.9, 0.99])",
+        )
+    elif agg.quantiles is not None and "percentile" not in agg.ops:
+        yield (*at, "quantiles"), "quantiles is only read by the op percentile"
+    elif agg.quantiles is not None:
+        bad = [q for q in agg.quantiles if not 0 < q < 1]
+        if bad:
+            yield (*at, "quantiles"), f"{bad[0]!r} is not a quantile: each must lie strictly between 0 and 1"
+        elif len({quantile_label(q) for q in agg.quantiles}) != len(agg.quantiles):
+            yield (*at, "quantiles"), "duplicate quantile"
     if "top_k" in agg.ops and agg.k is None:
         yield (*at, "k"), "top_k needs k: how many of the window's most frequent values to answer (e.g. k: 5)"
     elif agg.k is not None and "top_k" not in agg.ops:

@@ -71,10 +71,14 @@ def _is_null(value: Any) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
 
 
-def window_value(op: str, values: pd.Series, times: np.ndarray, n: int = 0, k: int = 0) -> Any:
+def window_value(
+    op: str, values: pd.Series, times: np.ndarray, n: int = 0, k: int = 0, q: float | None = None
+) -> Any:
     """One op over one window's non-null values (``times`` aligned with ``values``, processing order);
-    ``n``: what last_n keeps, ``k``: what top_k answers."""
+    ``n``: what last_n keeps, ``k``: what top_k answers, ``q``: the percentile's quantile."""
     count = len(values)
+    if op == "percentile":
+        return float(values.astype(float).quantile(q)) if count else None
     if op == "top_k":
         counts = Counter(_python(v) for v in values)
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
@@ -225,10 +229,12 @@ class GroundTruth:
                     per_window[label] = (_EMPTY, _NO_TIMES)
                 else:
                     per_window[label] = (pd.Series(data.value[mask], copy=False), data.time[mask])
+            quantiles = iter(agg.quantiles or ())
             for op, op_label in agg.op_labels():
+                q = next(quantiles) if op == "percentile" else None
                 for label, _ in windows:
                     values, times = per_window[label]
-                    value = window_value(op, values, times, agg.n or 0, agg.k or 0)
+                    value = window_value(op, values, times, agg.n or 0, agg.k or 0, q)
                     out[f"{agg.name}_{op_label}_{label}"] = value
         return out
 

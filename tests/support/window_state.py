@@ -36,7 +36,7 @@ streams:
     time: ts
     fields: {k: str, ts: int, y: float, page: str}
 """
-APPROX_OPS = ("sum", "avg", "stddev")
+APPROX_OPS = ("sum", "avg", "stddev", "percentile")
 SPEND = (
     "{name: spend, stream: s1, field: x, ops: [count, sum, avg, min, max, stddev, first, last, distinct], "
     "windows: [10m, 1h]}"

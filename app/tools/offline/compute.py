@@ -209,11 +209,15 @@ def group_features(
         per_window = {}
         for label, size in agg.windows:
             lo, length = _window_rows(k, b, q_codes, q_end - size + 1, last)
-            per_window[label] = merge_windows(states, lo, length, extra, agg.distinct, agg.n, agg.k)
-        for op in agg.ops:
+            percentile = "percentile" in agg.ops
+            per_window[label] = merge_windows(
+                states, lo, length, extra, agg.distinct, agg.n, agg.k, percentile
+            )
+        for op, part, q in agg.labels():
             for label, _ in agg.windows:
-                values, valid = per_window[label].result(op)
-                out[f"{agg.name}_{agg.label(op)}_{label}"] = _column(op, values, valid, data)
+                merged = per_window[label]
+                values, valid = merged.quantile(q) if q is not None else merged.result(op)
+                out[f"{agg.name}_{part}_{label}"] = _column(op, values, valid, data)
     return out
 
 
@@ -249,7 +253,7 @@ def _column(op: str, values: np.ndarray, valid: np.ndarray, data: _AggInput) -> 
         return pd.Series(values.astype(np.int64))
     if op == "sum":
         return pd.Series(values.astype(np.float64))
-    if op in ("avg", "stddev"):
+    if op in ("avg", "stddev", "percentile"):
         return pd.Series(pd.arrays.FloatingArray(values.astype(np.float64), ~valid))
     if values.dtype.kind == "f":
         return pd.Series(pd.arrays.FloatingArray(values.astype(np.float64), ~valid))

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tables.apply import add_distinct, add_frequent
-from tables.read import MergedWindow, latest, most_frequent
+from tables.apply import add_distinct, add_frequent, add_value
+from tables.read import MergedWindow, latest, most_frequent, quantile, window_values
 from tables.state_format import EXACT_DISTINCT, value_hash, value_text
 
 _EMPTY_I = np.zeros(0, dtype=np.int64)
@@ -62,6 +62,7 @@ class States:
     )  # segment -> live HLL sketch (no exact hashes then)
     recent: np.ndarray | None = None  # last_n: per segment its latest [time, value] pairs, oldest first
     frequent: np.ndarray | None = None  # top_k: per segment its counts by value text, or its sketch
+    kept: np.ndarray | None = None  # percentile: per segment its values, or its t-digest
 
     def __len__(self) -> int:
         return len(self.count)
@@ -85,18 +86,19 @@ class States:
                 arrays = [a.astype(object) for a in arrays]
             return np.concatenate(arrays)
 
-        recent = frequent = None
-        if any(p.recent is not None for p in parts):
-            recent = np.concatenate([p.recent if p.recent is not None else _no_recent(len(p)) for p in parts])
-        if any(p.frequent is not None for p in parts):
-            frequent = np.concatenate(
-                [p.frequent if p.frequent is not None else _no_recent(len(p)) for p in parts]
-            )
+        def lists(name: str) -> np.ndarray | None:
+            arrays = [getattr(p, name) for p in parts]
+            if all(a is None for a in arrays):
+                return None
+            filled = [a if a is not None else _no_recent(len(p)) for a, p in zip(arrays, parts, strict=True)]
+            return np.concatenate(filled)
+
+        recent, frequent, kept = lists("recent"), lists("frequent"), lists("kept")
         return States(
             cat("count"), cat("sum"), cat("shift"), cat("mean"), cat("m2"),
             cat("min"), cat("max"), cat("first"), cat("last"),
             hash_start=hash_start, hashes=np.concatenate([p.hashes for p in parts]), sketches=sketches,
-            recent=recent, frequent=frequent,
+            recent=recent, frequent=frequent, kept=kept,
         )  # fmt: skip
 
 
@@ -119,6 +121,7 @@ def segment_states(
             _EMPTY_I, empty_f, empty_f, empty_f, empty_f, values[:0], values[:0], values[:0], values[:0],
             np.zeros(1, dtype=np.int64), _EMPTY_I, recent=_no_recent(0) if last_n else None,
             frequent=_no_recent(0) if "top_k" in ops else None,
+            kept=_no_recent(0) if "percentile" in ops else None,
         )  # fmt: skip
     starts = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
     sizes = np.diff(np.r_[starts, n])
@@ -191,6 +194,16 @@ def segment_states(
             for text in texts[start:end]:
                 counts = add_frequent(counts, text)
             frequent[s_] = counts
+    # percentile: each bucket's values, replayed through tables.apply.add_value in order.
+    kept = None
+    if "percentile" in ops:
+        kept = np.empty(nseg, dtype=object)
+        floats = values.astype(np.float64).tolist()
+        for s_, (start, end) in enumerate(zip(starts.tolist(), np.r_[starts[1:], n].tolist(), strict=True)):
+            held: Any = []
+            for x in floats[start:end]:
+                held = add_value(held, x)
+            kept[s_] = held
     # distinct: the exact hash list per bucket up to EXACT_DISTINCT, else the worker's sketch.
     hash_start = np.zeros(nseg + 1, dtype=np.int64)
     exact = _EMPTY_I
@@ -213,7 +226,21 @@ def segment_states(
         exact = unique["h"].to_numpy(dtype=np.int64)
         hash_start[1:] = np.cumsum(per)
     return States(
-        count, total, shift, mean, m2, vmin, vmax, first, last, hash_start, exact, sketches, recent, frequent
+        count,
+        total,
+        shift,
+        mean,
+        m2,
+        vmin,
+        vmax,
+        first,
+        last,
+        hash_start,
+        exact,
+        sketches,
+        recent,
+        frequent,
+        kept,
     )
 
 
@@ -240,6 +267,15 @@ class Merged:
     distinct: np.ndarray
     latest: np.ndarray | None = None  # last_n: per query its values, newest first
     top: np.ndarray | None = None  # top_k: per query its [value, count] pairs
+    spreads: np.ndarray | None = None  # percentile: per query tables.read.window_values
+
+    def quantile(self, q: float) -> tuple[np.ndarray, np.ndarray]:
+        """(values, valid mask) of percentile ``q`` (null for an empty window)."""
+        assert self.spreads is not None
+        values = np.array(
+            [quantile(spread, q) if n else np.nan for spread, n in zip(self.spreads, self.count, strict=True)]
+        )
+        return values.astype(np.float64), self.count > 0
 
     def result(self, op: str) -> tuple[np.ndarray, np.ndarray]:
         """(values, valid mask) of ``op``; invalid means null (empty window, or stddev below 2)."""
@@ -272,6 +308,7 @@ def merge_windows(
     distinct: bool,
     last_n: int = 0,
     top_k: int = 0,
+    percentile: bool = False,
 ) -> Merged:
     """Merge, per query, the states ``lo .. lo + length - 1`` and then ``extra`` (a row of
     ``states``, or -1 for none), in that order, with the operations of tables.read.MergedWindow.add
@@ -319,6 +356,7 @@ def merge_windows(
     inv[perm] = np.arange(q)
     latest = _latest(states, lo, length, extra, last_n) if last_n else None
     top = _top(states, lo, length, extra, top_k) if top_k else None
+    spreads = _spreads(states, lo, length, extra) if percentile else None
     return Merged(
         count[inv],
         s_sum[inv],
@@ -331,7 +369,18 @@ def merge_windows(
         dist,
         latest,
         top,
+        spreads,
     )
+
+
+def _spreads(states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """Per query, its window's values (sorted) or merged t-digest, as the worker reads them."""
+    assert states.kept is not None
+    kept = states.kept
+    out = np.empty(len(lo), dtype=object)
+    for i, rows in enumerate(_rows(lo, length, extra)):
+        out[i] = window_values([[0, kept[r]] for r in rows], 1)
+    return out
 
 
 def _rows(lo: np.ndarray, length: np.ndarray, extra: np.ndarray) -> Iterator[list[int]]:

@@ -180,6 +180,34 @@ INVALID += [
         "{name: products,",
     ),
     (
+        broken(
+            "field: amount, ops: [count], windows: [1h]", "field: amount, ops: [percentile], windows: [1h]"
+        ),
+        "features.user.aggregations.1.quantiles: percentile needs quantiles",
+        "{name: failed,",
+    ),
+    (
+        broken(
+            "field: amount, ops: [count], windows: [1h]",
+            "field: amount, ops: [percentile], quantiles: [0.5, 1.5], windows: [1h]",
+        ),
+        "features.user.aggregations.1.quantiles: 1.5 is not a quantile",
+        "{name: failed,",
+    ),
+    (
+        broken(
+            "field: amount, ops: [count], windows: [1h]",
+            "field: amount, ops: [percentile], quantiles: [0.5, 0.50], windows: [1h]",
+        ),
+        "features.user.aggregations.1.quantiles: duplicate quantile",
+        "{name: failed,",
+    ),
+    (
+        broken("field: product, ops: [distinct]", "field: product, ops: [percentile], quantiles: [0.5]"),
+        "features.user.aggregations.2.ops: percentile: needs a numeric field",
+        "{name: products,",
+    ),
+    (
         broken("field: product, ops: [distinct]", "field: product, ops: [top_k]"),
         "features.user.aggregations.2.k: top_k needs k",
         "{name: products,",

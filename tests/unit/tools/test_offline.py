@@ -69,7 +69,10 @@ features:
       - {name: clicks, stream: clicks, ops: [count], windows: [10m, 1h]}
       - {name: recent, stream: orders, field: amount, ops: [last_n], n: 5, windows: [1h, 24h]}
       - {name: seen, stream: orders, field: product, ops: [last_n, top_k], n: 3, k: 4, windows: [1h, 24h]}
-      - {name: sizes, stream: orders, field: qty, ops: [top_k], k: 3, windows: [24h]}
+      - {name: sizes, stream: orders, field: qty, ops: [top_k, percentile], k: 3, quantiles: [0.5],
+         windows: [24h]}
+      - {name: amt, stream: orders, field: amount, ops: [percentile], quantiles: [0.5, 0.9, 0.99],
+         windows: [1h, 24h]}
   pages:
     key: user_id
     period: 5m
