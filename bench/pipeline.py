@@ -49,7 +49,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from app.kafka.broker import EmbeddedBroker
 from app.system.processes import spawn, stop
 from bench.procs import process_cpu, process_tree
-from tests.conftest import payments_pipeline_text, shop_pipeline_text
+from tests.conftest import payments_pipeline_text, shop_new_ops_text, shop_pipeline_text
 from tests.support.broker import BrokerUnderTest
 from tests.support.kafka import create_topics, produce
 from tests.support.worker import REPO, WorkerProcess
@@ -397,6 +397,12 @@ def main() -> None:
         help="payments: also run the payments example each round and print its ratio to the shop's",
     )
     parser.add_argument(
+        "--new-ops",
+        action="store_true",
+        help="also run the shop pipeline with last_n, top_k and percentile added each round, and print "
+        "its ratio to the shop's",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -418,6 +424,10 @@ def main() -> None:
             broker.bootstrap,
             [(f"users-{uid}", user_rows(args.keys)), (inputs[0], orders), (inputs[1], clicks)],
         )
+        with_ops = tmp / "shop-new-ops.yaml"
+        if args.new_ops:
+            with_ops.write_text(shop_new_ops_text(uid))
+            create_hydrant_topics(broker.url, with_ops, f"hydrant-new-ops-{uid}-0")
         payments, one_key = tmp / "payments.yaml", tmp / "payments-one-key.yaml"
         if args.example == "payments":
             payments.write_text(payments_pipeline_text(uid))
@@ -452,6 +462,26 @@ def main() -> None:
                 )
                 figures.append(hydrant)
                 print(f"  {hydrant.name}: {hydrant.rate:,.0f} events/s", flush=True)
+            if args.new_ops:
+                app_id = f"hydrant-new-ops-{tag}"
+                if number:
+                    create_hydrant_topics(broker.url, with_ops, app_id)
+                (here / "new-ops").mkdir()
+                name = "(o) shop + last_n, top_k, percentile"
+                figure, _ = run_hydrant(
+                    broker,
+                    with_ops,
+                    app_id,
+                    here / "new-ops",
+                    args.events,
+                    len(orders),
+                    embedded.pid,
+                    name=name,
+                )
+                figures.append(figure)
+                print(f"  {figure.name}: {figure.rate:,.0f} events/s", flush=True)
+                if hydrant is not None:
+                    detail += f"\n(o) / shop: {figure.rate / hydrant.rate:.0%} (what the new ops cost)"
             if args.example == "payments":
                 rates = []
                 for spec, label, name in [

@@ -24,6 +24,23 @@ def shop_pipeline_text(uid: str) -> str:
     return text.replace("name: shop", f"name: shop-{uid}")
 
 
+SHOP_PRODUCTS = "      - {name: products, stream: orders, field: product, ops: [distinct], windows: [24h]}\n"
+#: The shop's products aggregation with last_n and top_k, and percentiles of the amount (issue 24).
+SHOP_NEW_OPS = """\
+      - {name: products, stream: orders, field: product, ops: [distinct, last_n, top_k], n: 5, k: 3,
+         windows: [1h, 24h]}
+      - {name: amt, stream: orders, field: amount, ops: [percentile], quantiles: [0.1, 0.5, 0.99],
+         windows: [1h, 24h]}
+"""
+
+
+def shop_new_ops_text(uid: str) -> str:
+    """The shop example (topics suffixed by ``uid``) with the ops last_n, top_k and percentile."""
+    text = shop_pipeline_text(uid)
+    assert SHOP_PRODUCTS in text
+    return text.replace(SHOP_PRODUCTS, SHOP_NEW_OPS)
+
+
 def payments_pipeline_text(uid: str) -> str:
     """The payments example with every topic suffixed by ``uid``."""
     text = PAYMENTS.read_text()

@@ -7,38 +7,18 @@ import asyncio
 import re
 import shutil
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
 from tests.support.broker import BrokerUnderTest
-from tests.support.checks import check_keys_over_http
-from tests.support.ground_truth import GroundTruth
+from tests.support.checks import settle_and_check
 from tests.support.kafka import consume, create_pipeline_topics_for, produce
-from tests.support.shop import HOUR, T0, Event, at_values, make_events, publish, truth_of
+from tests.support.shop import HOUR, T0, make_events, publish, truth_of
 from tests.support.worker import WorkerProcess, wait_for
 
 EVENTS = 20_000
-
-
-def settle_and_check(urls: list[str], truth: GroundTruth, events: list[Event], timeout: float = 180) -> None:
-    """Poll until every key of every worker matches the ground truth (the workers catch up), then
-    assert it; on timeout, report the first mismatches."""
-    ats = at_values(events)
-    keys = sorted(ats)
-    deadline = time.monotonic() + timeout
-    problems: list[str] = ["not checked"]
-    while time.monotonic() < deadline:
-        # A cheap probe first: the last keys to finish are usually behind on all of them.
-        problems = check_keys_over_http(urls[:1], "user", truth, keys[:25], ats)
-        if not problems:
-            problems = check_keys_over_http(urls, "user", truth, keys, ats)
-            if not problems:
-                return
-        time.sleep(2)
-    raise AssertionError(f"{len(problems)} mismatches, first: " + "\n".join(problems[:10]))
 
 
 def test_features_exact_after_sigkill_and_lost_data_dir(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx
 import pandas as pd
 
 from tests.support.ground_truth import GroundTruth
+from tests.support.shop import Event, at_values
 
 
 def same(actual: Any, expected: Any, rel: float = 1e-9) -> bool:
@@ -37,9 +39,9 @@ def check_keys_over_http(
     """Ask every worker for every key at every ``at``; return the mismatches (empty when all agree)."""
     problems: list[str] = []
     sizes = {
-        f"{agg.name}_{op}_{label}": size
+        f"{agg.name}_{part}_{label}": size
         for agg, windows in zip(truth.aggregations, truth.windows, strict=True)
-        for op in agg.ops
+        for _, part in agg.op_labels()
         for label, size in windows
     }
     with httpx.Client(timeout=10) as client:
@@ -115,3 +117,23 @@ def wait_until_scan_matches(
         wait_for(caught_up, "every event applied", timeout)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last scan: {len(problems)} problems: {problems[:5]}") from None
+
+
+def settle_and_check(
+    urls: list[str], truth: GroundTruth, events: list[Event], timeout: float = 180, group: str = "user"
+) -> None:
+    """Poll until every key of every worker matches the ground truth (the workers catch up), then
+    assert it; on timeout, report the first mismatches."""
+    ats = at_values(events)
+    keys = sorted(ats)
+    deadline = time.monotonic() + timeout
+    problems: list[str] = ["not checked"]
+    while time.monotonic() < deadline:
+        # A cheap probe first: the last keys to finish are usually behind on all of them.
+        problems = check_keys_over_http(urls[:1], group, truth, keys[:25], ats)
+        if not problems:
+            problems = check_keys_over_http(urls, group, truth, keys, ats)
+            if not problems:
+                return
+        time.sleep(2)
+    raise AssertionError(f"{len(problems)} mismatches, first: " + "\n".join(problems[:10]))

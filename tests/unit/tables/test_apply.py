@@ -446,14 +446,31 @@ def test_state_stays_bounded() -> None:
     assert sum(len(v) for v in worker.table.values()) < 200_000
 
 
-def test_last_n_state_stays_bounded() -> None:
-    plan, _ = group("5m", "{name: w, stream: s1, field: x, ops: [last_n], n: 5, windows: [30m]}")
+def test_new_ops_state_stays_bounded_over_ten_retentions() -> None:
+    """last_n, top_k and percentile over 10 x retention of event time, 1,500 events per 5-minute
+    bucket over 3,000 products: every bucket switches to its sketches, whose sizes are capped, and
+    the key keeps R buckets (docs/state-format.md gives the sizes)."""
+    plan, _ = group(
+        "5m",
+        "{name: w, stream: s1, field: word, ops: [last_n, top_k], n: 5, k: 3, windows: [30m]}",
+        "{name: q, stream: s1, field: x, ops: [percentile], quantiles: [0.5, 0.99], windows: [30m]}",
+    )
+    rng = random.Random(4)
     worker = Worker(plan)
-    for i in range(2_000):  # 2,000 events in one bucket
-        worker.apply(s1("u", BASE + i, float(i)), i)
-    worker.flush()
-    assert worker.read("u", BASE) == {"w_last5_30m": [1999.0, 1998.0, 1997.0, 1996.0, 1995.0]}
-    assert max(len(v) for v in worker.table.values()) < 300
+    offset = 0
+    for bucket in range(10 * plan.retention):
+        for _ in range(1_500):
+            t = BASE + bucket * 5 * MINUTE + rng.randrange(5 * MINUTE)
+            worker.apply(
+                s1("u", t, rng.lognormvariate(3, 1), word=f"p{int(rng.paretovariate(1)) % 3000}"), offset
+            )
+            offset += 1
+        worker.flush()
+    sizes = [len(v) for k, v in worker.table.items() if k.startswith(b"u\x00")]
+    assert worker.stored_buckets("u") == plan.retention
+    assert max(sizes) < 20_000, max(sizes)  # one bucket: a frequent-items sketch and a t-digest
+    assert sum(sizes) < (plan.retention + 1) * 20_000
+    assert len(worker.read("u", BASE + (10 * plan.retention - 1) * 5 * MINUTE)["w_last5_30m"]) == 5
 
 
 def test_distinct_is_exact_below_one_hundred() -> None:
