@@ -354,12 +354,14 @@ TARGETS = {
     "(b)": (0.25, "%", ">= 25 %"),
     "(p)": (0.5, "%", ">= 50 % (this / hydrant)"),
     "(q)": (0.0, "%", "none: (p) without its hops"),
+    "(o)": (0.0, "%", "none: the shop with the new ops (this / hydrant)"),
 }
 
 
 def compared(hydrant: Figure, figure: Figure) -> float:
-    """hydrant / ``figure`` for a baseline; ``figure`` / hydrant for the payments example (p)."""
-    return figure.rate / hydrant.rate if figure.name[:3] in ("(p)", "(q)") else hydrant.rate / figure.rate
+    """hydrant / ``figure`` for a baseline; ``figure`` / hydrant for a variant of hydrant (p, q, o)."""
+    relative = figure.name[:3] in ("(p)", "(q)", "(o)")  # variants of hydrant, not baselines
+    return figure.rate / hydrant.rate if relative else hydrant.rate / figure.rate
 
 
 def ratio_text(baseline: Figure, value: float, digits: int = 2) -> str:

@@ -9,7 +9,7 @@ With --ops: the shop's spend aggregation (count, sum, avg, min, max, stddev over
 the baseline, then the same plus one more aggregation of each op (distinct, last_n, top_k over the
 product, percentile over the amount; same windows): µs per event, the added cost and the ratio to
 the baseline, for --keys keys (small buckets, as in the shop) and for one hot key (--hot-events in
-one day: ~1,400 values per bucket, so top_k and percentile run their sketches).
+one day: ~700 values per bucket, so percentile runs its t-digests).
 
     .venv/bin/python bench/window_update.py [--events 200000] [--keys 2000] [--days 10] [--ops]
 """
