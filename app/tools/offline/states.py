@@ -3,7 +3,7 @@ tables/read.py: the worker's float operations in its order, across all segments 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +12,7 @@ import pandas as pd
 
 from tables.apply import add_distinct, add_frequent, add_value
 from tables.read import MergedWindow, latest, most_frequent, quantile, window_values
-from tables.state_format import EXACT_DISTINCT, value_hash, value_text
+from tables.state_format import EXACT_DISTINCT, AggState, value_hash, value_text
 
 _EMPTY_I = np.zeros(0, dtype=np.int64)
 
@@ -354,9 +354,11 @@ def merge_windows(
         dist[perm] = _distinct_counts(states, lo_p, len_p, ex_p)
     inv = np.empty(q, dtype=np.int64)
     inv[perm] = np.arange(q)
-    latest = _latest(states, lo, length, extra, last_n) if last_n else None
-    top = _top(states, lo, length, extra, top_k) if top_k else None
-    spreads = _spreads(states, lo, length, extra) if percentile else None
+    # The list-valued ops: per query, the worker's own read over its rows' states.
+    window = (lo, length, extra)
+    latest_n = _per_window(states.recent, *window, lambda s: latest(s, 0, last_n)) if last_n else None
+    top = _per_window(states.frequent, *window, lambda s: most_frequent(s, 0, top_k)) if top_k else None
+    spreads = _per_window(states.kept, *window, lambda s: window_values(s, 0)) if percentile else None
     return Merged(
         count[inv],
         s_sum[inv],
@@ -367,20 +369,10 @@ def merge_windows(
         first[inv],
         last[inv],
         dist,
-        latest,
+        latest_n,
         top,
         spreads,
     )
-
-
-def _spreads(states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarray) -> np.ndarray:
-    """Per query, its window's values (sorted) or merged t-digest, as the worker reads them."""
-    assert states.kept is not None
-    kept = states.kept
-    out = np.empty(len(lo), dtype=object)
-    for i, rows in enumerate(_rows(lo, length, extra)):
-        out[i] = window_values([[0, kept[r]] for r in rows], 1)
-    return out
 
 
 def _rows(lo: np.ndarray, length: np.ndarray, extra: np.ndarray) -> Iterator[list[int]]:
@@ -389,23 +381,19 @@ def _rows(lo: np.ndarray, length: np.ndarray, extra: np.ndarray) -> Iterator[lis
         yield [*range(first, first + size), *([last] if last >= 0 else [])]
 
 
-def _top(states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarray, k: int) -> np.ndarray:
-    """Per query, the ``k`` most frequent values of its rows as the worker reads them."""
-    assert states.frequent is not None
-    frequent = states.frequent
-    out = _no_recent(len(lo))
+def _per_window(
+    column: np.ndarray | None,
+    lo: np.ndarray,
+    length: np.ndarray,
+    extra: np.ndarray,
+    read: Callable[[list[AggState]], Any],
+) -> np.ndarray:
+    """Per query, ``read`` (a tables.read function) over its rows' states of one list-valued field
+    (``column``: per segment, as the worker keeps it), given as one-field states in merge order."""
+    assert column is not None
+    out = np.empty(len(lo), dtype=object)
     for i, rows in enumerate(_rows(lo, length, extra)):
-        out[i] = most_frequent([[0, frequent[r]] for r in rows], 1, k)
-    return out
-
-
-def _latest(states: States, lo: np.ndarray, length: np.ndarray, extra: np.ndarray, n: int) -> np.ndarray:
-    """Per query, the last ``n`` values of its rows (``lo ..``, then ``extra``), newest first."""
-    assert states.recent is not None
-    recent = states.recent
-    out = _no_recent(len(lo))
-    for i, rows in enumerate(_rows(lo, length, extra)):
-        out[i] = latest([[0, recent[r]] for r in rows], 1, n)
+        out[i] = read([[column[r]] for r in rows])
     return out
 
 
