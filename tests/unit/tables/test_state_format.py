@@ -137,3 +137,37 @@ def test_an_op_added_later_leaves_older_buckets_out_of_its_aggregation(
     new.run([s1("u", BASE + MINUTE, 3.0)], start=2)  # bucket 1, with max
     assert new.read("u", BASE + MINUTE) == {"spend_count_5m": 1, "spend_max_5m": 3.0}
     assert "aggregation 'spend': buckets written before its ops ['max'] were added" in caplog.text
+
+
+def test_the_new_ops_added_to_state_written_before_them() -> None:
+    """State written before last_n, top_k and percentile existed (twelve canonical fields at most)
+    still reads: an aggregation given one of them leaves its older buckets out until they expire,
+    like any added op, and the other aggregations keep answering from them."""
+    before, _ = group(
+        "1m",
+        "{name: spend, stream: s1, field: x, ops: [count, max], windows: [5m]}",
+        "{name: words, stream: s1, field: word, ops: [count], windows: [5m]}",
+    )
+    after, _ = group(
+        "1m",
+        "{name: spend, stream: s1, field: x, ops: [count, max, percentile], quantiles: [0.5], windows: [5m]}",
+        "{name: words, stream: s1, field: word, ops: [count, last_n, top_k], n: 2, k: 2, windows: [5m]}",
+    )
+    old = Worker(before)
+    old.run([s1("u", BASE, 5.0, word="a"), s1("u", BASE + 1, 7.0, word="b")])  # bucket 0
+    old.flush()
+    new = Worker(after, table=dict(old.table))
+    assert new.read("u", BASE) == {
+        "spend_count_5m": 0,  # the whole aggregation leaves bucket 0 out (it lacks `values`)
+        "spend_max_5m": None,
+        "spend_p50_5m": None,
+        "words_count_5m": 0,
+        "words_last2_5m": [],
+        "words_top2_5m": [],
+    }
+    new.run([s1("u", BASE + MINUTE, 3.0, word="c")], start=2)  # bucket 1, in the new layout
+    new.flush()
+    got = new.read("u", BASE + MINUTE)
+    assert (
+        got["spend_p50_5m"] == 3.0 and got["words_last2_5m"] == ["c"] and got["words_top2_5m"] == [["c", 1]]
+    )
