@@ -114,10 +114,9 @@ def _update(agg: AggState | None, value: Any, time_ms: int, plan: AggregationPla
     if agg is None:
         x = float(value) if numeric else 0.0
         hashes = [value_hash(value)] if plan.distinct else []
-        recent = [[time_ms, value]]
-        frequent = {value_text(value): 1} if plan.k else {}
         canonical: tuple[Any, ...] = (1, x, 0.0, 0.0, value, value, time_ms, value, time_ms, value, hashes, x)
-        canonical += (recent, frequent, [x])
+        if plan.layout[-1] >= RECENT:  # last_n, top_k or percentile: their fields come last
+            canonical += ([[time_ms, value]], {value_text(value): 1} if plan.k else {}, [x])
         return [canonical[f] for f in plan.layout]
     count = agg[0] + 1  # count: always the first field
     agg[0] = count

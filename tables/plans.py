@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.config.expressions import Expression
-from app.config.spec import FeatureGroupSpec, Pipeline, op_label, parse_duration, quantile_label
+from app.config.spec import FeatureGroupSpec, Pipeline, feature_parts, parse_duration
 
 #: The canonical fields of an aggregation state, by position (a state keeps those its ops read, in
 #: this order; docs/state-format.md).
@@ -71,13 +71,7 @@ class AggregationPlan:
     def labels(self) -> list[tuple[str, str, float | None]]:
         """(op, its part of the feature names, its quantile or None) per feature of each window, in
         spec order: percentile gives one per quantile (``p50``), last_n ``last10``, top_k ``top5``."""
-        out: list[tuple[str, str, float | None]] = []
-        for op in self.ops:
-            if op == "percentile":
-                out += [(op, quantile_label(q), q) for q in self.quantiles]
-            else:
-                out.append((op, op_label(op, self.n, self.k), None))
-        return out
+        return feature_parts(self.ops, self.n, self.k, self.quantiles)
 
     def wants(self, fields: Mapping[str, Any]) -> bool:
         """Whether an event feeds this aggregation (its `where` holds). Raises on expression failure."""

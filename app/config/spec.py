@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,6 +69,20 @@ def _op(value: str) -> str:
 def quantile_label(q: float) -> str:
     """A quantile's part of its feature name: 0.5 -> ``p50``, 0.999 -> ``p99_9``."""
     return "p" + f"{q * 100:.6g}".replace(".", "_")
+
+
+def feature_parts(
+    ops: Sequence[str], n: int | None, k: int | None, quantiles: Sequence[float]
+) -> list[tuple[str, str, float | None]]:
+    """(op, its part of the feature names, its quantile or None) per feature of each window, in
+    spec order: percentile gives one per quantile."""
+    out: list[tuple[str, str, float | None]] = []
+    for op in ops:
+        if op == "percentile":
+            out += [(op, quantile_label(q), q) for q in quantiles]
+        else:
+            out.append((op, op_label(op, n, k), None))
+    return out
 
 
 def op_label(op: str, n: int | None, k: int | None) -> str:
@@ -153,13 +167,7 @@ class AggregationSpec(_Model):
         """(op, its part of the feature names) per op, in spec order: ``last_n`` with n: 10 is
         ``last10``, ``top_k`` with k: 5 is ``top5``, ``percentile`` one per quantile (``p50``, ``p99``,
         ``p99_9``), the other ops their own name."""
-        out = []
-        for op in self.ops:
-            if op == "percentile":
-                out += [(op, quantile_label(q)) for q in self.quantiles or ()]
-            else:
-                out.append((op, op_label(op, self.n, self.k)))
-        return out
+        return [(op, label) for op, label, _ in feature_parts(self.ops, self.n, self.k, self.quantiles or ())]
 
     def feature_names(self) -> list[str]:
         """``<name>_<op>_<window>`` per op and window, in spec order."""
