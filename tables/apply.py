@@ -9,6 +9,7 @@ from typing import Any, Literal
 import datasketches
 
 from tables.key_state import KeyState
+from tables.rollup import roll_up
 from tables.plans import (
     DISTINCT,
     FIRST_T,
@@ -85,6 +86,8 @@ def apply_event(
     if late:
         return "late"
     if newest is None or number > newest:
+        if plan.rollup:
+            roll_up(plan, state, number)  # before the buckets it expires go
         state.advance(number)
     values = []
     for agg in chosen:

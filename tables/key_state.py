@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from tables.state_format import Bucket, bucket_key, encode_bucket, head_key
+from tables.state_format import Bucket, bucket_key, encode_bucket, head_key, rollup_key
 
 Loader = Callable[[bytes], bytes | None]
 #: Every (record key, value) whose key starts with the given prefix, in key order (a range read).
@@ -17,11 +17,14 @@ UNREAD: Any = object()  # KeyState._buckets: not looked up yet
 
 
 class KeyState:
-    """One key's head and the buckets touched so far, with what changed since the last :meth:`changes`;
-    records come through ``load`` (head now, buckets on demand) or all at once from ``scan``."""
+    """One key's head and the buckets touched so far (and its lifetime roll-up), with what changed since
+    the last :meth:`changes`; records come through ``load`` (head now, the others on demand) or all at
+    once from ``scan``."""
 
     __slots__ = (
         "_buckets",
+        "_rollup",
+        "_rollup_dirty",
         "_deleted",
         "_dirty",
         "_head_dirty",
@@ -52,6 +55,8 @@ class KeyState:
             head = orjson.loads(raw)
             self.newest, self.mask, self.processed = head["n"], int(head["m"], 16), head["o"]
         self._buckets: dict[int, Bucket | None] = {}
+        self._rollup: Bucket | None = UNREAD
+        self._rollup_dirty = False
         self._head_dirty = False
         self._dirty: set[int] = set()
         self._deleted: set[int] = set()
@@ -129,6 +134,27 @@ class KeyState:
                 records.append(record)
         return numbers, records
 
+    def rollup(self) -> Bucket | None:
+        """The lifetime roll-up record, decoded and kept (None: none yet)."""
+        record = self._rollup
+        if record is UNREAD:
+            record_key = rollup_key(self.key)
+            raw = self._raw.get(record_key) if self._raw is not None else self._load(record_key)
+            record = self._rollup = None if raw is None else orjson.loads(raw)
+        return record
+
+    def set_rollup(self, record: Bucket) -> None:
+        """Replace the roll-up record (written with the next :meth:`changes`)."""
+        self._rollup = record
+        self._rollup_dirty = True
+
+    def expiring(self, number: int) -> list[int]:
+        """The stored buckets that making ``number`` the newest would expire, ascending."""
+        n = self.newest
+        if n is None or number <= n:
+            return []
+        return self.stored(n - self._retention + 1, number - self._retention)
+
     def _cache(self, number: int, record: Bucket | None) -> Bucket | None:
         self._buckets[number] = record
         return record
@@ -156,14 +182,17 @@ class KeyState:
         return record
 
     def changes(self) -> list[tuple[bytes, bytes | None]]:
-        """(record key, value or None to delete) to write in this order: buckets, head, deletions
-        (docs/state-format.md says why); then forgets them."""
-        if not (self._dirty or self._head_dirty or self._deleted):
+        """(record key, value or None to delete) to write in this order: buckets, roll-up, head,
+        deletions (docs/state-format.md says why); then forgets them."""
+        if not (self._dirty or self._head_dirty or self._deleted or self._rollup_dirty):
             return []
         out: list[tuple[bytes, bytes | None]] = [
             (bucket_key(self.key, number), encode_bucket(self._buckets[number]))
             for number in sorted(self._dirty - self._deleted)
         ]
+        if self._rollup_dirty:
+            out.append((rollup_key(self.key), encode_bucket(self._rollup)))
+            self._rollup_dirty = False
         if self._head_dirty:
             head = {"n": self.newest, "m": format(self.mask, "x"), "o": self.processed}
             out.append((head_key(self.key), orjson.dumps(head)))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.config.expressions import Expression
-from app.config.spec import FeatureGroupSpec, Pipeline, feature_parts, parse_duration
+from app.config.spec import FeatureGroupSpec, Pipeline, feature_parts, window_ms
 
 #: The canonical fields of an aggregation state, by position (a state keeps those its ops read, in
 #: this order; docs/state-format.md).
@@ -18,6 +18,8 @@ RECENT, FREQUENT, VALUES = 12, 13, 14  # last_n, top_k, percentile
 FIELDS = 15
 #: The fields of a bucket written before layouts were recorded (no tag): the first twelve.
 ALL_FIELDS = (1 << 12) - 1
+#: A window's number of buckets that means lifetime: the roll-up and every bucket after it.
+LIFETIME = 0
 #: The canonical fields each op reads (count is always kept).
 OP_FIELDS: dict[str, tuple[int, ...]] = {
     "count": (),
@@ -44,13 +46,14 @@ class AggregationPlan:
     stream: str
     field: str | None
     ops: tuple[str, ...]
-    windows: tuple[tuple[str, int], ...]  # (label as written, number of buckets)
+    windows: tuple[tuple[str, int], ...]  # (label as written, number of buckets; LIFETIME: lifetime)
     where: Expression | None
     n: int = 0  # values last_n keeps (0: no last_n)
     k: int = 0  # values top_k answers (0: no top_k)
     quantiles: tuple[float, ...] = ()  # what percentile answers
     # whether it keeps value hashes (`dataclasses.`: the attribute `field` above shadows the function)
     distinct: bool = dataclasses.field(init=False, compare=False, repr=False)
+    lifetime: bool = dataclasses.field(init=False, compare=False, repr=False)  # has a lifetime window
     #: bitmask of the canonical fields its state keeps; the canonical fields kept, in order; per
     #: canonical field, its position in the state (-1: not kept)
     mask: int = dataclasses.field(init=False, compare=False, repr=False)
@@ -59,6 +62,7 @@ class AggregationPlan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "distinct", "distinct" in self.ops)
+        object.__setattr__(self, "lifetime", any(size == LIFETIME for _, size in self.windows))
         mask = 1 << COUNT
         for op in self.ops:
             for canonical in OP_FIELDS[op]:
@@ -100,7 +104,8 @@ class GroupPlan:
     reads: tuple[tuple[int, int, tuple[tuple[str, int, float | None], ...]], ...] = field(
         init=False, compare=False, repr=False
     )
-    widest: int = field(init=False, compare=False, repr=False)  # buckets of the largest window
+    widest: int = field(init=False, compare=False, repr=False)  # buckets of the largest window (lifetime aside)
+    rollup: bool = field(init=False, compare=False, repr=False)  # an aggregation has a lifetime window
     tag: str = field(init=False, compare=False, repr=False)  # a bucket record's "l" in this layout
 
     def __post_init__(self) -> None:
@@ -122,6 +127,7 @@ class GroupPlan:
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "reads", reads)
         object.__setattr__(self, "widest", max((size for _, size, _ in reads), default=0))
+        object.__setattr__(self, "rollup", any(a.lifetime for a in self.aggregations))
 
     @classmethod
     def from_spec(cls, name: str, spec: FeatureGroupSpec) -> GroupPlan:
@@ -134,7 +140,7 @@ class GroupPlan:
                 stream=a.stream,
                 field=a.field,
                 ops=tuple(a.ops),
-                windows=tuple((w, parse_duration(w) // period) for w in a.windows),
+                windows=tuple((w, LIFETIME if ms is None else ms // period) for w, ms in zip(a.windows, a.windows_ms)),
                 where=Expression(a.where) if a.where else None,
                 n=a.n or 0,
                 k=a.k or 0,

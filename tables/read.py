@@ -28,14 +28,17 @@ from tables.plans import (
     SHIFT,
     SUM,
     VALUES,
+    LIFETIME,
     GroupPlan,
 )
+from tables.rollup import rollup_record
 from tables.state_format import (
     AGGREGATIONS,
     FREQUENT_LG,
     HLL_LG_K,
     LAYOUT,
     TDIGEST_K,
+    THROUGH,
     AggState,
     convert,
     digest_of,
@@ -228,14 +231,15 @@ class Selection:
     made once per request by :func:`selection`, then applied to every key."""
 
     reads: tuple[tuple[int, int, tuple[tuple[str, int, float | None], ...]], ...]  # as GroupPlan.reads
-    widest: int  # buckets of the widest window read
+    widest: int  # buckets of the widest window read (lifetime aside)
     outputs: tuple[tuple[str, int], ...] | None  # (name, position in plan.names); None: all
+    lifetime: bool  # a lifetime window is read
 
 
 def selection(plan: GroupPlan, names: frozenset[str] | set[str] | None = None) -> Selection:
     """What reading ``names`` (None: every feature) of ``plan`` takes."""
     if names is None:
-        return Selection(plan.reads, plan.widest, None)
+        return Selection(plan.reads, plan.widest, None, plan.rollup)
     all_names = plan.names
     reads = tuple(
         (index, size, wanted)
@@ -243,7 +247,8 @@ def selection(plan: GroupPlan, names: frozenset[str] | set[str] | None = None) -
         if (wanted := tuple((op, i, q) for op, i, q in ops if all_names[i] in names))
     )
     outputs = tuple((name, i) for i, name in enumerate(all_names) if name in names)
-    return Selection(reads, max((size for _, size, _ in reads), default=0), outputs)
+    widest = max((size for _, size, _ in reads), default=0)
+    return Selection(reads, widest, outputs, any(size == LIFETIME for _, size, _ in reads))
 
 
 def latest(states: list[AggState], i: int, n: int) -> list[Any]:
@@ -335,25 +340,32 @@ def read_features(
     plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | Selection | None = None
 ) -> dict[str, Any]:
     """Every feature (or those in ``names``, or of a :class:`Selection`) with windows ending at
-    ``at_ms``: a window W covers buckets (b(at) - W/P, b(at)]. Empty windows: count/sum/distinct 0,
-    the others None."""
+    ``at_ms``: a window W covers buckets (b(at) - W/P, b(at)], lifetime the roll-up and the buckets
+    after it up to b(at). Empty windows: count/sum/distinct 0, the others None."""
     if names is None:  # the common case: no selection to make
-        reads, widest, outputs = plan.reads, plan.widest, None
+        reads, widest, outputs, lifetime = plan.reads, plan.widest, None, plan.rollup
     else:
         chosen = names if isinstance(names, Selection) else selection(plan, names)
-        reads, widest, outputs = chosen.reads, chosen.widest, chosen.outputs
+        reads, widest, outputs, lifetime = chosen.reads, chosen.widest, chosen.outputs, chosen.lifetime
         if not reads:
             return {}
     end = at_ms // plan.period_ms
+    lo = end - widest + 1
+    rollup = rollup_record(plan, state) if lifetime else None
+    after = -(2**62) if rollup is None else rollup[THROUGH] + 1  # lifetime's first bucket
+    if lifetime:
+        lo = min(lo, after)
     # Every window ends at `end`: the buckets of the widest one, loaded once, serve them all.
-    numbers, records = state.buckets_in(end - widest + 1, end)
+    numbers, records = state.buckets_in(lo, end)
     tag = plan.tag
     slots = [(r if r[LAYOUT] == tag else convert(plan, r))[AGGREGATIONS] for r in records]
     out: list[Any] = [None] * len(plan.names)
     aggregations = plan.aggregations
     for index, size, ops in reads:
-        first = bisect_left(numbers, end - size + 1)
+        first = bisect_left(numbers, end - size + 1 if size != LIFETIME else after)
         states = [agg for a in slots[first:] if (agg := a[index]) is not None]
+        if size == LIFETIME and rollup is not None and (rolled := rollup[AGGREGATIONS][index]) is not None:
+            states.insert(0, rolled)
         aggregation = aggregations[index]
         _window_results(states, ops, aggregation.at, out, aggregation.n, aggregation.k)
     if outputs is None:
@@ -365,12 +377,21 @@ def outside_retention(
     plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | Selection | None = None
 ) -> bool:
     """Whether a feature asked for (all when ``names`` is None) needs buckets at or below n - R at
-    ``at_ms``, which may be deleted (docs/product.md): the API answers 422 then."""
+    ``at_ms``, which may be deleted, or (lifetime) is at or below n - R, where the roll-up may hold
+    buckets after it (docs/product.md): the API answers 422 then."""
     newest = state.newest
     if newest is None:
         return False
     if names is None:
-        widest = plan.widest
+        widest, lifetime = plan.widest, plan.rollup
     else:
-        widest = (names if isinstance(names, Selection) else selection(plan, names)).widest
-    return plan.bucket(at_ms) - widest + 1 <= newest - plan.retention
+        chosen = names if isinstance(names, Selection) else selection(plan, names)
+        widest, lifetime = chosen.widest, chosen.lifetime
+    end = plan.bucket(at_ms)
+    horizon = newest - plan.retention
+    if widest and end - widest + 1 <= horizon:
+        return True
+    if lifetime:
+        rollup = state.rollup()
+        return end <= horizon or (rollup is not None and end < rollup[THROUGH])
+    return False

@@ -14,9 +14,11 @@ import orjson
 from tables.plans import ALL_FIELDS, OP_FIELDS, GroupPlan, layout_of
 
 AggState = list[Any]
-#: A bucket record, decoded: [aggregation states (None: no value yet), layout tag, applied offsets]
+#: A bucket record, decoded: [aggregation states (None: no value yet), layout tag, applied offsets];
+#: a roll-up record has the newest bucket merged into it in place of the offsets.
 Bucket = list[Any]
 AGGREGATIONS, LAYOUT, OFFSETS = range(3)
+THROUGH = OFFSETS  # a roll-up record's: every stored bucket up to this one is merged into it
 
 EXACT_DISTINCT = 128  # per bucket; beyond it a bucket keeps a sketch instead of the hashes
 HLL_LG_K = 14  # HyperLogLog precision of a bucket's sketch (docs/state-format.md)
@@ -78,6 +80,11 @@ def encode_bucket(record: Bucket | None) -> bytes:
 def head_key(key: bytes) -> bytes:
     """The record key of ``key``'s head: ``<key>\\0``."""
     return key + b"\x00"
+
+
+def rollup_key(key: bytes) -> bytes:
+    """The record key of ``key``'s lifetime roll-up: ``<key>\\0L``."""
+    return key + b"\x00L"
 
 
 def bucket_key(key: bytes, bucket: int) -> bytes:

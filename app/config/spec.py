@@ -31,6 +31,7 @@ OPS = (
     "percentile",
 )
 MAX_LAST_N = 1_000  # the largest ``n`` of last_n: a bucket keeps at most n values
+LIFETIME = "lifetime"  # the window of every event of the key since its first (docs/features.md)
 MAX_TOP_K = 1_000  # the largest ``k`` of top_k (exact up to 1,000 distinct values per bucket)
 _UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
@@ -52,6 +53,21 @@ def _duration_text(value: object) -> str:
     """Validate a duration and keep it as written: feature names use the spec's spelling (24h, not 1d)."""
     parse_duration(value)
     return re.sub(r"\s+", "", str(value))
+
+
+def _window_text(value: object) -> str:
+    """A window: a duration as written, or ``lifetime``."""
+    if value == LIFETIME:
+        return LIFETIME
+    try:
+        return _duration_text(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or lifetime") from None
+
+
+def window_ms(window: str) -> int | None:
+    """A window's length in milliseconds; None for ``lifetime`` (every event of the key)."""
+    return None if window == LIFETIME else parse_duration(window)
 
 
 def _field_type(value: str) -> str:
@@ -109,6 +125,7 @@ def _topic(value: str) -> str:
 FieldType = Annotated[str, AfterValidator(_field_type)]
 Op = Annotated[str, AfterValidator(_op)]
 Duration = Annotated[str, BeforeValidator(_duration_text)]
+Window = Annotated[str, BeforeValidator(_window_text)]
 Name = Annotated[str, AfterValidator(_name)]
 Topic = Annotated[str, AfterValidator(_topic)]
 
@@ -150,7 +167,7 @@ class AggregationSpec(_Model):
     stream: Name
     field: Name | None = None
     ops: list[Op] = Field(min_length=1)
-    windows: list[Duration] = Field(min_length=1)
+    windows: list[Window] = Field(min_length=1)
     where: str | None = None
     n: int | None = Field(default=None, ge=1, le=MAX_LAST_N, description="How many values last_n keeps.")
     k: int | None = Field(default=None, ge=1, le=MAX_TOP_K, description="How many values top_k answers.")
@@ -159,9 +176,9 @@ class AggregationSpec(_Model):
     )
 
     @property
-    def windows_ms(self) -> list[int]:
-        """The windows in milliseconds, in spec order."""
-        return [parse_duration(w) for w in self.windows]
+    def windows_ms(self) -> list[int | None]:
+        """The windows in milliseconds, in spec order (None: lifetime)."""
+        return [window_ms(w) for w in self.windows]
 
     def op_labels(self) -> list[tuple[str, str]]:
         """(op, its part of the feature names) per op, in spec order: ``last_n`` with n: 10 is
@@ -199,8 +216,9 @@ class FeatureGroupSpec(_Model):
 
     @property
     def retention_ms(self) -> int:
-        """The largest window of the group: buckets older than this behind the newest may go."""
-        return max(w for agg in self.aggregations for w in agg.windows_ms)
+        """The largest window of the group (lifetime windows aside; one period when there is no
+        other): buckets older than this behind the newest may go (lifetime keeps them rolled up)."""
+        return max((w for agg in self.aggregations for w in agg.windows_ms if w is not None), default=self.period_ms)
 
     def feature_names(self) -> list[str]:
         """Every feature of the group, aggregation by aggregation."""
@@ -353,12 +371,12 @@ def _check_aggregation(
         if problem:
             yield (*at, "where"), problem
     for j, window in enumerate(agg.windows_ms):
-        if window % group.period_ms:
+        if window is not None and window % group.period_ms:
             yield (
                 (*at, "windows", j),
                 (f"window {agg.windows[j]} is not a multiple of the period {group.period}"),
             )
-    if len(set(agg.windows_ms)) != len(agg.windows):
+    if len(set(agg.windows_ms)) != len(agg.windows):  # 1h and 60m are the same window
         yield (*at, "windows"), "duplicate window"
 
 

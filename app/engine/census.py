@@ -14,7 +14,7 @@ YIELD_EVERY = 500  # records counted between two turns of the event loop
 
 
 async def count_records(table: StateTable, partitions: int) -> tuple[int, int]:
-    """(records whose key ends with NUL, other records) over the partitions this worker serves."""
+    """(records whose key ends with NUL, other records but roll-ups) over the partitions this worker serves."""
     heads = others = 0
     for partition in range(partitions):
         if not table.serves(partition):
@@ -22,6 +22,8 @@ async def count_records(table: StateTable, partitions: int) -> tuple[int, int]:
         for n, key in enumerate(local_record_keys(table, partition), 1):
             if key.endswith(b"\0"):
                 heads += 1
+            elif key.endswith(b"\0L"):  # a lifetime roll-up: neither
+                pass
             else:
                 others += 1
             if n % YIELD_EVERY == 0:

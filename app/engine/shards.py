@@ -40,7 +40,7 @@ def is_hop(outcome: Rows | Rejected | Hop) -> bool:
 class Wants(NamedTuple):
     """What the worker reads for a (group, key) slot of a shard."""
 
-    whole: bool  # every record of the key (its features are read): one range read
+    whole: bool  # every record of the key (its features are read, or it has a roll-up): one range read
     buckets: set[int]  # else: the head and these buckets (those its events fall in)
 
 
@@ -131,8 +131,8 @@ class BatchWork:
         plans = self.plans
         for group in work.stage.groups:
             wanted = wants.get((group, raw_key))
-            if wanted is None:
-                wanted = wants[group, raw_key] = Wants(group in work.reads, set())
+            if wanted is None:  # a roll-up merges the buckets that expire: read the key whole
+                wanted = wants[group, raw_key] = Wants(group in work.reads or plans[group].rollup, set())
             wanted.buckets.add(ts // plans[group].period_ms)  # the event's bucket
         for group in work.reads:
             wanted = wants.get((group, raw_key))

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from app.config.expressions import Expression
-from app.config.spec import AggregationSpec, FeatureGroupSpec, parse_duration
+from app.config.spec import AggregationSpec, FeatureGroupSpec
 
 BASE_COLUMNS = ("key", "time", "stream")
 _EMPTY = pd.Series([], dtype=object)
@@ -132,11 +132,12 @@ class GroundTruth:
         self.spec = group_spec
         self.period_ms = group_spec.period_ms
         self.aggregations: list[AggregationSpec] = list(group_spec.aggregations)
+        # (label, buckets); lifetime: 0 (every bucket of the key up to the read's)
         self.windows = [
-            [(label, parse_duration(label) // self.period_ms) for label in a.windows]
+            [(label, (ms or 0) // self.period_ms) for label, ms in zip(a.windows, a.windows_ms, strict=True)]
             for a in self.aggregations
         ]
-        self.retention = max(size for windows in self.windows for _, size in windows)  # R, in buckets
+        self.retention = group_spec.retention_ms // self.period_ms  # R, in buckets
         streams = {a.stream for a in self.aggregations}
         if events.empty:
             events = pd.DataFrame({"key": [], "time": [], "stream": []}, dtype=object)
@@ -203,11 +204,14 @@ class GroundTruth:
         """docs/product.md: a window W at T needs buckets from b(T) - W/P + 1; it is answerable unless that
         is <= n - R (those buckets may have been deleted)."""
         n = self.newest_bucket(key, upto)
+        if window_buckets == 0:  # lifetime: the roll-up holds every bucket <= n - R, so b(T) must be after
+            return n is None or at_ms // self.period_ms > n - self.retention
         return n is None or at_ms // self.period_ms - window_buckets + 1 > n - self.retention
 
     def in_retention(self, key: str, at_ms: int, upto: int | None = None) -> bool:
-        """Whether every window of the group at ``at_ms`` is answerable (the largest one is)."""
-        return self.window_in_retention(key, at_ms, self.retention, upto)
+        """Whether every window of the group at ``at_ms`` is answerable."""
+        sizes = {size for windows in self.windows for _, size in windows}
+        return all(self.window_in_retention(key, at_ms, size, upto) for size in sizes)
 
     def late_seqs(self) -> set[int]:
         return set(self.marked.loc[self.marked["late"], "seq"].tolist())
@@ -222,7 +226,9 @@ class GroundTruth:
             for label, size in windows:
                 mask = None
                 if data is not None:
-                    mask = (data.bucket > end - size) & (data.bucket <= end)
+                    mask = data.bucket <= end
+                    if size:  # not lifetime
+                        mask &= data.bucket > end - size
                     if upto is not None:
                         mask &= data.seq < upto
                 if data is None or mask is None or not mask.any():

@@ -135,7 +135,7 @@ class Worker:
 
     def stored_buckets(self, key: str) -> int:
         prefix = key.encode() + b"\x00"
-        return sum(1 for k in self.table if k.startswith(prefix) and k != prefix)
+        return sum(1 for k in self.table if k.startswith(prefix) and k not in (prefix, prefix + b"L"))
 
 
 def op_of(spec: Any) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 import pytest
@@ -73,6 +74,8 @@ def aggregation(draw: st.DrawFn, index: int, period_minutes: int) -> str:
         minutes = m * period_minutes
         as_hours = minutes % 60 == 0 and draw(st.booleans())
         labels.append(f"{minutes // 60}h" if as_hours else f"{minutes}m")
+    if draw(st.integers(0, 3)) == 0:
+        labels.insert(draw(st.integers(0, len(labels))), "lifetime")
     if kind.startswith("count-"):
         stream, field_name, ops = kind[len("count-") :], None, ["count"]
     else:
@@ -162,11 +165,11 @@ def test_matches_ground_truth(scenario: Scenario) -> None:
     truth = GroundTruth(spec, frame(events))
     truth_late = truth.late_seqs()
     ops = op_of(spec)
-    sizes = {
-        f"{a.name}_{label}_{w}": parse_duration(w) // plan.period_ms
+    sizes = {  # in buckets; lifetime 0
+        f"{a.name}_{label}_{w}": (ms or 0) // plan.period_ms
         for a in spec.aggregations
         for _, label in a.op_labels()
-        for w in a.windows
+        for w, ms in zip(a.windows, a.windows_ms, strict=True)
     }
     worker = Worker(plan)
     steps, persisted = schedule(scenario)
@@ -447,29 +450,35 @@ def test_state_stays_bounded() -> None:
 
 
 def test_new_ops_state_stays_bounded_over_ten_retentions() -> None:
-    """last_n, top_k and percentile over 10 x retention of event time, 1,500 events per 5-minute
-    bucket over 3,000 products: every bucket switches to its sketches, whose sizes are capped, and
-    the key keeps R buckets (docs/state-format.md gives the sizes)."""
+    """last_n, top_k, percentile and distinct over 10 x retention of event time, with a lifetime
+    window, 1,500 events per 5-minute bucket over 3,000 products: every bucket and the roll-up switch
+    to their sketches, whose sizes are capped, and the key keeps R buckets and one roll-up
+    (docs/state-format.md gives the sizes)."""
     plan, _ = group(
         "5m",
-        "{name: w, stream: s1, field: word, ops: [last_n, top_k], n: 5, k: 3, windows: [30m]}",
-        "{name: q, stream: s1, field: x, ops: [percentile], quantiles: [0.5, 0.99], windows: [30m]}",
+        "{name: w, stream: s1, field: word, ops: [last_n, top_k, distinct], n: 5, k: 3, windows: [30m, lifetime]}",
+        "{name: q, stream: s1, field: x, ops: [percentile], quantiles: [0.5, 0.99], windows: [30m, lifetime]}",
     )
     rng = random.Random(4)
     worker = Worker(plan)
     offset = 0
+    words: Counter[str] = Counter()
     for bucket in range(10 * plan.retention):
         for _ in range(1_500):
             t = BASE + bucket * 5 * MINUTE + rng.randrange(5 * MINUTE)
-            worker.apply(
-                s1("u", t, rng.lognormvariate(3, 1), word=f"p{int(rng.paretovariate(1)) % 3000}"), offset
-            )
+            word = f"p{int(rng.paretovariate(1)) % 3000}"
+            words[word] += 1
+            worker.apply(s1("u", t, rng.lognormvariate(3, 1), word=word), offset)
             offset += 1
         worker.flush()
     sizes = [len(v) for k, v in worker.table.items() if k.startswith(b"u\x00")]
     assert worker.stored_buckets("u") == plan.retention
-    assert max(sizes) < 20_000, max(sizes)  # one bucket: a frequent-items sketch and a t-digest
-    assert sum(sizes) < (plan.retention + 1) * 20_000
+    # one bucket or the roll-up: a frequent-items sketch, an HLL sketch and a t-digest
+    assert max(sizes) < 30_000, max(sizes)
+    assert sum(sizes) < (plan.retention + 2) * 30_000
+    lifetime = worker.read("u", BASE + (10 * plan.retention - 1) * 5 * MINUTE)
+    assert abs(lifetime["w_distinct_lifetime"] - len(words)) <= 0.03 * len(words)  # HLL lg 14
+    assert lifetime["w_top3_lifetime"][0][0] == words.most_common(1)[0][0]
     assert len(worker.read("u", BASE + (10 * plan.retention - 1) * 5 * MINUTE)["w_last5_30m"]) == 5
 
 
