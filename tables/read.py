@@ -276,10 +276,8 @@ def most_frequent(states: list[AggState], i: int, k: int) -> list[list[Any]]:
         if isinstance(counts, dict):
             for text, count in counts.items():
                 exact[text] = exact.get(text, 0) + count
-        else:
-            if isinstance(counts, str):  # decoded once per loaded bucket, kept live
-                counts = agg[i] = frequent_of(counts)
-            sketches.append(counts)
+        else:  # stored, or live (changed in this batch): merged as it reads back from its stored form
+            sketches.append(frequent_of(counts))
     if sketches:
         merged = datasketches.frequent_strings_sketch(FREQUENT_LG)
         for sketch in sketches:

@@ -171,7 +171,7 @@ def _merge_frequent(into: dict[str, int] | str | Any, other: dict[str, int] | st
             for text, count in part.items():
                 sketch.update(text, count)
         else:
-            sketch.merge(frequent_of(part) if isinstance(part, str) else part)
+            sketch.merge(frequent_of(part))
     return sketch
 
 

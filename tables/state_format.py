@@ -43,9 +43,13 @@ def sketch_of(text: str) -> Any:
     return datasketches.hll_sketch.deserialize(base64.b64decode(text))
 
 
-def frequent_of(text: str) -> Any:
-    """A bucket's top_k sketch from its stored form (``TOP_PREFIX`` + base64)."""
-    return datasketches.frequent_strings_sketch.deserialize(base64.b64decode(text[len(TOP_PREFIX) :]))
+def frequent_of(text: str | Any) -> Any:
+    """A bucket's top_k sketch from its stored form (``TOP_PREFIX`` + base64), or a live one as it would
+    read back: merging depends on the order of a sketch's map, which reading it back may change, so
+    every merge takes sketches in this form (the answers do not depend on when a batch wrote them)."""
+    if isinstance(text, str):
+        return datasketches.frequent_strings_sketch.deserialize(base64.b64decode(text[len(TOP_PREFIX) :]))
+    return datasketches.frequent_strings_sketch.deserialize(text.serialize())
 
 
 def digest_of(text: str) -> Any:

@@ -82,10 +82,11 @@ def test_lifetime_survives_crashes_mid_flush_exactly_and_within_the_stated_bound
     at = BASE + (MINUTES - 1) * MINUTE + 59_999
     got = straight.read("u", at)
     assert crashed.read("u", at) == got
-    # The same records. The roll-up's HLL sketch may list the same coupons in another order.
+    # The same buckets (a head may lag in its processed offsets: it is rewritten when a bucket opens
+    # or expires) and roll-up, whose HLL sketch may list the same coupons in another order.
     rollup = rollup_key(b"u")
-    assert {k: v for k, v in crashed.table.items() if k != rollup} == {
-        k: v for k, v in straight.table.items() if k != rollup
+    assert {k: v for k, v in crashed.table.items() if k not in (rollup, b"u\x00")} == {
+        k: v for k, v in straight.table.items() if k not in (rollup, b"u\x00")
     }
     ours, theirs = orjson.loads(crashed.table[rollup]), orjson.loads(straight.table[rollup])
     distinct = plan.aggregations[1].at[DISTINCT]
