@@ -9,7 +9,6 @@ from typing import Any, Literal
 import datasketches
 
 from tables.key_state import KeyState
-from tables.rollup import roll_up
 from tables.plans import (
     DISTINCT,
     FIRST_T,
@@ -26,6 +25,7 @@ from tables.plans import (
     AggregationPlan,
     GroupPlan,
 )
+from tables.rollup import roll_up
 from tables.state_format import (
     AGGREGATIONS,
     EXACT_DISTINCT,

@@ -23,14 +23,14 @@ class KeyState:
 
     __slots__ = (
         "_buckets",
-        "_rollup",
-        "_rollup_dirty",
         "_deleted",
         "_dirty",
         "_head_dirty",
         "_load",
         "_raw",
         "_retention",
+        "_rollup",
+        "_rollup_dirty",
         "key",
         "mask",
         "newest",

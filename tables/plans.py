@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.config.expressions import Expression
-from app.config.spec import FeatureGroupSpec, Pipeline, feature_parts, window_ms
+from app.config.spec import FeatureGroupSpec, Pipeline, feature_parts
 
 #: The canonical fields of an aggregation state, by position (a state keeps those its ops read, in
 #: this order; docs/state-format.md).
@@ -104,7 +104,9 @@ class GroupPlan:
     reads: tuple[tuple[int, int, tuple[tuple[str, int, float | None], ...]], ...] = field(
         init=False, compare=False, repr=False
     )
-    widest: int = field(init=False, compare=False, repr=False)  # buckets of the largest window (lifetime aside)
+    widest: int = field(
+        init=False, compare=False, repr=False
+    )  # buckets of the largest window (lifetime aside)
     rollup: bool = field(init=False, compare=False, repr=False)  # an aggregation has a lifetime window
     tag: str = field(init=False, compare=False, repr=False)  # a bucket record's "l" in this layout
 
@@ -140,7 +142,10 @@ class GroupPlan:
                 stream=a.stream,
                 field=a.field,
                 ops=tuple(a.ops),
-                windows=tuple((w, LIFETIME if ms is None else ms // period) for w, ms in zip(a.windows, a.windows_ms)),
+                windows=tuple(
+                    (w, LIFETIME if ms is None else ms // period)
+                    for w, ms in zip(a.windows, a.windows_ms, strict=True)
+                ),
                 where=Expression(a.where) if a.where else None,
                 n=a.n or 0,
                 k=a.k or 0,

@@ -20,6 +20,7 @@ from tables.plans import (
     FREQUENT,
     LAST_T,
     LAST_V,
+    LIFETIME,
     M2,
     MAX,
     MEAN,
@@ -28,7 +29,6 @@ from tables.plans import (
     SHIFT,
     SUM,
     VALUES,
-    LIFETIME,
     GroupPlan,
 )
 from tables.rollup import rollup_record
@@ -50,7 +50,7 @@ from tables.state_format import (
 @dataclass
 class MergedWindow:
     """A window's merge of bucket states given with all twelve canonical fields (as app/tools/offline
-    builds them); the worker's reads merge states in their layout with :func:`_window_results`."""
+    builds them); the worker's reads merge states in their layout with :func:`window_results`."""
 
     count: int = 0
     sum: float = 0.0
@@ -132,7 +132,7 @@ def _distinct_count(hashes: set[int], sketches: list[Any]) -> int:
     return round(union.get_estimate())
 
 
-def _window_results(
+def window_results(
     states: list[AggState],
     ops: tuple[tuple[str, int, float | None], ...],
     at: tuple[int, ...],
@@ -365,7 +365,7 @@ def read_features(
         if size == LIFETIME and rollup is not None and (rolled := rollup[AGGREGATIONS][index]) is not None:
             states.insert(0, rolled)
         aggregation = aggregations[index]
-        _window_results(states, ops, aggregation.at, out, aggregation.n, aggregation.k)
+        window_results(states, ops, aggregation.at, out, aggregation.n, aggregation.k)
     if outputs is None:
         return dict(zip(plan.names, out, strict=True))
     return {name: out[i] for name, i in outputs}

@@ -90,7 +90,7 @@ def rolled_up(states: list[AggState], agg: AggregationPlan) -> AggState | None:
 
 def merge_state(into: AggState | None, other: AggState, agg: AggregationPlan) -> AggState:
     """``into`` (a roll-up state, None: none yet; changed in place) with a later bucket's ``other`` merged
-    in, in ``agg``'s layout: the float operations of tables.read._window_results, in its order.
+    in, in ``agg``'s layout: the float operations of tables.read.window_results, in its order.
     ``other`` is never changed: the first merge copies it (sketches in their stored form)."""
     if into is None:
         copied: AggState = orjson.loads(encode_bucket(other))
@@ -137,7 +137,7 @@ def merge_state(into: AggState | None, other: AggState, agg: AggregationPlan) ->
 
 def _merge_distinct(into: list[int] | str | Any, other: list[int] | str | Any) -> list[int] | Any:
     """Exact hashes while the union holds at most ``EXACT_DISTINCT``, else an HLL union's sketch."""
-    parts = (into, other)
+    parts: tuple[Any, ...] = (into, other)
     if isinstance(into, list) and isinstance(other, list):
         known = set(into)
         into.extend(h for h in other if h not in known)
@@ -156,9 +156,11 @@ def _merge_distinct(into: list[int] | str | Any, other: list[int] | str | Any) -
     return union.get_result(datasketches.tgt_hll_type.HLL_4)
 
 
-def _merge_frequent(into: dict[str, int] | str | Any, other: dict[str, int] | str | Any) -> dict[str, int] | Any:
+def _merge_frequent(
+    into: dict[str, int] | str | Any, other: dict[str, int] | str | Any
+) -> dict[str, int] | Any:
     """Exact counts while at most ``EXACT_TOP`` distinct values, else a frequent-items sketch."""
-    parts = (into, other)
+    parts: tuple[Any, ...] = (into, other)
     if isinstance(into, dict) and isinstance(other, dict):
         for text, count in other.items():
             into[text] = into.get(text, 0) + count

@@ -218,7 +218,9 @@ class FeatureGroupSpec(_Model):
     def retention_ms(self) -> int:
         """The largest window of the group (lifetime windows aside; one period when there is no
         other): buckets older than this behind the newest may go (lifetime keeps them rolled up)."""
-        return max((w for agg in self.aggregations for w in agg.windows_ms if w is not None), default=self.period_ms)
+        return max(
+            (w for agg in self.aggregations for w in agg.windows_ms if w is not None), default=self.period_ms
+        )
 
     def feature_names(self) -> list[str]:
         """Every feature of the group, aggregation by aggregation."""

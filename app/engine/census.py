@@ -14,7 +14,7 @@ YIELD_EVERY = 500  # records counted between two turns of the event loop
 
 
 async def count_records(table: StateTable, partitions: int) -> tuple[int, int]:
-    """(records whose key ends with NUL, other records but roll-ups) over the partitions this worker serves."""
+    """(records whose key ends with NUL, other records but roll-ups) over the partitions served here."""
     heads = others = 0
     for partition in range(partitions):
         if not table.serves(partition):

@@ -23,8 +23,15 @@ from app.tools.offline.events import (
     time_to_ms,
 )
 from app.tools.offline.keys import EntityKeys, Parts, combine, field_parts
-from app.tools.offline.states import States, merge_windows, segment_states, value_hashes
-from tables.plans import AggregationPlan, GroupPlan, group_plans
+from app.tools.offline.states import (
+    LifetimeWindow,
+    Merged,
+    States,
+    merge_windows,
+    segment_states,
+    value_hashes,
+)
+from tables.plans import LIFETIME, AggregationPlan, GroupPlan, group_plans
 
 Progress = Callable[[str], None]
 LABEL_TIME_COLUMNS = ("at", "event_timestamp", "timestamp", "ts", "time")
@@ -193,6 +200,7 @@ def group_features(
     q_end = q_times // plan.period_ms
     out: dict[str, pd.Series] = {}
     order = _sorted_order(events.keys, events.buckets)
+    newest = _newest_buckets(events, q_codes, q_times if point_in_time else None) if plan.rollup else None
     coded: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for agg in plan.aggregations:
         progress(f"{plan.name}.{agg.name}")
@@ -206,8 +214,14 @@ def group_features(
         else:
             states, extra = full, np.full(len(q_codes), -1, dtype=np.int64)
         last = q_end - 1 if point_in_time else q_end
-        per_window = {}
+        per_window: dict[str, Merged | LifetimeWindow] = {}
         for label, size in agg.windows:
+            if size == LIFETIME:  # the roll-up as the worker has it: up to b(T) - R, or its newest - R
+                assert newest is not None
+                split = np.minimum(newest - plan.retention, q_end)
+                lifetime = LifetimeWindow(agg, len(q_codes))
+                per_window[label] = lifetime.fill(states, k, b, q_codes, split, last, extra)
+                continue
             lo, length = _window_rows(k, b, q_codes, q_end - size + 1, last)
             percentile = "percentile" in agg.ops
             per_window[label] = merge_windows(
@@ -219,6 +233,28 @@ def group_features(
                 values, valid = merged.quantile(q) if q is not None else merged.result(op)
                 out[f"{agg.name}_{part}_{label}"] = _column(op, values, valid, data)
     return out
+
+
+def _newest_buckets(events: GroupEvents, q_codes: np.ndarray, q_times: np.ndarray | None) -> np.ndarray:
+    """Per query, the newest bucket of its key's accepted events (the worker's n after them all), or
+    with ``q_times``, of those with time <= the query's (a worker that has processed the past only)."""
+    low = np.iinfo(np.int64).min // 4
+    if q_times is None:
+        size = int(max(events.keys.max(initial=-1), q_codes.max(initial=-1))) + 1
+        newest = np.full(size, low, dtype=np.int64)
+        np.maximum.at(newest, events.keys, events.buckets)
+        return newest[q_codes]
+    order = np.lexsort((events.times, events.keys))
+    keys, times = events.keys[order], events.times[order]
+    # the last event of the query's key at or before its time: (key, time) pairs sorted
+    last = np.searchsorted(keys, q_codes, side="right")  # one past the key's last event
+    first = np.searchsorted(keys, q_codes, side="left")
+    newest = np.full(len(q_codes), low, dtype=np.int64)
+    for i in range(len(q_codes)):
+        j = first[i] + int(np.searchsorted(times[first[i] : last[i]], q_times[i], side="right")) - 1
+        if j >= first[i]:
+            newest[i] = int(times[j]) // events.plan.period_ms
+    return newest
 
 
 def _window_rows(

@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 
 from tables.apply import add_distinct, add_frequent, add_value
-from tables.read import MergedWindow, latest, most_frequent, quantile, window_values
+from tables.plans import AggregationPlan
+from tables.read import MergedWindow, latest, most_frequent, quantile, window_results, window_values
+from tables.rollup import merge_state
 from tables.state_format import EXACT_DISTINCT, AggState, value_hash, value_text
 
 _EMPTY_I = np.zeros(0, dtype=np.int64)
@@ -426,3 +428,106 @@ def _distinct_counts(states: States, lo: np.ndarray, length: np.ndarray, extra: 
             merged.add([int(states.count[r]), 0.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0, digest, 0.0])
         out[i] = merged.distinct()
     return out
+
+
+class LifetimeWindow:
+    """Each query's lifetime features, computed as the worker computes them: the roll-up (the key's
+    buckets up to the query's split merged with tables/rollup.py, in bucket order) and the buckets after
+    it, read with tables.read.window_results; the same interface as :class:`Merged`."""
+
+    def __init__(self, agg: AggregationPlan, size: int) -> None:
+        self.agg = agg
+        self.parts = agg.labels()
+        self.ops = tuple((op, j, q) for j, (op, _, q) in enumerate(self.parts))
+        self.out = np.empty((size, len(self.parts)), dtype=object)
+
+    def fill(
+        self,
+        states: States,
+        k: np.ndarray,
+        b: np.ndarray,
+        q_codes: np.ndarray,
+        q_split: np.ndarray,
+        q_last: np.ndarray,
+        extra: np.ndarray,
+    ) -> LifetimeWindow:
+        """``k``, ``b``: key code and bucket of the rows of ``states`` (sorted, then partial rows);
+        per query its key, the last bucket in the roll-up, the last full bucket read and its partial
+        row (-1: none)."""
+        agg = self.agg
+        keys = k.tolist()
+        buckets = b.tolist()
+        order = sorted(range(len(q_codes)), key=lambda i: (int(q_codes[i]), int(q_split[i])))
+        key_start: dict[int, int] = {}
+        for row, key in enumerate(keys):
+            key_start.setdefault(key, row)
+        current: tuple[int, int] | None = None  # (key, next row to merge) of the roll-up below
+        rolled: AggState | None = None
+        for i in order:
+            key, split, last = int(q_codes[i]), int(q_split[i]), int(q_last[i])
+            start = key_start.get(key)
+            if current is None or current[0] != key:
+                current, rolled = (key, start if start is not None else len(keys)), None
+            row = current[1]
+            while row < len(keys) and keys[row] == key and buckets[row] <= split:
+                rolled = merge_state(rolled, _agg_state(states, row, buckets[row], agg), agg)
+                row += 1
+            current = (key, row)
+            window: list[AggState] = [] if rolled is None else [rolled]
+            while row < len(keys) and keys[row] == key and buckets[row] <= last:
+                window.append(_agg_state(states, row, buckets[row], agg))
+                row += 1
+            if extra[i] >= 0:
+                window.append(_agg_state(states, int(extra[i]), last + 1, agg))
+            result: list[Any] = [None] * len(self.parts)
+            window_results(window, self.ops, agg.at, result, agg.n, agg.k)
+            self.out[i] = result
+        return self
+
+    def _values(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        column = self.out[:, j]
+        valid = np.array([v is not None for v in column], dtype=bool)
+        return column, valid
+
+    def quantile(self, q: float) -> tuple[np.ndarray, np.ndarray]:
+        """(values, valid mask) of percentile ``q``."""
+        j = next(j for j, (op, _, quant) in enumerate(self.parts) if op == "percentile" and quant == q)
+        column, valid = self._values(j)
+        return np.array([v if v is not None else np.nan for v in column], dtype=np.float64), valid
+
+    def result(self, op: str) -> tuple[np.ndarray, np.ndarray]:
+        """(values, valid mask) of ``op``, typed as :meth:`Merged.result` types them."""
+        j = next(j for j, (name, _, _) in enumerate(self.parts) if name == op)
+        column, valid = self._values(j)
+        if op in ("last_n", "top_k"):
+            return column, np.ones(len(column), dtype=bool)
+        if op in ("count", "distinct"):
+            return column.astype(np.int64), valid
+        if op in ("sum", "avg", "stddev"):
+            return np.array([v if v is not None else np.nan for v in column], dtype=np.float64), valid
+        present = [v for v in column if v is not None]
+        if present and all(isinstance(v, bool | np.bool_) for v in present):
+            return np.array([bool(v) if v is not None else False for v in column]), valid
+        if present and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in present):
+            return np.array([int(v) if v is not None else 0 for v in column], dtype=np.int64), valid
+        if present and all(isinstance(v, float | np.floating) for v in present):
+            return np.array([float(v) if v is not None else np.nan for v in column], dtype=np.float64), valid
+        return column, valid
+
+
+def _agg_state(states: States, row: int, bucket: int, agg: AggregationPlan) -> AggState:
+    """Row ``row`` of ``states`` as the worker keeps an aggregation state, in ``agg``'s layout; its
+    first and last times are the bucket number (rows are merged in bucket order, one per bucket)."""
+    hs = states.hash_start
+    distinct = states.sketches.get(row)
+    if distinct is None:
+        distinct = states.hashes[hs[row] : hs[row + 1]].tolist()
+    canonical = (
+        int(states.count[row]), float(states.sum[row]), float(states.mean[row]), float(states.m2[row]),
+        _python(states.min[row]), _python(states.max[row]), bucket, _python(states.first[row]),
+        bucket, _python(states.last[row]), distinct, float(states.shift[row]),
+        states.recent[row] if states.recent is not None else [],
+        states.frequent[row] if states.frequent is not None else {},
+        states.kept[row] if states.kept is not None else [],
+    )  # fmt: skip
+    return [canonical[f] for f in agg.layout]

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from app.config.spec import OPS, parse_duration, quantile_label
+from app.config.spec import OPS, quantile_label
 from tables.apply import is_late
 from tables.plans import GroupPlan
 from tables.read import outside_retention, read_features
@@ -456,8 +456,10 @@ def test_new_ops_state_stays_bounded_over_ten_retentions() -> None:
     (docs/state-format.md gives the sizes)."""
     plan, _ = group(
         "5m",
-        "{name: w, stream: s1, field: word, ops: [last_n, top_k, distinct], n: 5, k: 3, windows: [30m, lifetime]}",
-        "{name: q, stream: s1, field: x, ops: [percentile], quantiles: [0.5, 0.99], windows: [30m, lifetime]}",
+        "{name: w, stream: s1, field: word, ops: [last_n, top_k, distinct], n: 5, k: 3,"
+        " windows: [30m, lifetime]}",
+        "{name: q, stream: s1, field: x, ops: [percentile], quantiles: [0.5, 0.99],"
+        " windows: [30m, lifetime]}",
     )
     rng = random.Random(4)
     worker = Worker(plan)

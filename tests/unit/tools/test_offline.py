@@ -52,14 +52,14 @@ features:
         stream: orders
         field: amount
         ops: [count, sum, avg, min, max, stddev, first, last]
-        windows: [1h, 24h]
+        windows: [1h, 24h, lifetime]
       - {name: big, stream: orders, field: amount, ops: [count, sum], windows: [1h], where: "amount > 250"}
       - {name: failed, stream: orders, ops: [count], windows: [1h], where: "status == 'failed'"}
       - name: products
         stream: orders
         field: product
         ops: [distinct, min, max, first, last]
-        windows: [1h, 24h]
+        windows: [1h, lifetime, 24h]
       - name: qty
         stream: orders
         field: qty
@@ -68,16 +68,17 @@ features:
         windows: [24h]
       - {name: clicks, stream: clicks, ops: [count], windows: [10m, 1h]}
       - {name: recent, stream: orders, field: amount, ops: [last_n], n: 5, windows: [1h, 24h]}
-      - {name: seen, stream: orders, field: product, ops: [last_n, top_k], n: 3, k: 4, windows: [1h, 24h]}
+      - {name: seen, stream: orders, field: product, ops: [last_n, top_k], n: 3, k: 4,
+         windows: [1h, 24h, lifetime]}
       - {name: sizes, stream: orders, field: qty, ops: [top_k, percentile], k: 3, quantiles: [0.5],
          windows: [24h]}
       - {name: amt, stream: orders, field: amount, ops: [percentile], quantiles: [0.5, 0.9, 0.99],
-         windows: [1h, 24h]}
+         windows: [1h, 24h, lifetime]}
   pages:
     key: user_id
     period: 5m
     aggregations:
-      - {name: pages, stream: clicks, field: page, ops: [count, distinct, last], windows: [30m]}
+      - {name: pages, stream: clicks, field: page, ops: [count, distinct, last], windows: [30m, lifetime]}
 """
 
 
@@ -202,7 +203,7 @@ def test_compute_equals_the_worker_bit_for_bit(tmp_path: Path) -> None:
     plans = group_plans(spec)
 
     assert report.dropped["expression"] > 0 and report.dropped["missing_key"] > 0
-    checked = 0
+    checked = rolled_up = 0
     for group, table in got.items():
         assert sorted(set(table["key"])) == sorted(states[group])
         assert list(table.columns[:3]) == ["key", "user_id", "at"]  # the key field beside the key
@@ -217,7 +218,9 @@ def test_compute_equals_the_worker_bit_for_bit(tmp_path: Path) -> None:
                 assert plain(row[name]) == value, (group, row["key"], row["at"], name)
                 assert type(plain(row[name])) is type(value), (name, row[name], value)
                 checked += 1
+                rolled_up += name.endswith("_lifetime")
     assert checked > 5_000
+    assert rolled_up > 1_000  # lifetime: roll-ups of 16 h of buckets (a sketch for products_distinct)
     heavy = got["user"].set_index(["key", "at"]).loc[("heavy", T0 + 20 * HOUR + 5 * MIN)]
     assert 1164 <= heavy["products_distinct_1h"] <= 1236  # the sketch's estimate, same bits as online
     assert [v for v, _ in heavy["seen_top4_1h"]] == ["h0", "h1", "h2", "h3"]  # seen 15 times each
