@@ -103,7 +103,7 @@ def test_lifetime_survives_crashes_mid_flush_exactly_and_within_the_stated_bound
     accepted = truth.accepted
     for name in EXACT:
         assert got[f"a_{name}_lifetime"] == want[f"a_{name}_lifetime"], name
-    assert got["a_count_lifetime"] > 5_000  # few late
+    assert got["a_count_lifetime"] > 4_000  # some late (a bucket or two back), most not
     for name in ("sum", "avg", "stddev"):  # pandas adds in another order
         assert math.isclose(got[f"a_{name}_lifetime"], want[f"a_{name}_lifetime"], rel_tol=1e-9), name
     distinct = want["w_distinct_lifetime"]
