@@ -41,6 +41,27 @@ def shop_new_ops_text(uid: str) -> str:
     return text.replace(SHOP_PRODUCTS, SHOP_NEW_OPS)
 
 
+#: A group of the orders with lifetime windows, a 2 h retention (no event of make_events is late for it:
+#: they are shuffled by +-30 min) and 20 h of events: most buckets of a key end in its roll-up.
+SHOP_LIFETIME = """\
+  life:
+    key: user_id
+    period: 10m
+    aggregations:
+      - {name: spend, stream: orders, field: amount, ops: [count, sum, avg, stddev, min, max, first, last,
+         last_n, percentile], n: 3, quantiles: [0.5, 0.9], windows: [2h, lifetime]}
+      - {name: products, stream: orders, field: product, ops: [distinct, top_k], k: 3, windows: [lifetime]}
+      - {name: failed, stream: orders, ops: [count], windows: [lifetime], where: "status == 'failed'"}
+"""
+
+
+def shop_lifetime_text(uid: str) -> str:
+    """:func:`shop_new_ops_text` with the group ``life`` of lifetime windows."""
+    text = shop_new_ops_text(uid)
+    assert "\noutputs:" in text
+    return text.replace("\noutputs:", "\n" + SHOP_LIFETIME + "outputs:", 1)
+
+
 def payments_pipeline_text(uid: str) -> str:
     """The payments example with every topic suffixed by ``uid``."""
     text = PAYMENTS.read_text()

@@ -53,11 +53,11 @@ def make_events(
     return events
 
 
-def truth_of(pipeline: Path, events: list[Event]) -> GroundTruth:
+def truth_of(pipeline: Path, events: list[Event], group: str = "user") -> GroundTruth:
     frame = pd.DataFrame(events).rename(columns={"ts": "time"})
     frame["key"] = frame["user_id"]
     frame["ts"] = frame["time"]
-    return GroundTruth(load_pipeline(pipeline).features["user"], frame)
+    return GroundTruth(load_pipeline(pipeline).features[group], frame)
 
 
 def publish(broker: BrokerUnderTest, uid: str, events: list[Event]) -> None:
