@@ -9,7 +9,8 @@ With --ops: the shop's spend aggregation (count, sum, avg, min, max, stddev over
 the baseline, then the same plus one more aggregation of each op (distinct, last_n, top_k over the
 product, percentile over the amount; same windows): µs per event, the added cost and the ratio to
 the baseline, for --keys keys (small buckets, as in the shop) and for one hot key (--hot-events in
-one day: ~700 values per bucket, so percentile runs its t-digests).
+one day: ~700 values per bucket, so percentile runs its t-digests); and spend with a lifetime window
+added (each expiring bucket merged into the key's roll-up).
 
     .venv/bin/python bench/window_update.py [--events 200000] [--keys 2000] [--days 10] [--ops]
 """
@@ -136,6 +137,7 @@ def per_op(args: argparse.Namespace) -> None:
     """--ops: the baseline and baseline + one aggregation of each op, interleaved, best of --repeat."""
     plans = {"baseline": plan_for("[1h, 24h, 7d]")}
     plans.update({op: plan_for("[1h, 24h, 7d]", extra) for op, extra in OP_AGGREGATIONS.items()})
+    plans["lifetime"] = plan_for("[1h, 24h, 7d, lifetime]")  # spend's 6 ops, rolled up as buckets expire
     loads = {
         f"{args.keys:,} keys, {args.days} days": make_events(args.events, args.keys, args.days),
         "1 hot key, 1 day": make_events(args.hot_events, 1, 1),
@@ -153,7 +155,7 @@ def per_op(args: argparse.Namespace) -> None:
         print(f"{'aggregations':<22}{'µs/event':>10}{'added µs':>10}{'ratio':>8}{'bytes/event':>13}")
         for name, seconds in best.items():
             cost = seconds / len(events) * 1e6
-            label = "spend (6 ops)" if name == "baseline" else f"spend + {name}"
+            label = {"baseline": "spend (6 ops)", "lifetime": "spend, + lifetime"}.get(name, f"spend + {name}")
             print(
                 f"{label:<22}{cost:>10.2f}{cost - base:>10.2f}{cost / base:>8.2f}"
                 f"{written[name] / len(events):>13.0f}"
