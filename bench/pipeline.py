@@ -137,6 +137,21 @@ def one_key_payments_text(uid: str) -> str:
     return head + "\n    global: true\nfeatures:" + features
 
 
+def shop_hour_text(uid: str, lifetime: bool) -> str:
+    """The shop pipeline with its 24 h windows at 1 h, so that buckets expire during a run (R = 1 h,
+    the run's events span hours); with ``lifetime``, spend and products also keep a lifetime window."""
+    extra = ", lifetime" if lifetime else ""
+    text = shop_pipeline_text(uid)
+    for old, new in (
+        ("windows: [1h, 24h]}", f"windows: [1h{extra}]}}"),
+        ("ops: [distinct], windows: [24h]}", f"ops: [distinct], windows: [1h{extra}]}}"),
+        ("spend_avg_24h", "spend_avg_1h"),
+    ):
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
 def create_hydrant_topics(broker_url: str, pipeline: Path, app_id: str) -> None:
     """Every topic of ``pipeline`` (inputs, outputs, dead letters, the repartition topics of
     consumer group ``app_id``) before the worker starts (docs/broker.md: not while it runs)."""
@@ -405,6 +420,12 @@ def main() -> None:
         "its ratio to the shop's",
     )
     parser.add_argument(
+        "--lifetime",
+        action="store_true",
+        help="also run the shop pipeline with 1 h windows, with and without lifetime windows added, each "
+        "round, and print the ratio (what the lifetime roll-ups cost)",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -430,6 +451,11 @@ def main() -> None:
         if args.new_ops:
             with_ops.write_text(shop_new_ops_text(uid))
             create_hydrant_topics(broker.url, with_ops, f"hydrant-new-ops-{uid}-0")
+        hourly = {"hour": tmp / "shop-hour.yaml", "lifetime": tmp / "shop-lifetime.yaml"}
+        if args.lifetime:
+            for label, path in hourly.items():
+                path.write_text(shop_hour_text(uid, lifetime=label == "lifetime"))
+                create_hydrant_topics(broker.url, path, f"hydrant-{label}-{uid}-0")
         payments, one_key = tmp / "payments.yaml", tmp / "payments-one-key.yaml"
         if args.example == "payments":
             payments.write_text(payments_pipeline_text(uid))
@@ -484,6 +510,24 @@ def main() -> None:
                 print(f"  {figure.name}: {figure.rate:,.0f} events/s", flush=True)
                 if hydrant is not None:
                     detail += f"\n(o) / shop: {figure.rate / hydrant.rate:.0%} (what the new ops cost)"
+            if args.lifetime:
+                rates = []
+                for label, name in (
+                    ("hour", "(h) shop, 1 h windows"),
+                    ("lifetime", "(l) shop, 1 h windows + lifetime"),
+                ):
+                    app_id = f"hydrant-{label}-{tag}"
+                    if number:
+                        create_hydrant_topics(broker.url, hourly[label], app_id)
+                    (here / label).mkdir()
+                    figure, _ = run_hydrant(
+                        broker, hourly[label], app_id, here / label, args.events, len(orders), embedded.pid,
+                        name=name,
+                    )  # fmt: skip
+                    figures.append(figure)
+                    rates.append(figure.rate)
+                    print(f"  {figure.name}: {figure.rate:,.0f} events/s", flush=True)
+                detail += f"\n(l) / (h): {rates[1] / rates[0]:.0%} (what the lifetime roll-ups cost)"
             if args.example == "payments":
                 rates = []
                 for spec, label, name in [

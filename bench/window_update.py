@@ -55,6 +55,9 @@ OP_AGGREGATIONS = {
 }
 
 
+LABELS = {"baseline": "spend (6 ops)", "lifetime": "spend, + lifetime"}
+
+
 def plan_for(windows: str, extra: str = "") -> GroupPlan:
     more = f"      - {extra}\n" if extra else ""
     return group_plans(parse_pipeline(SPEC.format(windows=windows, extra=more)))["user"]
@@ -155,7 +158,7 @@ def per_op(args: argparse.Namespace) -> None:
         print(f"{'aggregations':<22}{'µs/event':>10}{'added µs':>10}{'ratio':>8}{'bytes/event':>13}")
         for name, seconds in best.items():
             cost = seconds / len(events) * 1e6
-            label = {"baseline": "spend (6 ops)", "lifetime": "spend, + lifetime"}.get(name, f"spend + {name}")
+            label = LABELS.get(name, f"spend + {name}")
             print(
                 f"{label:<22}{cost:>10.2f}{cost - base:>10.2f}{cost / base:>8.2f}"
                 f"{written[name] / len(events):>13.0f}"
