@@ -370,12 +370,14 @@ TARGETS = {
     "(p)": (0.5, "%", ">= 50 % (this / hydrant)"),
     "(q)": (0.0, "%", "none: (p) without its hops"),
     "(o)": (0.0, "%", "none: the shop with the new ops (this / hydrant)"),
+    "(h)": (0.0, "%", "none: the shop with 1 h windows (this / hydrant)"),
+    "(l)": (0.0, "%", "none: (h) with lifetime windows (this / hydrant; (l) / (h) below)"),
 }
 
 
 def compared(hydrant: Figure, figure: Figure) -> float:
-    """hydrant / ``figure`` for a baseline; ``figure`` / hydrant for a variant of hydrant (p, q, o)."""
-    relative = figure.name[:3] in ("(p)", "(q)", "(o)")  # variants of hydrant, not baselines
+    """hydrant / ``figure`` for a baseline; ``figure`` / hydrant for a variant of hydrant (p, q, o, h, l)."""
+    relative = figure.name[:3] in ("(p)", "(q)", "(o)", "(h)", "(l)")  # variants of hydrant, not baselines
     return figure.rate / hydrant.rate if relative else hydrant.rate / figure.rate
 
 
