@@ -52,6 +52,7 @@ import argparse
 import asyncio
 import gc
 import multiprocessing
+import os
 import random
 import shutil
 import socket
@@ -73,6 +74,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from app.kafka.broker import EmbeddedBroker
+from app.system.cpus import available_cpus, parse_cpus, pin_process
 from bench.pipeline import (
     MERCHANTS,
     create_hydrant_topics,
@@ -600,16 +602,22 @@ def run_phases(
 
     phases = service_phases(n, keys, args, rng) if services else shop_phases(n, keys, args, rng)
     done = []
-    for runner, phase, make, load in phases:
-        phase.api = api
-        waited = settle(workers, args.ingest_rate)
-        if waited > 1:
-            print(f"  (waited {waited:.1f} s for the workers to catch up with the ingest)", flush=True)
-        before, started = consumed(workers), time.monotonic()
-        result = measure(runner(phase, make, load, args.duration, pids, new_client))
-        result.ingested = (consumed(workers) - before) / (time.monotonic() - started)
-        print(f"  {row(result)}", flush=True)
-        done.append(result)
+    everywhere = available_cpus()
+    if args.serving_cpus and api == "serving":  # the generator beside the serving processes
+        pin_process(os.getpid(), parse_cpus(args.serving_cpus))
+    try:
+        for runner, phase, make, load in phases:
+            phase.api = api
+            waited = settle(workers, args.ingest_rate)
+            if waited > 1:
+                print(f"  (waited {waited:.1f} s for the workers to catch up with the ingest)", flush=True)
+            before, started = consumed(workers), time.monotonic()
+            result = measure(runner(phase, make, load, args.duration, pids, new_client))
+            result.ingested = (consumed(workers) - before) / (time.monotonic() - started)
+            print(f"  {row(result)}", flush=True)
+            done.append(result)
+    finally:  # workers started later inherit the generator's CPUs: give them all back
+        pin_process(os.getpid(), everywhere)
     return done
 
 
@@ -697,6 +705,12 @@ def main() -> None:
         "--client", choices=["raw", "aiohttp"], default="raw", help="HTTP client of the load generator"
     )
     parser.add_argument(
+        "--serving-cpus",
+        help="CPU placement (e.g. 1): the worker runs with HYDRANT_SERVING_CPUS set to it, and the bundled "
+        "broker and the ingest feeder are kept on the other CPUs, the generator on these (as a serving "
+        "host whose broker runs elsewhere)",
+    )
+    parser.add_argument(
         "--example",
         choices=["shop", "payments"],
         default="shop",
@@ -748,6 +762,10 @@ def main() -> None:
             flush=True,
         )
 
+        rest = available_cpus() - parse_cpus(args.serving_cpus) if args.serving_cpus else None
+        if rest is not None and embedded.pid is not None:
+            pin_process(embedded.pid, rest)
+
         def start_worker(name: str, data: str, **env: str) -> WorkerProcess:
             worker = WorkerProcess(
                 broker, pipeline, tmp / f"data-{data}", app_id, tmp / f"{name}.log", extra_env=env
@@ -759,7 +777,8 @@ def main() -> None:
             print(HEADER)
             results.append(http_floor(args))
             print(f"  {row(results[-1])}", flush=True)
-            first = start_worker("w1", "w1")
+            placed = {"HYDRANT_SERVING_CPUS": args.serving_cpus} if args.serving_cpus else {}
+            first = start_worker("w1", "w1", **placed)
             first.wait_ready(120)
             wait_for(lambda: preloaded(first, args), "preload consumed", 600)
             if services:
@@ -782,9 +801,11 @@ def main() -> None:
                 daemon=True,
             )
             feeder.start()
+            if rest is not None and feeder.pid is not None:
+                pin_process(feeder.pid, rest)
             results += run_phases([first], keys, args, "serving")
             if args.two_workers:
-                second = start_worker("w2", "w2")
+                second = start_worker("w2", "w2", **placed)
 
                 def split() -> bool:
                     parts = [readyz_partitions(w) for w in (first, second)]

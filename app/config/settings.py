@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import SettingsError
+from app.system.cpus import available_cpus, parse_cpus
 
 ENV_PREFIX = "HYDRANT_"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -80,6 +81,12 @@ class Settings(BaseSettings):
         description="How many serving processes share the HTTP port (SO_REUSEPORT: the kernel spreads "
         "connections over them); each reads on its own core. With `serving_process` only.",
     )
+    serving_cpus: str | None = Field(
+        default=None,
+        description="CPUs for the serving processes (Linux, e.g. `1` or `2-3`): they run there and the "
+        "worker, its threads and its helpers on the other CPUs, so feature reads do not wait for a time "
+        "slice behind event processing. Unset: the kernel places everything. With `serving_process` only.",
+    )
     compute_processes: int = Field(
         default=2,
         ge=0,
@@ -120,6 +127,27 @@ class Settings(BaseSettings):
             return None
         parse_broker_url(value)
         return value
+
+    @field_validator("serving_cpus")
+    @classmethod
+    def _check_cpus(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        cpus = parse_cpus(value)
+        available = available_cpus()
+        if not cpus <= available:
+            missing = sorted(cpus - available)
+            raise ValueError(f"CPUs {missing} are not available here (available: {sorted(available)})")
+        if not available - cpus:
+            raise ValueError(f"no CPU left for the worker (available: {sorted(available)})")
+        return value
+
+    def cpu_split(self) -> tuple[frozenset[int], frozenset[int]] | None:
+        """(the serving processes' CPUs, the worker's and its helpers'), or None: no placement."""
+        if self.serving_cpus is None or not self.serving_process:
+            return None
+        serving = parse_cpus(self.serving_cpus)
+        return serving, available_cpus() - serving
 
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
     @classmethod

@@ -124,12 +124,16 @@ def worker(pipeline: str | None) -> None:
     load_pipeline(settings.pipeline)  # fail here, with the spec's messages, before Faust starts
     import faust
 
+    from app.system.cpus import pin_process
     from app.system.memory import limit_arenas
 
     limit_arenas()  # before Faust, aiokafka and RocksDB start their threads
     from app.runtime import app, helpers, serving
 
     serving.start()  # before Faust: the port answers (503, with the reason) while the worker starts
+    split = settings.cpu_split()
+    if split is not None:  # the serving processes pin themselves; this process's threads, helpers and
+        pin_process(os.getpid(), split[1])  # Faust's threads to come: the other CPUs
     helpers.start()  # and the helpers load the pipeline meanwhile
     try:
         faust.Worker(

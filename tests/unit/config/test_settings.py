@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from app.config.settings import load_settings, parse_broker_url
@@ -51,6 +53,18 @@ def test_reads_hydrant_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ("HYDRANT_BROKER", "kafka://nohost", "HYDRANT_BROKER: Value error, expected kafka://host:port"),
         ("HYDRANT_SECURITY_PROTOCOL", "TLS", "HYDRANT_SECURITY_PROTOCOL: Input should be 'PLAINTEXT'"),
         ("HYDRANT_SSL_CAFILE", "/nonexistent/ca.pem", "HYDRANT_SSL_CAFILE: Value error, file not found"),
+        ("HYDRANT_SERVING_CPUS", "one", "HYDRANT_SERVING_CPUS: Value error, bad CPU list 'one'"),
+        ("HYDRANT_SERVING_CPUS", "3-1", "HYDRANT_SERVING_CPUS: Value error, bad CPU range '3-1'"),
+        (
+            "HYDRANT_SERVING_CPUS",
+            "4096",
+            "HYDRANT_SERVING_CPUS: Value error, CPUs [4096] are not available here",
+        ),
+        (
+            "HYDRANT_SERVING_CPUS",
+            ",".join(map(str, sorted(os.sched_getaffinity(0)))),
+            "HYDRANT_SERVING_CPUS: Value error, no CPU left for the worker",
+        ),
     ],
 )
 def test_invalid_values_fail_naming_the_variable(
@@ -156,3 +170,13 @@ def test_a_fetch_hands_over_at_most_one_agent_batch(tmp_path) -> None:  # type: 
     settings = load_settings(broker="kafka://b:1", data_dir=tmp_path)
     conf = create_app(settings, load_pipeline(settings.pipeline)).conf
     assert conf.broker_max_poll_records == FETCH_RECORDS == 2000
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="CPU placement needs two CPUs to split")
+def test_serving_cpus_split_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    available = sorted(os.sched_getaffinity(0))
+    monkeypatch.setenv("HYDRANT_SERVING_CPUS", str(available[-1]))
+    split = load_settings().cpu_split()
+    assert split == (frozenset(available[-1:]), frozenset(available[:-1]))
+    monkeypatch.setenv("HYDRANT_SERVING_PROCESS", "false")  # no serving processes: nothing to place
+    assert load_settings().cpu_split() is None
