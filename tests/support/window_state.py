@@ -108,6 +108,22 @@ class Worker:
         """Apply ``events`` in order, at source offsets ``start``, ``start + 1``, ..."""
         return [self.apply(event, offset) for offset, event in enumerate(events, start=start)]
 
+    def run_crashing(self, events: list[Event], flushes: Iterable[int], crash: int, committed: int) -> None:
+        """Apply ``events`` flushing after each count in ``flushes``, crash after the first ``crash``,
+        redeliver from flush number ``committed`` (modulo the flushes made; 0: from the start), run to
+        the end and flush: how a worker that crashed mid-way ends."""
+        at = set(flushes)
+        persisted = [0]
+        for i, event in enumerate(events[:crash]):
+            self.apply(event, i)
+            if i + 1 in at:
+                self.flush()
+                persisted.append(i + 1)
+        self.crash()
+        restart = persisted[committed % len(persisted)]
+        self.run(events[restart:], start=restart)
+        self.flush()
+
     def flush(self) -> None:
         """Write every key's changes (as the engine does) and end the batch."""
         for state in self.states.values():

@@ -640,16 +640,7 @@ def test_sketches_survive_crashes_mid_flush_and_stay_within_their_bounds(
     straight.flush()
 
     crashed = Worker(plan)
-    persisted = [0]
-    for i, event in enumerate(events[:crash]):
-        crashed.apply(event, i)
-        if i + 1 in flushes:
-            crashed.flush()
-            persisted.append(i + 1)
-    crashed.crash()
-    restart = persisted[committed % len(persisted)]  # redelivery from a committed flush
-    crashed.run(events[restart:], start=restart)
-    crashed.flush()
+    crashed.run_crashing(events, flushes, crash, committed)  # redelivery from a committed flush
     got = straight.read("u", at)
     assert crashed.read("u", at) == got
 

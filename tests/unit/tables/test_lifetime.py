@@ -70,16 +70,7 @@ def test_lifetime_survives_crashes_mid_flush_exactly_and_within_the_stated_bound
     assert rollup_key(b"u") in straight.table
 
     crashed = Worker(plan)
-    persisted = [0]
-    for i, event in enumerate(events[:crash]):
-        crashed.apply(event, i)
-        if i + 1 in flushes:
-            crashed.flush()
-            persisted.append(i + 1)
-    crashed.crash()
-    restart = persisted[committed % len(persisted)]
-    crashed.run(events[restart:], start=restart)
-    crashed.flush()
+    crashed.run_crashing(events, flushes, crash, committed)  # redelivery from a committed flush
 
     at = BASE + (MINUTES - 1) * MINUTE + 59_999
     got = straight.read("u", at)
