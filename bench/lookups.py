@@ -32,6 +32,11 @@ their serving process(es) (from /proc). Targets printed: single-key p99 <= 5 ms 
 closed loop, latency is mostly queueing, C / throughput). Figures, not pass/fail. The worker logs
 are kept in the temp dir (printed at the end).
 
+With --serving-cpus LIST, the worker runs with HYDRANT_SERVING_CPUS=LIST (its serving processes on
+those CPUs, the worker and its helpers on the others); the bundled broker and the ingest feeder are
+kept on the other CPUs too and the generator on LIST during the serving phases, as on a host whose
+broker runs elsewhere.
+
 With --example payments, the same run on the payments example (examples/payments) and its feature
 service: it preloads the merchants lookup and --events payments over --keys cards and 300 merchants
 (same 20 h span), ingests payments of those (card, merchant) pairs, and the phases call POST
