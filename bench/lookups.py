@@ -79,7 +79,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from app.kafka.broker import EmbeddedBroker
-from app.system.cpus import available_cpus, parse_cpus, pin_process
+from app.system.cpus import pin_process, split_cpus
 from bench.pipeline import (
     MERCHANTS,
     create_hydrant_topics,
@@ -607,9 +607,9 @@ def run_phases(
 
     phases = service_phases(n, keys, args, rng) if services else shop_phases(n, keys, args, rng)
     done = []
-    everywhere = available_cpus()
+    everywhere = frozenset(os.sched_getaffinity(0))
     if args.serving_cpus and api == "serving":  # the generator beside the serving processes
-        pin_process(os.getpid(), parse_cpus(args.serving_cpus))
+        pin_process(os.getpid(), split_cpus(args.serving_cpus)[0])
     try:
         for runner, phase, make, load in phases:
             phase.api = api
@@ -767,7 +767,7 @@ def main() -> None:
             flush=True,
         )
 
-        rest = available_cpus() - parse_cpus(args.serving_cpus) if args.serving_cpus else None
+        rest = split_cpus(args.serving_cpus)[1] if args.serving_cpus else None
         if rest is not None and embedded.pid is not None:
             pin_process(embedded.pid, rest)
 

@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import SettingsError
-from app.system.cpus import available_cpus, parse_cpus
+from app.system.cpus import check_cpus
 
 ENV_PREFIX = "HYDRANT_"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     )
     serving_cpus: str | None = Field(
         default=None,
-        description="CPUs for the serving processes (Linux, e.g. `1` or `2-3`): they run there and the "
+        description="CPUs for the serving processes (Linux: `1`, `2-3`, or `last:1`, the last of the CPUs "
+        "the worker may use): they run there and the "
         "worker, its threads and its helpers on the other CPUs, so feature reads do not wait for a time "
         "slice behind event processing. Unset: the kernel places everything. With `serving_process` only.",
     )
@@ -133,21 +134,8 @@ class Settings(BaseSettings):
     def _check_cpus(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        cpus = parse_cpus(value)
-        available = available_cpus()
-        if not cpus <= available:
-            missing = sorted(cpus - available)
-            raise ValueError(f"CPUs {missing} are not available here (available: {sorted(available)})")
-        if not available - cpus:
-            raise ValueError(f"no CPU left for the worker (available: {sorted(available)})")
-        return value
-
-    def cpu_split(self) -> tuple[frozenset[int], frozenset[int]] | None:
-        """(the serving processes' CPUs, the worker's and its helpers'), or None: no placement."""
-        if self.serving_cpus is None or not self.serving_process:
-            return None
-        serving = parse_cpus(self.serving_cpus)
-        return serving, available_cpus() - serving
+        check_cpus(value)  # which CPUs exist is known where the worker runs (app/system/cpus.py)
+        return value.strip()
 
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
     @classmethod

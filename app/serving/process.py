@@ -40,7 +40,6 @@ from app.serving.bulletin import (
     monotonic_ms,
     open_bulletin,
 )
-from app.system.cpus import pin_process
 from app.system.memory import settle_garbage_collector
 from tables.registry import StateTables
 
@@ -361,9 +360,6 @@ async def serve(bulletin: Bulletin, settings: Settings) -> None:
 def main() -> None:
     """Entry point of ``python -m app.serving.process``: settings from the worker's environment."""
     settings = get_settings()
-    split = settings.cpu_split()
-    if split is not None:  # before any thread starts: they inherit it
-        pin_process(os.getpid(), split[0])
     logging.basicConfig(
         level=settings.log_level,
         stream=sys.stdout,

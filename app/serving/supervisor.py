@@ -35,12 +35,15 @@ class ServingSupervisor:
         self.procs: list[subprocess.Popen[bytes]] = []
         self._paths: dict[tuple[str, int], str] = {}  # fixed for the worker's life; Faust derives them
         self._own_url: str | None = None
+        self.cpus: frozenset[int] | None = None  # where the serving processes run (None: anywhere)
 
-    def start(self) -> None:
-        """Create the bulletin and start the processes (once; nothing when they are disabled)."""
+    def start(self, cpus: frozenset[int] | None = None) -> None:
+        """Create the bulletin and start the processes (once; nothing when they are disabled), on
+        ``cpus`` when given (HYDRANT_SERVING_CPUS; a restarted one too)."""
         settings = self.settings
         if not settings.serving_process or self.procs:
             return
+        self.cpus = cpus
         names = [table.name for table in self.tables.all().values()]
         self.bulletin = open_bulletin(settings.data_dir, names, settings.partitions, create=True)
         metrics = metrics_dir(settings.data_dir)  # their request counts start from zero with the worker
@@ -56,7 +59,7 @@ class ServingSupervisor:
             # whichever answers /metrics adds every serving process's requests to the worker's series
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir(self.settings.data_dir)),
         }
-        proc = spawn([sys.executable, "-m", "app.serving.process"], env=env)
+        proc = spawn([sys.executable, "-m", "app.serving.process"], env=env, cpus=self.cpus)
         logger.info("started serving process %d (pid %d) on port %d", index, proc.pid, self.settings.web_port)
         return proc
 

@@ -28,10 +28,28 @@ def die_with_parent() -> Callable[[], None] | None:
     return set_pdeathsig
 
 
+def _before_exec(cpus: frozenset[int] | None) -> Callable[[], None] | None:
+    """The child's ``preexec_fn``: :func:`die_with_parent`'s, and its CPUs."""
+    dying = die_with_parent()
+    if cpus is None:
+        return dying
+
+    def prepare() -> None:
+        if dying is not None:
+            dying()
+        os.sched_setaffinity(0, cpus)
+
+    return prepare
+
+
 def spawn(
-    cmd: Sequence[str], env: Mapping[str, str] | None = None, log_path: Path | None = None
+    cmd: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    log_path: Path | None = None,
+    cpus: frozenset[int] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` in its own session, output appended to ``log_path`` (or inherited)."""
+    """Start ``cmd`` in its own session, output appended to ``log_path`` (or inherited); on ``cpus``
+    when given (set before it starts, so every thread it starts inherits them)."""
     out: IO[bytes] | None = None
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +62,7 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,
-            preexec_fn=die_with_parent(),
+            preexec_fn=_before_exec(cpus),
         )
     finally:
         if out is not None:

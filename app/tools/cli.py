@@ -20,7 +20,7 @@ from app.config.routing import stream_stages, topic_plans
 from app.config.services import service_plan
 from app.config.settings import ENV_PREFIX, Settings, load_settings
 from app.config.spec import Pipeline, load_pipeline
-from app.errors import HydrantError, SpecError
+from app.errors import HydrantError, SettingsError, SpecError
 
 logger = logging.getLogger("hydrant")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -124,16 +124,22 @@ def worker(pipeline: str | None) -> None:
     load_pipeline(settings.pipeline)  # fail here, with the spec's messages, before Faust starts
     import faust
 
-    from app.system.cpus import pin_process
+    from app.system.cpus import pin_process, split_cpus
     from app.system.memory import limit_arenas
 
     limit_arenas()  # before Faust, aiokafka and RocksDB start their threads
     from app.runtime import app, helpers, serving
 
-    serving.start()  # before Faust: the port answers (503, with the reason) while the worker starts
-    split = settings.cpu_split()
-    if split is not None:  # the serving processes pin themselves; this process's threads, helpers and
-        pin_process(os.getpid(), split[1])  # Faust's threads to come: the other CPUs
+    split = None
+    if settings.serving_cpus is not None and settings.serving_process:
+        try:
+            split = split_cpus(settings.serving_cpus)
+        except ValueError as exc:
+            raise SettingsError(f"HYDRANT_SERVING_CPUS: {exc}") from None
+    # before Faust: the port answers (503, with the reason) while the worker starts
+    serving.start(cpus=split[0] if split else None)
+    if split is not None:  # this process's threads, and the helpers' and Faust's to come: the others
+        pin_process(os.getpid(), split[1])
     helpers.start()  # and the helpers load the pipeline meanwhile
     try:
         faust.Worker(

@@ -1,9 +1,11 @@
-"""HYDRANT_SERVING_CPUS on a real worker: every thread of its serving processes runs on those CPUs, and
-every thread of the worker and of its helpers on the others (read from /proc), while it answers."""
+"""HYDRANT_SERVING_CPUS on a real worker: every thread of its serving processes runs on those CPUs (a
+restarted one too), and every thread of the worker and of its helpers on the others (read from
+/proc), while it answers."""
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 
 from tests.support.broker import BrokerUnderTest
 from tests.support.kafka import create_pipeline_topics_for
-from tests.support.worker import WorkerProcess
+from tests.support.worker import WorkerProcess, wait_for
 
 CPUS = sorted(os.sched_getaffinity(0))
 
@@ -50,7 +52,7 @@ def test_serving_processes_and_the_worker_run_on_their_own_cpus(
 ) -> None:
     create_pipeline_topics_for(broker.url, shop_pipeline, uid)
     serving, rest = frozenset(CPUS[-1:]), frozenset(CPUS[:-1])
-    worker = workers(shop_pipeline, HYDRANT_SERVING_CPUS=str(CPUS[-1]))
+    worker = workers(shop_pipeline, HYDRANT_SERVING_CPUS="last:1")
     worker.wait_ready()
     assert worker.get("/readyz").status_code == 200
     assert worker.proc is not None
@@ -61,3 +63,19 @@ def test_serving_processes_and_the_worker_run_on_their_own_cpus(
     assert len(threads) > 3 and set(threads.values()) == {rest}, threads  # Faust's, RocksDB's too
     for pid, kind in kinds.items():
         assert set(_allowed(pid).values()) == {serving if kind == "serving" else rest}, (kind, pid)
+
+    # A serving process that dies is restarted on the serving CPUs, though the worker is not on them.
+    killed = next(pid for pid, kind in kinds.items() if kind == "serving")
+    os.kill(killed, signal.SIGKILL)
+
+    def restarted() -> bool:
+        now = _children(worker.proc.pid) if worker.proc is not None else {}
+        return sum("app.serving.process" in cmd for pid, cmd in now.items() if pid != killed) == 2
+
+    wait_for(restarted, "the serving process restarted", 60)
+    assert worker.proc is not None
+    new = [pid for pid, cmd in _children(worker.proc.pid).items() if "app.serving.process" in cmd]
+    assert killed not in new
+    for pid in new:
+        assert set(_allowed(pid).values()) == {serving}, pid
+    assert worker.get("/readyz").status_code == 200

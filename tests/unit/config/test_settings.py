@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
 from app.config.settings import load_settings, parse_broker_url
 from app.errors import SettingsError
+from app.system.cpus import split_cpus
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
 
     for name in list(os.environ):
         if name.startswith("HYDRANT_"):
@@ -55,16 +56,7 @@ def test_reads_hydrant_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ("HYDRANT_SSL_CAFILE", "/nonexistent/ca.pem", "HYDRANT_SSL_CAFILE: Value error, file not found"),
         ("HYDRANT_SERVING_CPUS", "one", "HYDRANT_SERVING_CPUS: Value error, bad CPU list 'one'"),
         ("HYDRANT_SERVING_CPUS", "3-1", "HYDRANT_SERVING_CPUS: Value error, bad CPU range '3-1'"),
-        (
-            "HYDRANT_SERVING_CPUS",
-            "4096",
-            "HYDRANT_SERVING_CPUS: Value error, CPUs [4096] are not available here",
-        ),
-        (
-            "HYDRANT_SERVING_CPUS",
-            ",".join(map(str, sorted(os.sched_getaffinity(0)))),
-            "HYDRANT_SERVING_CPUS: Value error, no CPU left for the worker",
-        ),
+        ("HYDRANT_SERVING_CPUS", "last:0", "HYDRANT_SERVING_CPUS: Value error, bad 'last:0'"),
     ],
 )
 def test_invalid_values_fail_naming_the_variable(
@@ -172,11 +164,15 @@ def test_a_fetch_hands_over_at_most_one_agent_batch(tmp_path) -> None:  # type: 
     assert conf.broker_max_poll_records == FETCH_RECORDS == 2000
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="CPU placement needs two CPUs to split")
-def test_serving_cpus_split_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    available = sorted(os.sched_getaffinity(0))
-    monkeypatch.setenv("HYDRANT_SERVING_CPUS", str(available[-1]))
-    split = load_settings().cpu_split()
-    assert split == (frozenset(available[-1:]), frozenset(available[:-1]))
-    monkeypatch.setenv("HYDRANT_SERVING_PROCESS", "false")  # no serving processes: nothing to place
-    assert load_settings().cpu_split() is None
+def test_serving_cpus_split_what_is_available() -> None:
+    pool = frozenset({0, 1, 2, 3})
+    assert split_cpus("3", pool) == (frozenset({3}), frozenset({0, 1, 2}))
+    assert split_cpus("1-2", pool) == (frozenset({1, 2}), frozenset({0, 3}))
+    assert split_cpus("last:1", frozenset({4, 5})) == (frozenset({5}), frozenset({4}))  # a pod's cpuset
+    for text, message in [
+        ("4096", "CPUs [4096] are not available here (available: [0, 1, 2, 3])"),
+        ("0-3", "no CPU left for the worker"),
+        ("last:4", "'last:4' leaves no CPU for the worker"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            split_cpus(text, pool)
