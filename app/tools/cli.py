@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import orjson
 
 from app import __version__
+from app.config.changes import plan_changes, render_changes
 from app.config.routing import stream_stages, topic_plans
 from app.config.services import service_plan
 from app.config.settings import ENV_PREFIX, Settings, load_settings
-from app.config.spec import Pipeline, load_pipeline
+from app.config.spec import Pipeline, load_pipeline, parse_pipeline
 from app.errors import HydrantError, SettingsError, SpecError
 
 logger = logging.getLogger("hydrant")
@@ -152,12 +154,43 @@ def worker(pipeline: str | None) -> None:
 
 @cli.command()
 @click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option(
+    "--against",
+    metavar="URL",
+    help="A running worker (http://host:port): also print what this spec changes in its feature state, "
+    "per group and aggregation; exit 1 if a group's state could not be reused.",
+)
 @friendly_errors
-def check(pipeline: str) -> None:
+def check(pipeline: str, against: str | None) -> None:
     """Validate a pipeline spec and print its plan; exit 2 with field/line messages when invalid."""
     settings = load_settings()
     spec = load_pipeline(pipeline)
     click.echo(render_plan(spec, settings))
+    if against is None:
+        return
+    running = running_spec(against, settings)
+    changes = plan_changes(running, spec)
+    click.echo("")
+    click.echo(f"changes against {against} (pipeline {running.name!r}; docs/operations.md):")
+    click.echo("\n".join(render_changes(changes)))
+    if any(group.refused for group in changes):
+        sys.exit(1)
+
+
+def running_spec(url: str, settings: Settings) -> Pipeline:
+    """The spec a running worker runs (its ``GET /pipeline``)."""
+    import httpx
+
+    headers = {}
+    if settings.api_token is not None:
+        headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
+    try:
+        answer = httpx.get(f"{url.rstrip('/')}/pipeline", headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        raise HydrantError(f"cannot reach {url}: {exc}") from None
+    if answer.status_code != 200:
+        raise HydrantError(f"{url}/pipeline answered {answer.status_code}: {answer.text[:200]}")
+    return parse_pipeline(orjson.dumps(answer.json()["spec"]).decode(), f"{url}/pipeline")
 
 
 def render_plan(spec: Pipeline, settings: Settings) -> str:

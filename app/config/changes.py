@@ -1,0 +1,120 @@
+"""What changing a pipeline's spec does to its feature state: per feature group and aggregation,
+unchanged, new, changed or removed, and the changes its state cannot follow (a group's period or key)
+(docs/operations.md, "Changing a pipeline"). Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from app.config.spec import AggregationSpec, FeatureGroupSpec, Pipeline
+
+Kind = Literal["unchanged", "new", "changed", "removed"]
+#: What defines an aggregation's values, besides its group's period and key.
+DEFINING = ("stream", "field", "ops", "windows", "where", "n", "k", "quantiles")
+
+
+@dataclass(frozen=True)
+class AggregationChange:
+    """One aggregation of a group: what happens to it, and (changed) which of its settings differ."""
+
+    name: str
+    kind: Kind
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class GroupChange:
+    """One feature group: its aggregations' changes; ``refused`` says why its state cannot be reused."""
+
+    name: str
+    kind: Kind
+    aggregations: tuple[AggregationChange, ...] = ()
+    refused: str = ""
+
+
+def definition(agg: AggregationSpec) -> dict[str, Any]:
+    """The settings that define an aggregation's values (with its group's period and key)."""
+    return {name: getattr(agg, name) for name in DEFINING}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    changed = [name for name in DEFINING if old[name] != new[name]]
+    return "; ".join(f"{name} {_text(old[name])} -> {_text(new[name])}" for name in changed)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def refusal(group: str, what: str) -> str:
+    """Why group ``group``'s state cannot be reused, and the two ways out (docs/product.md)."""
+    return (
+        f"feature group {group!r}: {what}, so its stored state cannot be reused. Either rename the group "
+        f"(it starts with new, empty state), or run `hydrant state reset {group}` (deletes its state and "
+        "changelog records, then replays the input from the earliest retained offset)"
+    )
+
+
+def group_change(name: str, old: FeatureGroupSpec | None, new: FeatureGroupSpec | None) -> GroupChange:
+    """The change of group ``name`` from ``old`` to ``new`` (None: absent on that side)."""
+    if old is None:
+        fresh = new.aggregations if new is not None else []
+        return GroupChange(name, "new", tuple(AggregationChange(a.name, "new") for a in fresh))
+    if new is None:
+        gone = tuple(AggregationChange(a.name, "removed") for a in old.aggregations)
+        return GroupChange(name, "removed", gone)
+    if old.period_ms != new.period_ms:
+        why = f"its period changed from {old.period} to {new.period}"
+        return GroupChange(name, "changed", refused=refusal(name, why))
+    if old.key_fields != new.key_fields:
+        was, now = " + ".join(old.key_fields), " + ".join(new.key_fields)
+        return GroupChange(name, "changed", refused=refusal(name, f"its key changed from {was} to {now}"))
+    before = {a.name: definition(a) for a in old.aggregations}
+    after = {a.name: definition(a) for a in new.aggregations}
+    aggregations = []
+    for agg, fields in after.items():
+        if agg not in before:
+            aggregations.append(AggregationChange(agg, "new"))
+        elif before[agg] != fields:
+            aggregations.append(AggregationChange(agg, "changed", _differences(before[agg], fields)))
+        else:
+            aggregations.append(AggregationChange(agg, "unchanged"))
+    aggregations += [AggregationChange(agg, "removed") for agg in before if agg not in after]
+    kind: Kind = "unchanged" if all(a.kind == "unchanged" for a in aggregations) else "changed"
+    return GroupChange(name, kind, tuple(aggregations))
+
+
+def plan_changes(old: Pipeline, new: Pipeline) -> list[GroupChange]:
+    """Every feature group of ``old`` or ``new``: ``new``'s in its order, then the removed ones."""
+    names = [*new.features, *(g for g in old.features if g not in new.features)]
+    return [group_change(g, old.features.get(g), new.features.get(g)) for g in names]
+
+
+#: What each kind means for the values served, as things stand (docs/operations.md).
+MEANING = {
+    "unchanged": "keeps its state and values",
+    "new": "starts from empty buckets at the change: its windows count only later events until they "
+    "have passed",
+    "changed": "its stored buckets stay in its windows as the old definition filled them (an added op "
+    "leaves them out) until the windows have passed",
+    "removed": "no longer served",
+}
+
+
+def render_changes(changes: list[GroupChange]) -> list[str]:
+    """The plan as text lines (one per group and aggregation)."""
+    lines = []
+    for group in changes:
+        if group.refused:
+            lines.append(f"  group {group.name}: REFUSED: {group.refused}")
+            continue
+        lines.append(f"  group {group.name}: {group.kind}")
+        for agg in group.aggregations:
+            detail = f" ({agg.detail})" if agg.detail else ""
+            lines.append(f"    {agg.name:<20} {agg.kind}{detail}: {MEANING[agg.kind]}")
+    return lines
