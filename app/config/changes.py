@@ -52,11 +52,10 @@ def _text(value: Any) -> str:
 
 
 def refusal(group: str, what: str) -> str:
-    """Why group ``group``'s state cannot be reused, and the two ways out (docs/product.md)."""
+    """Why group ``group``'s state cannot be reused, and the way out."""
     return (
-        f"feature group {group!r}: {what}, so its stored state cannot be reused. Either rename the group "
-        f"(it starts with new, empty state), or run `hydrant state reset {group}` (deletes its state and "
-        "changelog records, then replays the input from the earliest retained offset)"
+        f"feature group {group!r}: {what}, so its stored state cannot be reused. Rename the group: it "
+        "starts with new, empty state"
     )
 
 
