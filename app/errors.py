@@ -19,6 +19,11 @@ class SpecError(HydrantError):
         super().__init__(where + "invalid pipeline spec:\n  " + "\n  ".join(problems))
 
 
+class SpecChangeError(HydrantError):
+    """The spec changes a feature group in a way its stored state cannot follow (period or key): do
+    what the message says (rename the group), or deploy the spec its state was built with."""
+
+
 class BrokerError(HydrantError):
     """The bundled broker could not start or be reached: read the message and the broker log it names."""
 

@@ -38,9 +38,24 @@ def definition(agg: AggregationSpec) -> dict[str, Any]:
     return {name: getattr(agg, name) for name in DEFINING}
 
 
+def group_definition(group: FeatureGroupSpec) -> dict[str, Any]:
+    """What a feature group's state is built with: its period, key and aggregations (JSON-ready)."""
+    return {
+        "period": group.period,
+        "period_ms": group.period_ms,
+        "key": list(group.key_fields),
+        "aggregations": {agg.name: definition(agg) for agg in group.aggregations},
+    }
+
+
+def definitions(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    """:func:`group_definition` of every feature group, by name."""
+    return {name: group_definition(group) for name, group in pipeline.features.items()}
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    changed = [name for name in DEFINING if old[name] != new[name]]
-    return "; ".join(f"{name} {_text(old[name])} -> {_text(new[name])}" for name in changed)
+    changed = [name for name in DEFINING if old.get(name) != new.get(name)]
+    return "; ".join(f"{name} {_text(old.get(name))} -> {_text(new.get(name))}" for name in changed)
 
 
 def _text(value: Any) -> str:
@@ -59,22 +74,21 @@ def refusal(group: str, what: str) -> str:
     )
 
 
-def group_change(name: str, old: FeatureGroupSpec | None, new: FeatureGroupSpec | None) -> GroupChange:
-    """The change of group ``name`` from ``old`` to ``new`` (None: absent on that side)."""
+def group_change(name: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> GroupChange:
+    """The change of group ``name`` from definition ``old`` to ``new`` (None: absent on that side)."""
     if old is None:
-        fresh = new.aggregations if new is not None else []
-        return GroupChange(name, "new", tuple(AggregationChange(a.name, "new") for a in fresh))
+        fresh = new["aggregations"] if new is not None else {}
+        return GroupChange(name, "new", tuple(AggregationChange(a, "new") for a in fresh))
     if new is None:
-        gone = tuple(AggregationChange(a.name, "removed") for a in old.aggregations)
+        gone = tuple(AggregationChange(a, "removed") for a in old["aggregations"])
         return GroupChange(name, "removed", gone)
-    if old.period_ms != new.period_ms:
-        why = f"its period changed from {old.period} to {new.period}"
+    if old["period_ms"] != new["period_ms"]:
+        why = f"its period changed from {old['period']} to {new['period']}"
         return GroupChange(name, "changed", refused=refusal(name, why))
-    if old.key_fields != new.key_fields:
-        was, now = " + ".join(old.key_fields), " + ".join(new.key_fields)
+    if old["key"] != new["key"]:
+        was, now = " + ".join(old["key"]), " + ".join(new["key"])
         return GroupChange(name, "changed", refused=refusal(name, f"its key changed from {was} to {now}"))
-    before = {a.name: definition(a) for a in old.aggregations}
-    after = {a.name: definition(a) for a in new.aggregations}
+    before, after = old["aggregations"], new["aggregations"]
     aggregations = []
     for agg, fields in after.items():
         if agg not in before:
@@ -88,10 +102,11 @@ def group_change(name: str, old: FeatureGroupSpec | None, new: FeatureGroupSpec 
     return GroupChange(name, kind, tuple(aggregations))
 
 
-def plan_changes(old: Pipeline, new: Pipeline) -> list[GroupChange]:
-    """Every feature group of ``old`` or ``new``: ``new``'s in its order, then the removed ones."""
-    names = [*new.features, *(g for g in old.features if g not in new.features)]
-    return [group_change(g, old.features.get(g), new.features.get(g)) for g in names]
+def plan_changes(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[GroupChange]:
+    """Every feature group of the definitions ``old`` or ``new`` (see :func:`definitions`): ``new``'s
+    in its order, then the removed ones."""
+    names = [*new, *(g for g in old if g not in new)]
+    return [group_change(g, old.get(g), new.get(g)) for g in names]
 
 
 #: What each kind means for the values served, as things stand (docs/operations.md).

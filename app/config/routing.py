@@ -72,7 +72,7 @@ def stream_stages(pipeline: Pipeline, stream: str, group: str) -> tuple[Stage, .
     )
 
 
-Role = Literal["stream", "lookup", "output", "dead-letter", "repartition"]
+Role = Literal["stream", "lookup", "output", "dead-letter", "repartition", "state"]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import click
 import orjson
 
 from app import __version__
-from app.config.changes import plan_changes, render_changes
+from app.config.changes import definitions, plan_changes, render_changes
 from app.config.routing import stream_stages, topic_plans
 from app.config.services import service_plan
 from app.config.settings import ENV_PREFIX, Settings, load_settings
@@ -123,7 +123,10 @@ def worker(pipeline: str | None) -> None:
     """Run one worker against HYDRANT_BROKER (what Kubernetes runs)."""
     settings = _settings(pipeline)
     _need_broker(settings)
-    load_pipeline(settings.pipeline)  # fail here, with the spec's messages, before Faust starts
+    spec = load_pipeline(settings.pipeline)  # fail here, with the spec's messages, before Faust starts
+    from app.kafka.definitions import reconcile
+
+    asyncio.run(reconcile(settings, spec))  # what the state was built with: refuse what it cannot follow
     import faust
 
     from app.system.cpus import pin_process, split_cpus
@@ -169,7 +172,7 @@ def check(pipeline: str, against: str | None) -> None:
     if against is None:
         return
     running = running_spec(against, settings)
-    changes = plan_changes(running, spec)
+    changes = plan_changes(definitions(running), definitions(spec))
     click.echo("")
     click.echo(f"changes against {against} (pipeline {running.name!r}; docs/operations.md):")
     click.echo("\n".join(render_changes(changes)))

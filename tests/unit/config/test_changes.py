@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from app.config.changes import plan_changes, render_changes
-from app.config.spec import Pipeline, parse_pipeline
+from app.config.changes import definitions, plan_changes, render_changes
+from app.config.spec import parse_pipeline
 
 SHOP = (Path(__file__).parents[3] / "examples" / "shop" / "pipeline.yaml").read_text()
 
 
-def spec(text: str) -> Pipeline:
-    return parse_pipeline(text)
+def spec(text: str) -> dict[str, Any]:
+    return definitions(parse_pipeline(text))
 
 
 def test_an_unchanged_spec_changes_nothing() -> None:
