@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from app.api.context import ApiContext
 from app.api.views import register as register_views
+from app.config.changes import replaying_from_env
 from app.config.settings import Settings, get_settings
 from app.config.spec import Pipeline, load_pipeline
 from app.engine.batch import StreamEngine, stream_routes
@@ -56,7 +57,7 @@ serving = ServingSupervisor(settings, state_tables, placement)
 
 #: Helper processes that run every batch's shards: started before Faust (app/tools/cli.py `worker`).
 helpers = HelperPool(settings.compute_processes, settings.pipeline)
-_work = BatchWork(pipeline, group_id)
+_work = BatchWork(pipeline, group_id, replaying_from_env())
 stream_engine = StreamEngine(
     _work,
     stream_routes(pipeline, group_id, _work),

@@ -99,10 +99,13 @@ def apply_event(
     if record is None:
         record = state._create(number, len(plan.aggregations), plan.tag)
     slots = record[AGGREGATIONS]
+    offsets = record[OFFSETS]
     for agg, value in values:
         index = agg.index
-        slots[index] = _update(slots[index], value, time_ms, agg)
-    record[OFFSETS][source] = offset
+        slots[index] = update_state(slots[index], value, time_ms, agg)
+        if agg.replaying:  # its replay applies the events before this one (tables/replay.py)
+            offsets.setdefault(f"{agg.ident}|{source}", offset)
+    offsets[source] = offset
     state._dirty.add(number)
     return "applied"
 
@@ -110,8 +113,8 @@ def apply_event(
 _NUMBERS = (int, float)
 
 
-def _update(agg: AggState | None, value: Any, time_ms: int, plan: AggregationPlan) -> AggState:
-    """``agg`` (None: a new state) with one more value, in ``plan``'s layout."""
+def update_state(agg: AggState | None, value: Any, time_ms: int, plan: AggregationPlan) -> AggState:
+    """``agg`` (None: a new state) with one more value, in ``plan``'s layout (may change it in place)."""
     numeric = isinstance(value, _NUMBERS) and not isinstance(value, bool)
     at = plan.at
     if agg is None:

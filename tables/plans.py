@@ -4,10 +4,11 @@ the canonical state fields each op keeps (docs/state-format.md). Pure."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.config.changes import definition, identity
 from app.config.expressions import Expression
 from app.config.spec import FeatureGroupSpec, Pipeline, feature_parts
 
@@ -20,6 +21,8 @@ FIELDS = 15
 ALL_FIELDS = (1 << 12) - 1
 #: A window's number of buckets that means lifetime: the roll-up and every bucket after it.
 LIFETIME = 0
+#: A bucket layout naming aggregations by their identity starts with this (an earlier one is hex masks).
+BY_IDENTITY = "="
 #: The canonical fields each op reads (count is always kept).
 OP_FIELDS: dict[str, tuple[int, ...]] = {
     "count": (),
@@ -51,6 +54,10 @@ class AggregationPlan:
     n: int = 0  # values last_n keeps (0: no last_n)
     k: int = 0  # values top_k answers (0: no top_k)
     quantiles: tuple[float, ...] = ()  # what percentile answers
+    #: names its definition in bucket layouts (:func:`identity`): a changed definition is another state
+    ident: str = ""
+    #: being replayed (tables/replay.py): the live path marks the first offset it applies per bucket
+    replaying: bool = False
     # whether it keeps value hashes (`dataclasses.`: the attribute `field` above shadows the function)
     distinct: bool = dataclasses.field(init=False, compare=False, repr=False)
     lifetime: bool = dataclasses.field(init=False, compare=False, repr=False)  # has a lifetime window
@@ -111,7 +118,7 @@ class GroupPlan:
     tag: str = field(init=False, compare=False, repr=False)  # a bucket record's "l" in this layout
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tag", ",".join(format(a.mask, "x") for a in self.aggregations))
+        object.__setattr__(self, "tag", BY_IDENTITY + "".join(a.ident for a in self.aggregations))
         written = [
             f"{a.name}_{part}_{label}"
             for a in self.aggregations
@@ -132,8 +139,11 @@ class GroupPlan:
         object.__setattr__(self, "rollup", any(a.lifetime for a in self.aggregations))
 
     @classmethod
-    def from_spec(cls, name: str, spec: FeatureGroupSpec) -> GroupPlan:
-        """The plan of feature group ``name`` of a validated spec."""
+    def from_spec(
+        cls, name: str, spec: FeatureGroupSpec, replaying: frozenset[str] = frozenset()
+    ) -> GroupPlan:
+        """The plan of feature group ``name`` of a validated spec; ``replaying``: the identities of its
+        aggregations whose history is being replayed."""
         period = spec.period_ms
         aggs = tuple(
             AggregationPlan(
@@ -150,6 +160,8 @@ class GroupPlan:
                 n=a.n or 0,
                 k=a.k or 0,
                 quantiles=tuple(a.quantiles or ()),
+                ident=identity(a.name, definition(a)),
+                replaying=identity(a.name, definition(a)) in replaying,
             )
             for i, a in enumerate(spec.aggregations)
         )
@@ -167,6 +179,13 @@ class GroupPlan:
         return list(self._written)
 
 
-def group_plans(pipeline: Pipeline) -> dict[str, GroupPlan]:
-    """Every feature group's plan, by name."""
-    return {name: GroupPlan.from_spec(name, spec) for name, spec in pipeline.features.items()}
+def group_plans(
+    pipeline: Pipeline, replaying: Mapping[str, Collection[str]] | None = None
+) -> dict[str, GroupPlan]:
+    """Every feature group's plan, by name; ``replaying``: per group, the identities of the
+    aggregations whose history is being replayed."""
+    replaying = replaying or {}
+    return {
+        name: GroupPlan.from_spec(name, spec, frozenset(replaying.get(name, ())))
+        for name, spec in pipeline.features.items()
+    }

@@ -33,6 +33,7 @@ from tables.state_format import (
     FREQUENT_LG,
     HLL_LG_K,
     LAYOUT,
+    OFFSETS,
     TDIGEST_K,
     THROUGH,
     AggState,
@@ -72,6 +73,7 @@ def roll_up(plan: GroupPlan, state: KeyState, number: int) -> None:
             value = bucket[AGGREGATIONS][agg.index]
             if agg.lifetime and value is not None:
                 slots[agg.index] = merge_state(slots[agg.index], value, agg)
+        keep_marks(record, bucket[OFFSETS])
         through = bucket_number
         merged = True
     if merged:
@@ -203,3 +205,28 @@ def rollup_record(plan: GroupPlan, state: KeyState) -> Bucket | None:
     if record is not None and record[LAYOUT] != plan.tag:
         record = convert(plan, record)
     return record
+
+
+ROLLUP_MARKS = 3  # a roll-up record's position of the replay marks (present once there was one)
+
+
+def rollup_marks(record: Bucket) -> dict[str, int]:
+    """The replay marks of a roll-up record (tables/replay.py), added if it had none."""
+    while len(record) <= ROLLUP_MARKS:
+        record.append({})
+    marks: dict[str, int] = record[ROLLUP_MARKS]
+    return marks
+
+
+def keep_marks(record: Bucket, offsets: dict[str, int]) -> None:
+    """The replay marks of a bucket merged into roll-up ``record``: what its aggregations then hold
+    (the first live offset: the least; the highest replayed: the greatest)."""
+    marks = None
+    for name, offset in offsets.items():
+        if "|" in name:
+            marks = marks if marks is not None else rollup_marks(record)
+            known = marks.get(name)
+            marks[name] = offset if known is None else min(known, offset)
+        elif "<" in name:
+            marks = marks if marks is not None else rollup_marks(record)
+            marks[name] = max(marks.get(name, -1), offset)

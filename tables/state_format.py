@@ -11,7 +11,8 @@ from typing import Any
 import datasketches
 import orjson
 
-from tables.plans import ALL_FIELDS, OP_FIELDS, GroupPlan, layout_of
+from app.config.changes import IDENTITY_CHARS
+from tables.plans import ALL_FIELDS, BY_IDENTITY, OP_FIELDS, GroupPlan, layout_of
 
 AggState = list[Any]
 #: A bucket record, decoded: [aggregation states (None: no value yet), layout tag, applied offsets];
@@ -100,8 +101,25 @@ _WARNED: set[tuple[str, str]] = set()  # (group, aggregation) whose older bucket
 
 
 def convert(plan: GroupPlan, record: Bucket) -> Bucket:
-    """``record`` (a bucket written with other fields: earlier format or spec) in ``plan``'s layout,
-    in place. An aggregation state lacking a field that its ops need now is dropped."""
+    """``record`` (a bucket written with other aggregations: another spec or an earlier format) in
+    ``plan``'s layout, in place: each aggregation keeps the state stored under its identity; a new
+    or changed one (another identity) has none, a removed one's is dropped."""
+    aggregations, tag = record[AGGREGATIONS], record[LAYOUT]
+    if tag is not None and tag.startswith(BY_IDENTITY):
+        size = IDENTITY_CHARS
+        stored = {
+            tag[i : i + size]: state for i, state in zip(range(1, len(tag), size), aggregations, strict=True)
+        }
+        record[AGGREGATIONS] = [stored.get(agg.ident) for agg in plan.aggregations]
+        record[LAYOUT] = plan.tag
+        return record
+    return _convert_masks(plan, record)
+
+
+def _convert_masks(plan: GroupPlan, record: Bucket) -> Bucket:
+    """:func:`convert` of a record whose layout is hex masks by position (written before layouts named
+    aggregations; no tag: before layouts). An aggregation state lacking a field that its ops need now
+    is dropped."""
     aggregations, tag = record[AGGREGATIONS], record[LAYOUT]
     masks = [ALL_FIELDS] * len(aggregations) if tag is None else [int(m, 16) for m in tag.split(",")]
     slots: list[AggState | None] = []

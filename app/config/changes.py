@@ -4,12 +4,23 @@ unchanged, new, changed or removed, and the changes its state cannot follow (a g
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import orjson
 
 from app.config.spec import AggregationSpec, FeatureGroupSpec, Pipeline
 
 Kind = Literal["unchanged", "new", "changed", "removed"]
+#: The environment variable through which a worker hands its processes the aggregations being
+#: replayed: JSON, per group, identity -> aggregation name (set by `hydrant worker` at start).
+REPLAYING_ENV = "HYDRANT_REPLAYING"
+IDENTITY_CHARS = 4  # an aggregation's identity: 24 bits in base64url
 #: What defines an aggregation's values, besides its group's period and key.
 DEFINING = ("stream", "field", "ops", "windows", "where", "n", "k", "quantiles")
 
@@ -36,6 +47,14 @@ class GroupChange:
 def definition(agg: AggregationSpec) -> dict[str, Any]:
     """The settings that define an aggregation's values (with its group's period and key)."""
     return {name: getattr(agg, name) for name in DEFINING}
+
+
+def identity(name: str, defined: Mapping[str, Any]) -> str:
+    """An aggregation's identity in bucket layouts (tables/plans.py): a hash of its name and the
+    settings that define its values (:func:`definition`), ``IDENTITY_CHARS`` characters. What a
+    changed aggregation stored under its old definition is then not read as its state."""
+    text = orjson.dumps([name, defined], option=orjson.OPT_SORT_KEYS)
+    return base64.urlsafe_b64encode(hashlib.blake2b(text, digest_size=3).digest()).decode("ascii")
 
 
 def group_definition(group: FeatureGroupSpec) -> dict[str, Any]:
@@ -132,3 +151,10 @@ def render_changes(changes: list[GroupChange]) -> list[str]:
             detail = f" ({agg.detail})" if agg.detail else ""
             lines.append(f"    {agg.name:<20} {agg.kind}{detail}: {MEANING[agg.kind]}")
     return lines
+
+
+def replaying_from_env(environ: Mapping[str, str] | None = None) -> dict[str, dict[str, str]]:
+    """Per group, the aggregations being replayed (identity -> name) as the worker handed them to its
+    processes (:data:`REPLAYING_ENV`); empty when none."""
+    raw = (os.environ if environ is None else environ).get(REPLAYING_ENV)
+    return json.loads(raw) if raw else {}

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from app.config.changes import replaying_from_env
 from app.config.spec import load_pipeline
 from app.engine.shards import BatchWork, Shard, ShardEvent, ShardResult, Wants
 from app.system.memory import collections_paused, settle_garbage_collector
@@ -56,7 +57,7 @@ def helper_main(pipeline_path: str, shard_fd: str, result_fd: str) -> None:
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes to stderr, never between the frames
     requests = sys.stdin.buffer
-    work = BatchWork(load_pipeline(pipeline_path))
+    work = BatchWork(load_pipeline(pipeline_path), replaying=replaying_from_env())
     shards, results = int(shard_fd), int(result_fd)
     settle_garbage_collector()
     _send(answers, 0)

@@ -3,7 +3,7 @@ which turns a shard into output rows, dead-letter reasons and state changes as a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -103,8 +103,10 @@ class StageWork:
 class BatchWork:
     """What every shard needs of the pipeline: group plans and, per stream and stage, its work."""
 
-    def __init__(self, pipeline: Pipeline, group_id: str = "") -> None:
-        self.plans = group_plans(pipeline)
+    def __init__(
+        self, pipeline: Pipeline, group_id: str = "", replaying: Mapping[str, Collection[str]] | None = None
+    ) -> None:
+        self.plans = group_plans(pipeline, replaying)  # replaying: per group, identities (tables/replay.py)
         #: per stream, its stages' work in visiting order
         self.stages: dict[str, tuple[StageWork, ...]] = {}
         for name in pipeline.streams:

@@ -12,7 +12,14 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.config.changes import GroupChange, definitions, plan_changes, render_changes
+from app.config.changes import (
+    GroupChange,
+    definition,
+    definitions,
+    identity,
+    plan_changes,
+    render_changes,
+)
 from app.config.routing import TopicPlan
 from app.config.settings import Settings
 from app.config.spec import Pipeline
@@ -71,13 +78,70 @@ async def write_definitions(settings: Settings, topic: str, groups: dict[str, di
         await producer.stop()
 
 
-async def reconcile(settings: Settings, pipeline: Pipeline) -> list[GroupChange]:
+def replayed_key(group: str, partition: int) -> str:
+    """The record saying which aggregations partition ``partition`` of ``group`` has replayed."""
+    return f"{group}\x00replayed\x00{partition}"
+
+
+async def record_replayed(
+    settings: Settings, group_id: str, group: str, partition: int, idents: list[str]
+) -> None:
+    """Record that ``partition`` of ``group`` finished replaying the aggregations ``idents``."""
+    await write_definitions(
+        settings, definitions_topic(group_id), {replayed_key(group, partition): {"aggregations": idents}}
+    )
+
+
+def _replaying(
+    pipeline: Pipeline,
+    stored: dict[str, dict[str, Any]],
+    changes: list[GroupChange],
+    replayed: dict[tuple[str, int], set[str]],
+    partitions: int,
+) -> dict[str, dict[str, str]]:
+    """Per group, the aggregations to replay (identity -> name): those new or changed now (none on a
+    pipeline's first start: there is no state to complete) and those still replaying since an earlier
+    change, but those every partition has replayed."""
+    first_start = not stored
+    out: dict[str, dict[str, str]] = {}
+    for change in changes:
+        spec = pipeline.features.get(change.name)
+        if spec is None:
+            continue
+        by_name = {agg.name: identity(agg.name, definition(agg)) for agg in spec.aggregations}
+        pending = dict(stored.get(change.name, {}).get("replay", {}))
+        if not first_start:
+            for agg in change.aggregations:
+                if agg.kind in ("new", "changed"):
+                    pending[by_name[agg.name]] = agg.name
+        current = set(by_name.values())
+        pending = {
+            ident: name
+            for ident, name in pending.items()
+            if ident in current
+            and not all(ident in replayed.get((change.name, p), ()) for p in range(partitions))
+        }
+        if pending:
+            out[change.name] = pending
+    return out
+
+
+async def reconcile(
+    settings: Settings, pipeline: Pipeline
+) -> tuple[list[GroupChange], dict[str, dict[str, str]]]:
     """Compare ``pipeline`` with the definitions its state was built with, log the changes, raise
-    SpecChangeError if a group's state cannot be reused, else record the new definitions."""
+    SpecChangeError if a group's state cannot be reused, else record the new definitions; the changes
+    and, per group, the aggregations whose history is to be replayed (identity -> name)."""
     topic = definitions_topic(settings.group_id(pipeline.name))
-    stored = await read_definitions(settings, topic)
+    records = await read_definitions(settings, topic)
+    stored = {name: value for name, value in records.items() if "\x00" not in name}
+    replayed = {
+        (name.split("\x00")[0], int(name.split("\x00")[2])): set(value["aggregations"])
+        for name, value in records.items()
+        if "\x00replayed\x00" in name
+    }
     wanted = definitions(pipeline)
-    changes = plan_changes(stored, wanted)
+    changes = plan_changes({g: _defined(d) for g, d in stored.items()}, wanted)
     refused = [group.refused for group in changes if group.refused]
     if refused:
         raise SpecChangeError("; ".join(refused))
@@ -85,5 +149,17 @@ async def reconcile(settings: Settings, pipeline: Pipeline) -> list[GroupChange]
         logger.info("feature definitions unchanged (%s)", topic)
     else:
         logger.info("feature definitions changed (%s):\n%s", topic, "\n".join(render_changes(changes)))
-    await write_definitions(settings, topic, {g: d for g, d in wanted.items() if stored.get(g) != d})
-    return changes
+    replaying = _replaying(pipeline, stored, changes, replayed, settings.partitions)
+    if replaying:
+        logger.info(
+            "replaying history into: %s",
+            "; ".join(f"{g}: {', '.join(sorted(aggs.values()))}" for g, aggs in replaying.items()),
+        )
+    records_now = {g: {**d, "replay": replaying[g]} if g in replaying else d for g, d in wanted.items()}
+    await write_definitions(settings, topic, {g: d for g, d in records_now.items() if stored.get(g) != d})
+    return changes, replaying
+
+
+def _defined(record: dict[str, Any]) -> dict[str, Any]:
+    """A group's definition record without its replay state."""
+    return {k: v for k, v in record.items() if k != "replay"}

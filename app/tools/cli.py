@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -126,7 +127,11 @@ def worker(pipeline: str | None) -> None:
     spec = load_pipeline(settings.pipeline)  # fail here, with the spec's messages, before Faust starts
     from app.kafka.definitions import reconcile
 
-    asyncio.run(reconcile(settings, spec))  # what the state was built with: refuse what it cannot follow
+    # What the state was built with: refuse what it cannot follow, replay what it lacks.
+    _, replaying = asyncio.run(reconcile(settings, spec))
+    from app.config.changes import REPLAYING_ENV
+
+    os.environ[REPLAYING_ENV] = json.dumps(replaying)  # for this process and those it starts
     import faust
 
     from app.system.cpus import pin_process, split_cpus

@@ -110,13 +110,55 @@ class WorkerProcess:
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
+            children = _descendants(self.proc.pid)
             os.kill(self.proc.pid, sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+            # Its helper and serving processes end when it does (SIGTERM on the parent's death), a
+            # moment later: wait, so a test that then wipes the data dir does not race one of them
+            _wait_gone(children, timeout)
         return self.proc.returncode
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux /proc; empty elsewhere)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            text = Path(f"/proc/{parent}/task/{parent}/children").read_text()
+        except OSError:
+            continue
+        children = [int(child) for child in text.split()]
+        found += children
+        todo += children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie nobody reaps has ended)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return status.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait up to ``timeout`` for ``pids`` to end, then SIGKILL what is left."""
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:

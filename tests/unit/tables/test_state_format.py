@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tables.plans import GroupPlan
 from tables.state_format import value_hash
 from tests.support.window_state import (
     BASE,
@@ -72,7 +73,8 @@ def test_a_bucket_keeps_only_the_fields_its_ops_read() -> None:
     (bucket,) = buckets_of(worker, "u")
     hashes = [value_hash("a"), value_hash("b")]
     states, layout, offsets = bucket
-    assert layout == plan.tag == "83f,1,7c1"  # the canonical fields of each, as bitmasks
+    assert layout == plan.tag == "=" + "".join(a.ident for a in plan.aggregations)  # who is where
+    assert [format(a.mask, "x") for a in plan.aggregations] == ["83f", "1", "7c1"]  # canonical fields
     assert offsets == {"s1:0": 2, "s2:0": 1}
     spend, clicks, words = states
     assert spend[:2] == [2, 4.0] and spend[4:6] == [1.5, 2.5]  # count, sum, mean, m2, min, max, shift
@@ -107,9 +109,10 @@ def test_buckets_of_earlier_formats_are_read_and_rewritten(layouts: bool) -> Non
     for k, v in earlier.table.items():
         record = orjson.loads(v)
         if isinstance(record, list):  # a bucket: [states, layout, offsets]
-            states, layout, offsets = record
+            states, _, offsets = record
             assert len(states[0]) == 12  # all twelve fields: the first format, once the layout is gone
-            old = {"o": offsets, "a": states, "l": layout} if layouts else {"o": offsets, "a": states}
+            masks = ",".join(format(a.mask, "x") for a in full.aggregations)  # layouts before identities
+            old = {"o": offsets, "a": states, "l": masks} if layouts else {"o": offsets, "a": states}
             earlier.table[k] = orjson.dumps(old)
     upgraded = Worker(some, table=dict(earlier.table))
     direct = Worker(some)
@@ -125,18 +128,75 @@ def test_buckets_of_earlier_formats_are_read_and_rewritten(layouts: bool) -> Non
     assert upgraded.table == direct.table  # every bucket the events touched was rewritten in the new layout
 
 
+def _with_mask_layouts(table: dict[bytes, bytes], plan: GroupPlan) -> dict[bytes, bytes]:
+    """``table`` with its buckets' layouts as written before layouts named aggregations (hex masks)."""
+    masks = ",".join(format(a.mask, "x") for a in plan.aggregations)
+    out = {}
+    for k, v in table.items():
+        record = orjson.loads(v)
+        if isinstance(record, list):
+            record[1] = masks
+        out[k] = orjson.dumps(record)
+    return out
+
+
 def test_an_op_added_later_leaves_older_buckets_out_of_its_aggregation(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """An op added to an aggregation changes its definition: the state stored under the old one is not
+    its state (its replay rebuilds it, docs/operations.md). Buckets whose layouts are hex masks (before
+    layouts named aggregations) convert by position; lacking the new op's fields, they are left out too,
+    with a warning."""
     before, _ = group("1m", "{name: spend, stream: s1, field: x, ops: [count], windows: [5m]}")
     after, _ = group("1m", "{name: spend, stream: s1, field: x, ops: [count, max], windows: [5m]}")
     old = Worker(before)
     old.run([s1("u", BASE, 5.0), s1("u", BASE + 1, 7.0)])  # bucket 0: count only
     old.flush()
-    new = Worker(after, table=dict(old.table))
-    new.run([s1("u", BASE + MINUTE, 3.0)], start=2)  # bucket 1, with max
-    assert new.read("u", BASE + MINUTE) == {"spend_count_5m": 1, "spend_max_5m": 3.0}
+    for table in (dict(old.table), _with_mask_layouts(old.table, before)):
+        new = Worker(after, table=table)
+        new.run([s1("u", BASE + MINUTE, 3.0)], start=2)  # bucket 1, with max
+        assert new.read("u", BASE + MINUTE) == {"spend_count_5m": 1, "spend_max_5m": 3.0}
     assert "aggregation 'spend': buckets written before its ops ['max'] were added" in caplog.text
+
+
+def test_aggregations_keep_their_state_by_identity_when_others_change() -> None:
+    """Removing an aggregation before others, changing one's `where` and adding one: the unchanged ones
+    read the state stored under their identity (not their position), the changed one starts empty, the
+    removed one's state is dropped when its buckets are rewritten."""
+    before, _ = group(
+        "1m",
+        "{name: gone, stream: s1, field: x, ops: [sum], windows: [5m]}",
+        "{name: spend, stream: s1, field: x, ops: [count, max], windows: [5m]}",
+        "{name: big, stream: s1, field: x, ops: [count], where: 'x > 4', windows: [5m]}",
+    )
+    after, _ = group(
+        "1m",
+        "{name: spend, stream: s1, field: x, ops: [count, max], windows: [5m]}",
+        "{name: big, stream: s1, field: x, ops: [count], where: 'x > 6', windows: [5m]}",
+        "{name: fresh, stream: s1, field: x, ops: [min], windows: [5m]}",
+    )
+    assert before.aggregations[1].ident == after.aggregations[0].ident
+    assert before.aggregations[2].ident != after.aggregations[1].ident
+    old = Worker(before)
+    old.run([s1("u", BASE, 5.0), s1("u", BASE + 1, 7.0)])
+    old.flush()
+    new = Worker(after, table=dict(old.table))
+    assert new.read("u", BASE) == {
+        "spend_count_5m": 2,
+        "spend_max_5m": 7.0,
+        "big_count_5m": 0,  # its `where` changed: the old count is not its
+        "fresh_min_5m": None,
+    }
+    new.run([s1("u", BASE + 2, 8.0)], start=2)
+    new.flush()
+    assert new.read("u", BASE + 2) == {
+        "spend_count_5m": 3,
+        "spend_max_5m": 8.0,
+        "big_count_5m": 1,
+        "fresh_min_5m": 8.0,
+    }
+    (bucket,) = buckets_of(new, "u")
+    assert bucket[1] == after.tag and len(bucket[0]) == 3  # rewritten: `gone` dropped
 
 
 def test_the_new_ops_added_to_state_written_before_them() -> None:

@@ -1,0 +1,206 @@
+"""Replaying input history into new or changed aggregations, exactly once (docs/operations.md,
+"Changing a pipeline"). Pure: the rules and the records; app/engine/replay.py runs them.
+
+A new or changed aggregation (another identity, tables/plans.py) is applied live from the moment a
+worker runs the new spec, and a replay applies the events read before. Two markers per bucket and
+source partition, in the bucket's offsets, tell which of its events the aggregation holds:
+
+- ``<identity>|<source>``: the first offset the live path applied to it in this bucket. Events of a
+  key come from a source in offset order, so from that offset on, the live path has them;
+- ``<identity><<source>``: the highest offset the replay applied to it in this bucket.
+
+The replay reads each input partition from its earliest offset up to its end when the replay began.
+It applies an event that a worker has processed already (read below the group's committed offset
+when the replay began, or listed as processed by the key's head) below the live marker and above the
+replay marker, and writes the marker with the state it changes (one record): so a crash or a
+rebalance at any point counts no event twice, and the events an old worker processed after its last
+commit (the new one skips them as duplicates) are replayed too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from tables.apply import update_state
+from tables.key_state import KeyState
+from tables.plans import AggregationPlan, GroupPlan
+from tables.rollup import roll_up, rollup_marks
+from tables.state_format import AGGREGATIONS, LAYOUT, OFFSETS, Bucket, convert
+
+#: The record of a partition's replay in its group's table. No entity key is empty, and the records
+#: of a key all start with the key and a NUL: this key is no entity's record.
+JOB_KEY = b"\x00replay"
+
+
+def live_mark(ident: str, source: str) -> str:
+    """The offsets entry naming the first offset of ``source`` applied live to aggregation ``ident``."""
+    return f"{ident}|{source}"
+
+
+def replay_mark(ident: str, source: str) -> str:
+    """The offsets entry naming the highest offset of ``source`` replayed into aggregation ``ident``."""
+    return f"{ident}<{source}"
+
+
+def replay_event(
+    plan: GroupPlan,
+    state: KeyState,
+    chosen: list[AggregationPlan],
+    fields: Mapping[str, Any],
+    time_ms: int,
+    source: str,
+    offset: int,
+    before_change: bool,
+) -> int:
+    """Apply one event read from history to the aggregations of ``chosen`` (those being replayed
+    whose `where` holds) that do not hold it yet; how many took it. ``before_change``: the record was
+    read below the group's committed offset when the replay began (processed by a worker before
+    the change); a later record counts only if the key's head says it was processed (the live path
+    takes the others). Its bucket is one the key still keeps, or (an aggregation with a lifetime
+    window) the roll-up; otherwise no window reads it."""
+    if not before_change and state.processed.get(source, -1) < offset:
+        return 0
+    number = time_ms // plan.period_ms
+    newest = state.newest
+    values = []
+    for agg in chosen:
+        value = fields.get(agg.field) if agg.field is not None else True
+        if value is not None:
+            values.append((agg, value))
+    if not values:
+        return 0
+    if newest is not None and number <= newest - plan.retention:
+        return _into_rollup(plan, state, values, time_ms, source, offset)
+    if newest is None or number > newest:  # history newer than anything live: as apply_event
+        if plan.rollup:
+            roll_up(plan, state, number)
+        state.advance(number)
+    record = state.bucket(number)
+    if record is not None and record[LAYOUT] != plan.tag:
+        record = convert(plan, record)
+    if record is None:
+        record = state._create(number, len(plan.aggregations), plan.tag)
+    offsets = record[OFFSETS]
+    slots = record[AGGREGATIONS]
+    took = 0
+    for agg, value in values:
+        live = offsets.get(live_mark(agg.ident, source))
+        mark = replay_mark(agg.ident, source)
+        if (live is not None and offset >= live) or offsets.get(mark, -1) >= offset:
+            continue
+        slots[agg.index] = update_state(slots[agg.index], value, time_ms, agg)
+        offsets[mark] = offset
+        took += 1
+    if took:
+        state._dirty.add(number)
+    return took
+
+
+def _into_rollup(
+    plan: GroupPlan,
+    state: KeyState,
+    values: list[tuple[AggregationPlan, Any]],
+    time_ms: int,
+    source: str,
+    offset: int,
+) -> int:
+    """An event older than the key's kept buckets, into the roll-up of its lifetime aggregations."""
+    lifetime = [(agg, value) for agg, value in values if agg.lifetime]
+    if not lifetime:
+        return 0
+    record: Bucket | None = state.rollup()
+    if record is None:
+        record = [[None] * len(plan.aggregations), plan.tag, None]
+    elif record[LAYOUT] != plan.tag:
+        record = convert(plan, record)
+    marks = rollup_marks(record)
+    slots = record[AGGREGATIONS]
+    took = 0
+    for agg, value in lifetime:
+        mark = replay_mark(agg.ident, source)
+        if marks.get(mark, -1) >= offset or _live_from(state, marks, live_mark(agg.ident, source)) <= offset:
+            continue
+        slots[agg.index] = update_state(slots[agg.index], value, time_ms, agg)
+        marks[mark] = offset
+        took += 1
+    if took:
+        state.set_rollup(record)
+    return took
+
+
+def _live_from(state: KeyState, marks: dict[str, int], name: str) -> float:
+    """The first offset the live path applied to an aggregation from a source, in any of the key's
+    records (infinity: none). From it on, the live path has every event of the key from that source."""
+    first = marks.get(name, math.inf)
+    _, records = state.buckets_in(-(2**62), 2**62)
+    for record in records:
+        first = min(first, record[OFFSETS].get(name, math.inf))
+    return first
+
+
+@dataclass
+class ReplayJob:
+    """One partition's replay of a group: which aggregations (identity: name), which input
+    partitions (``"topic:partition"``) from where (``start``, the earliest offset kept when it began)
+    up to where (``end``, their end then), the group's committed offsets then (``change``), how far
+    it got (``at``, the next offset to read), when it began (``since``, ms)."""
+
+    aggregations: dict[str, str]
+    start: dict[str, int]
+    end: dict[str, int]
+    change: dict[str, int] = field(default_factory=dict)
+    at: dict[str, int] = field(default_factory=dict)
+    since: int = 0
+    replayed: int = 0  # events read
+    done: bool = False
+
+    @property
+    def whole_history(self) -> bool:
+        """Whether every input partition held its history from offset 0 when the replay began."""
+        return all(offset == 0 for offset in self.start.values())
+
+    def left(self) -> int:
+        """Records still to read."""
+        return sum(max(0, self.end[tp] - self.at.get(tp, self.start[tp])) for tp in self.end)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "aggregations": self.aggregations,
+                "start": self.start,
+                "end": self.end,
+                "change": self.change,
+                "at": self.at,
+                "since": self.since,
+                "replayed": self.replayed,
+                "done": self.done,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ReplayJob:
+        return cls(**orjson.loads(raw))
+
+
+def incomplete_features(plan: GroupPlan, job: ReplayJob | None, now_ms: int) -> list[str]:
+    """The features of ``plan`` that a key of the job's partition cannot answer in full yet: those of
+    its aggregations while the replay runs; after it, where the input no longer held all history, a
+    window until it has passed since the replay began (a lifetime window: for good)."""
+    if job is None or not job.aggregations:
+        return []
+    out = []
+    for agg in plan.aggregations:
+        if agg.ident not in job.aggregations:
+            continue
+        for label, size in agg.windows:
+            if job.done and job.whole_history:
+                continue
+            if job.done and size and now_ms - job.since >= size * plan.period_ms:
+                continue
+            out += [f"{agg.name}_{part}_{label}" for _, part, _ in agg.labels()]
+    return out
