@@ -107,6 +107,25 @@ LOOKUP_ROWS = Gauge(
     ["lookup"],
     registry=REGISTRY,
 )
+REPLAYED_EVENTS = Counter(
+    "hydrant_replayed_events_total",
+    "Input records read by the replay of new or changed aggregations (docs/operations.md).",
+    ["group"],
+    registry=REGISTRY,
+)
+REPLAY_LEFT = Gauge(
+    "hydrant_replay_records_left",
+    "Input records the replays of this worker's partitions still have to read.",
+    ["group"],
+    registry=REGISTRY,
+)
+FEATURES_INCOMPLETE = Gauge(
+    "hydrant_features_incomplete",
+    "Features of a group that some partition served here cannot answer in full yet (replay running, "
+    "or the topics no longer hold the history their window needs).",
+    ["group"],
+    registry=REGISTRY,
+)
 READY = Gauge(
     "hydrant_ready", "1 when every table finished recovery and the worker serves reads.", registry=REGISTRY
 )

@@ -13,6 +13,7 @@ from app.engine.batch import StreamEngine, stream_routes
 from app.engine.helpers import HelperPool
 from app.engine.lookups import BATCH_MAX as LOOKUP_BATCH_MAX
 from app.engine.lookups import LookupUpdater
+from app.engine.replay import Replayer
 from app.engine.replicas import ReplicaUpdater
 from app.engine.shards import BatchWork
 from app.faust_ext.app import FETCH_RECORDS, HydrantApp, create_app
@@ -21,6 +22,8 @@ from app.faust_ext.live_metrics import LiveCollector
 from app.faust_ext.placement import WorkerPlacement
 from app.faust_ext.tables import raw_table
 from app.faust_ext.worker_io import FaustWorkerIO
+from app.kafka.definitions import record_replayed
+from app.kafka.history import History
 from app.metrics import REGISTRY
 from app.serving.supervisor import ServingSupervisor
 from tables.registry import StateTables
@@ -58,14 +61,35 @@ serving = ServingSupervisor(settings, state_tables, placement)
 #: Helper processes that run every batch's shards: started before Faust (app/tools/cli.py `worker`).
 helpers = HelperPool(settings.compute_processes, settings.pipeline)
 _work = BatchWork(pipeline, group_id, replaying_from_env())
+_routes = stream_routes(pipeline, group_id, _work)
+
+
+async def _replayed(group: str, partition: int, aggregations: list[str]) -> None:
+    await record_replayed(settings, group_id, group, partition, aggregations)
+
+
+#: The replay of new or changed aggregations (app/engine/replay.py), stepped by the stream engine.
+replayer = Replayer(
+    pipeline,
+    _work,
+    _routes,
+    state_tables,
+    History(app.client_options),
+    settings.partitions,
+    settings.replay_share,
+    settings.replay_records_per_s,
+    _replayed,
+    on_write=serving.wrote,
+)
 stream_engine = StreamEngine(
     _work,
-    stream_routes(pipeline, group_id, _work),
+    _routes,
     state_tables,
     helpers,
     settings.partitions,
     FETCH_RECORDS,
     on_write=serving.wrote,
+    replay=replayer,
 )
 stream_source = Intake(app, stream_engine.routes, max_buffered=4 * FETCH_RECORDS)
 #: Subscribes the consumer to the stream topics; their records reach the intake, not this channel.

@@ -204,3 +204,10 @@ def incomplete_features(plan: GroupPlan, job: ReplayJob | None, now_ms: int) -> 
                 continue
             out += [f"{agg.name}_{part}_{label}" for _, part, _ in agg.labels()]
     return out
+
+
+def stored_incomplete(plan: GroupPlan, db: Any, now_ms: int) -> list[str]:
+    """:func:`incomplete_features` of the partition whose database (the worker's or a secondary
+    instance of it) is ``db``, from its replay record."""
+    raw = db.get(JOB_KEY)
+    return [] if raw is None else incomplete_features(plan, ReplayJob.decode(raw), now_ms)

@@ -21,8 +21,10 @@ from app.api.models import AT_LIMIT, KEY_INT_LIMIT, MAX_BATCH_KEYS, BatchRequest
 from app.records.keys import key_string, split_key
 from app.records.partitioning import partition_for
 from tables.key_state import Scanner
+from tables.plans import GroupPlan
 from tables.read import Selection, outside_retention, read_features, selection
 from tables.registry import UnknownFeature, select_features, stored_state
+from tables.replay import stored_incomplete
 from tables.store import prefix_scan
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -175,7 +177,25 @@ def answer_locally(
         return {"key": key, "found": False}
     if outside_retention(plan, state, at, names):
         return {"key": key, "found": True, "error": retention_error(group, at)}
-    return {"key": key, "found": True, "features": read_features(plan, state, at, names)}
+    result = {"key": key, "found": True, "features": read_features(plan, state, at, names)}
+    missing = incomplete(plan, read[0], names)
+    if missing:
+        result["incomplete"] = missing
+    return result
+
+
+def incomplete(plan: GroupPlan, db: Any, names: frozenset[str] | Selection | None) -> list[str]:
+    """The features of ``names`` (None: all) that keys of the partition ``db`` holds cannot answer in
+    full yet (a replay runs, or the topics lack the history: docs/operations.md)."""
+    found = stored_incomplete(plan, db, int(time.time() * 1000))
+    if not found or names is None:
+        return found
+    wanted = names if isinstance(names, frozenset) else None
+    if isinstance(names, Selection):
+        if names.outputs is None:
+            return found
+        wanted = frozenset(name for name, _ in names.outputs)
+    return [name for name in found if wanted is None or name in wanted]
 
 
 def retention_error(group: str, at: int) -> dict[str, str]:
@@ -209,10 +229,10 @@ async def lookup_one(request: web.Request, ctx: ApiContext, group: str, key: str
         return not_found(ctx, group, key)
     if "error" in result:
         return error_response(422, **result["error"])
-    return web.Response(
-        body=orjson.dumps({"group": group, "key": key, "at": at, "features": result["features"]}),
-        content_type="application/json",
-    )
+    answer = {"group": group, "key": key, "at": at, "features": result["features"]}
+    if "incomplete" in result:
+        answer["incomplete"] = result["incomplete"]
+    return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
 
 async def lookup_batch(request: web.Request, ctx: ApiContext, group: str) -> web.Response:

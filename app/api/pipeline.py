@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -13,6 +14,7 @@ from app.api.http import JSON
 from app.api.services import service_info
 from app.api.tables import table_columns
 from app.config.routing import topic_plans
+from tables.replay import JOB_KEY, ReplayJob, incomplete_features
 
 
 def describe(ctx: ApiContext) -> dict[str, Any]:
@@ -38,7 +40,37 @@ def describe(ctx: ApiContext) -> dict[str, Any]:
         "tables": tables,
         "features": {name: plan.feature_names() for name, plan in ctx.tables.plans.items()},
         "services": [service_info(plan) for plan in ctx.services.values()],
+        "replay": replay_progress(ctx),
     }
+
+
+def replay_progress(ctx: ApiContext) -> dict[str, Any]:
+    """Per feature group with a replay (docs/operations.md), per partition held here: the aggregations
+    replayed, whether it is done, records read and left, the features incomplete there."""
+    out: dict[str, Any] = {}
+    now = int(time.time() * 1000)
+    for group, table in ctx.tables.features.items():
+        plan = ctx.tables.plans[group]
+        for partition in range(ctx.partitions):
+            try:
+                if not ctx.placement.holds(table, partition):
+                    continue
+                raw = ctx.placement.database(table, partition).get(JOB_KEY)
+            except Exception:  # noqa: S112 (recovering or moving: nothing to say of it now)
+                continue
+            if raw is None:
+                continue
+            job = ReplayJob.decode(raw)
+            entry = out.setdefault(group, {"partitions": {}})
+            entry["partitions"][str(partition)] = {
+                "aggregations": sorted(job.aggregations.values()),
+                "done": job.done,
+                "replayed": job.replayed,
+                "left": job.left(),
+                "whole_history": job.whole_history,
+                "incomplete": incomplete_features(plan, job, now),
+            }
+    return out
 
 
 async def pipeline_answer(request: web.Request, ctx: ApiContext) -> web.Response:

@@ -128,14 +128,14 @@ def plan_changes(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]])
     return [group_change(g, old.get(g), new.get(g)) for g in names]
 
 
-#: What each kind means for the values served, as things stand (docs/operations.md).
+#: What each kind means for the values served (docs/operations.md).
 MEANING = {
     "unchanged": "keeps its state and values",
-    "new": "starts from empty buckets at the change: its windows count only later events until they "
-    "have passed",
-    "changed": "its stored buckets stay in its windows as the old definition filled them (an added op "
-    "leaves them out) until the windows have passed",
-    "removed": "no longer served",
+    "new": "applied from now on; the history the topics hold is replayed into it (listed as incomplete "
+    "until then)",
+    "changed": "its state under the old definition is dropped; applied from now on and rebuilt by "
+    "replaying the history the topics hold (listed as incomplete until then)",
+    "removed": "no longer served; its values are dropped from buckets as they are rewritten",
 }
 
 

@@ -96,6 +96,19 @@ class Settings(BaseSettings):
         "entity key), while the worker reads, sends, writes and decodes the next batch: that work is "
         "CPU-bound Python, so each helper adds a core's worth. 0: the worker does all of it.",
     )
+    replay_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="The share of the worker's event loop that replaying history into new or changed "
+        "aggregations may take while events arrive (it takes all of it while none do).",
+    )
+    replay_records_per_s: float = Field(
+        default=0,
+        ge=0,
+        description="At most this many input records per second read by the replay (0: no limit), to "
+        "spare the brokers while it reads history.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     api_token: SecretStr | None = Field(default=None, description="Bearer token for the data API.")
     partitions: int = Field(default=4, ge=1, le=10_000, description="Partitions of topics Hydrant creates.")

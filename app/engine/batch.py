@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, Protocol, cast
 from app.config.routing import stream_stages
 from app.config.spec import Pipeline, StreamSpec
 from app.engine.helpers import HelperPool
+from app.engine.replay import Replayer
 from app.engine.shards import (
     BatchWork,
     Hop,
@@ -73,6 +74,12 @@ class WorkerIO(Protocol):
 
     async def crash(self, exc: BaseException) -> None:
         """Stop the worker because of ``exc``."""
+
+    def ready(self) -> bool:
+        """Tables recovered and no rebalance running (partitions may be written outside batches)."""
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        """The group's committed offset of an input partition (None: none yet)."""
 
 
 class Source(Protocol):
@@ -178,8 +185,10 @@ class StreamEngine:
         partitions: int,
         batch_max: int,
         on_write: Callable[[str, int], None] | None = None,
+        replay: Replayer | None = None,
     ) -> None:
         self.work = work
+        self.replay = replay  # runs between batches, within its share (app/engine/replay.py)
         self.routes = routes
         self.tables = tables
         self.helpers = helpers
@@ -197,6 +206,7 @@ class StreamEngine:
             logger.info("helper processes for batches: pids %s", self.helpers.pids())
         settle_garbage_collector()  # started and recovered: what exists now lives as long as the worker
         counts = PartitionCounts(io.topic_partitions)
+        replay = self.replay if self.replay is not None and self.replay.active else None
         delivering: asyncio.Task[None] | None = None  # the previous batch, until delivered and acked
         batch: Batch | None = None  # running in the shards
         running: Awaitable[dict[int, ShardResult]] | None = None
@@ -204,10 +214,22 @@ class StreamEngine:
             while batch is not None or not io.should_stop:  # a batch taken is a batch processed
                 with collections_paused():
                     if batch is None or running is None:
-                        messages = await source.take(self.batch_max, BATCH_WITHIN_S)
+                        # No batch has read state that is not written yet: a replay step may run.
+                        if replay is not None and replay.wants_turn(io):
+                            messages = source.take_ready(self.batch_max)
+                            if replay.due(idle=not messages):
+                                await replay.step(io)
+                            elif not messages:
+                                await asyncio.sleep(replay.wait())
+                            if not messages:
+                                continue
+                        else:
+                            messages = await source.take(self.batch_max, BATCH_WITHIN_S)
                         batch = await self.decode_batch(messages, io.assignment(), counts)
                         running = await self.run_batch(batch, {})
-                    ready = () if io.should_stop else source.take_ready(self.batch_max)
+                    # A replay step due: no next batch reads state before this one is written.
+                    pause = replay is not None and replay.due() and replay.wants_turn(io)
+                    ready = () if io.should_stop or pause else source.take_ready(self.batch_max)
                     # Decoded and read as batch k is written: what batch k + 1 changes is laid over.
                     after = await self.decode_batch(ready, io.assignment(), counts) if ready else None
                     done = await running

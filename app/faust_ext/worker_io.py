@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from faust.types import TP
+
 
 class FaustWorkerIO:
     """``app``'s consumer and producer, read when the engine asks (they exist once the worker runs)."""
@@ -33,3 +35,11 @@ class FaustWorkerIO:
 
     async def crash(self, exc: BaseException) -> None:
         await self.app.crash(exc)
+
+    def ready(self) -> bool:
+        app = self.app
+        return bool(app.tables.recovery.completed.is_set() and not app.in_recovery and not app.rebalancing)
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        offset = self.app.consumer._committed_offset.get(TP(topic, partition))  # Faust keeps them private
+        return None if offset is None else int(offset)

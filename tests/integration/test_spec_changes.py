@@ -46,7 +46,7 @@ def test_the_worker_logs_spec_changes_and_refuses_a_period_change(
     second.wait_ready()
     log = second.log()
     assert "feature definitions changed" in log and "  group user: changed" in log
-    assert "    big                  new: starts from empty buckets" in log
+    assert "    big                  new: applied from now on; the history" in log
     assert "    spend                unchanged: keeps its state and values" in log
     second.stop()
 

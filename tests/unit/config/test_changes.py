@@ -47,10 +47,13 @@ def test_new_changed_removed_aggregations() -> None:
     lines = render_changes([user])
     assert lines[0] == "  group user: changed"
     assert lines[1].startswith(
-        "    spend                changed (windows [1h, 24h] -> [1h, 24h, 7d]): its stored"
+        "    spend                changed (windows [1h, 24h] -> [1h, 24h, 7d]): its state under the old"
     )
-    assert lines[4].startswith("    big                  new: starts from empty buckets")
-    assert lines[5] == "    clicks               removed: no longer served"
+    assert lines[4].startswith("    big                  new: applied from now on; the history")
+    assert lines[5] == (
+        "    clicks               removed: no longer served; its values are dropped from buckets as they "
+        "are rewritten"
+    )
 
 
 def test_a_period_or_key_change_is_refused_with_the_ways_out() -> None:

@@ -1,0 +1,312 @@
+"""The replay of new or changed aggregations (docs/operations.md, "Changing a pipeline"): per feature
+group and partition this worker holds, its input partitions read from their earliest retained offset
+to their end when the replay began, each event applied to those aggregations by the rules of
+tables/replay.py, in steps the stream engine runs between its batches (app/engine/batch.py) within a
+bounded share of the event loop. Its progress is a record of the group's table (changelogged: it
+moves with the partition and survives restarts)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from app.config.spec import Pipeline
+from app.engine.shards import BatchWork
+from app.metrics import FEATURES_INCOMPLETE, REPLAY_LEFT, REPLAYED_EVENTS
+from app.records.decode import decode_event
+from app.records.keys import key_of
+from app.records.partitioning import is_home
+from app.records.source import carried_path, source_position
+from tables.apply import choose
+from tables.key_state import KeyState
+from tables.plans import GroupPlan
+from tables.registry import StateTables
+from tables.replay import JOB_KEY, ReplayJob, incomplete_features, replay_event
+from tables.store import StateWriter, prefix_scan
+
+logger = logging.getLogger(__name__)
+
+STEP_RECORDS = 1000  # records read and applied per step
+YIELD_EVERY = 64  # records between two turns of the event loop inside a step
+IDLE_STEPS = 20  # steps in a row without a record below its end: the partition has no more
+
+
+class History(Protocol):
+    """Input partitions read over offset ranges (app/kafka/history.py)."""
+
+    async def bounds(self, names: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """Earliest retained and end offset of each ``"topic:partition"``."""
+
+    async def read(self, positions: Mapping[str, int], max_records: int) -> list[Any]:
+        """Records from ``positions``, in offset order per partition."""
+
+
+class ReplayIO(Protocol):
+    """What the replay uses of the running worker (app/faust_ext/worker_io.py)."""
+
+    @property
+    def kafka_producer(self) -> Any: ...
+
+    def ready(self) -> bool:
+        """Tables recovered, no rebalance running: partitions may be written."""
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        """The group's committed offset of an input partition (None: none)."""
+
+    def topic_partitions(self, topic: str) -> int | None: ...
+
+
+@dataclass
+class _Route:
+    """What a topic's records are to the replay (the stream engine's StreamRoute, in short)."""
+
+    stream: str
+    spec: Any
+    repartitioned: bool
+    stage: int
+    key: tuple[str, ...]
+
+
+class Replayer:
+    """The replays of this worker's partitions: which exist, which step next, when it may."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        work: BatchWork,
+        routes: Mapping[str, Any],
+        tables: StateTables,
+        history: History,
+        partitions: int,
+        share: float,
+        rate: float,
+        on_done: Callable[[str, int, list[str]], Awaitable[None]],
+        on_write: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.plans: dict[str, GroupPlan] = {
+            g: plan for g, plan in work.plans.items() if any(a.replaying for a in plan.aggregations)
+        }
+        self.tables = tables
+        self.history = history
+        self.partitions = partitions
+        self.share = share  # of the event loop while events arrive
+        self.rate = rate  # records read per second at most (0: no limit)
+        self.on_done = on_done
+        self.on_write = on_write
+        #: per replaying group, the topics whose records feed it, with what they are
+        self.topics: dict[str, dict[str, _Route]] = {g: {} for g in self.plans}
+        for topic, route in routes.items():
+            stage = work.stages[route.name][route.stage].stage
+            for group in stage.groups:
+                if group in self.topics:
+                    self.topics[group][topic] = _Route(
+                        route.name, route.spec, route.repartitioned, route.stage, route.key
+                    )
+        self.jobs: dict[tuple[str, int], ReplayJob] = {}  # of partitions held here
+        self._reported: set[tuple[str, int]] = set()
+        self._next = 0.0  # monotonic time of the next step while events arrive
+        self._paced = 0.0  # monotonic time of the next step under the records-per-second limit
+        self._checked = 0.0
+        self._idle: dict[tuple[str, int, str], int] = {}  # steps in a row a partition gave nothing
+        if self.plans:
+            logger.info(
+                "replaying history into %s",
+                "; ".join(
+                    f"{g}: {', '.join(a.name for a in p.aggregations if a.replaying)}"
+                    for g, p in self.plans.items()
+                ),
+            )
+
+    @property
+    def active(self) -> bool:
+        """Whether any aggregation is being replayed at all."""
+        return bool(self.plans)
+
+    def wants_turn(self, io: ReplayIO) -> bool:
+        """Whether a step has work (a partition held here not replayed yet, or one to look at)."""
+        if not self.plans or not io.ready():
+            return False
+        if time.monotonic() - self._checked > 1.0:
+            return True  # look for partitions assigned since
+        return any(not job.done for job in self.jobs.values())
+
+    def due(self, idle: bool = False) -> bool:
+        """Whether a step may run now: within the loop's share while events arrive (``idle``: none
+        are waiting), and within the records-per-second limit."""
+        now = time.monotonic()
+        return now >= self._paced and (idle or now >= self._next)
+
+    def wait(self) -> float:
+        """Seconds until a step may run while no events arrive (at most 50 ms: events may come)."""
+        return min(0.05, max(0.0, self._paced - time.monotonic()))
+
+    async def step(self, io: ReplayIO) -> None:
+        """Find the partitions held here, then replay one step of the first unfinished one."""
+        began = time.monotonic()
+        await self._find_jobs(io)
+        read = 0
+        for (group, partition), job in self.jobs.items():
+            if not job.done:
+                read = await self._replay(io, group, partition, job)
+                break
+        for (group, partition), job in self.jobs.items():
+            if job.done and (group, partition) not in self._reported:
+                self._reported.add((group, partition))
+                await self.on_done(group, partition, sorted(job.aggregations))
+        self._measure()
+        now = time.monotonic()
+        self._next = now + (now - began) * (1 - self.share) / self.share
+        if self.rate:
+            self._paced = began + read / self.rate
+
+    def incomplete(self, group: str, partition: int, now_ms: int) -> list[str]:
+        """The features of ``group`` a key of ``partition`` cannot answer in full yet."""
+        return (
+            incomplete_features(self.plans[group], self.jobs.get((group, partition)), now_ms)
+            if group in self.plans
+            else []
+        )
+
+    def progress(self) -> dict[str, Any]:
+        """Per group: its replayed aggregations and, per partition held here, the replay's progress."""
+        out: dict[str, Any] = {}
+        for (group, partition), job in sorted(self.jobs.items()):
+            entry = out.setdefault(
+                group, {"aggregations": sorted(job.aggregations.values()), "partitions": {}}
+            )
+            entry["partitions"][str(partition)] = {
+                "done": job.done,
+                "replayed": job.replayed,
+                "left": job.left(),
+                "whole_history": job.whole_history,
+            }
+        return out
+
+    def _measure(self) -> None:
+        now = int(time.time() * 1000)
+        for group in self.plans:
+            jobs = [(p, j) for (g, p), j in self.jobs.items() if g == group]
+            REPLAY_LEFT.labels(group).set(sum(j.left() for _, j in jobs if not j.done))
+            names: set[str] = set()
+            for partition, _ in jobs:
+                names.update(self.incomplete(group, partition, now))
+            FEATURES_INCOMPLETE.labels(group).set(len(names))
+
+    async def _find_jobs(self, io: ReplayIO) -> None:
+        """Load or begin the replay of every partition of a replaying group held here; forget others."""
+        self._checked = time.monotonic()
+        for group, plan in self.plans.items():
+            table = self.tables.features[group]
+            wanted = {a.ident: a.name for a in plan.aggregations if a.replaying}
+            for partition in range(self.partitions):
+                slot = (group, partition)
+                if not table.serves(partition):
+                    self.jobs.pop(slot, None)
+                    self._reported.discard(slot)
+                    continue
+                job = self.jobs.get(slot)
+                if job is None:
+                    raw = table.db(partition).get(JOB_KEY)
+                    job = ReplayJob.decode(raw) if raw is not None else None
+                if job is None or job.aggregations != wanted:
+                    job = await self._begin(io, group, partition, wanted)
+                self.jobs[slot] = job
+
+    async def _begin(self, io: ReplayIO, group: str, partition: int, wanted: dict[str, str]) -> ReplayJob:
+        names = []
+        for topic in self.topics[group]:
+            count = io.topic_partitions(topic)
+            if count is None or partition < count:
+                names.append(f"{topic}:{partition}")
+        start, end = await self.history.bounds(names)
+        change = {}
+        for name in names:
+            topic, _, number = name.rpartition(":")
+            change[name] = io.committed(topic, int(number)) or 0
+        job = ReplayJob(wanted, start, end, change, dict(start), since=int(time.time() * 1000))
+        await self._write(io, group, partition, {}, job)
+        logger.info(
+            "replay of group %r partition %d: %d records (%s), from the offsets committed at %s",
+            group,
+            partition,
+            job.left(),
+            ", ".join(f"{n} {start[n]}..{end[n]}" for n in names),
+            change,
+        )
+        return job
+
+    async def _replay(self, io: ReplayIO, group: str, partition: int, job: ReplayJob) -> int:
+        """One step of ``job``: read up to STEP_RECORDS, apply, write; how many were read."""
+        todo = {name: at for name, at in job.at.items() if at < job.end[name]}
+        records = await self.history.read(todo, STEP_RECORDS) if todo else []
+        plan = self.plans[group]
+        routes = self.topics[group]
+        db = self.tables.features[group].db(partition)
+        scan = prefix_scan(db)
+        states: dict[bytes, KeyState] = {}
+        counts: dict[str, int | None] = {}
+        for n, record in enumerate(records, 1):
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            name = f"{record.topic}:{record.partition}"
+            if record.offset >= job.end[name] or record.offset < job.at[name]:
+                continue
+            job.at[name] = record.offset + 1
+            job.replayed += 1
+            route = routes[record.topic]
+            try:
+                key, ts, fields = decode_event(record.value, route.spec, record.timestamp)
+                if route.stage:
+                    found = key_of(fields, route.key)
+                    if found is None:
+                        continue
+                    key = found
+                raw_key = key.encode("utf-8")
+                if not route.repartitioned:
+                    if record.topic not in counts:
+                        counts[record.topic] = io.topic_partitions(record.topic)
+                    if not is_home(raw_key, record.partition, counts[record.topic], self.partitions):
+                        continue  # forwarded: replayed from the topic it was forwarded to
+                chosen = [a for a in choose(plan, route.stream, fields) if a.replaying]
+            except Exception:  # undecodable, or a `where` failed: a dead letter when it came
+                chosen = []
+            if not chosen:
+                continue
+            source, offset = source_position(record, route.repartitioned)
+            if route.stage:
+                source += carried_path(record).decode()
+            state = states.get(raw_key)
+            if state is None:
+                state = states[raw_key] = KeyState(raw_key, db.get, plan.retention, scan)
+            before = record.offset < job.change.get(name, 0)
+            replay_event(plan, state, chosen, fields, ts, source, offset, before)
+        REPLAYED_EVENTS.labels(group).inc(len(records))
+        came = {f"{r.topic}:{r.partition}" for r in records}
+        for name in todo:  # a partition giving nothing below its end (compacted away) ends where it is
+            slot = (group, partition, name)
+            self._idle[slot] = 0 if name in came else self._idle.get(slot, 0) + 1
+            if self._idle[slot] >= IDLE_STEPS:
+                job.end[name] = job.at[name]
+        job.done = all(job.at[name] >= job.end[name] for name in job.end)
+        await self._write(io, group, partition, states, job)
+        if job.done:
+            logger.info("replay of group %r partition %d done: %d records", group, partition, job.replayed)
+        return len(records)
+
+    async def _write(
+        self, io: ReplayIO, group: str, partition: int, states: dict[bytes, KeyState], job: ReplayJob
+    ) -> None:
+        """The keys' changes, then the progress record (one partition: in this order)."""
+        table = self.tables.features[group]
+        writer = StateWriter(io.kafka_producer, on_write=self.on_write)
+        for state in states.values():
+            changes = state.changes()
+            if changes:
+                writer.write_many(table, partition, changes)
+        writer.write(table, partition, JOB_KEY, job.encode())
+        await writer.send()
+        await writer.acked()

@@ -1,0 +1,159 @@
+"""Issue 23 on the real broker: a spec that adds an aggregation (24 h window, `where`), adds a window to
+another, removes one and changes a `where`, rolled out over two workers (one with its data dir wiped)
+while events keep coming. Answers list exactly the new and changed features as incomplete while the
+history is replayed; after it every feature of every key equals pandas over all events with the new
+definitions, and the unchanged aggregation's values did not move."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.support.broker import BrokerUnderTest
+from tests.support.checks import settle_and_check
+from tests.support.kafka import create_pipeline_topics_for
+from tests.support.shop import HOUR, T0, make_events, newest_times, publish, truth_of
+from tests.support.worker import WorkerProcess
+
+FIRST, MORE = 20_000, 5_000
+FAILED_V1 = (
+    "      - {name: failed, stream: orders, field: amount, ops: [count], windows: [1h], "
+    "where: \"status == 'failed'\"}\n"
+)
+FAILED_V2 = (
+    "      - {name: failed, stream: orders, field: amount, ops: [count], windows: [1h], "
+    "where: \"status == 'failed' and amount > 50\"}\n"
+)
+PRODUCTS = "      - {name: products, stream: orders, field: product, ops: [distinct], windows: [24h]}\n"
+CLICKS_V1 = "      - {name: clicks, stream: clicks, ops: [count], windows: [10m, 1h]}\n"
+CLICKS_V2 = "      - {name: clicks, stream: clicks, ops: [count], windows: [10m, 1h, 6h]}\n"
+BIG = (
+    "      - {name: big, stream: orders, field: amount, ops: [count, sum, max], windows: [24h], "
+    'where: "amount > 200"}\n'
+)
+#: What v2 changes, as `incomplete` lists it while replaying (new: big; changed: failed, clicks).
+REPLAYED = {
+    "big_count_24h",
+    "big_sum_24h",
+    "big_max_24h",
+    "failed_count_1h",
+    "clicks_count_10m",
+    "clicks_count_1h",
+    "clicks_count_6h",
+}
+#: The unchanged aggregation's features whose window retention still holds at the keys' old `at`.
+UNCHANGED = ("spend_count_1h", "spend_sum_1h", "spend_max_1h", "spend_stddev_1h")
+
+
+def v2_text(v1: str) -> str:
+    for old, new in ((FAILED_V1, FAILED_V2), (PRODUCTS, ""), (CLICKS_V1, CLICKS_V2 + BIG)):
+        assert old in v1
+        v1 = v1.replace(old, new)
+    return v1
+
+
+def replay_states(urls: list[str]) -> list[dict]:
+    """Every partition's replay, as the workers' /pipeline shows them."""
+    states = []
+    for url in urls:
+        for entry in httpx.get(f"{url}/pipeline", timeout=10).json()["replay"].get("user", {}).values():
+            states.extend(entry.values())
+    return states
+
+
+def test_a_spec_change_replays_history_into_new_and_changed_aggregations(
+    broker: BrokerUnderTest,
+    uid: str,
+    shop_pipeline: Path,
+    workers: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    create_pipeline_topics_for(broker.url, shop_pipeline, uid)
+    events = make_events(seed=23, count=FIRST + MORE, hours=20)
+    first, more = events[:FIRST], events[FIRST:]
+    publish(broker, uid, first)
+
+    # v1 on two workers, all of the first 20,000 events in.
+    one = workers(shop_pipeline, name="v1-a", data_dir=tmp_path / "a")
+    two = workers(shop_pipeline, name="v1-b", data_dir=tmp_path / "b")
+    one.wait_ready(180)
+    two.wait_ready(180)
+    settle_and_check([one.url, two.url], truth_of(shop_pipeline, first), first)
+    # Before and after the upgrade, the same `at` per key: its newest event, but no later than 15 h in
+    # (the last 5,000 events are 16 h in and later, give or take 30 min: none of them counts there).
+    newest = {key: min(t, T0 + 15 * HOUR) for key, t in newest_times(first).items()}
+    sample = sorted(newest)[::10]
+    with httpx.Client(timeout=10) as client:
+        before = {
+            key: client.get(
+                f"{one.url}/features/user/{key}", params={"at": newest[key], "features": ",".join(UNCHANGED)}
+            ).json()["features"]
+            for key in sample
+        }
+    one.stop()
+    two.stop(sig=signal.SIGKILL)
+    shutil.rmtree(tmp_path / "b")  # its state comes back from the changelogs
+
+    # v2: while its workers start and replay, 5,000 more events arrive.
+    v2 = tmp_path / "v2.yaml"
+    v2.write_text(v2_text(shop_pipeline.read_text()))
+    # Paced (HYDRANT_REPLAY_RECORDS_PER_S), so the test sees answers while it runs.
+    paced = {"HYDRANT_REPLAY_RECORDS_PER_S": "1500"}
+    one = workers(v2, name="v2-a", data_dir=tmp_path / "a", **paced)
+    two = workers(v2, name="v2-b", data_dir=tmp_path / "b", **paced)
+    publish(broker, uid, more[: MORE // 2])
+    one.wait_ready(180)
+    two.wait_ready(180)
+    # The first to start records the change; the other finds it recorded, with the replay pending.
+    logs = one.log() + two.log()
+    assert "feature definitions changed" in logs
+    assert "    big                  new:" in logs and "    products             removed:" in logs
+    assert one.log().count("replaying history into: user: big, clicks, failed") == 1
+    assert two.log().count("replaying history into: user: big, clicks, failed") == 1
+    publish(broker, uid, more[MORE // 2 :])
+
+    # While replaying: exactly the new and changed features are listed, on the answers of keys whose
+    # partition is not done.
+    seen_incomplete: set[frozenset[str]] = set()
+    deadline = time.monotonic() + 240
+    with httpx.Client(timeout=10) as client:
+        while time.monotonic() < deadline:
+            for key in sample[:20]:
+                answer = client.get(f"{one.url}/features/user/{key}").json()
+                if "incomplete" in answer:
+                    seen_incomplete.add(frozenset(answer["incomplete"]))
+            states = replay_states([one.url, two.url])
+            if states and all(s["done"] for s in states):
+                break
+            time.sleep(0.2)
+    assert states and all(s["done"] for s in states), states
+    assert len(states) == 4  # every partition of the group, over both workers
+    assert sum(s["replayed"] for s in states) > FIRST / 2  # the input history, read back
+    assert seen_incomplete == {frozenset(REPLAYED)}, seen_incomplete
+    assert all(s["incomplete"] == [] for s in states)  # the topics hold all history: complete now
+
+    # After: every feature of every key (v2 definitions) equals pandas over all 25,000 events.
+    truth = truth_of(v2, events)
+    settle_and_check([one.url, two.url], truth, events)
+    with httpx.Client(timeout=10) as client:
+        answer = client.get(f"{two.url}/features/user/{sample[0]}").json()
+        assert "incomplete" not in answer
+        assert not any(name.startswith("products_") for name in answer["features"])  # removed
+        gone = client.get(
+            f"{two.url}/features/user/{sample[0]}", params={"features": "products_distinct_24h"}
+        )
+        assert gone.status_code == 400 and gone.json()["error"]["code"] == "unknown_feature"
+        # The unchanged aggregation answers what it answered before the upgrade, at the same `at`.
+        for key in sample:
+            params = {"at": newest[key], "features": ",".join(UNCHANGED)}
+            after = client.get(f"{one.url}/features/user/{key}", params=params).json()
+            assert "features" in after, (key, newest[key], after)
+            for name in UNCHANGED:
+                assert after["features"][name] == before[key][name], (key, name)
+    assert one.metric("hydrant_features_incomplete", group="user") == 0
+    assert one.metric("hydrant_replayed_events_total", group="user") > 0
