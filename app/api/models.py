@@ -70,11 +70,19 @@ class FeatureQuery(BaseModel):
     at: Timestamp | None = Field(default=None, description=AT_HELP)
 
 
+INCOMPLETE_HELP = (
+    "Present while some of these features cannot be answered in full: a replay of history into a new or "
+    "changed aggregation runs, or the topics no longer hold the history their window needs "
+    '(docs/operations.md, "Changing a pipeline").'
+)
+
+
 class FeatureAnswer(BaseModel):
     group: str
     key: str
     at: int = Field(description="The reference time used, epoch milliseconds.")
     features: dict[str, Any] = Field(description="Feature name -> value (null for an empty window).")
+    incomplete: list[str] | None = Field(default=None, description=INCOMPLETE_HELP)
 
 
 class BatchRequest(BaseModel):
@@ -98,6 +106,7 @@ class BatchResult(BaseModel):
     error: ErrorDetail | None = Field(
         default=None, description="outside_retention when `at` needs expired buckets for this key."
     )
+    incomplete: list[str] | None = Field(default=None, description=INCOMPLETE_HELP)
 
 
 class BatchAnswer(BaseModel):
@@ -144,6 +153,7 @@ class ServiceRow(BaseModel):
         default_factory=list,
         description="Groups whose key needs expired buckets at `at` (their features are null).",
     )
+    incomplete: list[str] | None = Field(default=None, description="Columns: " + INCOMPLETE_HELP)
     error: ErrorDetail | None = Field(default=None, description="A row that could not be answered, instead.")
 
 
@@ -221,6 +231,11 @@ class PipelineAnswer(BaseModel):
     topics: list[TopicAnswer]
     tables: list[TableAnswer]
     features: dict[str, list[str]] = Field(description="Feature group -> feature names.")
+    replay: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Per feature group with a replay, per partition this worker holds: the aggregations "
+        "replayed, done, records replayed and left, whole_history, the features still incomplete there.",
+    )
 
 
 class StatusAnswer(BaseModel):

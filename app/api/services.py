@@ -141,15 +141,18 @@ def _columns(
 ) -> dict[str, Any]:
     """One valid row's answer from its groups' results then its lookup rows (``answers``)."""
     columns = {field: row[field] for field in plan.request}
-    missing, outside = [], []
+    missing, outside, incomplete = [], [], []
     for group, result in zip(plan.groups, answers, strict=False):
         values = result.get("features") or {}
         if not result["found"]:
             missing.append(group.group)
         elif "error" in result:
             outside.append(group.group)
+        replaying = result.get("incomplete", ())
         for feature, column in group.features:
             columns[column] = values.get(feature)
+            if feature in replaying:
+                incomplete.append(column)
     for join, found in zip(plan.joins, answers[len(plan.groups) :], strict=True):
         lookup_row = found or {}
         for field, column in join.columns:
@@ -163,7 +166,10 @@ def _columns(
                 "expression",
                 f"computed column {column!r} = {expression.source!r}: {type(exc).__name__}: {exc}",
             ) from None
-    return {"features": columns, "missing": missing, "outside_retention": outside}
+    answer = {"features": columns, "missing": missing, "outside_retention": outside}
+    if incomplete:  # a replay still completes these columns (docs/operations.md)
+        answer["incomplete"] = incomplete
+    return answer
 
 
 def _names(ctx: ApiContext, group: str, features: tuple[tuple[str, str], ...]) -> list[str] | None:

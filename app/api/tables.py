@@ -14,7 +14,14 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from app.api.context import ApiContext
-from app.api.features import BadRequest, parse_at, request_body, split_names, validation_message
+from app.api.features import (
+    BadRequest,
+    incomplete,
+    parse_at,
+    request_body,
+    split_names,
+    validation_message,
+)
 from app.api.forwarding import answer_elsewhere, ask, is_forwarded, partitions_by_owner, route_keys
 from app.api.http import JSON, HttpError, error_response
 from app.api.models import LookupBatchRequest, ScanQuery
@@ -157,6 +164,7 @@ async def scan_partitions(
             db = table.db(partition)
             scan = prefix_scan(db)  # one range reader for the partition's keys, in key order
             chosen = selection(plan, wanted)
+            missing = incomplete(plan, db, chosen)  # the partition's features a replay still completes
             for raw_key in entity_keys(table, partition):
                 state = stored_state(plan, db, raw_key, scan)
                 if outside_retention(plan, state, at, chosen):
@@ -167,6 +175,8 @@ async def scan_partitions(
                         values = key_values(plan.key, row["key"])
                         row.update((f, values[f]) for f in fields)
                     row.update(read_features(plan, state, at, chosen))
+                    if missing:
+                        row["incomplete"] = missing
                     rows.append(row)
                 seen += 1
                 if seen % YIELD_EVERY == 0:
@@ -234,6 +244,10 @@ async def scan_table(request: web.Request, ctx: ApiContext, name: str) -> web.Re
         truncated = truncated or answer["truncated"]
     rows.sort(key=lambda row: row["key"])
     truncated = truncated or len(rows) > query.limit
+    if any("incomplete" in row for row in rows):  # a replay runs (docs/operations.md): say which
+        columns = [*columns, "incomplete"]
+        for row in rows:
+            row.setdefault("incomplete", [])
     answer = {
         "table": name,
         "columns": columns,

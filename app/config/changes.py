@@ -86,10 +86,12 @@ def _text(value: Any) -> str:
 
 
 def refusal(group: str, what: str) -> str:
-    """Why group ``group``'s state cannot be reused, and the way out."""
+    """Why group ``group``'s state cannot be reused, and the two ways out."""
     return (
-        f"feature group {group!r}: {what}, so its stored state cannot be reused. Rename the group: it "
-        "starts with new, empty state"
+        f"feature group {group!r}: {what}, so its stored state cannot be reused. Rename the group (it "
+        "starts with new, empty state), or stop the workers and run "
+        f"`hydrant state reset {group} --yes` (it deletes the group's state; the workers then rebuild it "
+        "from the history the topics hold)"
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -28,6 +29,8 @@ from app.kafka.clients import client_options, create_topics
 from app.kafka.end_offsets import exact_end_offsets
 
 READ_TIMEOUT_S = 30.0
+#: A group's definitions record after `hydrant state reset` (app/kafka/reset.py): its state was deleted.
+RESET = "reset"
 logger = logging.getLogger(__name__)
 
 
@@ -67,13 +70,16 @@ async def read_definitions(settings: Settings, topic: str) -> dict[str, dict[str
         await consumer.stop()
 
 
-async def write_definitions(settings: Settings, topic: str, groups: dict[str, dict[str, Any]]) -> None:
-    """Record ``groups``' definitions (by group name) in ``topic``; others stay as they are."""
+async def write_definitions(
+    settings: Settings, topic: str, groups: Mapping[str, Mapping[str, Any] | None]
+) -> None:
+    """Record ``groups``' definitions (by record key; None: delete it) in ``topic``; others stay."""
     producer = AIOKafkaProducer(**client_options(settings), acks="all")
     await producer.start()
     try:
         for name, value in groups.items():
-            await producer.send_and_wait(topic, orjson.dumps(value), key=name.encode(), partition=0)
+            payload = None if value is None else orjson.dumps(value)
+            await producer.send_and_wait(topic, payload, key=name.encode(), partition=0)
     finally:
         await producer.stop()
 
@@ -102,7 +108,7 @@ def _replaying(
     """Per group, the aggregations to replay (identity -> name): those new or changed now (none on a
     pipeline's first start: there is no state to complete) and those still replaying since an earlier
     change, but those every partition has replayed."""
-    first_start = not stored
+    first_start = not stored  # a reset group's record is stored: its aggregations are all new
     out: dict[str, dict[str, str]] = {}
     for change in changes:
         spec = pipeline.features.get(change.name)
@@ -135,13 +141,14 @@ async def reconcile(
     topic = definitions_topic(settings.group_id(pipeline.name))
     records = await read_definitions(settings, topic)
     stored = {name: value for name, value in records.items() if "\x00" not in name}
+    reset = {name for name, value in stored.items() if value.get(RESET)}  # rebuilt from the topics
     replayed = {
         (name.split("\x00")[0], int(name.split("\x00")[2])): set(value["aggregations"])
         for name, value in records.items()
         if "\x00replayed\x00" in name
     }
     wanted = definitions(pipeline)
-    changes = plan_changes({g: _defined(d) for g, d in stored.items()}, wanted)
+    changes = plan_changes({g: _defined(d) for g, d in stored.items() if g not in reset}, wanted)
     refused = [group.refused for group in changes if group.refused]
     if refused:
         raise SpecChangeError("; ".join(refused))

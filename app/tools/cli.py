@@ -271,6 +271,36 @@ def topics_create(pipeline: str | None) -> None:
         click.echo(f"exists   {name}")
 
 
+@cli.group()
+def state() -> None:
+    """Manage the pipeline's feature state."""
+
+
+@state.command("reset")
+@click.argument("group")
+@pipeline_option
+@click.option("--yes", is_flag=True, help="Do it (without it: say what it would delete).")
+@friendly_errors
+def state_reset(group: str, pipeline: str | None, yes: bool) -> None:
+    """Delete feature GROUP's state (its changelog records, by tombstones) so that workers rebuild it
+    from the history the input topics hold; for a changed period or key. Stop the workers first."""
+    from app.kafka.reset import changelog_topic, reset_group
+
+    settings = _settings(pipeline)
+    _need_broker(settings)
+    spec = load_pipeline(settings.pipeline)
+    if group not in spec.features:
+        raise HydrantError(f"no feature group {group!r} in the pipeline (groups: {', '.join(spec.features)})")
+    if not yes:
+        topic = changelog_topic(settings.group_id(spec.name), group)
+        click.echo(
+            f"would delete every record of {topic} (feature group {group!r}); the next worker rebuilds the "
+            "group from the topics. Stop the workers, then run again with --yes"
+        )
+        sys.exit(1)
+    click.echo(asyncio.run(reset_group(settings, spec, group)).line())
+
+
 @cli.command()
 @click.argument("topic")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))

@@ -6,8 +6,11 @@ definitions, and the unchanged aggregation's values did not move."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -157,3 +160,57 @@ def test_a_spec_change_replays_history_into_new_and_changed_aggregations(
                 assert after["features"][name] == before[key][name], (key, name)
     assert one.metric("hydrant_features_incomplete", group="user") == 0
     assert one.metric("hydrant_replayed_events_total", group="user") > 0
+
+
+def hydrant(worker: WorkerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI with ``worker``'s settings (broker, consumer group, pipeline)."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.tools.cli", *args],
+        env=worker.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_a_period_change_is_refused_and_a_state_reset_rebuilds_the_group(
+    broker: BrokerUnderTest,
+    uid: str,
+    shop_pipeline: Path,
+    workers: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    create_pipeline_topics_for(broker.url, shop_pipeline, uid)
+    events = make_events(seed=7, count=6_000, hours=20)
+    publish(broker, uid, events)
+    v1 = workers(shop_pipeline, name="v1", data_dir=tmp_path / "data")
+    v1.wait_ready(180)
+    settle_and_check([v1.url], truth_of(shop_pipeline, events), events)
+    v1.stop()
+
+    period = tmp_path / "period.yaml"
+    period.write_text(shop_pipeline.read_text().replace("period: 10m ", "period: 5m  "))
+    refused = workers(period, name="refused", data_dir=tmp_path / "data")
+    assert refused.proc is not None and refused.proc.wait(timeout=60) == 1
+    assert "its period changed from 10m to 5m" in refused.log()
+    assert "`hydrant state reset user --yes`" in refused.log()
+
+    asked = hydrant(refused, "state", "reset", "user")
+    assert asked.returncode == 1 and "Stop the workers, then run again with --yes" in asked.stdout
+    done = hydrant(refused, "state", "reset", "user", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"reset: [1-9]\d* record keys of \S+-features-user-changelog deleted", done.stdout)
+
+    # The same data dir: its records are deleted as the changelog's tombstones are recovered.
+    v2 = workers(period, name="v2", data_dir=tmp_path / "data")
+    v2.wait_ready(180)
+    assert "  group user: new" in v2.log()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        states = replay_states([v2.url])
+        if len(states) == 4 and all(s["done"] for s in states):
+            break
+        time.sleep(0.5)
+    assert len(states) == 4 and all(s["done"] for s in states), states
+    settle_and_check([v2.url], truth_of(period, events), events)

@@ -37,7 +37,8 @@ def test_the_worker_logs_spec_changes_and_refuses_a_period_change(
     assert refused.proc is not None and refused.proc.wait(timeout=60) == 1
     assert (
         "error: feature group 'user': its period changed from 10m to 5m, so its stored state cannot be "
-        "reused. Rename the group: it starts with new, empty state"
+        "reused. Rename the group (it starts with new, empty state), or stop the workers and run "
+        "`hydrant state reset user --yes`"
     ) in refused.log()
 
     v2 = tmp_path / "v2.yaml"

@@ -61,7 +61,9 @@ def test_a_period_or_key_change_is_refused_with_the_ways_out() -> None:
     (user,) = plan_changes(spec(SHOP), spec(period))
     assert user.refused == (
         "feature group 'user': its period changed from 10m to 5m, so its stored state cannot be reused. "
-        "Rename the group: it starts with new, empty state"
+        "Rename the group (it starts with new, empty state), or stop the workers and run "
+        "`hydrant state reset user --yes` (it deletes the group's state; the workers then rebuild it from "
+        "the history the topics hold)"
     )
     assert render_changes([user]) == [f"  group user: REFUSED: {user.refused}"]
     key = SHOP.replace("  user:\n    key: user_id", "  user:\n    key: [user_id, product]").replace(
