@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from app.api.context import ApiContext
 from app.api.views import register as register_views
-from app.config.changes import replaying_from_env
+from app.config.changes import backfills_from_env, replaying_from_env
 from app.config.settings import Settings, get_settings
 from app.config.spec import Pipeline, load_pipeline
 from app.engine.batch import StreamEngine, stream_routes
@@ -80,6 +80,7 @@ replayer = Replayer(
     settings.replay_records_per_s,
     _replayed,
     on_write=serving.wrote,
+    backfills=backfills_from_env(),
 )
 stream_engine = StreamEngine(
     _work,

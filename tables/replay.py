@@ -35,6 +35,7 @@ from tables.state_format import AGGREGATIONS, LAYOUT, OFFSETS, Bucket, convert
 #: The record of a partition's replay in its group's table. No entity key is empty, and the records
 #: of a key all start with the key and a NUL: this key is no entity's record.
 JOB_KEY = b"\x00replay"
+BACKFILL_KEY = b"\x00backfill"  # ... and of its backfill from files (app/tools/backfill.py)
 
 
 def live_mark(ident: str, source: str) -> str:
@@ -209,5 +210,9 @@ def incomplete_features(plan: GroupPlan, job: ReplayJob | None, now_ms: int) -> 
 def stored_incomplete(plan: GroupPlan, db: Any, now_ms: int) -> list[str]:
     """:func:`incomplete_features` of the partition whose database (the worker's or a secondary
     instance of it) is ``db``, from its replay record."""
-    raw = db.get(JOB_KEY)
-    return [] if raw is None else incomplete_features(plan, ReplayJob.decode(raw), now_ms)
+    found: list[str] = []
+    for record_key in (JOB_KEY, BACKFILL_KEY):
+        raw = db.get(record_key)
+        if raw is not None:
+            found += [n for n in incomplete_features(plan, ReplayJob.decode(raw), now_ms) if n not in found]
+    return found

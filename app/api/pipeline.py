@@ -14,7 +14,7 @@ from app.api.http import JSON
 from app.api.services import service_info
 from app.api.tables import table_columns
 from app.config.routing import topic_plans
-from tables.replay import JOB_KEY, ReplayJob, incomplete_features
+from tables.replay import BACKFILL_KEY, JOB_KEY, ReplayJob, incomplete_features
 
 
 def describe(ctx: ApiContext) -> dict[str, Any]:
@@ -41,12 +41,14 @@ def describe(ctx: ApiContext) -> dict[str, Any]:
         "features": {name: plan.feature_names() for name, plan in ctx.tables.plans.items()},
         "services": [service_info(plan) for plan in ctx.services.values()],
         "replay": replay_progress(ctx),
+        "backfill": replay_progress(ctx, BACKFILL_KEY),
     }
 
 
-def replay_progress(ctx: ApiContext) -> dict[str, Any]:
-    """Per feature group with a replay (docs/operations.md), per partition held here: the aggregations
-    replayed, whether it is done, records read and left, the features incomplete there."""
+def replay_progress(ctx: ApiContext, record_key: bytes = JOB_KEY) -> dict[str, Any]:
+    """Per feature group with a replay (or with ``record_key`` BACKFILL_KEY, a backfill; docs/
+    operations.md), per partition held here: the aggregations, whether it is done, records read and
+    left, whether the topics held all history, the features incomplete there."""
     out: dict[str, Any] = {}
     now = int(time.time() * 1000)
     for group, table in ctx.tables.features.items():
@@ -55,7 +57,7 @@ def replay_progress(ctx: ApiContext) -> dict[str, Any]:
             try:
                 if not ctx.placement.holds(table, partition):
                     continue
-                raw = ctx.placement.database(table, partition).get(JOB_KEY)
+                raw = ctx.placement.database(table, partition).get(record_key)
             except Exception:  # noqa: S112 (recovering or moving: nothing to say of it now)
                 continue
             if raw is None:

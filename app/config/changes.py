@@ -20,6 +20,8 @@ Kind = Literal["unchanged", "new", "changed", "removed"]
 #: The environment variable through which a worker hands its processes the aggregations being
 #: replayed: JSON, per group, identity -> aggregation name (set by `hydrant worker` at start).
 REPLAYING_ENV = "HYDRANT_REPLAYING"
+#: ... and the backfills from files: JSON, group -> its backfill topic.
+BACKFILLS_ENV = "HYDRANT_BACKFILLS"
 IDENTITY_CHARS = 4  # an aggregation's identity: 24 bits in base64url
 #: What defines an aggregation's values, besides its group's period and key.
 DEFINING = ("stream", "field", "ops", "windows", "where", "n", "k", "quantiles")
@@ -159,4 +161,10 @@ def replaying_from_env(environ: Mapping[str, str] | None = None) -> dict[str, di
     """Per group, the aggregations being replayed (identity -> name) as the worker handed them to its
     processes (:data:`REPLAYING_ENV`); empty when none."""
     raw = (os.environ if environ is None else environ).get(REPLAYING_ENV)
+    return json.loads(raw) if raw else {}
+
+
+def backfills_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Per group, the topic of a backfill from files the worker applies (:data:`BACKFILLS_ENV`)."""
+    raw = (os.environ if environ is None else environ).get(BACKFILLS_ENV)
     return json.loads(raw) if raw else {}

@@ -25,11 +25,12 @@ from tables.apply import choose
 from tables.key_state import KeyState
 from tables.plans import GroupPlan
 from tables.registry import StateTables
-from tables.replay import JOB_KEY, ReplayJob, incomplete_features, replay_event
+from tables.replay import BACKFILL_KEY, JOB_KEY, ReplayJob, incomplete_features, replay_event
 from tables.store import StateWriter, prefix_scan
 
 logger = logging.getLogger(__name__)
 
+STREAM_HEADER = "hydrant-stream"  # a backfill record's stream (app/tools/backfill.py)
 STEP_RECORDS = 1000  # records read and applied per step
 YIELD_EVERY = 64  # records between two turns of the event loop inside a step
 IDLE_STEPS = 20  # steps in a row without a record below its end: the partition has no more
@@ -71,8 +72,11 @@ class _Route:
     key: tuple[str, ...]
 
 
+Slot = tuple[str, int, bytes]  # (group, partition, the job's record key: a replay's or a backfill's)
+
+
 class Replayer:
-    """The replays of this worker's partitions: which exist, which step next, when it may."""
+    """The replays and backfills of this worker's partitions: which exist, which steps next, when."""
 
     def __init__(
         self,
@@ -86,10 +90,15 @@ class Replayer:
         rate: float,
         on_done: Callable[[str, int, list[str]], Awaitable[None]],
         on_write: Callable[[str, int], None] | None = None,
+        backfills: Mapping[str, str] | None = None,
     ) -> None:
-        self.plans: dict[str, GroupPlan] = {
+        self.pipeline = pipeline
+        #: groups with aggregations to replay; groups with a backfill (group -> its topic)
+        self.replaying: dict[str, GroupPlan] = {
             g: plan for g, plan in work.plans.items() if any(a.replaying for a in plan.aggregations)
         }
+        self.backfills = {g: t for g, t in (backfills or {}).items() if g in work.plans}
+        self.plans = work.plans
         self.tables = tables
         self.history = history
         self.partitions = partitions
@@ -98,7 +107,7 @@ class Replayer:
         self.on_done = on_done
         self.on_write = on_write
         #: per replaying group, the topics whose records feed it, with what they are
-        self.topics: dict[str, dict[str, _Route]] = {g: {} for g in self.plans}
+        self.topics: dict[str, dict[str, _Route]] = {g: {} for g in self.replaying}
         for topic, route in routes.items():
             stage = work.stages[route.name][route.stage].stage
             for group in stage.groups:
@@ -106,29 +115,31 @@ class Replayer:
                     self.topics[group][topic] = _Route(
                         route.name, route.spec, route.repartitioned, route.stage, route.key
                     )
-        self.jobs: dict[tuple[str, int], ReplayJob] = {}  # of partitions held here
-        self._reported: set[tuple[str, int]] = set()
+        self.jobs: dict[Slot, ReplayJob] = {}  # of partitions held here
+        self._reported: set[Slot] = set()
         self._next = 0.0  # monotonic time of the next step while events arrive
         self._paced = 0.0  # monotonic time of the next step under the records-per-second limit
         self._checked = 0.0
-        self._idle: dict[tuple[str, int, str], int] = {}  # steps in a row a partition gave nothing
-        if self.plans:
+        self._idle: dict[tuple[Slot, str], int] = {}  # steps in a row a partition gave nothing
+        if self.replaying:
             logger.info(
                 "replaying history into %s",
                 "; ".join(
                     f"{g}: {', '.join(a.name for a in p.aggregations if a.replaying)}"
-                    for g, p in self.plans.items()
+                    for g, p in self.replaying.items()
                 ),
             )
+        for group, topic in self.backfills.items():
+            logger.info("backfilling group %r from %s", group, topic)
 
     @property
     def active(self) -> bool:
-        """Whether any aggregation is being replayed at all."""
-        return bool(self.plans)
+        """Whether anything is replayed or backfilled at all."""
+        return bool(self.replaying or self.backfills)
 
     def wants_turn(self, io: ReplayIO) -> bool:
-        """Whether a step has work (a partition held here not replayed yet, or one to look at)."""
-        if not self.plans or not io.ready():
+        """Whether a step has work (a partition held here not done yet, or one to look at)."""
+        if not self.active or not io.ready():
             return False
         if time.monotonic() - self._checked > 1.0:
             return True  # look for partitions assigned since
@@ -145,92 +156,90 @@ class Replayer:
         return min(0.05, max(0.0, self._paced - time.monotonic()))
 
     async def step(self, io: ReplayIO) -> None:
-        """Find the partitions held here, then replay one step of the first unfinished one."""
+        """Find the partitions held here, then run one step of the first unfinished job."""
         began = time.monotonic()
         await self._find_jobs(io)
         read = 0
-        for (group, partition), job in self.jobs.items():
+        for slot, job in self.jobs.items():
             if not job.done:
-                read = await self._replay(io, group, partition, job)
+                read = await self._replay(io, slot, job)
                 break
-        for (group, partition), job in self.jobs.items():
-            if job.done and (group, partition) not in self._reported:
-                self._reported.add((group, partition))
-                await self.on_done(group, partition, sorted(job.aggregations))
+        for slot, job in self.jobs.items():
+            if job.done and slot not in self._reported:
+                self._reported.add(slot)
+                if slot[2] == JOB_KEY:
+                    await self.on_done(slot[0], slot[1], sorted(job.aggregations))
         self._measure()
         now = time.monotonic()
         self._next = now + (now - began) * (1 - self.share) / self.share
         if self.rate:
             self._paced = began + read / self.rate
 
-    def incomplete(self, group: str, partition: int, now_ms: int) -> list[str]:
-        """The features of ``group`` a key of ``partition`` cannot answer in full yet."""
-        return (
-            incomplete_features(self.plans[group], self.jobs.get((group, partition)), now_ms)
-            if group in self.plans
-            else []
-        )
-
-    def progress(self) -> dict[str, Any]:
-        """Per group: its replayed aggregations and, per partition held here, the replay's progress."""
-        out: dict[str, Any] = {}
-        for (group, partition), job in sorted(self.jobs.items()):
-            entry = out.setdefault(
-                group, {"aggregations": sorted(job.aggregations.values()), "partitions": {}}
-            )
-            entry["partitions"][str(partition)] = {
-                "done": job.done,
-                "replayed": job.replayed,
-                "left": job.left(),
-                "whole_history": job.whole_history,
-            }
-        return out
-
     def _measure(self) -> None:
         now = int(time.time() * 1000)
-        for group in self.plans:
-            jobs = [(p, j) for (g, p), j in self.jobs.items() if g == group]
-            REPLAY_LEFT.labels(group).set(sum(j.left() for _, j in jobs if not j.done))
+        for group in {*self.replaying, *self.backfills}:
+            jobs = [(slot, job) for slot, job in self.jobs.items() if slot[0] == group]
+            REPLAY_LEFT.labels(group).set(sum(job.left() for _, job in jobs if not job.done))
             names: set[str] = set()
-            for partition, _ in jobs:
-                names.update(self.incomplete(group, partition, now))
+            for _, job in jobs:
+                names.update(incomplete_features(self.plans[group], job, now))
             FEATURES_INCOMPLETE.labels(group).set(len(names))
 
     async def _find_jobs(self, io: ReplayIO) -> None:
-        """Load or begin the replay of every partition of a replaying group held here; forget others."""
+        """Load or begin the jobs of every partition held here; forget the others."""
         self._checked = time.monotonic()
-        for group, plan in self.plans.items():
+        wanted: list[tuple[str, bytes, dict[str, str]]] = [
+            (g, JOB_KEY, {a.ident: a.name for a in plan.aggregations if a.replaying})
+            for g, plan in self.replaying.items()
+        ]
+        wanted += [
+            (g, BACKFILL_KEY, {a.ident: a.name for a in self.plans[g].aggregations}) for g in self.backfills
+        ]
+        for group, record_key, aggregations in wanted:
             table = self.tables.features[group]
-            wanted = {a.ident: a.name for a in plan.aggregations if a.replaying}
             for partition in range(self.partitions):
-                slot = (group, partition)
+                slot = (group, partition, record_key)
                 if not table.serves(partition):
                     self.jobs.pop(slot, None)
                     self._reported.discard(slot)
                     continue
+                names = self._inputs(io, group, partition, record_key)
                 job = self.jobs.get(slot)
                 if job is None:
-                    raw = table.db(partition).get(JOB_KEY)
+                    raw = table.db(partition).get(record_key)
                     job = ReplayJob.decode(raw) if raw is not None else None
-                if job is None or job.aggregations != wanted:
-                    job = await self._begin(io, group, partition, wanted)
+                if job is None or job.aggregations != aggregations or set(job.end) != set(names):
+                    job = await self._begin(io, slot, aggregations, names)
                 self.jobs[slot] = job
 
-    async def _begin(self, io: ReplayIO, group: str, partition: int, wanted: dict[str, str]) -> ReplayJob:
+    def _inputs(self, io: ReplayIO, group: str, partition: int, record_key: bytes) -> list[str]:
+        """The input partitions (``"topic:partition"``) a job of ``group``'s ``partition`` reads."""
+        if record_key == BACKFILL_KEY:
+            return [f"{self.backfills[group]}:{partition}"]
         names = []
         for topic in self.topics[group]:
             count = io.topic_partitions(topic)
             if count is None or partition < count:
                 names.append(f"{topic}:{partition}")
+        return names
+
+    async def _begin(
+        self, io: ReplayIO, slot: Slot, aggregations: dict[str, str], names: list[str]
+    ) -> ReplayJob:
+        group, partition, record_key = slot
         start, end = await self.history.bounds(names)
-        change = {}
-        for name in names:
-            topic, _, number = name.rpartition(":")
-            change[name] = io.committed(topic, int(number)) or 0
-        job = ReplayJob(wanted, start, end, change, dict(start), since=int(time.time() * 1000))
-        await self._write(io, group, partition, {}, job)
+        if record_key == BACKFILL_KEY:
+            change = dict(end)  # every record counts: it was never processed
+        else:
+            change = {}
+            for name in names:
+                topic, _, number = name.rpartition(":")
+                change[name] = io.committed(topic, int(number)) or 0
+        job = ReplayJob(aggregations, start, end, change, dict(start), since=int(time.time() * 1000))
+        await self._write(io, slot, {}, job)
         logger.info(
-            "replay of group %r partition %d: %d records (%s), from the offsets committed at %s",
+            "%s of group %r partition %d: %d records (%s), from the offsets committed at %s",
+            "backfill" if record_key == BACKFILL_KEY else "replay",
             group,
             partition,
             job.left(),
@@ -239,12 +248,42 @@ class Replayer:
         )
         return job
 
-    async def _replay(self, io: ReplayIO, group: str, partition: int, job: ReplayJob) -> int:
+    def _decoded(self, io: ReplayIO, slot: Slot, record: Any, counts: dict[str, int | None]) -> Any:
+        """(entity key, stream, fields, event time, source, offset) of a record a job reads, or None
+        when it feeds nothing here (undecodable, keyless, forwarded: as the live path saw it)."""
+        group = slot[0]
+        if slot[2] == BACKFILL_KEY:  # the group's key, the event as its stream has it
+            stream = dict(record.headers).get(STREAM_HEADER, b"").decode()
+            spec = self.pipeline.streams.get(stream)
+            if spec is None or record.key is None:
+                return None
+            _, ts, fields = decode_event(record.value, spec, record.timestamp)
+            return record.key, stream, fields, ts, f"{record.topic}:{record.partition}", record.offset
+        route = self.topics[group][record.topic]
+        key, ts, fields = decode_event(record.value, route.spec, record.timestamp)
+        if route.stage:
+            found = key_of(fields, route.key)
+            if found is None:
+                return None
+            key = found
+        raw_key = key.encode("utf-8")
+        if not route.repartitioned:
+            if record.topic not in counts:
+                counts[record.topic] = io.topic_partitions(record.topic)
+            if not is_home(raw_key, record.partition, counts[record.topic], self.partitions):
+                return None  # forwarded: replayed from the topic it was forwarded to
+        source, offset = source_position(record, route.repartitioned)
+        if route.stage:
+            source += carried_path(record).decode()
+        return raw_key, route.stream, fields, ts, source, offset
+
+    async def _replay(self, io: ReplayIO, slot: Slot, job: ReplayJob) -> int:
         """One step of ``job``: read up to STEP_RECORDS, apply, write; how many were read."""
+        group, partition, record_key = slot
         todo = {name: at for name, at in job.at.items() if at < job.end[name]}
         records = await self.history.read(todo, STEP_RECORDS) if todo else []
         plan = self.plans[group]
-        routes = self.topics[group]
+        replaying_only = record_key == JOB_KEY  # a backfill feeds every aggregation
         db = self.tables.features[group].db(partition)
         scan = prefix_scan(db)
         states: dict[bytes, KeyState] = {}
@@ -257,28 +296,16 @@ class Replayer:
                 continue
             job.at[name] = record.offset + 1
             job.replayed += 1
-            route = routes[record.topic]
             try:
-                key, ts, fields = decode_event(record.value, route.spec, record.timestamp)
-                if route.stage:
-                    found = key_of(fields, route.key)
-                    if found is None:
-                        continue
-                    key = found
-                raw_key = key.encode("utf-8")
-                if not route.repartitioned:
-                    if record.topic not in counts:
-                        counts[record.topic] = io.topic_partitions(record.topic)
-                    if not is_home(raw_key, record.partition, counts[record.topic], self.partitions):
-                        continue  # forwarded: replayed from the topic it was forwarded to
-                chosen = [a for a in choose(plan, route.stream, fields) if a.replaying]
+                decoded = self._decoded(io, slot, record, counts)
+                chosen = [] if decoded is None else choose(plan, decoded[1], decoded[2])
             except Exception:  # undecodable, or a `where` failed: a dead letter when it came
                 chosen = []
-            if not chosen:
+            if replaying_only:
+                chosen = [a for a in chosen if a.replaying]
+            if not chosen or decoded is None:
                 continue
-            source, offset = source_position(record, route.repartitioned)
-            if route.stage:
-                source += carried_path(record).decode()
+            raw_key, _, fields, ts, source, offset = decoded
             state = states.get(raw_key)
             if state is None:
                 state = states[raw_key] = KeyState(raw_key, db.get, plan.retention, scan)
@@ -287,26 +314,30 @@ class Replayer:
         REPLAYED_EVENTS.labels(group).inc(len(records))
         came = {f"{r.topic}:{r.partition}" for r in records}
         for name in todo:  # a partition giving nothing below its end (compacted away) ends where it is
-            slot = (group, partition, name)
-            self._idle[slot] = 0 if name in came else self._idle.get(slot, 0) + 1
-            if self._idle[slot] >= IDLE_STEPS:
+            self._idle[slot, name] = 0 if name in came else self._idle.get((slot, name), 0) + 1
+            if self._idle[slot, name] >= IDLE_STEPS:
                 job.end[name] = job.at[name]
         job.done = all(job.at[name] >= job.end[name] for name in job.end)
-        await self._write(io, group, partition, states, job)
+        await self._write(io, slot, states, job)
         if job.done:
-            logger.info("replay of group %r partition %d done: %d records", group, partition, job.replayed)
+            logger.info(
+                "%s of group %r partition %d done: %d records",
+                "backfill" if record_key == BACKFILL_KEY else "replay",
+                group,
+                partition,
+                job.replayed,
+            )
         return len(records)
 
-    async def _write(
-        self, io: ReplayIO, group: str, partition: int, states: dict[bytes, KeyState], job: ReplayJob
-    ) -> None:
-        """The keys' changes, then the progress record (one partition: in this order)."""
+    async def _write(self, io: ReplayIO, slot: Slot, states: dict[bytes, KeyState], job: ReplayJob) -> None:
+        """The keys' changes, then the job's record (one partition: in this order)."""
+        group, partition, record_key = slot
         table = self.tables.features[group]
         writer = StateWriter(io.kafka_producer, on_write=self.on_write)
         for state in states.values():
             changes = state.changes()
             if changes:
                 writer.write_many(table, partition, changes)
-        writer.write(table, partition, JOB_KEY, job.encode())
+        writer.write(table, partition, record_key, job.encode())
         await writer.send()
         await writer.acked()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -84,6 +85,11 @@ async def write_definitions(
         await producer.stop()
 
 
+def backfill_key(group: str) -> str:
+    """The record of ``group``'s backfill from files (app/tools/backfill.py): its topic."""
+    return f"{group}\x00backfill"
+
+
 def replayed_key(group: str, partition: int) -> str:
     """The record saying which aggregations partition ``partition`` of ``group`` has replayed."""
     return f"{group}\x00replayed\x00{partition}"
@@ -132,12 +138,19 @@ def _replaying(
     return out
 
 
-async def reconcile(
-    settings: Settings, pipeline: Pipeline
-) -> tuple[list[GroupChange], dict[str, dict[str, str]]]:
+@dataclass(frozen=True)
+class Reconciled:
+    """What a worker starts with: the changes, per group the aggregations to replay (identity ->
+    name), and per group the topic of a backfill from files."""
+
+    changes: list[GroupChange]
+    replaying: dict[str, dict[str, str]]
+    backfills: dict[str, str]
+
+
+async def reconcile(settings: Settings, pipeline: Pipeline) -> Reconciled:
     """Compare ``pipeline`` with the definitions its state was built with, log the changes, raise
-    SpecChangeError if a group's state cannot be reused, else record the new definitions; the changes
-    and, per group, the aggregations whose history is to be replayed (identity -> name)."""
+    SpecChangeError if a group's state cannot be reused, else record the new definitions."""
     topic = definitions_topic(settings.group_id(pipeline.name))
     records = await read_definitions(settings, topic)
     stored = {name: value for name, value in records.items() if "\x00" not in name}
@@ -164,7 +177,12 @@ async def reconcile(
         )
     records_now = {g: {**d, "replay": replaying[g]} if g in replaying else d for g, d in wanted.items()}
     await write_definitions(settings, topic, {g: d for g, d in records_now.items() if stored.get(g) != d})
-    return changes, replaying
+    return Reconciled(changes, replaying, backfills(records, pipeline))
+
+
+def backfills(records: Mapping[str, Any], pipeline: Pipeline) -> dict[str, str]:
+    """Per group of ``pipeline`` with a backfill recorded (app/tools/backfill.py), its topic."""
+    return {g: records[backfill_key(g)]["topic"] for g in pipeline.features if backfill_key(g) in records}
 
 
 def _defined(record: dict[str, Any]) -> dict[str, Any]:

@@ -128,10 +128,11 @@ def worker(pipeline: str | None) -> None:
     from app.kafka.definitions import reconcile
 
     # What the state was built with: refuse what it cannot follow, replay what it lacks.
-    _, replaying = asyncio.run(reconcile(settings, spec))
-    from app.config.changes import REPLAYING_ENV
+    reconciled = asyncio.run(reconcile(settings, spec))
+    from app.config.changes import BACKFILLS_ENV, REPLAYING_ENV
 
-    os.environ[REPLAYING_ENV] = json.dumps(replaying)  # for this process and those it starts
+    os.environ[REPLAYING_ENV] = json.dumps(reconciled.replaying)  # for this process and those it starts
+    os.environ[BACKFILLS_ENV] = json.dumps(reconciled.backfills)
     import faust
 
     from app.system.cpus import pin_process, split_cpus
@@ -269,6 +270,36 @@ def topics_create(pipeline: str | None) -> None:
         click.echo(f"created  {name}")
     for name in existing:
         click.echo(f"exists   {name}")
+
+
+@cli.command()
+@click.argument("pipeline_file", metavar="PIPELINE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--input",
+    "-i",
+    "inputs",
+    multiple=True,
+    required=True,
+    metavar="STREAM=FILE",
+    help="A stream's events older than its topic holds (CSV, Parquet, JSONL; repeatable).",
+)
+@friendly_errors
+def backfill(pipeline_file: Path, inputs: tuple[str, ...]) -> None:
+    """Fill the feature groups with history older than the input topics hold, from files: per stream,
+    the events before the earliest event time its topic holds (docs/operations.md)."""
+    from app.tools.backfill import backfill as run_backfill
+
+    settings = _settings(str(pipeline_file))
+    _need_broker(settings)
+    spec = load_pipeline(settings.pipeline)
+    files: dict[str, Path] = {}
+    for item in inputs:
+        stream, sep, file = item.partition("=")
+        if not sep or not stream or not file:
+            raise HydrantError(f"--input {item!r}: expected STREAM=FILE")
+        files[stream] = Path(file)
+    for line in asyncio.run(run_backfill(settings, spec, files)).lines():
+        click.echo(line)
 
 
 @cli.group()

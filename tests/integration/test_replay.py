@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pandas as pd
 
 from tests.support.broker import BrokerUnderTest
 from tests.support.checks import settle_and_check
@@ -214,3 +215,55 @@ def test_a_period_change_is_refused_and_a_state_reset_rebuilds_the_group(
         time.sleep(0.5)
     assert len(states) == 4 and all(s["done"] for s in states), states
     settle_and_check([v2.url], truth_of(period, events), events)
+
+
+def test_a_backfill_from_files_adds_the_history_the_topics_no_longer_hold(
+    broker: BrokerUnderTest,
+    uid: str,
+    shop_pipeline: Path,
+    workers: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    create_pipeline_topics_for(broker.url, shop_pipeline, uid)
+    events = make_events(seed=9, count=8_000, hours=20)
+    split = T0 + 10 * HOUR
+    older = [e for e in events if int(e["ts"]) < split]  # type: ignore[call-overload]
+    kept = [e for e in events if int(e["ts"]) >= split]  # type: ignore[call-overload]
+    publish(broker, uid, kept)  # the topics hold the second half only
+    data = tmp_path / "data"
+    live = workers(shop_pipeline, name="live", data_dir=data)
+    live.wait_ready(180)
+    settle_and_check([live.url], truth_of(shop_pipeline, kept), kept)
+
+    files = {}
+    for stream in ("orders", "clicks"):
+        rows = [{k: v for k, v in e.items() if k != "stream"} for e in older if e["stream"] == stream]
+        files[stream] = tmp_path / f"{stream}.parquet"
+        pd.DataFrame(rows).to_parquet(files[stream])
+    inputs = [arg for stream, path in files.items() for arg in ("--input", f"{stream}={path}")]
+    done = hydrant(live, "backfill", str(shop_pipeline), *inputs)
+    assert done.returncode == 0, done.stderr
+    orders = sum(e["stream"] == "orders" for e in older)
+    assert f"stream orders: {orders} rows, 0 not events, {orders} taken (before " in done.stdout
+    assert f"group user: {len(older)} events to backfill" in done.stdout
+
+    live.stop()
+    after = workers(shop_pipeline, name="after", data_dir=data)
+    after.wait_ready(180)
+    deadline = time.monotonic() + 180
+    states: list[dict] = []
+    while time.monotonic() < deadline:
+        states = [
+            s
+            for entry in after.get("/pipeline").json()["backfill"].get("user", {}).values()
+            for s in entry.values()
+        ]
+        if len(states) == 4 and all(s["done"] for s in states):
+            break
+        time.sleep(0.5)
+    assert len(states) == 4 and all(s["done"] for s in states), states
+    assert sum(s["replayed"] for s in states) == len(older)
+    settle_and_check([after.url], truth_of(shop_pipeline, events), events)  # both halves, once each
+
+    again = hydrant(after, "backfill", str(shop_pipeline), *inputs)
+    assert again.returncode == 1 and "was backfilled before" in again.stderr
