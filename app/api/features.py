@@ -164,9 +164,11 @@ def answer_locally(
     at: int,
     names: frozenset[str] | Selection | None,
     read: tuple[Any, Scanner] | None = None,
+    missing: list[str] | None = None,
 ) -> dict[str, Any]:
     """One key's batch result from this process's state (the caller checked that it holds the key),
-    read from ``read`` (its partition's database and a range reader of it) when the caller has them."""
+    read from ``read`` (its partition's database and a range reader of it) and with ``missing`` (the
+    partition's :func:`incomplete` features) when the caller has them."""
     raw_key = key.encode("utf-8")
     plan = ctx.tables.plans[group]
     if read is None:
@@ -178,7 +180,8 @@ def answer_locally(
     if outside_retention(plan, state, at, names):
         return {"key": key, "found": True, "error": retention_error(group, at)}
     result = {"key": key, "found": True, "features": read_features(plan, state, at, names)}
-    missing = incomplete(plan, read[0], names)
+    if missing is None:
+        missing = incomplete(plan, read[0], names)
     if missing:
         result["incomplete"] = missing
     return result
@@ -278,8 +281,9 @@ async def group_results(
     for partition, positions in local.items():
         db = placement.database(table, partition)  # caught up now: one range reader sees it as is
         read = (db, prefix_scan(db))
+        missing = incomplete(ctx.tables.plans[group], db, names)
         for index in positions:
-            results[index] = answer_locally(ctx, group, keys[index], at, names, read)
+            results[index] = answer_locally(ctx, group, keys[index], at, names, read, missing)
     answers = await asyncio.gather(*asked)
     for positions, answer in zip(remote.values(), answers, strict=True):
         for index, result in zip(positions, answer["results"], strict=True):

@@ -245,6 +245,9 @@ class StreamEngine:
         except Exception as exc:
             logger.exception("the stream batches failed")
             await io.crash(exc)
+        finally:
+            if replay is not None:
+                await replay.close()
 
     async def decode_batch(
         self, messages: Any, assigned: set[Any], topic_partitions: Callable[[str], int | None]

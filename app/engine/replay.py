@@ -45,6 +45,9 @@ class History(Protocol):
     async def read(self, positions: Mapping[str, int], max_records: int) -> list[Any]:
         """Records from ``positions``, in offset order per partition."""
 
+    async def stop(self) -> None:
+        """Close the reader."""
+
 
 class ReplayIO(Protocol):
     """What the replay uses of the running worker (app/faust_ext/worker_io.py)."""
@@ -136,6 +139,10 @@ class Replayer:
     def active(self) -> bool:
         """Whether anything is replayed or backfilled at all."""
         return bool(self.replaying or self.backfills)
+
+    async def close(self) -> None:
+        """Close the history reader (the worker stops)."""
+        await self.history.stop()
 
     def wants_turn(self, io: ReplayIO) -> bool:
         """Whether a step has work (a partition held here not done yet, or one to look at)."""

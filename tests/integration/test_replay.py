@@ -61,13 +61,24 @@ def v2_text(v1: str) -> str:
     return v1
 
 
-def replay_states(urls: list[str]) -> list[dict]:
-    """Every partition's replay, as the workers' /pipeline shows them."""
+def replay_states(urls: list[str], kind: str = "replay") -> list[dict]:
+    """Every partition's replay (or backfill), as the workers' /pipeline shows them."""
     states = []
     for url in urls:
-        for entry in httpx.get(f"{url}/pipeline", timeout=10).json()["replay"].get("user", {}).values():
+        for entry in httpx.get(f"{url}/pipeline", timeout=10).json()[kind].get("user", {}).values():
             states.extend(entry.values())
     return states
+
+
+def all_done(urls: list[str], kind: str = "replay", timeout: float = 180) -> list[dict]:
+    """Wait until the 4 partitions' replays (or backfills) are done; their states."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = replay_states(urls, kind)
+        if len(states) == 4 and all(s["done"] for s in states):
+            return states
+        time.sleep(0.5)
+    raise AssertionError(f"{kind} not done after {timeout:.0f} s: {replay_states(urls, kind)}")
 
 
 def test_a_spec_change_replays_history_into_new_and_changed_aggregations(
@@ -207,13 +218,7 @@ def test_a_period_change_is_refused_and_a_state_reset_rebuilds_the_group(
     v2 = workers(period, name="v2", data_dir=tmp_path / "data")
     v2.wait_ready(180)
     assert "  group user: new" in v2.log()
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        states = replay_states([v2.url])
-        if len(states) == 4 and all(s["done"] for s in states):
-            break
-        time.sleep(0.5)
-    assert len(states) == 4 and all(s["done"] for s in states), states
+    all_done([v2.url])
     settle_and_check([v2.url], truth_of(period, events), events)
 
 
@@ -250,18 +255,7 @@ def test_a_backfill_from_files_adds_the_history_the_topics_no_longer_hold(
     live.stop()
     after = workers(shop_pipeline, name="after", data_dir=data)
     after.wait_ready(180)
-    deadline = time.monotonic() + 180
-    states: list[dict] = []
-    while time.monotonic() < deadline:
-        states = [
-            s
-            for entry in after.get("/pipeline").json()["backfill"].get("user", {}).values()
-            for s in entry.values()
-        ]
-        if len(states) == 4 and all(s["done"] for s in states):
-            break
-        time.sleep(0.5)
-    assert len(states) == 4 and all(s["done"] for s in states), states
+    states = all_done([after.url], "backfill")
     assert sum(s["replayed"] for s in states) == len(older)
     settle_and_check([after.url], truth_of(shop_pipeline, events), events)  # both halves, once each
 
