@@ -13,6 +13,7 @@ replay's records/s (HYDRANT_REPLAY_SHARE, default 0.25, bounds its share of the 
 arrive). Figures, not pass/fail.
 
     .venv/bin/python -m bench.replay [--history 100000] [--live 100000] [--keys 10000] [--share 0.25]
+                                     [--rate RECORDS_PER_S]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -37,37 +39,41 @@ ADDED = (
 )
 
 
-def consume(worker: WorkerProcess, total: float, replaying: bool) -> dict[str, float]:
-    """Poll /metrics until ``total`` events were consumed (and, ``replaying``, the replay is done);
-    the timings of both."""
+def consume(worker: WorkerProcess, total: float, replaying: bool) -> dict[str, Any]:
+    """Poll /metrics every 0.1 s until ``total`` events were consumed (and, ``replaying``, the replay
+    is done); the samples (time, events consumed, records replayed) and when each ended."""
     started = time.monotonic()
-    marks: dict[str, float] = {}
-    base = 0.0
+    samples: list[tuple[float, float, float]] = []
+    marks: dict[str, Any] = {"samples": samples}
     with httpx.Client(base_url=worker.url, timeout=5) as http:
         while time.monotonic() - started < 1800:
             page = http.get("/metrics").text
+            now = time.monotonic()
             consumed = counter(page, "hydrant_events_consumed_total")
             replayed = counter(page, "hydrant_replayed_events_total")
-            now = time.monotonic()
-            if "live_start" not in marks:
-                marks["live_start"], base = now, consumed
-            if replaying and replayed > 0 and "replay_start" not in marks:
-                marks["replay_start"], marks["consumed_at_replay_start"] = now, consumed
-            if replaying and "replay_start" in marks and "replay_end" not in marks:
+            samples.append((now, consumed, replayed))
+            if replaying and replayed > 0 and "replay_end" not in marks:
                 states = [
                     s
                     for entry in http.get("/pipeline").json()["replay"].get("user", {}).values()
                     for s in entry.values()
                 ]
                 if states and all(s["done"] for s in states):
-                    marks["replay_end"], marks["consumed_at_replay_end"] = now, consumed
-                    marks["replayed"] = replayed
+                    marks["replay_end"] = now
             if consumed >= total and "live_end" not in marks:
-                marks["live_end"], marks["live_events"] = now, consumed - base
+                marks["live_end"] = now
             if "live_end" in marks and (not replaying or "replay_end" in marks):
                 return marks
             time.sleep(0.1)
-    raise AssertionError(f"timed out: {marks}")
+    raise AssertionError(f"timed out: {samples[-1:]}")
+
+
+def rate(samples: list[tuple[float, float, float]], begin: float, end: float, field: int) -> float:
+    """Per second of ``samples``' ``field`` (1: events consumed, 2: records replayed) over [begin, end]."""
+    inside = [s for s in samples if begin <= s[0] <= end]
+    if len(inside) < 2:
+        return float("nan")
+    return (inside[-1][field] - inside[0][field]) / (inside[-1][0] - inside[0][0])
 
 
 def main() -> None:
@@ -76,6 +82,7 @@ def main() -> None:
     parser.add_argument("--live", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--share", type=float, default=0.25, help="HYDRANT_REPLAY_SHARE")
+    parser.add_argument("--rate", type=float, default=0, help="HYDRANT_REPLAY_RECORDS_PER_S (0: none)")
     args = parser.parse_args()
     uid = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as tmp_name, EmbeddedBroker() as embedded:
@@ -106,27 +113,30 @@ def main() -> None:
         preload(broker.bootstrap, [(f"orders-{uid}", orders), (f"clicks-{uid}", clicks)])
         results = {}
         for name, spec in (("base", v1), ("replay", v2)):
-            env = {"HYDRANT_REPLAY_SHARE": str(args.share)}
+            env = {"HYDRANT_REPLAY_SHARE": str(args.share), "HYDRANT_REPLAY_RECORDS_PER_S": str(args.rate)}
             worker = WorkerProcess(broker, spec, tmp / f"data-{name}", groups[name], tmp / f"{name}.log", env)
             worker.start()
             try:
                 worker.wait_ready(180, poll=0.05)
-                results[name] = consume(worker, args.history + args.live, replaying=name == "replay")
+                results[name] = consume(worker, args.live, replaying=name == "replay")  # this process's count
+                if name == "replay":
+                    print("\n".join(line for line in worker.log().splitlines() if " done: " in line))
             finally:
                 worker.stop()
     base, replay = results["base"], results["replay"]
-    base_rate = base["live_events"] / (base["live_end"] - base["live_start"])
-    overall = replay["live_events"] / (replay["live_end"] - replay["live_start"])
-    seconds = replay["replay_end"] - replay["replay_start"]
-    during = (replay["consumed_at_replay_end"] - replay["consumed_at_replay_start"]) / seconds
+    base_samples, samples = base["samples"], replay["samples"]
+    base_rate = rate(base_samples, base_samples[0][0], base["live_end"], 1)
+    replay_start = next(t for t, _, replayed in samples if replayed > 0)
+    both = (replay_start, min(replay["replay_end"], replay["live_end"]))  # live and replay at once
+    during, replayed = rate(samples, *both, 1), rate(samples, *both, 2)
+    total = samples[-1][2]
     print(f"(base)   live: {base_rate:,.0f} events/s (nothing to replay)")
-    print(f"(replay) live: {overall:,.0f} events/s over the {args.live:,} events")
     print(
-        f"(replay) replay: {replay['replayed']:,.0f} records in {seconds:.1f} s = "
-        f"{replay['replayed'] / seconds:,.0f} records/s (share {args.share})"
+        f"(replay) replay: {total:,.0f} records in {replay['replay_end'] - replay_start:.1f} s; while live "
+        f"events were waiting ({both[1] - both[0]:.1f} s): {replayed:,.0f} records/s (share {args.share})"
     )
     print(
-        f"(replay) live while replaying: {during:,.0f} events/s = {during / base_rate:.0%} of (base) "
+        f"(replay) live meanwhile: {during:,.0f} events/s = {during / base_rate:.0%} of (base) "
         f"(a drop of {1 - during / base_rate:.0%})"
     )
 

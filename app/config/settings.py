@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     replay_share: float = Field(
         default=0.25,
         gt=0,
-        le=1,
+        lt=1,
         description="The share of the worker's event loop that replaying history into new or changed "
         "aggregations may take while events arrive (it takes all of it while none do).",
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -80,6 +80,9 @@ class WorkerIO(Protocol):
 
     def committed(self, topic: str, partition: int) -> int | None:
         """The group's committed offset of an input partition (None: none yet)."""
+
+    def behind(self, topics: Collection[str]) -> bool:
+        """Whether an assigned partition of ``topics`` holds records not processed yet."""
 
 
 class Source(Protocol):
@@ -212,17 +215,25 @@ class StreamEngine:
         running: Awaitable[dict[int, ShardResult]] | None = None
         try:
             while batch is not None or not io.should_stop:  # a batch taken is a batch processed
+                began = time.monotonic()
                 with collections_paused():
                     if batch is None or running is None:
                         # No batch has read state that is not written yet: a replay step may run.
                         if replay is not None and replay.wants_turn(io):
-                            messages = source.take_ready(self.batch_max)
-                            if replay.due(idle=not messages):
+                            if replay.due():
                                 await replay.step(io)
-                            elif not messages:
-                                await asyncio.sleep(replay.wait())
-                            if not messages:
                                 continue
+                            try:  # wait for events a moment; the time without any is the replay's
+                                messages = await asyncio.wait_for(
+                                    source.take(self.batch_max, BATCH_WITHIN_S), replay.wait()
+                                )
+                            except TimeoutError:  # idle, unless the records are on their way
+                                if not io.behind(self.routes):
+                                    replay.earn(idle=time.monotonic() - began)
+                                continue
+                            if not io.behind(self.routes):
+                                replay.earn(idle=time.monotonic() - began - BATCH_WITHIN_S)
+                            began = time.monotonic()
                         else:
                             messages = await source.take(self.batch_max, BATCH_WITHIN_S)
                         batch = await self.decode_batch(messages, io.assignment(), counts)
@@ -240,6 +251,8 @@ class StreamEngine:
                     await delivering  # acks stay in batch order; at most one batch awaits its deliveries
                 delivering = asyncio.ensure_future(_acked(deliveries, source, batch.messages))
                 batch = after
+                if replay is not None:
+                    replay.earn(busy=time.monotonic() - began)
             if delivering is not None:
                 await delivering
         except Exception as exc:

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 STREAM_HEADER = "hydrant-stream"  # a backfill record's stream (app/tools/backfill.py)
 STEP_RECORDS = 1000  # records read and applied per step
 YIELD_EVERY = 64  # records between two turns of the event loop inside a step
+MAX_BUDGET_S = 0.5  # step time saved at most (a burst after a quiet while)
+IDLE_WAIT_S = 0.02  # waited for events without any: the loop is idle, the replay may use the time
 IDLE_STEPS = 20  # steps in a row without a record below its end: the partition has no more
 
 
@@ -120,7 +122,8 @@ class Replayer:
                     )
         self.jobs: dict[Slot, ReplayJob] = {}  # of partitions held here
         self._reported: set[Slot] = set()
-        self._next = 0.0  # monotonic time of the next step while events arrive
+        self.spent = 0.0  # seconds of the loop the steps took
+        self._budget = 0.0  # seconds of steps earned (app/engine/batch.py tells it the loop's time)
         self._paced = 0.0  # monotonic time of the next step under the records-per-second limit
         self._checked = 0.0
         self._idle: dict[tuple[Slot, str], int] = {}  # steps in a row a partition gave nothing
@@ -152,15 +155,18 @@ class Replayer:
             return True  # look for partitions assigned since
         return any(not job.done for job in self.jobs.values())
 
-    def due(self, idle: bool = False) -> bool:
-        """Whether a step may run now: within the loop's share while events arrive (``idle``: none
-        are waiting), and within the records-per-second limit."""
-        now = time.monotonic()
-        return now >= self._paced and (idle or now >= self._next)
+    def earn(self, busy: float = 0.0, idle: float = 0.0) -> None:
+        """Time for steps: ``share`` / (1 - ``share``) of the time the loop spent on live batches
+        (``busy``), all of the time it waited for events (``idle``); at most MAX_BUDGET_S saved."""
+        self._budget = min(MAX_BUDGET_S, self._budget + busy * self.share / (1 - self.share) + max(idle, 0.0))
+
+    def due(self) -> bool:
+        """Whether a step may run now: time earned, and within the records-per-second limit."""
+        return self._budget > 0 and time.monotonic() >= self._paced
 
     def wait(self) -> float:
-        """Seconds until a step may run while no events arrive (at most 50 ms: events may come)."""
-        return min(0.05, max(0.0, self._paced - time.monotonic()))
+        """How long to wait for events before the replay counts the loop idle (seconds)."""
+        return max(IDLE_WAIT_S, self._paced - time.monotonic())
 
     async def step(self, io: ReplayIO) -> None:
         """Find the partitions held here, then run one step of the first unfinished job."""
@@ -177,8 +183,9 @@ class Replayer:
                 if slot[2] == JOB_KEY:
                     await self.on_done(slot[0], slot[1], sorted(job.aggregations))
         self._measure()
-        now = time.monotonic()
-        self._next = now + (now - began) * (1 - self.share) / self.share
+        took = time.monotonic() - began
+        self._budget -= took
+        self.spent += took
         if self.rate:
             self._paced = began + read / self.rate
 
@@ -328,11 +335,12 @@ class Replayer:
         await self._write(io, slot, states, job)
         if job.done:
             logger.info(
-                "%s of group %r partition %d done: %d records",
+                "%s of group %r partition %d done: %d records (replay steps took %.1f s of the loop so far)",
                 "backfill" if record_key == BACKFILL_KEY else "replay",
                 group,
                 partition,
                 job.replayed,
+                self.spent,
             )
         return len(records)
 

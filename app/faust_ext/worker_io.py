@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from faust.types import TP
+
+from app.faust_ext.live_metrics import processed_offset
 
 
 class FaustWorkerIO:
@@ -43,3 +46,18 @@ class FaustWorkerIO:
     def committed(self, topic: str, partition: int) -> int | None:
         offset = self.app.consumer._committed_offset.get(TP(topic, partition))  # Faust keeps them private
         return None if offset is None else int(offset)
+
+    def behind(self, topics: Collection[str]) -> bool:
+        """Whether an assigned partition of ``topics`` holds records not processed yet (lag)."""
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic not in topics:
+                continue
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            read = processed_offset(self.app, tp)
+            position = read + 1 if read is not None else consumer._committed_offset.get(tp) or 0
+            if highwater > position:
+                return True
+        return False

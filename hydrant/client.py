@@ -1,0 +1,181 @@
+"""A client of Hydrant's HTTP API that speaks pandas (docs/api.md, "Python client"): one connection
+pool per client, requests split at the API's 1,000-item limit, 503 answers retried after their
+Retry-After, every error raised as :class:`HydrantClientError`. No Faust, no engine code."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import httpx
+import orjson
+import pandas as pd
+
+MAX_ITEMS = 1000  # keys or rows per request (the API answers 413 above)
+
+
+class HydrantClientError(Exception):
+    """An answer other than success: the HTTP ``status``, the API's error ``code`` and ``message``
+    (``status`` 0 and code ``unreachable`` when no answer came)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Client:
+    """Feature values, services and tables of the workers at ``url`` (any worker: it fetches keys
+    from their owners). ``token``: the bearer token when the API has one. Use it as a context manager
+    or call :meth:`close`.
+
+    >>> with Client("http://127.0.0.1:6066") as hydrant:
+    ...     frame = hydrant.features("user", ["u0001", "u0002"], ["spend_sum_1h"])
+    """
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0, retries: int = 5) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self.retries = retries  # 503 answers retried, each after its Retry-After (at most 5 s)
+        self.retried = 0  # 503 answers retried so far
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def features(
+        self,
+        group: str,
+        keys: Iterable[str | Mapping[str, Any]],
+        features: Sequence[str] | None = None,
+        at: int | str | None = None,
+    ) -> pd.DataFrame:
+        """One row per key, in order: ``key`` (its string form), ``found``, then the features (all of
+        the group's, or ``features``); ``error`` (the code, e.g. ``outside_retention``) and
+        ``incomplete`` columns when some key has one. ``at``: epoch ms or ISO-8601 (default now)."""
+        keys = list(keys)
+        results: list[dict[str, Any]] = []
+        for begin in range(0, max(len(keys), 1), MAX_ITEMS):
+            body: dict[str, Any] = {"keys": keys[begin : begin + MAX_ITEMS]}
+            if features is not None:
+                body["features"] = list(features)
+            if at is not None:
+                body["at"] = at
+            if body["keys"]:
+                results += self._json("POST", f"/features/{group}", body)["results"]
+        names = list(features) if features is not None else self._feature_names(group)
+        rows = []
+        for result in results:
+            row = {"key": result["key"], "found": result["found"]}
+            values = result.get("features") or {}
+            row.update((name, values.get(name)) for name in names)
+            if "error" in result:
+                row["error"] = result["error"]["code"]
+            if "incomplete" in result:
+                row["incomplete"] = result["incomplete"]
+            rows.append(row)
+        columns = ["key", "found", *names]
+        columns += [c for c in ("error", "incomplete") if any(c in row for row in rows)]
+        return _typed(pd.DataFrame(rows, columns=columns))
+
+    def service(
+        self, name: str, rows: pd.DataFrame | Sequence[Mapping[str, Any]], at: int | str | None = None
+    ) -> pd.DataFrame:
+        """The service's columns for each request row, in order, then ``missing`` and
+        ``outside_retention`` (lists of groups), ``error`` (a row's error message, else None) and,
+        while a replay runs, ``incomplete``."""
+        records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+        answers: list[dict[str, Any]] = []
+        for begin in range(0, len(records), MAX_ITEMS):
+            body: dict[str, Any] = {"rows": records[begin : begin + MAX_ITEMS]}
+            if at is not None:
+                body["at"] = at
+            answers += self._json("POST", f"/services/{name}", body)["rows"]
+        columns = self._service_columns(name)
+        out = []
+        for answer in answers:
+            values = answer.get("features") or {}
+            row = {column: values.get(column) for column in columns}
+            row["missing"] = answer.get("missing", [])
+            row["outside_retention"] = answer.get("outside_retention", [])
+            row["error"] = answer["error"]["message"] if "error" in answer else None
+            if "incomplete" in answer:
+                row["incomplete"] = answer["incomplete"]
+            out.append(row)
+        names = [*columns, "missing", "outside_retention", "error"]
+        names += ["incomplete"] if any("incomplete" in row for row in out) else []
+        return _typed(pd.DataFrame(out, columns=names))
+
+    def table(
+        self,
+        name: str,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        at: int | str | None = None,
+    ) -> pd.DataFrame:
+        """Every row of a lookup table or feature group (across the workers, in key order), as the
+        API's Parquet answer gives it."""
+        params: dict[str, Any] = {"format": "parquet"}
+        if columns is not None:
+            params["columns"] = ",".join(columns)
+        if limit is not None:
+            params["limit"] = limit
+        if at is not None:
+            params["at"] = at
+        response = self._request("GET", f"/tables/{name}", params=params)
+        return pd.read_parquet(io.BytesIO(response.content))
+
+    def _feature_names(self, group: str) -> list[str]:
+        names: list[str] = self._json("GET", "/pipeline")["features"].get(group, [])  # as the workers run
+        return names
+
+    def _service_columns(self, name: str) -> list[str]:
+        for service in self._json("GET", "/services")["services"]:
+            if service["name"] == name:
+                return [column["name"] for column in service["columns"]]
+        raise HydrantClientError(404, "unknown_service", f"no service {name!r}")
+
+    def _json(self, method: str, path: str, body: Any = None) -> Any:
+        return orjson.loads(self._request(method, path, body=body).content)
+
+    def _request(
+        self, method: str, path: str, body: Any = None, params: Mapping[str, Any] | None = None
+    ) -> httpx.Response:
+        content = None if body is None else orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._http.request(method, path, content=content, params=params, headers=headers)
+            except httpx.HTTPError as exc:
+                raise HydrantClientError(0, "unreachable", f"{method} {path}: {exc}") from exc
+            if response.status_code == 503 and attempt < self.retries:
+                self.retried += 1
+                time.sleep(min(float(response.headers.get("Retry-After", "1")), 5.0))
+                continue
+            if response.status_code >= 400:
+                raise _error(response)
+            return response
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _error(response: httpx.Response) -> HydrantClientError:
+    try:
+        error = response.json()["error"]
+        return HydrantClientError(response.status_code, str(error["code"]), str(error["message"]))
+    except (ValueError, KeyError, TypeError):
+        return HydrantClientError(response.status_code, "http_error", response.text[:200])
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Nullable pandas types where a column has one type (Int64, Float64, boolean, string); lists stay
+    objects."""
+    return frame.convert_dtypes(convert_string=True)
