@@ -227,11 +227,10 @@ class StreamEngine:
                                 messages = await asyncio.wait_for(
                                     source.take(self.batch_max, BATCH_WITHIN_S), replay.wait()
                                 )
-                            except TimeoutError:  # idle, unless the records are on their way
-                                if not io.behind(self.routes):
-                                    replay.earn(idle=time.monotonic() - began)
+                            except TimeoutError:  # none came: the loop is idle
+                                replay.earn(idle=time.monotonic() - began)
                                 continue
-                            if not io.behind(self.routes):
+                            if not io.behind(self.routes):  # else the wait was for a fetch under way
                                 replay.earn(idle=time.monotonic() - began - BATCH_WITHIN_S)
                             began = time.monotonic()
                         else:
