@@ -178,4 +178,4 @@ def _error(response: httpx.Response) -> HydrantClientError:
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     """Nullable pandas types where a column has one type (Int64, Float64, boolean, string); lists stay
     objects."""
-    return frame.convert_dtypes(convert_string=True)
+    return frame.convert_dtypes()
