@@ -1,7 +1,11 @@
 """Several entities per stream on the real broker, two workers (issue 21, must-show 1): the payments
 example's groups per card, merchant, device and (card, merchant), merchants joined on merchant_id
 (updated and deleted mid-stream); every key of every group from both workers at four `at` values,
-and every output record, against the pandas reference; out + dead letters == in."""
+and every output record, against the pandas reference; out + dead letters == in.
+
+A group keyed by another field than the stream's gets its events through a hop topic from every
+partition of the stream: the reference for its features on an output follows the order that hop topic
+delivered them (a loaded machine may delay one partition's hops past a later payment's)."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import pandas as pd
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from app.config.routing import stream_stages
 from app.config.spec import load_pipeline
 from app.records.keys import key_of
 from tests.conftest import payments_pipeline_text
@@ -84,19 +89,43 @@ def payments_pipeline(tmp_path: Path, uid: str, broker: BrokerUnderTest) -> Path
     return path
 
 
-def truths(pipeline: Path, events: list[dict[str, Any]]) -> dict[str, tuple[GroundTruth, np.ndarray]]:
-    """Per group, the reference over the payments that have its key, and each payment's index there."""
+def truths(
+    pipeline: Path, events: list[dict[str, Any]], orders: dict[str, list[int]] | None = None
+) -> dict[str, tuple[GroundTruth, np.ndarray]]:
+    """Per group, the reference over the payments that have its key, in the order ``orders`` gives
+    for that group (indices into ``events``; default: as listed), and each payment's row there."""
     spec = load_pipeline(pipeline)
     out = {}
     for name, group in spec.features.items():
-        keys = [key_of(e, group.key_fields) for e in events]
-        rows = [
-            {**e, "key": k, "time": e["ts"], "stream": "payments"} for e, k in zip(events, keys, strict=True)
-        ]
-        frame = pd.DataFrame([r for r in rows if r["key"] is not None])
-        position = np.cumsum([k is not None for k in keys]) - 1  # payment i -> its row in ``frame``
+        order = (orders or {}).get(name) or list(range(len(events)))
+        keys = {i: key_of(events[i], group.key_fields) for i in order}
+        keyed = [i for i in order if keys[i] is not None]
+        frame = pd.DataFrame(
+            [{**events[i], "key": keys[i], "time": events[i]["ts"], "stream": "payments"} for i in keyed]
+        )
+        position = np.full(len(events), -1)
+        position[keyed] = np.arange(len(keyed))  # payment i -> its row in ``frame``
         out[name] = (GroundTruth(group, frame), position)
     return out
+
+
+def hop_orders(
+    bootstrap: str, pipeline: Path, uid: str, events: list[dict[str, Any]]
+) -> dict[str, list[int]]:
+    """Per group reached through a hop topic: the payments (indices into ``events``) in the order its
+    stage consumed them (each key's records are on one partition of that topic, in offset order)."""
+    spec = load_pipeline(pipeline)
+    index = {e["ts"]: i for i, e in enumerate(events)}
+    orders = {}
+    for stage in stream_stages(spec, "payments", f"hydrant-test-{uid}")[1:]:
+        expected = sum(key_of(e, stage.key) is not None for e in events)
+        hops = asyncio.run(consume(bootstrap, stage.topic, expected, timeout=60))
+        seen: dict[int, None] = {}
+        for record in sorted(hops, key=lambda r: (r.partition, r.offset)):
+            seen.setdefault(index[record.json()["ts"]])
+        for name in stage.groups:
+            orders[name] = list(seen)
+    return orders
 
 
 def ask_all(url: str, group: str, keys: list[str], at: int, client: httpx.Client) -> list[dict[str, Any]]:
@@ -157,7 +186,9 @@ def test_payments_four_entities_two_workers(
     assert len(outputs) == PAYMENTS  # out + dead letters == in
     assert len(asyncio.run(consume(broker.bootstrap, dlq, BAD, timeout=10))) == BAD
 
-    reference = truths(payments_pipeline, events)
+    reference = truths(
+        payments_pipeline, events, hop_orders(broker.bootstrap, payments_pipeline, uid, events)
+    )
     spec = load_pipeline(payments_pipeline)
     # Every output: the payment, its merchant's row as current then, every group at its time.
     index = {e["ts"]: i for i, e in enumerate(events)}
@@ -182,6 +213,7 @@ def test_payments_four_entities_two_workers(
             if key is None:
                 assert [row[n] for n in names] == [None] * len(names), name
                 continue
+            assert position[i] >= 0, f"payment {i} never reached the {name} stage"
             want = truth.features(key, event["ts"], upto=int(position[i]) + 1)
             problems += [f"payment {i} {name} {p}" for p in mismatches({n: row[n] for n in names}, want)]
     assert problems == [], problems[:20]
