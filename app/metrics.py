@@ -119,6 +119,18 @@ REPLAY_LEFT = Gauge(
     ["group"],
     registry=REGISTRY,
 )
+INGEST_EVENTS = Counter(
+    "hydrant_ingest_events_total",
+    "Events sent to POST /ingest/{stream}, by outcome (accepted: produced to the stream's topic; rejected).",
+    ["stream", "outcome"],
+    registry=REGISTRY,
+)
+INGEST_REFUSED = Counter(
+    "hydrant_ingest_refused_total",
+    "POST /ingest/{stream} requests refused whole (413), by reason (too_many_rows, too_large).",
+    ["stream", "reason"],
+    registry=REGISTRY,
+)
 FEATURES_INCOMPLETE = Gauge(
     "hydrant_features_incomplete",
     "Features of a group that some partition served here cannot answer in full yet (replay running, "

@@ -49,13 +49,19 @@ state_tables = StateTables.build(
     {name: updater.replica for name, updater in replica_updaters.items()},
 )
 placement = WorkerPlacement(app, [updater.readiness for updater in replica_updaters.values()])
+worker_io = FaustWorkerIO(app)
 register_views(
     app,
     ApiContext(
-        pipeline, group_id, settings.partitions, state_tables, placement, settings.api_token is not None
+        pipeline,
+        group_id,
+        settings.partitions,
+        state_tables,
+        placement,
+        settings.api_token is not None,
+        producer=lambda: worker_io.kafka_producer,
     ),
 )
-worker_io = FaustWorkerIO(app)
 serving = ServingSupervisor(settings, state_tables, placement)
 
 #: Helper processes that run every batch's shards: started before Faust (app/tools/cli.py `worker`).

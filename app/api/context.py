@@ -3,8 +3,10 @@ serving process for itself, so every handler runs on plain objects."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from app.api.placement import Placement
 from app.config.services import ServicePlan, service_plan
@@ -22,6 +24,7 @@ class ApiContext:
     tables: StateTables
     placement: Placement
     protected: bool = False  # an API token is required (the OpenAPI document says so)
+    producer: Callable[[], Any] | None = None  # the worker's started AIOKafkaProducer (HTTP ingest)
 
     @cached_property
     def services(self) -> dict[str, ServicePlan]:

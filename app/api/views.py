@@ -12,6 +12,7 @@ from faust.web import View
 from app.api.context import ApiContext
 from app.api.features import lookup_batch, lookup_one
 from app.api.health import healthz, metrics, readyz
+from app.api.ingest import applied, ingest
 from app.api.openapi import openapi_answer
 from app.api.pipeline import pipeline_answer
 from app.api.services import list_services, service_answer
@@ -31,6 +32,8 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("get", "/services", list_services),
     ("post", "/services/{name}", service_answer),
     ("get", "/pipeline", pipeline_answer),
+    ("post", "/ingest/{stream}", ingest),
+    ("post", "/applied/{group}", applied),
     ("get", "/openapi.json", openapi_answer),
 )
 
