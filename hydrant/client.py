@@ -14,6 +14,7 @@ import orjson
 import pandas as pd
 
 MAX_ITEMS = 1000  # keys or rows per request (the API answers 413 above)
+MAX_INGEST_BYTES = 900_000  # events per ingest request: under the API's 1 MiB body limit
 
 
 class HydrantClientError(Exception):
@@ -134,6 +135,29 @@ class Client:
         response = self._request("GET", f"/tables/{name}", params=params)
         return pd.read_parquet(io.BytesIO(response.content))
 
+    def ingest(
+        self,
+        stream: str,
+        rows: pd.DataFrame | Sequence[Mapping[str, Any]],
+        wait: bool = False,
+        timeout_ms: int | None = None,
+    ) -> dict[str, Any]:
+        """Send events to ``stream`` over HTTP (``POST /ingest/{stream}``, in requests under the body
+        limit): ``{"accepted": n, "rejected": [{"index", "reason", "error"}, ...]}``, indices into
+        ``rows``. With ``wait``, each request returns once its events are applied (504 raises). Not
+        retried: a request that failed may have sent some of its events."""
+        records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+        params: dict[str, Any] = {"wait": "true"} if wait else {}
+        if timeout_ms is not None:
+            params["timeout_ms"] = timeout_ms
+        accepted, rejected = 0, []
+        for begin, body in _ingest_bodies(records):
+            response = self._request("POST", f"/ingest/{stream}", params=params, content=body, retry=False)
+            answer = orjson.loads(response.content)
+            accepted += answer["accepted"]
+            rejected += [{**row, "index": row["index"] + begin} for row in answer["rejected"]]
+        return {"accepted": accepted, "rejected": rejected}
+
     def _feature_names(self, group: str) -> list[str]:
         names: list[str] = self._json("GET", "/pipeline")["features"].get(group, [])  # as the workers run
         return names
@@ -148,16 +172,24 @@ class Client:
         return orjson.loads(self._request(method, path, body=body).content)
 
     def _request(
-        self, method: str, path: str, body: Any = None, params: Mapping[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        content: bytes | None = None,
+        retry: bool = True,
     ) -> httpx.Response:
-        content = None if body is None else orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        if body is not None:
+            content = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
         headers = {"Content-Type": "application/json"} if content is not None else None
-        for attempt in range(self.retries + 1):
+        retries = self.retries if retry else 0
+        for attempt in range(retries + 1):
             try:
                 response = self._http.request(method, path, content=content, params=params, headers=headers)
             except httpx.HTTPError as exc:
                 raise HydrantClientError(0, "unreachable", f"{method} {path}: {exc}") from exc
-            if response.status_code == 503 and attempt < self.retries:
+            if response.status_code == 503 and attempt < retries:
                 self.retried += 1
                 time.sleep(min(float(response.headers.get("Retry-After", "1")), 5.0))
                 continue
@@ -165,6 +197,30 @@ class Client:
                 raise _error(response)
             return response
         raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _ingest_bodies(records: Sequence[Mapping[Any, Any]]) -> Iterable[tuple[int, bytes]]:
+    """(index of the first event, JSON Lines body) per request: under MAX_INGEST_BYTES each, one event
+    at least; datetimes as ISO-8601, NaN as null."""
+    begin, size = 0, 0
+    lines: list[bytes] = []
+    for index, record in enumerate(records):
+        line = orjson.dumps(record, default=_iso, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        if lines and size + len(line) + 1 > MAX_INGEST_BYTES:
+            yield begin, b"\n".join(lines)
+            begin, lines, size = index, [], 0
+        lines.append(line)
+        size += len(line) + 1
+    if lines:
+        yield begin, b"\n".join(lines)
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if value is pd.NA or value is pd.NaT:
+        return None
+    raise TypeError(f"cannot send a {type(value).__name__} as JSON")
 
 
 def _error(response: httpx.Response) -> HydrantClientError:
