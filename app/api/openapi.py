@@ -50,9 +50,10 @@ ERRORS = {
     400: "Bad request: a parameter or the body is invalid (the message names it).",
     401: "Missing or wrong bearer token (only when HYDRANT_API_TOKEN is set).",
     404: "Unknown table, group, service or key.",
-    413: "More than 1000 keys or rows, or a body above 1 MiB.",
+    413: "More than 1000 keys or rows (10,000 events to ingest), or a body above 1 MiB.",
     422: "`at` is outside the key's retention.",
     503: "Not ready, rebalancing, or the key's owner did not answer; retry after Retry-After seconds.",
+    504: "wait=true: some group had not applied the events within timeout_ms (they stay produced).",
 }
 
 
@@ -265,6 +266,64 @@ def service_paths(ctx: ApiContext, name: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def ingest_paths(ctx: ApiContext, stream: str) -> dict[str, Any]:
+    """``POST /ingest/{stream}``: an array of the stream's events (JSON Lines too), per-row rejections."""
+    spec = ctx.pipeline.streams[stream]
+    event = {
+        "type": "object",
+        "properties": {
+            field: {"type": [JSON_TYPES[kind]["type"], "null"]} for field, kind in spec.fields.items()
+        },
+        "required": [spec.key],
+    }
+    # Any other item is answered too, as a rejected row with its reason (not a 400): documented so.
+    other = {
+        "description": "Any other value: rejected with its index and reason (decode, missing_key, type)."
+    }
+    rejected = {
+        "type": "object",
+        "properties": {
+            "index": {"type": "integer"},
+            "reason": {"type": "string"},
+            "error": {"type": "string"},
+        },
+        "required": ["index", "reason", "error"],
+    }
+    answer = {
+        "type": "object",
+        "properties": {"accepted": {"type": "integer"}, "rejected": {"type": "array", "items": rejected}},
+        "required": ["accepted", "rejected"],
+    }
+    parameters = [
+        {
+            "name": "wait",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "boolean"},
+            "description": "Answer once every group each event feeds has applied it.",
+        },
+        {
+            "name": "timeout_ms",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 60_000},
+        },
+    ]
+    return {
+        f"/ingest/{stream}": {
+            "post": operation(
+                ctx.protected,
+                f"Send events to stream {stream}: the valid ones are produced to its topic",
+                {"description": "How many were accepted; the rejected ones with their index and reason.",
+                 "content": {JSON: {"schema": answer}}},
+                (400, 401, 413, 503, 504),
+                parameters,
+                body={"type": "array", "maxItems": 10_000, "items": {"anyOf": [event, other]}},
+            )
+        }
+    }  # fmt: skip
+
+
 def open_operation(summary: str, ok: dict[str, Any], errors: tuple[int, ...] = ()) -> dict[str, Any]:
     """A GET operation that needs no token."""
     return {"get": operation(False, summary, ok, errors, protected=False)}
@@ -279,6 +338,8 @@ def document(ctx: ApiContext) -> dict[str, Any]:
         paths.update(table_paths(ctx, name))
     for name in ctx.services:
         paths.update(service_paths(ctx, name))
+    for name in ctx.pipeline.streams:
+        paths.update(ingest_paths(ctx, name))
     metrics_type = CONTENT_TYPE.split(";")[0]
     paths.update(
         {

@@ -81,6 +81,8 @@ def test_openapi_document_lists_this_pipelines_paths_and_every_status(tmp_path: 
         "/tables/user",
         "/services",
         "/pipeline",
+        "/ingest/orders",
+        "/ingest/clicks",
         "/healthz",
         "/readyz",
         "/metrics",
@@ -94,6 +96,12 @@ def test_openapi_document_lists_this_pipelines_paths_and_every_status(tmp_path: 
     assert body["properties"]["keys"]["maxItems"] == 1000
     assert "spend_sum_1h" in body["properties"]["features"]["anyOf"][0]["items"]["enum"]
     assert "401" not in doc["paths"]["/healthz"]["get"]["responses"]
+    ingest = doc["paths"]["/ingest/orders"]["post"]
+    assert set(ingest["responses"]) == {"200", "400", "401", "413", "503", "504"}
+    events = ingest["requestBody"]["content"]["application/json"]["schema"]
+    assert events["maxItems"] == 10_000
+    assert events["items"]["anyOf"][0]["properties"]["amount"] == {"type": ["number", "null"]}
+    assert events["items"]["anyOf"][0]["required"] == ["user_id"]
     scan = doc["paths"]["/tables/user"]["get"]
     assert set(scan["responses"]["200"]["content"]) == {
         "application/json",
