@@ -152,7 +152,9 @@ class Client:
             params["timeout_ms"] = timeout_ms
         accepted, rejected = 0, []
         for begin, body in _ingest_bodies(records):
-            response = self._request("POST", f"/ingest/{stream}", params=params, content=body, retry=False)
+            response = self._request(
+                "POST", f"/ingest/{stream}", params=params, content=body, retry=False, lines=True
+            )
             answer = orjson.loads(response.content)
             accepted += answer["accepted"]
             rejected += [{**row, "index": row["index"] + begin} for row in answer["rejected"]]
@@ -179,10 +181,12 @@ class Client:
         params: Mapping[str, Any] | None = None,
         content: bytes | None = None,
         retry: bool = True,
+        lines: bool = False,
     ) -> httpx.Response:
         if body is not None:
             content = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-        headers = {"Content-Type": "application/json"} if content is not None else None
+        kind = "application/x-ndjson" if lines else "application/json"  # JSON Lines or JSON
+        headers = {"Content-Type": kind} if content is not None else None
         retries = self.retries if retry else 0
         for attempt in range(retries + 1):
             try:

@@ -70,21 +70,32 @@ class SendFailed(HttpError):
         super().__init__("produce_failed", message)
 
 
-def parse_events(body: bytes) -> list[Any]:
-    """A JSON array of events, or JSON Lines (one event per non-empty line). BadRequest otherwise."""
+JSON_LINES = ("application/x-ndjson", "application/jsonl", "application/json-lines")
+
+
+def parse_events(body: bytes, content_type: str = "application/json") -> list[Any]:
+    """The events of a body: a JSON array, or JSON Lines (one event per non-empty line) when the
+    content type says so or the body is not one JSON value. BadRequest otherwise."""
     text = body.strip()
     if not text:
         raise BadRequest("bad_request", "the body is empty; send a JSON array of events or JSON Lines")
-    try:
-        if text.startswith(b"["):
+    if content_type not in JSON_LINES:
+        try:
             events = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # several lines of JSON, perhaps
         else:
-            events = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+            if not isinstance(events, list):
+                raise BadRequest(
+                    "bad_request",
+                    f"expected a JSON array of events, got a JSON {type(events).__name__} (send JSON Lines "
+                    f"as {JSON_LINES[0]})",
+                )
+            return events
+    try:
+        return [orjson.loads(line) for line in text.splitlines() if line.strip()]
     except orjson.JSONDecodeError as exc:
         raise BadRequest("bad_json", f"the body is neither a JSON array nor JSON Lines: {exc}") from None
-    if not isinstance(events, list):
-        raise BadRequest("bad_request", "expected a JSON array of events")
-    return events
 
 
 @dataclass
@@ -168,7 +179,7 @@ async def ingest(request: web.Request, ctx: ApiContext, stream: str) -> web.Resp
         except web.HTTPRequestEntityTooLarge:
             INGEST_REFUSED.labels(stream, "too_large").inc()
             raise
-        events = parse_events(body)
+        events = parse_events(body, request.content_type)
         if len(events) > MAX_ROWS:
             INGEST_REFUSED.labels(stream, "too_many_rows").inc()
             raise Refused("too_many_rows", f"{len(events)} events; a request takes at most {MAX_ROWS}")

@@ -21,8 +21,14 @@ PLANS = {name: GroupPlan.from_spec(name, spec) for name, spec in PIPELINE.featur
 
 def test_a_body_is_a_json_array_or_json_lines() -> None:
     assert parse_events(b' [{"a": 1}, 2] ') == [{"a": 1}, 2]
-    assert parse_events(b'{"a": 1}\n\n{"a": 2}\n') == [{"a": 1}, {"a": 2}]
-    for body, code in [(b"", "bad_request"), (b"[1,", "bad_json"), (b'{"a": 1}\n{oops', "bad_json")]:
+    assert parse_events(b'{"a": 1}\n\n{"a": 2}\n') == [{"a": 1}, {"a": 2}]  # not one JSON value: lines
+    assert parse_events(b'{"a": 1}', "application/x-ndjson") == [{"a": 1}]
+    for body, code in [
+        (b"", "bad_request"),
+        (b"[1,", "bad_json"),
+        (b'{"a": 1}\n{oops', "bad_json"),
+        (b'{"a": 1}', "bad_request"),  # one object as JSON: the schema says an array
+    ]:
         with pytest.raises(BadRequest) as caught:
             parse_events(body)
         assert caught.value.code == code
