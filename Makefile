@@ -32,10 +32,11 @@ integration: $(VENV)/.installed
 	$(BIN)/pytest tests/integration
 
 # Debian tools the deployment tests drive: a real Prometheus + promtool, docker-compose (parses the
-# compose file without a daemon). Installed when root; otherwise those tests skip, saying so.
-DEBIAN_TOOLS := prometheus docker-compose
+# compose file without a daemon), chromium for the console test. Installed when root; otherwise those
+# tests skip, saying so (in CI they fail instead).
+DEBIAN_TOOLS := prometheus docker-compose chromium
 tools:
-	@if command -v promtool >/dev/null && command -v docker-compose >/dev/null; then :; \
+	@if command -v promtool >/dev/null && command -v docker-compose >/dev/null && command -v chromium >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TOOLS) >/dev/null; \
 	else echo "note: sudo apt-get install $(DEBIAN_TOOLS) to run the deployment tests"; fi

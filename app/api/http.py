@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_BODY_BYTES = 1024 * 1024  # room for a full batch (1,000 keys of 256 characters)
-PROTECTED_PREFIXES = ("/features", "/tables", "/pipeline", "/services", "/ingest", "/applied")
+PROTECTED_PREFIXES = ("/features", "/tables", "/pipeline", "/services", "/ingest", "/applied", "/status")
 JSON = "application/json"
 
 

@@ -53,6 +53,10 @@ class Placement:
         """The RocksDB database (rocksdict, raw mode) of ``partition`` of ``table``, one it holds."""
         raise NotImplementedError
 
+    def owners(self) -> dict[str, list[int]]:
+        """Per worker URL of the group, the table partitions it holds active (as last assigned)."""
+        return {}
+
     @property
     def client(self) -> aiohttp.ClientSession:
         """The HTTP client requests to other workers go through."""

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from faust.web import View
 
+from app.api.console import ui_asset, ui_page
 from app.api.context import ApiContext
 from app.api.features import lookup_batch, lookup_one
 from app.api.health import healthz, metrics, readyz
@@ -16,6 +17,7 @@ from app.api.ingest import applied, ingest
 from app.api.openapi import openapi_answer
 from app.api.pipeline import pipeline_answer
 from app.api.services import list_services, service_answer
+from app.api.status import status_answer
 from app.api.tables import lookup_row, lookup_rows_batch, scan_table
 
 Handler = Callable[..., Awaitable[web.Response]]
@@ -34,6 +36,9 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("get", "/pipeline", pipeline_answer),
     ("post", "/ingest/{stream}", ingest),
     ("post", "/applied/{group}", applied),
+    ("get", "/status", status_answer),
+    ("get", "/ui", ui_page),
+    ("get", "/ui/{asset}", ui_asset),
     ("get", "/openapi.json", openapi_answer),
 )
 

@@ -53,6 +53,14 @@ class WorkerPlacement(Placement):
         url = urls.get(TP(table.changelog, partition))
         return str(url).rstrip("/") if url else None
 
+    def owners(self) -> dict[str, list[int]]:
+        urls: Mapping[TP, str] = self.app.assignor._tps_url  # Faust keeps the URLs private
+        out: dict[str, set[int]] = {}
+        for tp, url in urls.items():
+            if tp.topic.endswith("-changelog"):
+                out.setdefault(str(url).rstrip("/"), set()).add(tp.partition)
+        return {url: sorted(partitions) for url, partitions in sorted(out.items())}
+
     def own_url(self) -> str:
         return str(self.app.conf.canonical_url).rstrip("/")
 

@@ -4,6 +4,8 @@ queued on the producer; the caller awaits the returned delivery futures per batc
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable
 from typing import Any
 
@@ -12,6 +14,10 @@ from app.records.decode import BadRecord
 from app.records.source import SOURCE_KEY, source_headers, source_key
 
 logger = logging.getLogger(__name__)
+
+#: The last dead letters this worker sent (reason, error, source position), newest last: what the
+#: console shows (app/api/status.py); the dead-letter topics hold them all.
+RECENT: deque[dict[str, Any]] = deque(maxlen=20)
 
 
 async def send_dead_letter(
@@ -22,6 +28,10 @@ async def send_dead_letter(
     source = source_headers(message, repartitioned)
     where = "/".join(v.decode() for _, v in source)
     logger.warning("dead letter %s -> %s: %s: %s", where, dlq_topic, error.reason, error)
+    now = int(time.time() * 1000)
+    RECENT.append(
+        {"time": now, "topic": dlq_topic, "reason": error.reason, "error": str(error)[:300], "source": where}
+    )
     headers = [
         ("hydrant-reason", error.reason.encode()),
         ("hydrant-error", str(error)[:1000].encode("utf-8", errors="replace")),

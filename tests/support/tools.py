@@ -1,4 +1,4 @@
-"""Debian tools the tests drive (prometheus, promtool, docker-compose): .ci/run installs them."""
+"""Debian tools the tests drive (prometheus, promtool, docker-compose, chromium): .ci/run installs them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-PACKAGES = {"promtool": "prometheus", "prometheus": "prometheus", "docker-compose": "docker-compose"}
+PACKAGES = {"promtool": "prometheus", "prometheus": "prometheus", "docker-compose": "docker-compose", "chromium": "chromium"}
 
 
 def tool(name: str) -> str:
