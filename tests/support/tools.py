@@ -7,7 +7,12 @@ import shutil
 
 import pytest
 
-PACKAGES = {"promtool": "prometheus", "prometheus": "prometheus", "docker-compose": "docker-compose", "chromium": "chromium"}
+PACKAGES = {
+    "promtool": "prometheus",
+    "prometheus": "prometheus",
+    "docker-compose": "docker-compose",
+    "chromium": "chromium",
+}
 
 
 def tool(name: str) -> str:
