@@ -171,7 +171,14 @@ def main() -> None:
                 f"= {raw_s / http_s:.0%} of (raw)"
             )
             backlog = 2 * len(events)  # processed before the waits are timed
-            wait_for(lambda: worker.metric("hydrant_events_consumed_total") >= backlog, "the backlog", 600)
+            wait_for(
+                lambda: (
+                    worker.metric("hydrant_events_consumed_total") >= backlog
+                    and worker.metric("hydrant_consumer_lag") == 0
+                ),  # hop topics too
+                "the backlog",
+                600,
+            )
             for load in (0.0, args.load):
                 ms = asyncio.run(
                     wait_latencies(
