@@ -127,7 +127,8 @@ INGEST_EVENTS = Counter(
 )
 INGEST_REFUSED = Counter(
     "hydrant_ingest_refused_total",
-    "POST /ingest/{stream} requests refused whole (413), by reason (too_many_rows, too_large).",
+    "POST /ingest/{stream} requests refused for their number of events (413 too_many_rows); a body above "
+    "the limit is counted in hydrant_http_requests_total{route='/ingest/{stream}',status='413'}.",
     ["stream", "reason"],
     registry=REGISTRY,
 )

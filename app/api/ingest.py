@@ -174,12 +174,7 @@ async def ingest(request: web.Request, ctx: ApiContext, stream: str) -> web.Resp
     producer = ctx.producer() if ctx.producer is not None else None
     try:
         wait, timeout_ms = _wait_options(request)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            INGEST_REFUSED.labels(stream, "too_large").inc()
-            raise
-        events = parse_events(body, request.content_type)
+        events = parse_events(await request.read(), request.content_type)
         if len(events) > MAX_ROWS:
             INGEST_REFUSED.labels(stream, "too_many_rows").inc()
             raise Refused("too_many_rows", f"{len(events)} events; a request takes at most {MAX_ROWS}")

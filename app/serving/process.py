@@ -225,7 +225,8 @@ def merged_metrics(worker_text: str) -> bytes:
 async def mark_passed_on(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Requests for the worker's own web server are counted and authenticated there, not here."""
     route = request.match_info.route
-    request["passed_on"] = route.resource is not None and route.resource.name == PASS_ON_NAME
+    name = route.resource.name if route.resource is not None else None
+    request["passed_on"] = name is not None and name.startswith(PASS_ON_NAME)
     return await handler(request)
 
 
@@ -261,6 +262,8 @@ class Server:
             self.web.router.add_post(f"/tables/{lookup}", partial(self.lookup_rows, lookup))
         self.web.router.add_post("/services/{name}", self.service)
         self.web.router.add_get("/readyz", self.readyz)
+        # Ingest goes to the worker (it produces) under its own route: a body refused here is counted by it.
+        self.web.router.add_post("/ingest/{stream}", self.pass_on, name=PASS_ON_NAME + "-ingest")
         self.web.router.add_route("*", "/{path:.*}", self.pass_on, name=PASS_ON_NAME)
 
     async def lookup_one(self, request: web.Request) -> web.Response:
@@ -293,7 +296,11 @@ class Server:
         """Hand the request to the worker's web server and its answer back, unchanged; 503
         ``worker_unavailable`` when the worker does not answer."""
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"host"}}
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            request["passed_on"] = False  # answered here (413): counted here, not by the worker
+            raise
         try:
             async with self.upstream.request(
                 request.method,

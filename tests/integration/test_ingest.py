@@ -186,6 +186,8 @@ def test_ingest_errors(two_workers: tuple[WorkerProcess, WorkerProcess, Path, st
             ],
         }
     assert w1.metric("hydrant_ingest_refused_total", stream="payments", reason="too_many_rows") == 1
+    # both 413s by route: the row limit answered by the worker, the body limit by a serving process
+    assert w1.metric("hydrant_http_requests_total", route="/ingest/{stream}", status="413") == 2
     with Client(w1.url) as client, pytest.raises(HydrantClientError) as caught:
         client.ingest("nope", [{"card_id": "x"}])
     assert (caught.value.status, caught.value.code) == (404, "unknown_stream")
