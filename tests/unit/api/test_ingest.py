@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 
 from app.api.features import BadRequest
-from app.api.ingest import Check, checks_for, parse_events, shows_applied, validate
+from app.api.ingest import Check, _validate_yielding, checks_for, parse_events, shows_applied, validate
 from app.config.routing import stream_stages
 from app.config.spec import load_pipeline
 from app.records.partitioning import partition_for
@@ -104,3 +106,14 @@ def test_state_shows_an_event_applied_by_its_head_or_its_bucket_or_as_late() -> 
     assert not shows_applied(
         plan, records.get, b"c1", Check("card", "c1", "payments:0", 10, (51 + 144) * period)
     )
+
+
+def test_large_bodies_are_validated_in_slices_with_their_indices_kept() -> None:
+    stream = PIPELINE.streams["payments"]
+    events: list[object] = [{"card_id": f"c{i}", "amount": 1.0, "ts": i} for i in range(1_200)]
+    for i in (3, 700, 1_100):
+        events[i] = {"amount": 1.0, "ts": i}
+    accepted, rejected = asyncio.run(_validate_yielding(events, stream, now_ms=0))
+    assert [r["index"] for r in rejected] == [3, 700, 1_100]
+    assert accepted.index == [i for i in range(1_200) if i not in (3, 700, 1_100)]
+    assert accepted.keys[700] == "c702" and accepted.events[700][0] == 702  # 3 and 700 left out
