@@ -237,7 +237,9 @@ async def _produce(producer: Any, topic: str, accepted: Accepted) -> list[tuple[
     batches = RecordBatches()
     now_ms = int(time.time() * 1000)
     partitions = []
-    for key, value in zip(accepted.keys, accepted.values, strict=True):
+    for n, (key, value) in enumerate(zip(accepted.keys, accepted.values, strict=True), 1):
+        if n % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
         raw = key.encode("utf-8")
         partition = partition_for(raw, count)  # where `hydrant produce` (Kafka's partitioner) puts it
         partitions.append(partition)
