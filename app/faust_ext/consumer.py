@@ -6,8 +6,7 @@ intakes (app/faust_ext/intake.py), and its thread asks the bundled broker for ex
   messages; the records of other topics (changelogs) go through Faust's path unchanged.
 - :class:`HydrantConsumerThread`: with HYDRANT_BROKER_PROFILE=tansu, the end offsets Faust sizes
   table recovery with come from :func:`app.kafka.end_offsets.exact_end_offsets` (Tansu's ListOffsets
-  answer is short, docs/broker.md), and a fetch waits at most :data:`TANSU_FETCH_WAIT_MS` (Tansu answers
-  a fetch when its wait is over, not when records arrive: each hop between stages took ~0.75 s).
+  answer is short, docs/broker.md).
 - :class:`HydrantTransport` creates the consumer; the app uses it as its consumer transport
   (app/faust_ext/app.py ``HydrantApp._new_transport``). Its producer is Faust's.
 """
@@ -27,19 +26,9 @@ if TYPE_CHECKING:
     from app.faust_ext.app import HydrantApp
 
 
-#: A fetch's longest wait on the bundled broker (Faust's own is 1,500 ms, fixed in its driver).
-TANSU_FETCH_WAIT_MS = 50
-
-
 class HydrantConsumerThread(AIOKafkaConsumerThread):
-    """Faust's aiokafka consumer thread whose end offsets are exact on the bundled broker, and whose
-    fetches wait less there. Written against faust-streaming 0.15.3 and aiokafka 0.14."""
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        if cast("HydrantApp", self.app).broker_profile == "tansu":
-            consumer._fetch_max_wait_ms = TANSU_FETCH_WAIT_MS  # read by the fetcher it creates on start
-        return consumer
+    """Faust's aiokafka consumer thread whose end offsets are exact on the bundled broker.
+    Written against faust-streaming 0.15.3."""
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         approx = await super()._highwaters(partitions)
