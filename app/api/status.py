@@ -84,6 +84,17 @@ def summary(ctx: ApiContext, found: dict[str, list[tuple[dict[str, str], float]]
     ingest = {stream: {"accepted": 0.0, "rejected": 0.0} for stream in pipeline.streams}
     for labels, value in found.get("hydrant_ingest_events_total", ()):
         ingest.setdefault(labels["stream"], {"accepted": 0.0, "rejected": 0.0})[labels["outcome"]] += value
+    per_lookup = {
+        "rows": by("hydrant_lookup_rows", "lookup"),
+        "updates": by("hydrant_lookup_updates_total", "lookup"),
+    }
+    per_group = {  # each metric summed by group once
+        "keys": by("hydrant_state_keys", "group"),
+        "buckets": by("hydrant_state_buckets", "group"),
+        "late": by("hydrant_late_events_total", "group"),
+        "replay_left": by("hydrant_replay_records_left", "group"),
+        "incomplete": by("hydrant_features_incomplete", "group"),
+    }
     owners = ctx.placement.owners()
     me = _own_url(ctx)
     ready = found.get("hydrant_ready", [({}, 0.0)])[0][1] == 1.0
@@ -96,21 +107,10 @@ def summary(ctx: ApiContext, found: dict[str, list[tuple[dict[str, str], float]]
         "topics": list(topics.values()),
         "dead_letters": {"by_reason": by("hydrant_dead_letters_total", "reason"), "last": list(RECENT)[::-1]},
         "lookups": {
-            name: {
-                "rows": by("hydrant_lookup_rows", "lookup").get(name, 0),
-                "updates": by("hydrant_lookup_updates_total", "lookup").get(name, 0),
-            }
-            for name in pipeline.lookups
+            name: {field: per_lookup[field].get(name, 0) for field in per_lookup} for name in pipeline.lookups
         },
         "groups": {
-            name: {
-                "keys": by("hydrant_state_keys", "group").get(name, 0),
-                "buckets": by("hydrant_state_buckets", "group").get(name, 0),
-                "late": by("hydrant_late_events_total", "group").get(name, 0),
-                "replay_left": by("hydrant_replay_records_left", "group").get(name, 0),
-                "incomplete": by("hydrant_features_incomplete", "group").get(name, 0),
-            }
-            for name in pipeline.features
+            name: {field: per_group[field].get(name, 0) for field in per_group} for name in pipeline.features
         },
         "recovery": by("hydrant_recovery_remaining_records", "kind"),
         "ingest": ingest,

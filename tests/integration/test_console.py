@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import sync_playwright
 
 from app.config.settings import load_settings
 from app.config.spec import load_pipeline
@@ -61,7 +62,6 @@ def test_the_console_shows_the_pipeline_and_needs_the_token(
     tmp_path: Path,
 ) -> None:
     chromium = tool("chromium")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     worker = workers(shop_pipeline, "w1", HYDRANT_API_TOKEN=TOKEN)
     worker.wait_ready(120)
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -140,7 +140,6 @@ def test_the_console_pages_a_pipeline_of_fifty_topics_and_a_thousand_partitions(
     Its JSON is served by Playwright (no worker): 25 streams with their dead-letter topics, 1,000
     partitions spread over 3 workers."""
     chromium = tool("chromium")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     static = Path(__file__).resolve().parents[2] / "app" / "api" / "static"
     streams = {f"s{i:02d}": {"topic": f"t{i:02d}", "key": "k", "fields": {"k": "str"}} for i in range(25)}
     features = {
