@@ -10,7 +10,7 @@ from typing import Any
 from app.engine.lookups import LookupUpdater
 from app.engine.replicas import ReplicaUpdater
 from app.faust_ext.intake import Intake
-from app.kafka.clients import client_options
+from app.kafka.clients import consumer_options
 from app.kafka.replica_feed import follow_topic
 from app.runtime import app, lookup_sources, lookup_updaters, replica_updaters, settings, worker_io
 
@@ -32,7 +32,7 @@ def _replica_task(updater: ReplicaUpdater) -> Callable[[], Coroutine[Any, Any, N
         positions = updater.replica.positions()
         never = asyncio.Event()  # the task ends when the worker cancels it
         await follow_topic(
-            client_options(settings), updater.spec.topic, positions, updater.apply, updater.caught_up, never
+            consumer_options(settings), updater.spec.topic, positions, updater.apply, updater.caught_up, never
         )
 
     replicate_lookup.__name__ = replicate_lookup.__qualname__ = f"replicate_{updater.name}"

@@ -139,6 +139,19 @@ FEATURES_INCOMPLETE = Gauge(
     ["group"],
     registry=REGISTRY,
 )
+OFFSET_GAPS = Counter(
+    "hydrant_offset_gaps_total",
+    "Fetches of an input, hop or rekey topic whose offsets skipped past records not yet read: never "
+    "committed past; the partition is read again from the first missing offset.",
+    ["topic"],
+    registry=REGISTRY,
+)
+RECOVERY_FAILURES = Counter(
+    "hydrant_recovery_failures_total",
+    "Table recoveries that could not finish (a step timed out or failed); each is retried, and the worker "
+    "exits after several in a row so that its supervisor restarts it.",
+    registry=REGISTRY,
+)
 READY = Gauge(
     "hydrant_ready", "1 when every table finished recovery and the worker serves reads.", registry=REGISTRY
 )

@@ -109,7 +109,7 @@ lookup_updaters = {
     for name, spec in pipeline.lookups.items()
 }
 lookup_sources = {
-    name: Intake(app, updater.topics, max_buffered=4 * LOOKUP_BATCH_MAX)
+    name: Intake(app, updater.topics, max_buffered=4 * LOOKUP_BATCH_MAX, compacted=[updater.spec.topic])
     for name, updater in lookup_updaters.items()
 }
 for _updater in lookup_updaters.values():

@@ -97,13 +97,14 @@ def summary(ctx: ApiContext, found: dict[str, list[tuple[dict[str, str], float]]
     }
     owners = ctx.placement.owners()
     me = _own_url(ctx)
-    ready = found.get("hydrant_ready", [({}, 0.0)])[0][1] == 1.0
+    ready, reason = ctx.placement.readiness()
     return {
         "pipeline": pipeline.name,
         "group": ctx.group_id,
         "time": int(time.time() * 1000),
         "uptime_s": round(time.time() - STARTED, 1),
         "ready": ready,
+        "not_ready": None if ready else reason,
         "topics": list(topics.values()),
         "dead_letters": {"by_reason": by("hydrant_dead_letters_total", "reason"), "last": list(RECENT)[::-1]},
         "lookups": {

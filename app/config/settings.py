@@ -109,6 +109,22 @@ class Settings(BaseSettings):
         description="At most this many input records per second read by the replay (0: no limit), to "
         "spare the brokers while it reads history.",
     )
+    fetch_max_wait_ms: int = Field(
+        default=50,
+        ge=1,
+        le=60_000,
+        description="The most any fetch of any consumer Hydrant runs (inputs, hop topics, changelogs, "
+        "replicas, history readers) waits for records. Kafka answers as soon as records arrive; the "
+        "bundled broker only when the wait is over, so a short wait makes it behave like Kafka.",
+    )
+    standby_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description="Standby copies of every table partition kept by other workers (Faust's "
+        "`table_standby_replicas`): a worker taking a partition over from a failed one starts from "
+        "its standby instead of the whole changelog.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     api_token: SecretStr | None = Field(default=None, description="Bearer token for the data API.")
     partitions: int = Field(default=4, ge=1, le=10_000, description="Partitions of topics Hydrant creates.")

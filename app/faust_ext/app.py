@@ -18,7 +18,7 @@ from app.errors import HydrantError
 from app.faust_ext import diagnostics
 from app.faust_ext.consumer import HydrantTransport
 from app.faust_ext.recovery import HydrantTableManager
-from app.kafka.clients import client_options, ssl_context
+from app.kafka.clients import consumer_options, ssl_context
 from app.metrics import WORKER
 
 if TYPE_CHECKING:
@@ -74,6 +74,7 @@ def faust_options(settings: Settings, pipeline: Pipeline) -> dict[str, Any]:
         "web_metrics_enabled": False,
         "worker_redirect_stdouts": False,
         "consumer_auto_offset_reset": "earliest",
+        "table_standby_replicas": settings.standby_replicas,
         # Dead letters and repartitioned records carry the original value plus headers: a record
         # the broker accepted must fit again with a few hundred bytes more.
         "producer_max_request_size": 8 * 1024 * 1024,
@@ -119,17 +120,22 @@ class HydrantApp(faust.App):
     the worker would then run without that module's agents or tables), whose consumer transport is a
     :class:`HydrantTransport` (its consumer hands the stream topics' records to the intakes registered
     in :attr:`intakes`, app/faust_ext/intake.py), and which holds the aiokafka options of the clients
-    Hydrant opens itself (:attr:`client_options`: the bulk restore's reader, the Tansu end-offset probe).
+    Hydrant opens itself (:attr:`client_options`: the bulk restore's reader, the end-offset probe).
     Written against faust-streaming 0.15.3."""
 
     #: The class of the consumer transport (:meth:`_new_transport`).
     consumer_transport: type[HydrantTransport] = HydrantTransport
 
-    #: aiokafka connection options (app/kafka/clients.py): the bulk restore's reader
-    #: (app/faust_ext/recovery.py) and, on Tansu, the end-offset probe (app/faust_ext/consumer.py).
+    #: aiokafka consumer options (app/kafka/clients.py ``consumer_options``): the bulk restore's reader
+    #: (app/faust_ext/recovery.py), the end-offset probe (app/faust_ext/consumer.py), history readers.
     client_options: Mapping[str, Any]
-    #: ``HYDRANT_BROKER_PROFILE``: "tansu" makes the consumer thread probe exact end offsets.
+    #: ``HYDRANT_BROKER_PROFILE``: "tansu" applies :data:`TANSU_PROFILE`.
     broker_profile: str
+    #: ``HYDRANT_FETCH_MAX_WAIT_MS``: the longest wait of the worker's own fetches.
+    fetch_max_wait_ms: int
+    #: Why the last table recovery failed (None once one completes): readiness says it
+    #: (app/faust_ext/recovery.py, app/faust_ext/placement.py).
+    recovery_failure: str | None
     #: The agents' intakes, in the order they registered (app/faust_ext/intake.py).
     intakes: list[Intake]
 
@@ -139,10 +145,13 @@ class HydrantApp(faust.App):
         *,
         client_options: Mapping[str, Any] | None = None,
         broker_profile: str = "kafka",
+        fetch_max_wait_ms: int = 50,
         **options: Any,
     ) -> None:
         self.client_options = dict(client_options or {})
         self.broker_profile = broker_profile
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.recovery_failure = None
         self.intakes = []
         super().__init__(id, **options)
 
@@ -160,8 +169,9 @@ def create_app(settings: Settings, pipeline: Pipeline) -> HydrantApp:
     """A Faust App for this pipeline; agents and tables attach to it on autodiscovery."""
     faust_app = HydrantApp(
         settings.group_id(pipeline.name),
-        client_options=client_options(settings),
+        client_options=consumer_options(settings),
         broker_profile=settings.broker_profile,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         **faust_options(settings, pipeline),
     )
     diagnostics.register(faust_app)

@@ -11,7 +11,11 @@ them into messages) as they are: aiokafka's
 partition or batch instead of once per record:
 
 - the consumer's read offset per partition (lag, Faust's own duplicate check) and its end offset;
-- offset gaps, so commits can move past them;
+- offset gaps: on compacted topics (lookups) commits move past them; on the others (inputs, hops) a
+  gap means records were skipped: an error, never committed past, the partition read again
+  (:meth:`Intake._gap`);
+- records it cannot take (the partition is not active any more, or after a gap) go back to the
+  consumer, which rewinds their partition to them (app/faust_ext/consumer.py);
 - pending work and acks: a batch taken is one entry of the consumer's unacked set (so a rebalance
   or a shutdown waits for it), and its acks (once its batch is delivered) fill the consumer's acked
   offsets as Faust's ``Consumer.ack`` would, so offsets are committed only behind delivered batches;
@@ -25,6 +29,7 @@ Records of other topics (changelogs) go through Faust's path unchanged.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -32,6 +37,10 @@ from typing import Any
 from faust.types import TP
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
+
+from app.metrics import OFFSET_GAPS
+
+logger = logging.getLogger(__name__)
 
 ROOM_POLL_S = 0.1  # how often a fetch loop waiting for room checks that the flow is still active
 
@@ -73,10 +82,15 @@ class Taken(list[Any]):
 class Intake:
     """A bounded buffer of fetched records of ``topics``, taken in batches by one agent."""
 
-    def __init__(self, app: Any, topics: Iterable[str], max_buffered: int) -> None:
+    def __init__(
+        self, app: Any, topics: Iterable[str], max_buffered: int, compacted: Iterable[str] = ()
+    ) -> None:
         self.app = app
         self.topics = frozenset(topics)
         self.max_buffered = max_buffered
+        #: Compacted topics (lookups) may skip offsets; on the others a gap is an error (:meth:`_gap`).
+        self.compacted = frozenset(compacted)
+        self._gaps: dict[Any, tuple[int, int]] = {}  # per partition: the last gap met, read again
         self._buffer: list[Any] = []
         #: Highest offset per partition whose batch was delivered (consumer lag counts from here: the
         #: fetch position runs up to ``max_buffered`` records, or a whole fetch, ahead of it).
@@ -99,16 +113,24 @@ class Intake:
         self.done.clear()
         self._room.set()
 
-    async def hand_over(self, consumer: Any, records: Any, active: Any) -> None:
+    async def hand_over(self, consumer: Any, records: Any, active: Any) -> dict[Any, tuple[int, int]]:
         """Take this intake's records out of one fetch of ``consumer`` (``records``, the partitions
         Faust fetched for ``active``), before Faust turns them into messages; then hold the fetch
-        loop while the buffer is full. app/faust_ext/consumer.py ``HydrantConsumer`` calls this."""
-        if records and consumer.flow_active and not consumer.should_stop:  # else Faust drops them
-            buffered = consumer._buffered_partitions
-            for tp in [tp for tp in records if tp.topic in self.topics]:
-                fetched = records.pop(tp)
-                if active is None or tp in active or tp in buffered:
-                    await self._accept(consumer, tp, fetched)
+        loop while the buffer is full. Returns, per partition whose records it did not all take (no
+        longer deliverable, or a gap), the offset to read again from and the position after the fetch:
+        the consumer rewinds them (app/faust_ext/consumer.py)."""
+        refused: dict[Any, tuple[int, int]] = {}
+        mine = [tp for tp in records if tp.topic in self.topics]
+        for tp in mine:
+            fetched = records.pop(tp)
+            # Checked per partition: accepting the previous one may have awaited a commit.
+            if not consumer.deliverable(tp, active):
+                refused[tp] = (fetched[0].offset, fetched[-1].offset + 1)
+                continue
+            again = await self._accept(consumer, tp, fetched)
+            if again is not None:
+                refused[tp] = (again, fetched[-1].offset + 1)
+        if mine:
             self._arrived.set()
         # Back-pressure: stop fetching while the agent is behind, but never while the flow is
         # suspended: a rebalance's table recovery reads changelogs through this same loop.
@@ -118,24 +140,31 @@ class Intake:
                 await asyncio.wait_for(self._room.wait(), ROOM_POLL_S)
             except TimeoutError:
                 pass
+        return refused
 
     def _flowing(self, consumer: Any) -> bool:
         return bool(consumer.flow_active and self.app.flow_control.is_active() and not consumer.should_stop)
 
-    async def _accept(self, consumer: Any, tp: Any, records: list[Any]) -> None:
+    async def _accept(self, consumer: Any, tp: Any, records: list[Any]) -> int | None:
         """What Faust's fetch loop does for a partition's fetched records (in offset order) before
-        delivery, then buffer them."""
+        delivery, then buffer them. Returns None, or the first missing offset of a gap that must be
+        read again (:meth:`_gap`): the records from the gap on are not taken."""
         read = consumer._read_offset.get(tp)
         if read is not None and records[0].offset < read:
             records = [r for r in records if r.offset >= read]  # already read (Faust drops these too)
             if not records:
-                return
+                return None
+        again = None
         if self.app.topics.acks_enabled_for(tp.topic):
             previous = read
-            for record in records:
-                if previous and record.offset - previous > 1:
-                    await consumer._add_gap(tp, previous + 1, record.offset)
+            for index, record in enumerate(records):
+                if previous is not None and record.offset - previous > 1:
+                    if not await self._gap(consumer, tp, previous + 1, record.offset):
+                        records, again = records[:index], previous + 1
+                        break
                 previous = record.offset
+            if not records:
+                return again
         commit_every = consumer._commit_every
         if commit_every is not None and consumer._n_acked >= commit_every:
             consumer._n_acked = 0
@@ -143,6 +172,33 @@ class Intake:
         consumer._read_offset[tp] = records[-1].offset
         consumer.app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
         self._buffer.extend(records)
+        if again is None:
+            self._gaps.pop(tp, None)  # read past any gap met before: it was a skip, not a hole
+        return again
+
+    async def _gap(self, consumer: Any, tp: Any, first: int, after: int) -> bool:
+        """Offsets ``first`` .. ``after - 1`` of ``tp`` are missing from a fetch. True when the consumer
+        may commit past them: on a compacted topic (lookups), or when reading the partition again from
+        ``first`` met the same gap (the broker holds no records there: transaction markers). Otherwise
+        an error, said loudly, and the records are read again from ``first``."""
+        compacted = tp.topic in self.compacted
+        if compacted or self._gaps.get(tp) == (first, after):
+            if not compacted:
+                logger.warning(
+                    "%s/%d holds no records at offsets %d..%d (read twice): committing past them",
+                    tp.topic, tp.partition, first, after - 1,
+                )  # fmt: skip
+            self._gaps.pop(tp, None)
+            await consumer._add_gap(tp, first, after - 1)
+            return True
+        self._gaps[tp] = (first, after)
+        OFFSET_GAPS.labels(tp.topic).inc()
+        logger.error(
+            "%s/%d: a fetch returned offset %d after %d: offsets %d..%d were not read; not committing "
+            "past them, reading the partition again from %d",
+            tp.topic, tp.partition, after, first - 1, first, after - 1, first,
+        )  # fmt: skip
+        return False
 
     async def take(self, max_: int, within: float) -> Taken:
         """The next batch: up to ``max_`` records, waiting at most ``within`` seconds for more once

@@ -27,6 +27,8 @@ class WorkerPlacement(Placement):
             if not ready:
                 return ready, reason
         app = self.app
+        if getattr(app, "recovery_failure", None):
+            return False, app.recovery_failure
         if not app.tables.recovery.completed.is_set():
             return False, "tables are recovering from their changelogs (first assignment not finished)"
         if app.in_recovery:

@@ -28,6 +28,13 @@ The bulk restore. When Faust computes where the recovery of active partitions st
 fetches (app/kafka/changelog.py) and writes them straight into RocksDB (tables/restore.py), so Faust
 then finds nothing (or only the newest records) left to read.
 
+A recovery that cannot finish. Faust's ``Recovery._wait`` treats a step that timed out as if the
+service had stopped: its loop ends for good, logged at debug level, and the inputs are never resumed
+(the worker looks healthy and consumes nothing). :meth:`HydrantRecovery._wait` instead logs the step
+at ERROR, counts it (``hydrant_recovery_failures_total``), makes the worker not ready with the reason
+(``app.recovery_failure``: ``/readyz``, ``/status``), and runs the recovery again after a backoff;
+after :data:`RETRIES` failures in a row it crashes the worker, so that its supervisor restarts it.
+
 Faust builds its ``Recovery`` in ``TableManager.recovery``; :class:`HydrantTableManager` builds a
 :class:`HydrantRecovery` there, and reaches Faust through the ``TableManager`` setting
 (app/faust_ext/app.py ``faust_options``).
@@ -41,11 +48,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiokafka import TopicPartition
 from faust.tables.manager import TableManager
-from faust.tables.recovery import Recovery
+from faust.tables.recovery import RebalanceAgain, Recovery, ServiceStopped
 from faust.types import TP, ConsumerT
 
+from app.errors import HydrantError
 from app.faust_ext.tables import FaustStateTable
 from app.kafka.changelog import restore
+from app.metrics import RECOVERY_FAILURES
 from tables.restore import write_fetch
 
 if TYPE_CHECKING:
@@ -54,6 +63,15 @@ if TYPE_CHECKING:
     from app.faust_ext.app import HydrantApp
 
 logger = logging.getLogger(__name__)
+
+#: Failed recoveries in a row before the worker crashes (its supervisor restarts it).
+RETRIES = 5
+#: Seconds before retrying after the n-th failure in a row (the last value repeats).
+BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 20.0)
+
+
+class RecoveryFailed(HydrantError):
+    """Table recovery failed :data:`RETRIES` times in a row; the worker stops."""
 
 
 async def position_inputs(consumer: Any, inputs: set[Any]) -> None:
@@ -77,6 +95,47 @@ class HydrantRecovery(Recovery):
     """Faust's ``Recovery`` with the bulk restore ahead of active recovery and the inputs positioned
     before they resume (module docstring).
     Written against faust-streaming 0.15.3."""
+
+    _failures = 0  # recoveries failed in a row
+
+    async def _wait(self, coro: Any, timeout: Any = None) -> None:  # noqa: ASYNC109 (Faust's signature)
+        """Faust's wait for a recovery step, except that a step that timed out is a failure
+        (:meth:`_failed`), not the service stopping."""
+        try:
+            await super()._wait(coro, timeout=timeout)
+        except ServiceStopped:
+            if timeout is None or self.should_stop or self._crashed.is_set():
+                raise
+            step = getattr(coro, "__name__", None) or type(coro).__name__
+            await self._failed(f"{step} did not finish within {float(timeout):g}s")
+
+    async def _failed(self, reason: str) -> None:
+        """Say why recovery failed (log, metric, readiness), then run it again after a backoff
+        (RebalanceAgain makes Faust's loop start over once the signal is set), or crash the worker
+        after :data:`RETRIES` failures in a row."""
+        app = cast("HydrantApp", self.app)
+        self._failures += 1
+        RECOVERY_FAILURES.inc()
+        if self._failures >= RETRIES:
+            app.recovery_failure = (
+                f"table recovery failed {self._failures} times in a row ({reason}): stopping"
+            )
+            logger.error("%s", app.recovery_failure)
+            await self.crash(RecoveryFailed(app.recovery_failure))
+            raise ServiceStopped()
+        delay = BACKOFF_S[min(self._failures, len(BACKOFF_S)) - 1]
+        app.recovery_failure = (
+            f"table recovery failed ({reason}); retry {self._failures} of {RETRIES - 1} in {delay:g}s"
+        )
+        logger.error("%s", app.recovery_failure)
+        await self.sleep(delay)
+        self.signal_recovery_start.set()  # the same assignment, unless a rebalance set it meanwhile
+        raise RebalanceAgain()
+
+    def _recovered(self) -> None:
+        """A recovery completed: readiness no longer reports a failure."""
+        self._failures = 0
+        cast("HydrantApp", self.app).recovery_failure = None
 
     async def _build_offsets(
         self, consumer: ConsumerT, tps: set[TP], destination: Counter[TP], title: str
@@ -142,6 +201,7 @@ class HydrantRecovery(Recovery):
         if standbys_ready:
             self.tables.on_standbys_ready()
         app.on_rebalance_end()
+        self._recovered()
         self.log.info("Worker ready")
 
 

@@ -54,12 +54,11 @@ async def restore(
     if not todo:
         return {}
     reader = AIOKafkaConsumer(
-        **options,
+        **{"fetch_max_wait_ms": 50, **options},  # HYDRANT_FETCH_MAX_WAIT_MS when the options say
         group_id=None,
         enable_auto_commit=False,
         fetch_max_bytes=FETCH_BYTES,
         max_partition_fetch_bytes=FETCH_BYTES,
-        fetch_max_wait_ms=50,
         auto_offset_reset="earliest",
     )
     await reader.start()

@@ -34,6 +34,11 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def consumer_options(settings: Settings) -> dict[str, Any]:
+    """:func:`client_options` of a consumer: its fetches wait at most HYDRANT_FETCH_MAX_WAIT_MS."""
+    return {**client_options(settings), "fetch_max_wait_ms": settings.fetch_max_wait_ms}
+
+
 def ssl_context(settings: Settings) -> ssl.SSLContext:
     """TLS context from HYDRANT_SSL_CAFILE / CERTFILE / KEYFILE (system CAs when no CA file is given)."""
     context = ssl.create_default_context(cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)

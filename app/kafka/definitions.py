@@ -26,7 +26,7 @@ from app.config.routing import TopicPlan
 from app.config.settings import Settings
 from app.config.spec import Pipeline
 from app.errors import SpecChangeError
-from app.kafka.clients import client_options, create_topics
+from app.kafka.clients import client_options, consumer_options, create_topics
 from app.kafka.end_offsets import exact_end_offsets
 
 READ_TIMEOUT_S = 30.0
@@ -43,7 +43,7 @@ def definitions_topic(group_id: str) -> str:
 async def read_definitions(settings: Settings, topic: str) -> dict[str, dict[str, Any]]:
     """The latest definition of every group in ``topic`` (created, empty, if it does not exist)."""
     await create_topics(settings, [TopicPlan(topic, "state", "definitions", 1, True)])
-    options = client_options(settings)
+    options = consumer_options(settings)
     consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from app.config.settings import Settings
 from app.config.spec import Pipeline
 from app.errors import HydrantError
-from app.kafka.clients import client_options
+from app.kafka.clients import client_options, consumer_options
 from app.kafka.definitions import RESET, definitions_topic, replayed_key, write_definitions
 from app.kafka.end_offsets import exact_end_offsets
 
@@ -44,7 +44,7 @@ class ResetSummary:
 
 async def live_keys(settings: Settings, topic: str, partitions: int) -> tuple[dict[int, set[bytes]], int]:
     """Per partition of ``topic``, the record keys whose latest record is not a tombstone; records read."""
-    options = client_options(settings)
+    options = consumer_options(settings)
     consumer = AIOKafkaConsumer(
         **options, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
     )

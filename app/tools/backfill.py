@@ -24,7 +24,7 @@ from app.config.settings import Settings
 from app.config.spec import Pipeline
 from app.engine.replay import STREAM_HEADER
 from app.errors import HydrantError
-from app.kafka.clients import bulk_producer, client_options, create_topics
+from app.kafka.clients import bulk_producer, consumer_options, create_topics
 from app.kafka.definitions import backfill_key, definitions_topic, read_definitions, write_definitions
 from app.kafka.end_offsets import exact_end_offsets
 from app.records.decode import BadRecord, decode_event
@@ -63,7 +63,7 @@ def backfill_topic(group_id: str, group: str, run: str) -> str:
 async def earliest_time(settings: Settings, pipeline: Pipeline, stream: str) -> int | None:
     """The earliest event time among the records ``stream``'s topic holds (None: it holds none)."""
     spec = pipeline.streams[stream]
-    options = client_options(settings)
+    options = consumer_options(settings)
     consumer = AIOKafkaConsumer(
         **options, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
     )

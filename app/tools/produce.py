@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from app.config.settings import Settings
 from app.errors import BrokerError, InputFileError
-from app.kafka.clients import bulk_producer, client_options
+from app.kafka.clients import bulk_producer, consumer_options
 from app.tools.frames import encode_rows, order_by_time, read_table
 
 _CHUNK = 5_000  # records per send while producing a file
@@ -172,7 +172,7 @@ class Checkpoint:
     async def pending(self, settings: Settings) -> list[int]:
         """The rows still to send: at or above ``acked`` and not found in the topic."""
         logging.getLogger("aiokafka.consumer.subscription_state").setLevel(logging.WARNING)
-        consumer = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**consumer_options(settings), group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
             partitions = await _partitions(consumer, self.topic)

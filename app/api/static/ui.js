@@ -141,6 +141,7 @@ function render(status, rates = null) {
   $("pipeline").textContent = `${status.pipeline} · group ${status.group}`;
   const ready = $("ready");
   ready.textContent = status.ready ? "ready" : "not ready";
+  ready.title = status.not_ready || "";
   ready.className = "badge " + (status.ready ? "ok" : "no");
   $("worker").textContent = `up ${fmt(status.uptime_s)} s · ${status.partitions} partitions`;
   const both = {};

@@ -22,8 +22,10 @@ from faust.types import TP
 from app.faust_ext.app import HydrantApp
 from app.faust_ext.consumer import HydrantConsumer, HydrantTransport
 from app.faust_ext.intake import Intake
+from app.metrics import OFFSET_GAPS
 
 INPUT = "orders"
+LOOKUP = "merchants"  # a compacted topic: gaps are expected there
 T = TypeVar("T")
 
 
@@ -43,8 +45,8 @@ class ScriptedFetch(faust_aiokafka.Consumer):
     """Faust's consumer whose fetch (``_wait_next_records``) returns the app's scripted fetches."""
 
     async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[Any]], set[TP] | None]:
-        fetches = cast("ScriptedApp", self.app).fetches
-        return (fetches.pop(0) if fetches else {}), None
+        app = cast("ScriptedApp", self.app)
+        return (app.fetches.pop(0) if app.fetches else {}), app.active
 
 
 class ScriptedConsumer(HydrantConsumer, ScriptedFetch):
@@ -58,6 +60,7 @@ class ScriptedTransport(HydrantTransport):
 class ScriptedApp(HydrantApp):
     consumer_transport = ScriptedTransport
     fetches: list[dict[TP, list[Any]]]
+    active: set[TP] | None = None  # the consumer's active partitions (None: every partition)
 
 
 class Setup:
@@ -69,7 +72,7 @@ class Setup:
         self.app = ScriptedApp(
             "test-intake", broker="kafka://127.0.0.1:1", store="memory://", autodiscover=False, loop=self.loop
         )
-        self.app.topics._acking_topics.add(INPUT)  # the conductor does this for subscribed topics
+        self.app.topics._acking_topics.update((INPUT, LOOKUP))  # as the conductor does for subscribed topics
         self.app.fetches = self.fetches = fetches
         self.consumer = consumer = self.app.consumer
         assert isinstance(consumer, ScriptedConsumer)
@@ -83,7 +86,14 @@ class Setup:
 
         consumer._add_gap = recorded_gap
         consumer.highwater = lambda tp: 1_000  # the broker's end offset
-        self.intake = Intake(self.app, [INPUT], max_buffered)
+        self.rewinds: list[dict[TP, tuple[int, int]]] = []
+
+        async def recorded_rewind(rewinds: dict[TP, tuple[int, int]]) -> list[TP]:
+            self.rewinds.append(dict(rewinds))  # what the consumer thread would seek back (aiokafka)
+            return list(rewinds)
+
+        consumer._thread.rewind = recorded_rewind  # type: ignore[method-assign]
+        self.intake = Intake(self.app, [INPUT, LOOKUP], max_buffered, compacted=[LOOKUP])
         assert self.app.intakes == [self.intake]
         self.app.flow_control.resume()  # as at the end of the worker's first rebalance
 
@@ -129,28 +139,95 @@ def test_take_returns_at_most_max_and_keeps_the_rest_in_order() -> None:
     assert s.run(run()) == [[0, 1, 2], [3, 4, 5], [6]]
 
 
-def test_already_read_offsets_are_dropped_and_gaps_recorded() -> None:
+def test_a_gap_on_an_input_is_never_committed_past_and_is_read_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tp = TP(INPUT, 0)
     s = Setup([fetch(record(INPUT, 0, 3), record(INPUT, 0, 4), record(INPUT, 0, 9), record(INPUT, 0, 10))])
-    s.consumer._read_offset[TP(INPUT, 0)] = 4
+    s.consumer._read_offset[tp] = 4
+    before = OFFSET_GAPS.labels(INPUT)._value.get()
 
     async def run() -> list[int]:
         await s.drain()
         return [m.offset for m in await s.intake.take(10, within=0.01)]
 
-    assert s.run(run()) == [4, 9, 10]
-    assert s.gaps == [(TP(INPUT, 0), 5, 9)]
+    assert s.run(run()) == [4]  # 3 was read already; 9 and 10 come after offsets never read
+    assert s.gaps == []  # no gap for Faust's commit to move past
+    assert s.rewinds == [{tp: (5, 11)}]  # read again from 5 (the position was 11)
+    assert s.consumer._read_offset[tp] == 4
+    assert OFFSET_GAPS.labels(INPUT)._value.get() == before + 1
+    assert any(r.levelname == "ERROR" and "offsets 5..8 were not read" in r.message for r in caplog.records)
 
 
-def test_a_gap_before_a_fetch_is_recorded() -> None:
+def test_a_gap_before_a_fetch_takes_nothing_and_is_read_again() -> None:
     s = Setup([fetch(record(INPUT, 0, 7), record(INPUT, 0, 8))])
     s.consumer._read_offset[TP(INPUT, 0)] = 4
     s.run(s.drain())
-    assert s.gaps == [(TP(INPUT, 0), 5, 7)]
+    assert (s.gaps, s.rewinds, len(s.intake)) == ([], [{TP(INPUT, 0): (5, 9)}], 0)
+
+
+def test_a_gap_met_again_from_its_first_offset_is_a_hole_in_the_log_and_committed_past(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tp = TP(INPUT, 0)
+    again = [record(INPUT, 0, 7), record(INPUT, 0, 8)]  # the broker has nothing at 5..6 (transaction markers)
+    s = Setup([fetch(*again), fetch(*again)])
+    s.consumer._read_offset[tp] = 4
+
+    async def run() -> list[int]:
+        await s.drain()
+        await s.drain()
+        return [m.offset for m in await s.intake.take(10, within=0.01)]
+
+    assert s.run(run()) == [7, 8]
+    assert s.rewinds == [{tp: (5, 9)}]
+    assert s.gaps == [(tp, 5, 6)]
+    warned = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert any("holds no records at offsets 5..6" in m for m in warned)
+
+
+def test_gaps_on_a_compacted_topic_are_committed_past() -> None:
+    s = Setup([fetch(record(LOOKUP, 0, 3), record(LOOKUP, 0, 9))])
+    s.consumer._read_offset[TP(LOOKUP, 0)] = 1
+
+    async def run() -> list[int]:
+        await s.drain()
+        return [m.offset for m in await s.intake.take(10, within=0.01)]
+
+    assert s.run(run()) == [3, 9]
+    assert s.gaps == [(TP(LOOKUP, 0), 2, 2), (TP(LOOKUP, 0), 4, 8)]
+    assert s.rewinds == []
+
+
+def test_records_of_a_partition_paused_while_the_fetch_waited_are_rewound_not_dropped() -> None:
+    s = Setup([fetch(record(INPUT, 0, 0), record(INPUT, 1, 5), record(INPUT, 1, 6), record(LOOKUP, 2, 3))])
+    s.app.active = {TP(INPUT, 0)}  # a recovery paused the rest (Faust's set, read after the fetch)
+
+    async def run() -> list[tuple[int, int]]:
+        passed = await s.drain()
+        assert passed == []  # nothing reaches Faust's own path either
+        return [(m.partition, m.offset) for m in await s.intake.take(10, within=0.01)]
+
+    assert s.run(run()) == [(0, 0)]
+    assert s.rewinds == [{TP(INPUT, 1): (5, 7), TP(LOOKUP, 2): (3, 4)}]
+    assert s.consumer._read_offset.get(TP(INPUT, 1)) is None
+
+
+def test_records_fetched_while_the_flow_is_stopped_are_rewound() -> None:
+    s = Setup([fetch(record(INPUT, 0, 0), record("changelog", 0, 7))])
+
+    async def run() -> None:
+        s.consumer.stop_flow()  # a rebalance began while the fetch waited
+        assert await s.drain() == []
+
+    s.run(run())
+    assert s.rewinds == [{TP(INPUT, 0): (0, 1), TP("changelog", 0): (7, 8)}]
+    assert len(s.intake) == 0
 
 
 def test_a_batch_is_pending_until_acked_and_then_committable_past_gaps() -> None:
-    tp = TP(INPUT, 0)
-    s = Setup([fetch(*(record(INPUT, 0, n) for n in (0, 1, 2, 5, 6)), record(INPUT, 1, 0))])
+    tp = TP(LOOKUP, 0)  # a compacted topic: 3..4 compacted away
+    s = Setup([fetch(*(record(LOOKUP, 0, n) for n in (0, 1, 2, 5, 6)), record(LOOKUP, 1, 0))])
 
     async def run() -> None:
         await s.drain()
@@ -163,11 +240,9 @@ def test_a_batch_is_pending_until_acked_and_then_committable_past_gaps() -> None
         assert [p.refcount for p in s.pending()] == [4]
         s.intake.ack(second)
         assert list(s.pending()) == []
-        # Past the gap 3..4 (compaction, transaction markers): Faust's gap also covers offset 5,
-        # which it then counts twice, so it gets there in two commits (as for its own messages).
-        assert [s.consumer._new_offset(tp), s.consumer._new_offset(tp)] == [6, 7]
-        assert s.consumer._new_offset(TP(INPUT, 1)) == 1
-        assert s.intake.done == {tp: 6, TP(INPUT, 1): 0}  # lag counts from here
+        assert s.consumer._new_offset(tp) == 7  # past the gap 3..4
+        assert s.consumer._new_offset(TP(LOOKUP, 1)) == 1
+        assert s.intake.done == {tp: 6, TP(LOOKUP, 1): 0}  # lag counts from here
         assert s.consumer._n_acked == 6
 
     s.run(run())
