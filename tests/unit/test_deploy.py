@@ -72,6 +72,7 @@ def test_every_ci_values_file_renders_valid_manifests(values_file: Path) -> None
         f"http://$(POD_NAME).{headless['metadata']['name']}."
     )
     assert env["HYDRANT_BROKER"]["value"] == values["broker"]["url"]
+    assert env["HYDRANT_STANDBY_REPLICAS"]["value"] == str(values.get("standbyReplicas", 1))
     for secret_env in ("HYDRANT_SASL_PASSWORD", "HYDRANT_API_TOKEN"):
         if secret_env in env:  # secrets by reference only
             assert "value" not in env[secret_env] and env[secret_env]["valueFrom"]["secretKeyRef"]["name"]
