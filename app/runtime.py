@@ -4,6 +4,8 @@ every other module takes what it needs as arguments."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from app.api.context import ApiContext
 from app.api.views import register as register_views
 from app.config.changes import backfills_from_env, replaying_from_env
@@ -60,6 +62,7 @@ register_views(
         placement,
         settings.api_token is not None,
         producer=lambda: worker_io.kafka_producer,
+        replays_running=lambda: replayer.running(),
     ),
 )
 serving = ServingSupervisor(settings, state_tables, placement)
@@ -75,7 +78,7 @@ async def _replayed(group: str, partition: int, aggregations: list[str]) -> None
 
 
 #: The replay of new or changed aggregations (app/engine/replay.py), stepped by the stream engine.
-replayer = Replayer(
+replayer: Replayer = Replayer(
     pipeline,
     _work,
     _routes,
@@ -88,6 +91,22 @@ replayer = Replayer(
     on_write=serving.wrote,
     backfills=backfills_from_env(),
 )
+
+
+async def _replay_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+    """Before the partitions leave: the replay writes nothing more and forgets its jobs."""
+    await replayer.revoked()
+
+
+async def _replay_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+    """The replay reads its jobs back from the tables once they are recovered."""
+    replayer.assigned()
+
+
+# Faust awaits its signals' receivers during a rebalance (mode's handler type is not mypy-checkable).
+app.on_partitions_revoked.connect(_replay_revoked)  # type: ignore[arg-type]
+app.on_partitions_assigned.connect(_replay_assigned)  # type: ignore[arg-type]
+
 stream_engine = StreamEngine(
     _work,
     _routes,
@@ -109,7 +128,7 @@ lookup_updaters = {
     for name, spec in pipeline.lookups.items()
 }
 lookup_sources = {
-    name: Intake(app, updater.topics, max_buffered=4 * LOOKUP_BATCH_MAX, compacted=[updater.spec.topic])
+    name: Intake(app, updater.topics, max_buffered=4 * LOOKUP_BATCH_MAX)
     for name, updater in lookup_updaters.items()
 }
 for _updater in lookup_updaters.values():

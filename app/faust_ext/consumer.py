@@ -3,26 +3,31 @@ hand the stream topics' records to the intakes (app/faust_ext/intake.py), and ex
 
 - :class:`HydrantConsumerThread` (the thread that owns aiokafka's consumer): fetches wait at most
   HYDRANT_FETCH_MAX_WAIT_MS (Faust fixes 1,500 ms); each fetch drains a snapshot of Faust's active
-  partitions, every other assigned partition paused in aiokafka itself (Faust's ``pause_partitions``
-  only edits a set that aiokafka reads when it drains, where an empty set means "all"); a partition's
-  records that cannot be delivered are rewound (:meth:`HydrantConsumerThread.rewind`); end offsets
-  are probed exactly (:func:`app.kafka.end_offsets.exact_end_offsets`: the bundled broker's
-  ListOffsets answer is short, and Kafka's is the same as the probe's).
+  partitions (taken in the main loop), every other assigned partition paused in aiokafka itself
+  (Faust's ``pause_partitions`` only edits a set that aiokafka reads when it drains, where an empty
+  set means "all"), and says where each drained partition's position was before and after it
+  (:class:`Fetched`: what tells a skipped record from a hole in the log); a partition's records that
+  cannot be delivered are rewound (:meth:`HydrantConsumerThread.rewind`); end offsets are probed
+  exactly (:func:`app.kafka.end_offsets.exact_end_offsets`: the bundled broker's ListOffsets answer is
+  short, and Kafka's is the same as the probe's).
 - :class:`HydrantConsumer`: after each fetch, the records of partitions that are not active now (a
-  rebalance or a recovery paused them while the fetch waited), or fetched while the flow is stopped,
-  are rewound, never dropped; then the intakes (``app.intakes``) take their topics' records before
-  Faust turns the rest (changelogs) into messages. docs/reliability.md says what this guarantees.
+  rebalance or a recovery paused them while the fetch waited), or fetched while the flow is stopped
+  or a rebalance runs, are rewound, never dropped; then the intakes (``app.intakes``) take their
+  topics' records before Faust turns the rest (changelogs) into messages. It commits what was applied
+  before its partitions are revoked. docs/operations.md ("After a rebalance") says what this guarantees.
 - :class:`HydrantTransport` creates the consumer; the app uses it as its consumer transport
   (app/faust_ext/app.py ``HydrantApp._new_transport``). Its producer is Faust's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from aiokafka import TopicPartition
+from aiokafka.errors import ConsumerStoppedError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP, ConsumerT
@@ -34,8 +39,44 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Per partition: (offset of the first record not delivered, the position right after the last).
+#: Per partition: (offset to read again from, the position right after the records not delivered).
 Rewinds = Mapping[TP, tuple[int, int]]
+
+
+class Fetched(dict[Any, list[Any]]):
+    """One fetch's records per partition (aiokafka's ``TopicPartition``, equal to Faust's ``TP``), with
+    each drained partition's fetch position before the drain (``starts``) and after it (``ends``).
+    Between a start and the first record, or between two records, lie only offsets the broker skipped
+    (transaction markers, compacted or aborted records): aiokafka returns a partition's records from its
+    position on, skipping nothing else."""
+
+    def __init__(
+        self, records: Mapping[Any, list[Any]], starts: dict[Any, int], ends: dict[Any, int]
+    ) -> None:
+        super().__init__(records)
+        self.starts = starts
+        self.ends = ends
+
+
+def drain_starts(fetcher: Any, active: frozenset[TopicPartition]) -> dict[Any, int]:
+    """Where the next drain of each active partition with buffered records starts."""
+    starts = {}
+    for tp, result in fetcher._records.items():
+        partition_records = getattr(result, "_partition_records", None)  # a FetchResult (not an error)
+        if tp in active and partition_records is not None:
+            starts[tp] = partition_records.next_fetch_offset
+    return starts
+
+
+def positions(consumer: Any, tps: Any) -> dict[Any, int]:
+    """The fetch position of each of ``tps`` now."""
+    assignment = consumer._subscription.subscription.assignment
+    out = {}
+    for tp in tps:
+        state = assignment.state_value(tp) if assignment is not None else None
+        if state is not None and state.has_valid_position:
+            out[tp] = state.position
+    return out
 
 
 def hold_paused(consumer: Any, active: frozenset[TopicPartition]) -> None:
@@ -86,14 +127,37 @@ class HydrantConsumerThread(AIOKafkaConsumerThread):
         timeout: float | None = None,  # noqa: ASYNC109 (Faust's signature)
         max_records: int | None = None,
     ) -> Any:
-        """Faust's fetch, over a snapshot of the active partitions taken now, the others paused."""
+        """Faust's fetch (aiokafka's ``fetched_records`` loop) over ``active_partitions``, a snapshot
+        taken in the main loop (:meth:`HydrantConsumer._getmany`), the other partitions paused; a
+        :class:`Fetched` with the drained partitions' positions before and after."""
         if active_partitions is None:  # a client-only app: every partition
             return await super()._fetch_records(consumer, cast(Any, None), timeout, max_records)
         active = frozenset(TopicPartition(tp.topic, tp.partition) for tp in active_partitions)
-        if not active:  # aiokafka would read an empty set as "every partition"
+        if not active or not self.consumer.flow_active:  # aiokafka would read an empty set as "all"
             return {}
+        fetcher = consumer._fetcher
+        if consumer._closed or fetcher._closed:
+            raise ConsumerStoppedError()
         hold_paused(consumer, active)
-        return await super()._fetch_records(consumer, cast(Any, active), timeout, max_records)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or 0.0)
+        with fetcher._subscriptions.fetch_context():
+            while True:
+                if fetcher._subscriptions.reassignment_in_progress:
+                    await fetcher._subscriptions.wait_for_assignment()
+                starts = drain_starts(fetcher, active)  # no await from here to the drain
+                drained = await fetcher.fetched_records(active, timeout=0, max_records=max_records)
+                if drained:
+                    return Fetched(drained, starts, positions(consumer, drained))
+                remaining = deadline - loop.time()
+                if remaining <= 0 or fetcher._closed or not self.consumer.flow_active:
+                    return {}
+                waiter = fetcher._create_fetch_waiter()
+                _, pending = await asyncio.wait([waiter], timeout=remaining)
+                for future in pending:
+                    future.cancel()
+                if waiter.done() and not waiter.cancelled():
+                    waiter.result()  # a fetch error (authorization), as aiokafka raises it
 
     async def rewind(self, rewinds: Rewinds) -> list[TP]:
         """:func:`rewind_positions` in the consumer's thread (where aiokafka's state lives)."""
@@ -118,23 +182,41 @@ class HydrantConsumer(faust_aiokafka.Consumer):
         return HydrantConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def deliverable(self, tp: TP, active: Any) -> bool:
-        """Records of ``tp`` may be delivered now: the flow runs and the partition is active."""
+        """Records of ``tp`` may be delivered now: the flow runs, the partition is active, and no
+        rebalance runs unless ``tp`` is a changelog (a recovery reads those)."""
         return bool(
             self.flow_active
             and not self.should_stop
             and (active is None or tp in active or tp in self._buffered_partitions)
+            and (not self.app.rebalancing or self._is_changelog_tp(tp))
         )
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:  # noqa: ASYNC109 (Faust's)
+        # A copy made here: the consumer thread must not iterate Faust's set while this loop edits it.
+        snapshot = None if active_partitions is None else frozenset(active_partitions)
+        return await self._thread.getmany(cast(Any, snapshot), timeout)
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        """Commit what was applied, then Faust's revoke (which forgets the partitions' acked offsets,
+        so the next owner would read them again)."""
+        try:
+            await self.commit()
+        except Exception as exc:  # a member that lost its generation cannot commit: fine, at least once
+            logger.warning("commit before the revoke failed: %r", exc)
+        await super().on_partitions_revoked(revoked)
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:  # noqa: ASYNC109 (Faust calls it so)
         fetched, active = await super()._wait_next_records(timeout)
         records = cast(dict[TP, list[Any]], fetched)
         if not records:
             return records, active
+        ends: dict[Any, int] = getattr(records, "ends", {})
+        starts: dict[Any, int] = getattr(records, "starts", {})
         rewinds: dict[TP, tuple[int, int]] = {}
         for tp in list(records):
             if not self.deliverable(tp, active):
                 found = records.pop(tp)
-                rewinds[tp] = (found[0].offset, found[-1].offset + 1)
+                rewinds[tp] = (starts.get(tp, found[0].offset), ends.get(tp, found[-1].offset + 1))
         for intake in getattr(self.app, "intakes", ()):  # in the order they registered
             rewinds.update(await intake.hand_over(self, records, active))
         if rewinds and not self.should_stop:

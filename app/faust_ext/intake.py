@@ -11,9 +11,10 @@ them into messages) as they are: aiokafka's
 partition or batch instead of once per record:
 
 - the consumer's read offset per partition (lag, Faust's own duplicate check) and its end offset;
-- offset gaps: on compacted topics (lookups) commits move past them; on the others (inputs, hops) a
-  gap means records were skipped: an error, never committed past, the partition read again
-  (:meth:`Intake._gap`);
+- offset gaps: where the broker has nothing (transaction markers, compaction: offsets a drain
+  skipped over) commits move past them; a drain that starts past the end of the last one taken means
+  records were skipped: an error, never committed past, the partition read again
+  (:meth:`Intake._skipped`);
 - records it cannot take (the partition is not active any more, or after a gap) go back to the
   consumer, which rewinds their partition to them (app/faust_ext/consumer.py);
 - pending work and acks: a batch taken is one entry of the consumer's unacked set (so a rebalance
@@ -82,15 +83,13 @@ class Taken(list[Any]):
 class Intake:
     """A bounded buffer of fetched records of ``topics``, taken in batches by one agent."""
 
-    def __init__(
-        self, app: Any, topics: Iterable[str], max_buffered: int, compacted: Iterable[str] = ()
-    ) -> None:
+    def __init__(self, app: Any, topics: Iterable[str], max_buffered: int) -> None:
         self.app = app
         self.topics = frozenset(topics)
         self.max_buffered = max_buffered
-        #: Compacted topics (lookups) may skip offsets; on the others a gap is an error (:meth:`_gap`).
-        self.compacted = frozenset(compacted)
-        self._gaps: dict[Any, tuple[int, int]] = {}  # per partition: the last gap met, read again
+        #: Per partition, the fetch position after the last drain taken (unknown after :meth:`clear`).
+        self._next: dict[Any, int] = {}
+        self._skips: dict[Any, tuple[int, int]] = {}  # per partition: the last skip met, read again
         self._buffer: list[Any] = []
         #: Highest offset per partition whose batch was delivered (consumer lag counts from here: the
         #: fetch position runs up to ``max_buffered`` records, or a whole fetch, ahead of it).
@@ -111,25 +110,31 @@ class Intake:
         were just positioned at their committed offsets, so the records will be fetched again)."""
         self._buffer.clear()
         self.done.clear()
+        self._next.clear()  # the partitions are positioned anew
         self._room.set()
 
     async def hand_over(self, consumer: Any, records: Any, active: Any) -> dict[Any, tuple[int, int]]:
         """Take this intake's records out of one fetch of ``consumer`` (``records``, the partitions
-        Faust fetched for ``active``), before Faust turns them into messages; then hold the fetch
-        loop while the buffer is full. Returns, per partition whose records it did not all take (no
-        longer deliverable, or a gap), the offset to read again from and the position after the fetch:
+        Faust fetched for ``active``; a :class:`~app.faust_ext.consumer.Fetched` says where each
+        drain started and ended), before Faust turns them into messages; then hold the fetch loop
+        while the buffer is full. Returns, per partition whose records it did not take (no longer
+        deliverable, or a skip), the offset to read again from and the position after the fetch:
         the consumer rewinds them (app/faust_ext/consumer.py)."""
+        starts: dict[Any, int] = getattr(records, "starts", {})
+        ends: dict[Any, int] = getattr(records, "ends", {})
         refused: dict[Any, tuple[int, int]] = {}
         mine = [tp for tp in records if tp.topic in self.topics]
         for tp in mine:
             fetched = records.pop(tp)
+            start = starts.get(tp, fetched[0].offset)
+            end = ends.get(tp, fetched[-1].offset + 1)
             # Checked per partition: accepting the previous one may have awaited a commit.
             if not consumer.deliverable(tp, active):
-                refused[tp] = (fetched[0].offset, fetched[-1].offset + 1)
+                refused[tp] = (start, end)
                 continue
-            again = await self._accept(consumer, tp, fetched)
+            again = await self._accept(consumer, tp, fetched, start, end)
             if again is not None:
-                refused[tp] = (again, fetched[-1].offset + 1)
+                refused[tp] = (again, end)
         if mine:
             self._arrived.set()
         # Back-pressure: stop fetching while the agent is behind, but never while the flow is
@@ -145,26 +150,32 @@ class Intake:
     def _flowing(self, consumer: Any) -> bool:
         return bool(consumer.flow_active and self.app.flow_control.is_active() and not consumer.should_stop)
 
-    async def _accept(self, consumer: Any, tp: Any, records: list[Any]) -> int | None:
-        """What Faust's fetch loop does for a partition's fetched records (in offset order) before
-        delivery, then buffer them. Returns None, or the first missing offset of a gap that must be
-        read again (:meth:`_gap`): the records from the gap on are not taken."""
+    async def _accept(self, consumer: Any, tp: Any, records: list[Any], start: int, end: int) -> int | None:
+        """What Faust's fetch loop does for a partition's records drained from position ``start``
+        (to ``end``) before delivery, then buffer them. Returns None, or the offset to read again
+        from when the drain started past the end of the last one taken (:meth:`_skipped`): then
+        nothing is taken."""
+        expected = self._next.get(tp)
+        if (
+            expected is not None
+            and start > expected
+            and not await self._skipped(consumer, tp, expected, start)
+        ):
+            return expected
         read = consumer._read_offset.get(tp)
         if read is not None and records[0].offset < read:
             records = [r for r in records if r.offset >= read]  # already read (Faust drops these too)
-            if not records:
-                return None
-        again = None
+        self._next[tp] = end
+        if not records:
+            return None
         if self.app.topics.acks_enabled_for(tp.topic):
-            previous = read
-            for index, record in enumerate(records):
-                if previous is not None and record.offset - previous > 1:
-                    if not await self._gap(consumer, tp, previous + 1, record.offset):
-                        records, again = records[:index], previous + 1
-                        break
-                previous = record.offset
-            if not records:
-                return again
+            # Offsets between the start and the records, or between two records, hold nothing to read
+            # (transaction markers, compacted or aborted records): commits may move past them.
+            previous = start - 1 if read is None else max(start - 1, read)  # from the first unread
+            for offset in [*(r.offset for r in records), end]:  # the end: past a trailing marker
+                if offset - previous > 1:
+                    await consumer._add_gap(tp, previous + 1, offset - 1)
+                previous = offset
         commit_every = consumer._commit_every
         if commit_every is not None and consumer._n_acked >= commit_every:
             consumer._n_acked = 0
@@ -172,31 +183,29 @@ class Intake:
         consumer._read_offset[tp] = records[-1].offset
         consumer.app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
         self._buffer.extend(records)
-        if again is None:
-            self._gaps.pop(tp, None)  # read past any gap met before: it was a skip, not a hole
-        return again
+        return None
 
-    async def _gap(self, consumer: Any, tp: Any, first: int, after: int) -> bool:
-        """Offsets ``first`` .. ``after - 1`` of ``tp`` are missing from a fetch. True when the consumer
-        may commit past them: on a compacted topic (lookups), or when reading the partition again from
-        ``first`` met the same gap (the broker holds no records there: transaction markers). Otherwise
-        an error, said loudly, and the records are read again from ``first``."""
-        compacted = tp.topic in self.compacted
-        if compacted or self._gaps.get(tp) == (first, after):
-            if not compacted:
-                logger.warning(
-                    "%s/%d holds no records at offsets %d..%d (read twice): committing past them",
-                    tp.topic, tp.partition, first, after - 1,
-                )  # fmt: skip
-            self._gaps.pop(tp, None)
-            await consumer._add_gap(tp, first, after - 1)
+    async def _skipped(self, consumer: Any, tp: Any, first: int, start: int) -> bool:
+        """A drain of ``tp`` started at ``start``, past ``first``, the end of the last drain taken:
+        offsets ``first`` .. ``start - 1`` were fetched and never delivered. An error, said loudly,
+        and the partition is read again from ``first`` (False); unless reading again from there
+        started at ``start`` once more (True: the broker has nothing there any more, e.g. records
+        deleted by retention; the commit may move past them)."""
+        if self._skips.get(tp) == (first, start):
+            del self._skips[tp]
+            logger.warning(
+                "%s/%d: reading again from %d starts at %d: the broker holds no records at %d..%d "
+                "(deleted by retention?); committing past them",
+                tp.topic, tp.partition, first, start, first, start - 1,
+            )  # fmt: skip
+            await consumer._add_gap(tp, first, start - 1)
             return True
-        self._gaps[tp] = (first, after)
+        self._skips[tp] = (first, start)
         OFFSET_GAPS.labels(tp.topic).inc()
         logger.error(
-            "%s/%d: a fetch returned offset %d after %d: offsets %d..%d were not read; not committing "
-            "past them, reading the partition again from %d",
-            tp.topic, tp.partition, after, first - 1, first, after - 1, first,
+            "%s/%d: a fetch started at offset %d where the last one taken ended at %d: offsets %d..%d "
+            "were not delivered; not committing past them, reading the partition again from %d",
+            tp.topic, tp.partition, start, first, first, start - 1, first,
         )  # fmt: skip
         return False
 

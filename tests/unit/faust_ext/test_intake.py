@@ -20,12 +20,12 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from app.faust_ext.app import HydrantApp
-from app.faust_ext.consumer import HydrantConsumer, HydrantTransport
+from app.faust_ext.consumer import Fetched, HydrantConsumer, HydrantTransport
 from app.faust_ext.intake import Intake
 from app.metrics import OFFSET_GAPS
 
 INPUT = "orders"
-LOOKUP = "merchants"  # a compacted topic: gaps are expected there
+LOOKUP = "merchants"  # a compacted topic
 T = TypeVar("T")
 
 
@@ -33,12 +33,19 @@ def record(topic: str, partition: int, offset: int) -> ConsumerRecord[bytes, byt
     return ConsumerRecord(topic, partition, offset, 1_000 + offset, 0, b"k", b"{}", None, 1, 2, ())
 
 
-def fetch(*records: ConsumerRecord[bytes, bytes]) -> dict[TP, list[ConsumerRecord[bytes, bytes]]]:
-    """One fetch as aiokafka returns it: each partition's records in offset order."""
+def fetch(
+    *records: ConsumerRecord[bytes, bytes],
+    starts: dict[TP, int] | None = None,
+    ends: dict[TP, int] | None = None,
+) -> Fetched:
+    """One fetch as Hydrant's consumer thread returns it: each partition's records in offset order,
+    drained from ``starts`` (default: the first record) to ``ends`` (default: after the last)."""
     out: dict[TP, list[ConsumerRecord[bytes, bytes]]] = {}
     for r in records:
         out.setdefault(TP(r.topic, r.partition), []).append(r)
-    return out
+    first = {tp: found[0].offset for tp, found in out.items()} | (starts or {})
+    after = {tp: found[-1].offset + 1 for tp, found in out.items()} | (ends or {})
+    return Fetched(out, first, after)
 
 
 class ScriptedFetch(faust_aiokafka.Consumer):
@@ -93,7 +100,7 @@ class Setup:
             return list(rewinds)
 
         consumer._thread.rewind = recorded_rewind  # type: ignore[method-assign]
-        self.intake = Intake(self.app, [INPUT, LOOKUP], max_buffered, compacted=[LOOKUP])
+        self.intake = Intake(self.app, [INPUT, LOOKUP], max_buffered)
         assert self.app.intakes == [self.intake]
         self.app.flow_control.resume()  # as at the end of the worker's first rebalance
 
@@ -139,68 +146,86 @@ def test_take_returns_at_most_max_and_keeps_the_rest_in_order() -> None:
     assert s.run(run()) == [[0, 1, 2], [3, 4, 5], [6]]
 
 
-def test_a_gap_on_an_input_is_never_committed_past_and_is_read_again(
+def test_a_drain_starting_past_the_last_one_taken_is_a_skip_never_committed_past(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     tp = TP(INPUT, 0)
-    s = Setup([fetch(record(INPUT, 0, 3), record(INPUT, 0, 4), record(INPUT, 0, 9), record(INPUT, 0, 10))])
-    s.consumer._read_offset[tp] = 4
     before = OFFSET_GAPS.labels(INPUT)._value.get()
+    s = Setup(
+        [fetch(*(record(INPUT, 0, n) for n in range(5))), fetch(record(INPUT, 0, 9), record(INPUT, 0, 10))]
+    )
 
     async def run() -> list[int]:
         await s.drain()
+        await s.drain()  # records 5..8 were fetched and lost somewhere: the position is at 9
         return [m.offset for m in await s.intake.take(10, within=0.01)]
 
-    assert s.run(run()) == [4]  # 3 was read already; 9 and 10 come after offsets never read
-    assert s.gaps == []  # no gap for Faust's commit to move past
+    assert s.run(run()) == [0, 1, 2, 3, 4]  # 9 and 10 are not taken
+    assert s.gaps == []  # nothing for Faust's commit to move past
     assert s.rewinds == [{tp: (5, 11)}]  # read again from 5 (the position was 11)
     assert s.consumer._read_offset[tp] == 4
     assert OFFSET_GAPS.labels(INPUT)._value.get() == before + 1
-    assert any(r.levelname == "ERROR" and "offsets 5..8 were not read" in r.message for r in caplog.records)
+    errors = [r.message for r in caplog.records if r.levelname == "ERROR"]
+    assert any("offsets 5..8 were not delivered" in m for m in errors)
 
 
-def test_a_gap_before_a_fetch_takes_nothing_and_is_read_again() -> None:
-    s = Setup([fetch(record(INPUT, 0, 7), record(INPUT, 0, 8))])
-    s.consumer._read_offset[TP(INPUT, 0)] = 4
-    s.run(s.drain())
-    assert (s.gaps, s.rewinds, len(s.intake)) == ([], [{TP(INPUT, 0): (5, 9)}], 0)
-
-
-def test_a_gap_met_again_from_its_first_offset_is_a_hole_in_the_log_and_committed_past(
+def test_a_skip_met_again_from_its_first_offset_means_the_broker_has_nothing_there(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     tp = TP(INPUT, 0)
-    again = [record(INPUT, 0, 7), record(INPUT, 0, 8)]  # the broker has nothing at 5..6 (transaction markers)
-    s = Setup([fetch(*again), fetch(*again)])
-    s.consumer._read_offset[tp] = 4
+    again = [record(INPUT, 0, 7), record(INPUT, 0, 8)]  # read again from 5, the position jumps to 7
+    s = Setup([fetch(*(record(INPUT, 0, n) for n in range(5))), fetch(*again), fetch(*again)])
 
     async def run() -> list[int]:
-        await s.drain()
-        await s.drain()
+        for _ in range(3):
+            await s.drain()
         return [m.offset for m in await s.intake.take(10, within=0.01)]
 
-    assert s.run(run()) == [7, 8]
+    assert s.run(run()) == [0, 1, 2, 3, 4, 7, 8]
     assert s.rewinds == [{tp: (5, 9)}]
     assert s.gaps == [(tp, 5, 6)]
     warned = [r.message for r in caplog.records if r.levelname == "WARNING"]
-    assert any("holds no records at offsets 5..6" in m for m in warned)
+    assert any("the broker holds no records at 5..6" in m for m in warned)
 
 
-def test_gaps_on_a_compacted_topic_are_committed_past() -> None:
-    s = Setup([fetch(record(LOOKUP, 0, 3), record(LOOKUP, 0, 9))])
-    s.consumer._read_offset[TP(LOOKUP, 0)] = 1
+def test_offsets_a_drain_passed_over_are_the_broker_s_holes_and_committed_past(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Transaction markers (or compacted records) at 0, 3..4 and 7: aiokafka skips them in the drain.
+    tp = TP(INPUT, 0)
+    s = Setup([fetch(record(INPUT, 0, 1), record(INPUT, 0, 2), record(INPUT, 0, 5), record(INPUT, 0, 6),
+                     starts={tp: 0}, ends={tp: 8}),
+               fetch(record(INPUT, 0, 8), record(INPUT, 0, 9))])  # fmt: skip
+
+    async def run() -> list[int]:
+        await s.drain()
+        await s.drain()  # starts where the first ended: nothing was skipped
+        batch = await s.intake.take(10, within=0.01)
+        s.intake.ack(batch)
+        return [m.offset for m in batch]
+
+    assert s.run(run()) == [1, 2, 5, 6, 8, 9]
+    assert s.gaps == [(tp, 0, 0), (tp, 3, 4), (tp, 7, 7)]
+    assert s.rewinds == []
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+    assert s.consumer._new_offset(tp) == 10  # committed past every hole
+
+
+def test_already_read_offsets_are_dropped() -> None:
+    s = Setup([fetch(record(INPUT, 0, 3), record(INPUT, 0, 4), record(INPUT, 0, 9), record(INPUT, 0, 10))])
+    s.consumer._read_offset[TP(INPUT, 0)] = 4  # read up to 4 before a rebalance; 5..8: nothing there
 
     async def run() -> list[int]:
         await s.drain()
         return [m.offset for m in await s.intake.take(10, within=0.01)]
 
-    assert s.run(run()) == [3, 9]
-    assert s.gaps == [(TP(LOOKUP, 0), 2, 2), (TP(LOOKUP, 0), 4, 8)]
-    assert s.rewinds == []
+    assert s.run(run()) == [4, 9, 10]
+    assert s.gaps == [(TP(INPUT, 0), 5, 8)]
 
 
 def test_records_of_a_partition_paused_while_the_fetch_waited_are_rewound_not_dropped() -> None:
-    s = Setup([fetch(record(INPUT, 0, 0), record(INPUT, 1, 5), record(INPUT, 1, 6), record(LOOKUP, 2, 3))])
+    s = Setup([fetch(record(INPUT, 0, 0), record(INPUT, 1, 5), record(INPUT, 1, 6), record(LOOKUP, 2, 3),
+                     starts={TP(INPUT, 1): 4}, ends={TP(INPUT, 1): 8})])  # fmt: skip
     s.app.active = {TP(INPUT, 0)}  # a recovery paused the rest (Faust's set, read after the fetch)
 
     async def run() -> list[tuple[int, int]]:
@@ -209,7 +234,7 @@ def test_records_of_a_partition_paused_while_the_fetch_waited_are_rewound_not_dr
         return [(m.partition, m.offset) for m in await s.intake.take(10, within=0.01)]
 
     assert s.run(run()) == [(0, 0)]
-    assert s.rewinds == [{TP(INPUT, 1): (5, 7), TP(LOOKUP, 2): (3, 4)}]
+    assert s.rewinds == [{TP(INPUT, 1): (4, 8), TP(LOOKUP, 2): (3, 4)}]  # back to where each drain began
     assert s.consumer._read_offset.get(TP(INPUT, 1)) is None
 
 
@@ -222,6 +247,20 @@ def test_records_fetched_while_the_flow_is_stopped_are_rewound() -> None:
 
     s.run(run())
     assert s.rewinds == [{TP(INPUT, 0): (0, 1), TP("changelog", 0): (7, 8)}]
+    assert len(s.intake) == 0
+
+
+def test_during_a_rebalance_only_changelog_records_are_delivered() -> None:
+    changelog = "test-intake-user-changelog"
+    s = Setup([fetch(record(INPUT, 0, 0), record(changelog, 0, 7))])
+    s.app.tables._changelogs[changelog] = cast(Any, object())  # a table's changelog topic
+    s.app.rebalancing = True  # assigned, not yet recovered: the fetch loop runs for the changelogs
+
+    async def run() -> list[tuple[str, int]]:
+        return [(tp.topic, m.offset) for tp, m in await s.drain()]
+
+    assert s.run(run()) == [(changelog, 7)]  # to Faust's recovery
+    assert s.rewinds == [{TP(INPUT, 0): (0, 1)}]
     assert len(s.intake) == 0
 
 
