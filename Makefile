@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test tools lint typecheck unit integration clean
+.PHONY: dev test tools lint typecheck unit integration storm clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ unit: $(VENV)/.installed
 
 integration: $(VENV)/.installed
 	$(BIN)/pytest tests/integration
+
+# The rebalance storm's long form (issue 31): 40,000 payments and 20 membership changes over ~90 s,
+# 10 runs for each standby setting (standby replicas 0 and 1); CI runs the short form once.
+storm: $(VENV)/.installed
+	HYDRANT_STORM=long HYDRANT_STORM_REPEAT=10 $(BIN)/pytest tests/reliability/test_rebalance_storm.py -x
 
 # Debian tools the deployment tests drive: a real Prometheus + promtool, docker-compose (parses the
 # compose file without a daemon), chromium for the console test. Installed when root; otherwise those
