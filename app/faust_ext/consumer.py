@@ -33,6 +33,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP, ConsumerT
 
 from app.kafka.end_offsets import exact_end_offsets
+from app.kafka.tansu_group import use_on_tansu
 
 if TYPE_CHECKING:
     from app.faust_ext.app import HydrantApp
@@ -115,6 +116,8 @@ class HydrantConsumerThread(AIOKafkaConsumerThread):
     Written against faust-streaming 0.15.3 and aiokafka 0.14.0."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
+        if cast("HydrantApp", self.app).broker_profile == "tansu":
+            use_on_tansu()  # a leader leaving mid-rebalance stalls Tansu's groups (app/kafka/tansu_group.py)
         consumer = super()._create_worker_consumer(transport)
         # Faust passes fetch_max_wait_ms=1500; aiokafka hands this attribute to its fetcher on start.
         consumer._fetch_max_wait_ms = cast("HydrantApp", self.app).fetch_max_wait_ms
