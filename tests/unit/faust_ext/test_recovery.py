@@ -7,7 +7,6 @@ the inputs are never resumed. The app here is Hydrant's real one, never started 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -24,33 +23,27 @@ from app.metrics import RECOVERY_FAILURES, REGISTRY
 from tests.conftest import SHOP
 
 
-@pytest.fixture
-def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[HydrantApp]:
-    monkeypatch.setattr(recovery_module, "BACKOFF_S", (0.01,))
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    app = HydrantApp(
+def make_app() -> HydrantApp:
+    """Hydrant's app on the running loop (mode binds its events to the loop it finds running)."""
+    return HydrantApp(
         "test-recovery",
         broker="kafka://127.0.0.1:1",
         store="memory://",
         autodiscover=False,
-        loop=loop,
+        loop=asyncio.get_running_loop(),
         TableManager=HydrantTableManager,
     )
-    try:
-        yield app
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
-def run(app: HydrantApp, coroutine: Any) -> Any:
-    return app.loop.run_until_complete(coroutine)
+@pytest.fixture(autouse=True)
+def short_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(recovery_module, "BACKOFF_S", (0.01,))
 
 
-def test_a_timed_out_recovery_step_leaves_the_worker_not_ready_and_recovery_starts_again(
-    app: HydrantApp, caplog: pytest.LogCaptureFixture
+async def test_a_timed_out_recovery_step_leaves_the_worker_not_ready_and_recovery_starts_again(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    app = make_app()
     recovery = cast(HydrantRecovery, app.tables.recovery)
     assert isinstance(recovery, HydrantRecovery)
     placement = WorkerPlacement(app)
@@ -60,7 +53,7 @@ def test_a_timed_out_recovery_step_leaves_the_worker_not_ready_and_recovery_star
         await asyncio.sleep(60)  # a seek that never answers
 
     with pytest.raises(RebalanceAgain):  # Faust's loop then starts the recovery over
-        run(app, recovery._wait(stuck(), timeout=0.05))
+        await recovery._wait(stuck(), timeout=0.05)
     assert recovery.signal_recovery_start.is_set()
     assert RECOVERY_FAILURES._value.get() == failures + 1
 
@@ -78,25 +71,27 @@ def test_a_timed_out_recovery_step_leaves_the_worker_not_ready_and_recovery_star
     assert placement.readiness()[1] != reason
 
 
-def test_recovery_failing_again_and_again_crashes_the_worker(app: HydrantApp) -> None:
+async def test_recovery_failing_again_and_again_crashes_the_worker() -> None:
+    app = make_app()
     recovery = cast(HydrantRecovery, app.tables.recovery)
     for _ in range(RETRIES - 1):
         recovery.signal_recovery_start.clear()  # as Faust's loop does when it starts over
         with pytest.raises(RebalanceAgain):
-            run(app, recovery._wait(asyncio.sleep(60), timeout=0.01))
+            await recovery._wait(asyncio.sleep(60), timeout=0.01)
     assert not recovery._crashed.is_set()
     recovery.signal_recovery_start.clear()
     with pytest.raises(ServiceStopped):
-        run(app, recovery._wait(asyncio.sleep(60), timeout=0.01))
+        await recovery._wait(asyncio.sleep(60), timeout=0.01)
     assert recovery._crashed.is_set()  # the worker stops; its supervisor starts it again
     assert app.recovery_failure is not None and "failed 5 times in a row" in app.recovery_failure
 
 
-def test_a_step_that_finishes_or_a_stopping_service_is_not_a_failure(app: HydrantApp) -> None:
+async def test_a_step_that_finishes_or_a_stopping_service_is_not_a_failure() -> None:
+    app = make_app()
     recovery = cast(HydrantRecovery, app.tables.recovery)
-    run(app, recovery._wait(asyncio.sleep(0), timeout=1))
+    await recovery._wait(asyncio.sleep(0), timeout=1)
     assert app.recovery_failure is None
-    run(app, recovery.stop())
+    await recovery.stop()
     with pytest.raises(ServiceStopped):
-        run(app, recovery._wait(asyncio.sleep(60), timeout=0.01))
+        await recovery._wait(asyncio.sleep(60), timeout=0.01)
     assert app.recovery_failure is None
