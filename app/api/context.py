@@ -3,7 +3,7 @@ serving process for itself, so every handler runs on plain objects."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -25,6 +25,9 @@ class ApiContext:
     placement: Placement
     protected: bool = False  # an API token is required (the OpenAPI document says so)
     producer: Callable[[], Any] | None = None  # the worker's started AIOKafkaProducer (HTTP ingest)
+    #: the (group, partition, job record key) of each replay or backfill the worker runs now
+    #: (app/engine/replay.py ``Replayer.running``); None: this process runs none
+    replays_running: Callable[[], Collection[tuple[str, int, bytes]]] | None = None
 
     @cached_property
     def services(self) -> dict[str, ServicePlan]:

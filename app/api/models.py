@@ -234,7 +234,8 @@ class PipelineAnswer(BaseModel):
     replay: dict[str, Any] = Field(
         default_factory=dict,
         description="Per feature group with a replay, per partition this worker holds: the aggregations "
-        "replayed, done, records replayed and left, whole_history, the features still incomplete there.",
+        "replayed, done, running (this worker runs it now; false while a rebalance or recovery holds it "
+        "up), records replayed and left, whole_history, the features still incomplete there.",
     )
 
 

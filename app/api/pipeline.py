@@ -47,10 +47,12 @@ def describe(ctx: ApiContext) -> dict[str, Any]:
 
 def replay_progress(ctx: ApiContext, record_key: bytes = JOB_KEY) -> dict[str, Any]:
     """Per feature group with a replay (or with ``record_key`` BACKFILL_KEY, a backfill; docs/
-    operations.md), per partition held here: the aggregations, whether it is done, records read and
-    left, whether the topics held all history, the features incomplete there."""
+    operations.md), per partition held here: the aggregations, whether it is done, whether this
+    worker runs it now, records read and left, whether the topics held all history, the features
+    incomplete there."""
     out: dict[str, Any] = {}
     now = int(time.time() * 1000)
+    running = set(ctx.replays_running()) if ctx.replays_running is not None else set()
     for group, table in ctx.tables.features.items():
         plan = ctx.tables.plans[group]
         for partition in range(ctx.partitions):
@@ -67,6 +69,8 @@ def replay_progress(ctx: ApiContext, record_key: bytes = JOB_KEY) -> dict[str, A
             entry["partitions"][str(partition)] = {
                 "aggregations": sorted(job.aggregations.values()),
                 "done": job.done,
+                # Not done and not running: nothing runs it now (a rebalance, a recovery, a stopped loop).
+                "running": not job.done and (group, partition, record_key) in running,
                 "replayed": job.replayed,
                 "left": job.left(),
                 "whole_history": job.whole_history,

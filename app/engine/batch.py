@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 BATCH_WITHIN_S = 0.05  # how long a batch waits for more records once its first is there
 YIELD_EVERY = 8  # events between two turns of the event loop inside a batch (lookup latency)
+#: With a replay not wanting a turn now, how long the loop waits for events before it asks again: a
+#: wait without end would leave a replay stopped by a rebalance stopped until the next event.
+REPLAY_RECHECK_S = 0.5
 
 
 class WorkerIO(Protocol):
@@ -233,6 +236,13 @@ class StreamEngine:
                             if not io.behind(self.routes):  # else the wait was for a fetch under way
                                 replay.earn(idle=time.monotonic() - began - BATCH_WITHIN_S)
                             began = time.monotonic()
+                        elif replay is not None:  # not now (a rebalance, a recovery): look again soon
+                            try:
+                                messages = await asyncio.wait_for(
+                                    source.take(self.batch_max, BATCH_WITHIN_S), REPLAY_RECHECK_S
+                                )
+                            except TimeoutError:
+                                continue
                         else:
                             messages = await source.take(self.batch_max, BATCH_WITHIN_S)
                         batch = await self.decode_batch(messages, io.assignment(), counts)

@@ -3,7 +3,13 @@ group and partition this worker holds, its input partitions read from their earl
 to their end when the replay began, each event applied to those aggregations by the rules of
 tables/replay.py, in steps the stream engine runs between its batches (app/engine/batch.py) within a
 bounded share of the event loop. Its progress is a record of the group's table (changelogged: it
-moves with the partition and survives restarts)."""
+moves with the partition and survives restarts).
+
+Rebalances: the table is the job's only truth. A revocation (:meth:`Replayer.revoked`, from Faust's
+``on_partitions_revoked``) stops the replay before the partitions leave: a step under way writes
+nothing more, and every job is forgotten; after an assignment (:meth:`Replayer.assigned`) and the
+tables' recovery, each step reads the jobs of the partitions held back from their tables, so a
+partition resumes from its progress record and marks on whichever worker holds it next."""
 
 from __future__ import annotations
 
@@ -120,8 +126,15 @@ class Replayer:
                     self.topics[group][topic] = _Route(
                         route.name, route.spec, route.repartitioned, route.stage, route.key
                     )
-        self.jobs: dict[Slot, ReplayJob] = {}  # of partitions held here
-        self._reported: set[Slot] = set()
+        #: the jobs of the partitions held here, as their tables held them at the last step
+        self.jobs: dict[Slot, ReplayJob] = {}
+        self._reported: set[Slot] = set()  # done and told (on_done) by this worker
+        #: moves at each revocation and assignment: a step begun before it writes nothing more
+        self._generation = 0
+        self._quiet = asyncio.Event()  # set while no step runs
+        self._quiet.set()
+        self._stopped = False
+        self._io: ReplayIO | None = None  # the worker, as the last step saw it
         self.spent = 0.0  # seconds of the loop the steps took
         self._budget = 0.0  # seconds of steps earned (app/engine/batch.py tells it the loop's time)
         self._paced = 0.0  # monotonic time of the next step under the records-per-second limit
@@ -144,12 +157,45 @@ class Replayer:
         return bool(self.replaying or self.backfills)
 
     async def close(self) -> None:
-        """Close the history reader (the worker stops)."""
+        """Close the history reader (the worker stops): nothing runs a job here any more."""
+        self._stopped = True
+        self._forget()
         await self.history.stop()
+
+    async def revoked(self) -> None:
+        """The worker's partitions are being revoked (a rebalance began): a step under way writes
+        nothing more (a write it began is finished and acked first, so that whoever recovers the
+        partition next reads it), then every job is forgotten."""
+        self._generation += 1
+        await self._quiet.wait()
+        self._forget()
+
+    def assigned(self) -> None:
+        """Partitions were assigned: the jobs are read back from the tables once they are recovered."""
+        self._generation += 1
+        self._forget()
+
+    def running(self) -> set[Slot]:
+        """The jobs this worker runs now: read from a table it holds since the last rebalance, not done
+        (none during a rebalance and its recovery, or once the stream loop stopped)."""
+        if self._io is not None and not self._io.ready():
+            return set()
+        return {slot for slot, job in self.jobs.items() if not job.done}
+
+    def _forget(self) -> None:
+        self.jobs.clear()
+        self._idle.clear()
+        self._checked = 0.0  # look for the partitions held as soon as the worker is ready
+        self._measure()
+
+    def _current(self, generation: int, io: ReplayIO, table: Any, partition: int) -> bool:
+        """Whether a step begun at ``generation`` may still write ``partition`` of ``table``: no
+        rebalance since, the worker ready, the partition active here."""
+        return generation == self._generation and io.ready() and bool(table.serves(partition))
 
     def wants_turn(self, io: ReplayIO) -> bool:
         """Whether a step has work (a partition held here not done yet, or one to look at)."""
-        if not self.active or not io.ready():
+        if not self.active or self._stopped or not io.ready():
             return False
         if time.monotonic() - self._checked > 1.0:
             return True  # look for partitions assigned since
@@ -171,23 +217,35 @@ class Replayer:
     async def step(self, io: ReplayIO) -> None:
         """Find the partitions held here, then run one step of the first unfinished job."""
         began = time.monotonic()
-        await self._find_jobs(io)
-        read = 0
-        for slot, job in self.jobs.items():
-            if not job.done:
-                read = await self._replay(io, slot, job)
-                break
-        for slot, job in self.jobs.items():
-            if job.done and slot not in self._reported:
-                self._reported.add(slot)
-                if slot[2] == JOB_KEY:
-                    await self.on_done(slot[0], slot[1], sorted(job.aggregations))
+        generation = self._generation
+        self._io = io
+        self._quiet.clear()
+        try:
+            read = await self._step(io, generation)
+        finally:
+            self._quiet.set()
         self._measure()
         took = time.monotonic() - began
         self._budget -= took
         self.spent += took
         if self.rate:
             self._paced = began + read / self.rate
+
+    async def _step(self, io: ReplayIO, generation: int) -> int:
+        """:meth:`step`'s work; how many records it read."""
+        if not await self._find_jobs(io, generation):
+            return 0
+        read = 0
+        for slot, job in self.jobs.items():
+            if not job.done:
+                read = await self._replay(io, slot, job, generation)
+                break
+        for slot, job in list(self.jobs.items()):
+            if job.done and slot not in self._reported:
+                self._reported.add(slot)
+                if slot[2] == JOB_KEY:
+                    await self.on_done(slot[0], slot[1], sorted(job.aggregations))
+        return read
 
     def _measure(self) -> None:
         now = int(time.time() * 1000)
@@ -199,8 +257,9 @@ class Replayer:
                 names.update(incomplete_features(self.plans[group], job, now))
             FEATURES_INCOMPLETE.labels(group).set(len(names))
 
-    async def _find_jobs(self, io: ReplayIO) -> None:
-        """Load or begin the jobs of every partition held here; forget the others."""
+    async def _find_jobs(self, io: ReplayIO, generation: int) -> bool:
+        """Read the job of every partition held here from its table, or begin it; forget the others.
+        False when a rebalance began meanwhile (the jobs are forgotten)."""
         self._checked = time.monotonic()
         wanted: list[tuple[str, bytes, dict[str, str]]] = [
             (g, JOB_KEY, {a.ident: a.name for a in plan.aggregations if a.replaying})
@@ -215,16 +274,26 @@ class Replayer:
                 slot = (group, partition, record_key)
                 if not table.serves(partition):
                     self.jobs.pop(slot, None)
-                    self._reported.discard(slot)
                     continue
                 names = self._inputs(io, group, partition, record_key)
-                job = self.jobs.get(slot)
-                if job is None:
-                    raw = table.db(partition).get(record_key)
-                    job = ReplayJob.decode(raw) if raw is not None else None
+                # The table, not this worker's memory: another worker may have run it since.
+                raw = table.db(partition).get(record_key)
+                job = ReplayJob.decode(raw) if raw is not None else None
                 if job is None or job.aggregations != aggregations or set(job.end) != set(names):
-                    job = await self._begin(io, slot, aggregations, names)
+                    job = await self._begin(io, slot, aggregations, names, generation)
+                    if job is None:
+                        return False
+                elif slot not in self.jobs and not job.done:
+                    logger.info(
+                        "%s of group %r partition %d resumed: %d records read, %d left",
+                        "backfill" if record_key == BACKFILL_KEY else "replay",
+                        group,
+                        partition,
+                        job.replayed,
+                        job.left(),
+                    )
                 self.jobs[slot] = job
+        return True
 
     def _inputs(self, io: ReplayIO, group: str, partition: int, record_key: bytes) -> list[str]:
         """The input partitions (``"topic:partition"``) a job of ``group``'s ``partition`` reads."""
@@ -238,8 +307,9 @@ class Replayer:
         return names
 
     async def _begin(
-        self, io: ReplayIO, slot: Slot, aggregations: dict[str, str], names: list[str]
-    ) -> ReplayJob:
+        self, io: ReplayIO, slot: Slot, aggregations: dict[str, str], names: list[str], generation: int
+    ) -> ReplayJob | None:
+        """A new job of ``slot``, recorded in its table; None when a rebalance began meanwhile."""
         group, partition, record_key = slot
         start, end = await self.history.bounds(names)
         if record_key == BACKFILL_KEY:
@@ -250,7 +320,8 @@ class Replayer:
                 topic, _, number = name.rpartition(":")
                 change[name] = io.committed(topic, int(number)) or 0
         job = ReplayJob(aggregations, start, end, change, dict(start), since=int(time.time() * 1000))
-        await self._write(io, slot, {}, job)
+        if not await self._write(io, slot, {}, job, generation):
+            return None
         logger.info(
             "%s of group %r partition %d: %d records (%s), from the offsets committed at %s",
             "backfill" if record_key == BACKFILL_KEY else "replay",
@@ -291,11 +362,14 @@ class Replayer:
             source += carried_path(record).decode()
         return raw_key, route.stream, fields, ts, source, offset
 
-    async def _replay(self, io: ReplayIO, slot: Slot, job: ReplayJob) -> int:
-        """One step of ``job``: read up to STEP_RECORDS, apply, write; how many were read."""
+    async def _replay(self, io: ReplayIO, slot: Slot, job: ReplayJob, generation: int) -> int:
+        """One step of ``job``: read up to STEP_RECORDS, apply, write; how many were read. Nothing is
+        written (and the job, read again from the table, redoes the step) when a rebalance began."""
         group, partition, record_key = slot
         todo = {name: at for name, at in job.at.items() if at < job.end[name]}
         records = await self.history.read(todo, STEP_RECORDS) if todo else []
+        if generation != self._generation:
+            return 0
         plan = self.plans[group]
         replaying_only = record_key == JOB_KEY  # a backfill feeds every aggregation
         db = self.tables.features[group].db(partition)
@@ -325,14 +399,19 @@ class Replayer:
                 state = states[raw_key] = KeyState(raw_key, db.get, plan.retention, scan)
             before = record.offset < job.change.get(name, 0)
             replay_event(plan, state, chosen, fields, ts, source, offset, before)
-        REPLAYED_EVENTS.labels(group).inc(len(records))
         came = {f"{r.topic}:{r.partition}" for r in records}
+        full = len(records) >= STEP_RECORDS  # the reader may have handed out only other partitions' records
         for name in todo:  # a partition giving nothing below its end (compacted away) ends where it is
-            self._idle[slot, name] = 0 if name in came else self._idle.get((slot, name), 0) + 1
+            if name in came or full:
+                self._idle[slot, name] = 0
+            else:
+                self._idle[slot, name] = self._idle.get((slot, name), 0) + 1
             if self._idle[slot, name] >= IDLE_STEPS:
                 job.end[name] = job.at[name]
         job.done = all(job.at[name] >= job.end[name] for name in job.end)
-        await self._write(io, slot, states, job)
+        if not await self._write(io, slot, states, job, generation):
+            return 0
+        REPLAYED_EVENTS.labels(group).inc(len(records))
         if job.done:
             logger.info(
                 "%s of group %r partition %d done: %d records (replay steps took %.1f s of the loop so far)",
@@ -344,15 +423,23 @@ class Replayer:
             )
         return len(records)
 
-    async def _write(self, io: ReplayIO, slot: Slot, states: dict[bytes, KeyState], job: ReplayJob) -> None:
-        """The keys' changes, then the job's record (one partition: in this order)."""
+    async def _write(
+        self, io: ReplayIO, slot: Slot, states: dict[bytes, KeyState], job: ReplayJob, generation: int
+    ) -> bool:
+        """The keys' changes, then the job's record (one partition: in this order); acked before it
+        returns. Nothing is written, and False returned, when a rebalance began since ``generation``
+        (the partition may be another worker's already: what the step read may be stale)."""
         group, partition, record_key = slot
         table = self.tables.features[group]
+        if not self._current(generation, io, table, partition):
+            self.jobs.pop(slot, None)
+            return False
         writer = StateWriter(io.kafka_producer, on_write=self.on_write)
         for state in states.values():
             changes = state.changes()
             if changes:
                 writer.write_many(table, partition, changes)
         writer.write(table, partition, record_key, job.encode())
-        await writer.send()
+        await writer.send()  # no await between the check above and the local write in here
         await writer.acked()
+        return True

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from app.kafka.end_offsets import exact_end_offsets
 
 FETCH_BYTES = 8 * 1024 * 1024
+FETCH_WAIT_MS = 100  # unless the options say (HYDRANT_FETCH_MAX_WAIT_MS)
 
 
 def _partition(name: str) -> TopicPartition:
@@ -29,13 +30,13 @@ class History:
 
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
+            options = {"fetch_max_wait_ms": FETCH_WAIT_MS, **self._options}  # the worker's wait, if set
             self._consumer = AIOKafkaConsumer(
-                **self._options,
+                **options,
                 group_id=None,
                 enable_auto_commit=False,
                 fetch_max_bytes=FETCH_BYTES,
                 max_partition_fetch_bytes=FETCH_BYTES,
-                fetch_max_wait_ms=100,
                 auto_offset_reset="earliest",
             )
             await self._consumer.start()

@@ -22,7 +22,7 @@ from tests.support.broker import BrokerUnderTest
 from tests.support.checks import settle_and_check
 from tests.support.kafka import create_pipeline_topics_for
 from tests.support.shop import HOUR, T0, make_events, newest_times, publish, truth_of
-from tests.support.worker import WorkerProcess
+from tests.support.worker import WorkerProcess, wait_for
 
 FIRST, MORE = 20_000, 5_000
 FAILED_V1 = (
@@ -172,6 +172,104 @@ def test_a_spec_change_replays_history_into_new_and_changed_aggregations(
                 assert after["features"][name] == before[key][name], (key, name)
     assert one.metric("hydrant_features_incomplete", group="user") == 0
     assert one.metric("hydrant_replayed_events_total", group="user") > 0
+
+
+def replays_by_partition(urls: list[str], kind: str = "replay") -> dict[int, list[tuple[str, dict]]]:
+    """Per partition of the group ``user``, the (worker URL, state) of every worker showing its replay
+    (or backfill) in /pipeline (a worker shows the partitions it holds)."""
+    out: dict[int, list[tuple[str, dict]]] = {}
+    for url in urls:
+        entry = httpx.get(f"{url}/pipeline", timeout=10).json()[kind].get("user", {})
+        for partition, state in entry.get("partitions", {}).items():
+            out.setdefault(int(partition), []).append((url, state))
+    return out
+
+
+def wait_partial(urls: list[str], on: str, timeout: float = 120) -> dict[int, list[tuple[str, dict]]]:
+    """Wait until the worker ``on`` shows a replay under way (some read, more left, not done, running);
+    every worker's states then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = replays_by_partition(urls)
+        if any(
+            url == on and state["running"] and 0 < state["replayed"] and state["left"] > 0
+            for held in states.values()
+            for url, state in held
+        ):
+            return states
+        time.sleep(0.2)
+    raise AssertionError(f"no replay under way on {on} after {timeout:.0f} s: {replays_by_partition(urls)}")
+
+
+def test_a_replay_in_progress_survives_a_worker_joining_and_one_leaving(
+    broker: BrokerUnderTest,
+    uid: str,
+    shop_pipeline: Path,
+    workers: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """Issue 31: rebalances land while the partitions replay (paced at 250 records/s): a worker joins
+    (every partition revoked, some given back to the same worker, some to the new one), then the first
+    leaves (the other takes its partitions over mid-replay). Every partition's replay resumes from its
+    progress record and marks, is begun once, finishes, and every key equals pandas over all events."""
+    create_pipeline_topics_for(broker.url, shop_pipeline, uid)
+    events = make_events(seed=31, count=FIRST + MORE, hours=20)
+    first, more = events[:FIRST], events[FIRST:]
+    publish(broker, uid, first)
+    fast = {"HYDRANT_FETCH_MAX_WAIT_MS": "50"}
+    v1 = workers(shop_pipeline, name="v1", data_dir=tmp_path / "a", **fast)
+    v1.wait_ready(180)
+    settle_and_check([v1.url], truth_of(shop_pipeline, first), first)
+    v1.stop()
+
+    v2 = tmp_path / "v2.yaml"
+    v2.write_text(v2_text(shop_pipeline.read_text()))
+    slow = {**fast, "HYDRANT_REPLAY_RECORDS_PER_S": "250"}
+    a = workers(v2, name="v2-a", data_dir=tmp_path / "a", **slow)
+    a.wait_ready(180)
+    # Alone, `a` begins the replay of every partition (all history: the first 20,000 events).
+    wait_for(lambda: len(replays_by_partition([a.url])) == 4, "a holds the 4 partitions' replays")
+    publish(broker, uid, more[: MORE // 2])  # live events meanwhile: not part of the replayed history
+
+    # A worker joins while `a` is mid-replay: every partition is revoked, then shared out.
+    before_join = wait_partial([a.url], on=a.url)
+    b = workers(v2, name="v2-b", data_dir=tmp_path / "b", **slow)
+    b.wait_ready(180)
+    wait_for(
+        lambda: (
+            {url for held in replays_by_partition([a.url, b.url]).values() for url, _ in held}
+            == {a.url, b.url}
+        ),
+        "both workers hold partitions",
+    )
+    after_join = replays_by_partition([a.url, b.url])
+    assert not all(state["done"] for held in after_join.values() for _, state in held), after_join
+
+    # The first one leaves while it is mid-replay: `b` takes its partitions over.
+    before_leave = wait_partial([a.url, b.url], on=a.url)
+    moved = [p for p, held in before_leave.items() for url, s in held if url == a.url and not s["done"]]
+    a.stop()
+    publish(broker, uid, more[MORE // 2 :])
+    states = all_done([b.url], timeout=300)
+    final = replays_by_partition([b.url])
+    assert sorted(final) == [0, 1, 2, 3]
+    assert not any(state["running"] for held in final.values() for _, state in held)  # all done
+    for partition in moved:  # resumed there from where `a` left it, not begun again
+        assert final[partition][0][1]["replayed"] >= max(s["replayed"] for _, s in before_leave[partition])
+    # Each history record read once over all the moves: 20,000 events, none counted twice in the progress.
+    assert sum(s["replayed"] for s in states) == FIRST, states
+    # Begun once per partition (by `a`), resumed after each move, never begun again.
+    begun = re.findall(r"replay of group 'user' partition (\d+): \d+ records", a.log() + b.log())
+    assert sorted(begun) == ["0", "1", "2", "3"], begun
+    assert "resumed" in b.log()
+    assert any(url == a.url for held in before_join.values() for url, s in held if not s["done"])
+
+    # Every feature of every key (v2 definitions) equals pandas over all 25,000 events: exactly once.
+    settle_and_check([b.url], truth_of(v2, events), events)
+    assert b.metric("hydrant_replay_records_left", group="user") == 0
+    assert b.metric("hydrant_features_incomplete", group="user") == 0
+    status = httpx.get(f"{b.url}/status", timeout=10).json()
+    assert status["groups"]["user"]["replay_left"] == 0
 
 
 def hydrant(worker: WorkerProcess, *args: str) -> subprocess.CompletedProcess[str]:
