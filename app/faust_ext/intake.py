@@ -172,10 +172,12 @@ class Intake:
             # Offsets between the start and the records, or between two records, hold nothing to read
             # (transaction markers, compacted or aborted records): commits may move past them.
             previous = start - 1 if read is None else max(start - 1, read)  # from the first unread
-            for offset in [*(r.offset for r in records), end]:  # the end: past a trailing marker
-                if offset - previous > 1:
-                    await consumer._add_gap(tp, previous + 1, offset - 1)
-                previous = offset
+            last = records[-1].offset
+            if last - previous != len(records) or end != last + 1:  # else contiguous: no hole to walk
+                for offset in [*(r.offset for r in records), end]:  # the end: past a trailing marker
+                    if offset - previous > 1:
+                        await consumer._add_gap(tp, previous + 1, offset - 1)
+                    previous = offset
         commit_every = consumer._commit_every
         if commit_every is not None and consumer._n_acked >= commit_every:
             consumer._n_acked = 0
