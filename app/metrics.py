@@ -152,6 +152,13 @@ RECOVERY_FAILURES = Counter(
     "exits after several in a row so that its supervisor restarts it.",
     registry=REGISTRY,
 )
+STALE_CHANGELOG_RECORDS = Counter(
+    "hydrant_stale_changelog_records_total",
+    "Changelog records skipped while restoring or replicating a feature table because the stored version "
+    "already holds newer events: written late by a worker that had lost the partition (docs/reliability.md).",
+    ["table"],
+    registry=REGISTRY,
+)
 READY = Gauge(
     "hydrant_ready", "1 when every table finished recovery and the worker serves reads.", registry=REGISTRY
 )

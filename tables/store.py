@@ -37,6 +37,9 @@ class StateTable(Protocol):
     def persist(self, partition: int, offset: int) -> None:
         """Record ``offset`` as the last changelog offset applied to ``partition``'s database."""
 
+    def persisted(self, partition: int) -> int | None:
+        """The last changelog offset recorded as applied to ``partition``'s database (None: none)."""
+
 
 def prefix_scan(db: rocksdict.Rdict) -> Callable[[bytes], list[tuple[bytes, bytes]]]:
     """A range read of ``db`` (raw mode): every (key, value) whose key starts with a prefix ending
@@ -126,18 +129,32 @@ class StateWriter:
 
     async def acked(self) -> None:
         """Wait until the broker has every record :meth:`send` handed over, then persist the highest
-        changelog offset per partition still active here (a restart replays only from there)."""
+        changelog offset per partition (a restart replays only from there) where it is safe: the
+        partition is still active here, and this worker's records follow the persisted offset with no
+        other writer's records in between."""
         sent, self._sent = self._sent, []
         results = await asyncio.gather(*(batch.future for batch in sent))
-        persisted: dict[tuple[int, Any], tuple[StateTable, int]] = {}
+        # per (table, changelog partition): the table and the (first, last) offset of each batch
+        written: dict[tuple[int, Any], tuple[StateTable, list[tuple[int, int]]]] = {}
         for batch, metadata in zip(sent, results, strict=True):
             table = self._tables[batch.topic]
             slot = (id(table), metadata.topic_partition)
-            last = metadata.offset + batch.count - 1  # a batch's future carries its base offset
-            known = persisted.get(slot)
-            if known is None or last > known[1]:
-                persisted[slot] = (table, last)
-        for (_, tp), (table, offset) in persisted.items():
+            first = metadata.offset  # a batch's future carries its base offset
+            written.setdefault(slot, (table, []))[1].append((first, first + batch.count - 1))
+        for (_, tp), (table, spans) in written.items():
+            offset = contiguous_end(table.persisted(tp.partition), spans)
+            if offset is None:
+                # Another worker wrote the partition since this one's last records: this worker lost it
+                # while frozen (a zombie), and its state lacks what the other wrote. Persisting past
+                # those records would make the next recovery here skip them.
+                logger.warning(
+                    "changelog %s[%d]: records of another writer precede these (offsets %s); "
+                    "persisted offset kept",
+                    tp.topic,
+                    tp.partition,
+                    ", ".join(f"{a}-{b}" for a, b in sorted(spans)),
+                )
+                continue
             if not table.serves(tp.partition):
                 # Written after the partition moved away: another worker may own earlier records this
                 # one never applied, so the next recovery must not start after them.
@@ -149,3 +166,15 @@ class StateWriter:
                 )
                 continue
             table.persist(tp.partition, offset)
+
+
+def contiguous_end(persisted: int | None, spans: list[tuple[int, int]]) -> int | None:
+    """The last offset of ``spans`` (this worker's batches: first and last offset) if they follow
+    ``persisted`` with no gap, else None. Without a persisted offset the partition was empty when this
+    worker took it, so its records must start at offset 0."""
+    expected = 0 if persisted is None else persisted + 1
+    for first, last in sorted(spans):
+        if first != expected:
+            return None
+        expected = last + 1
+    return expected - 1

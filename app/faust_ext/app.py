@@ -44,7 +44,7 @@ def faust_options(settings: Settings, pipeline: Pipeline) -> dict[str, Any]:
         # an empty mapping makes HYDRANT_* the only source of configuration.
         "env": {},
         "broker": settings.faust_broker_url,
-        "store": "rocksdb://",
+        "store": "hydrant://",  # app/faust_ext/tables.py ChangelogStore
         "datadir": str(settings.data_dir),
         "autodiscover": ["agents"],
         "origin": "app",

@@ -54,7 +54,7 @@ from faust.types import TP, ConsumerT
 from app.errors import HydrantError
 from app.faust_ext.tables import FaustStateTable
 from app.kafka.changelog import restore
-from app.metrics import RECOVERY_FAILURES
+from app.metrics import RECOVERY_FAILURES, STALE_CHANGELOG_RECORDS
 from tables.restore import write_fetch
 
 if TYPE_CHECKING:
@@ -151,7 +151,16 @@ class HydrantRecovery(Recovery):
             restored = {tp: FaustStateTable(table) for tp, table in tables.items()}
 
             def apply(tp: Any, records: list[Any]) -> None:
-                write_fetch(restored[tp], tp.partition, records)
+                table = restored[tp]
+                stale = write_fetch(table, tp.partition, records)
+                if stale:
+                    STALE_CHANGELOG_RECORDS.labels(table.name).inc(stale)
+                    logger.warning(
+                        "%s[%d]: %d changelog records older than the stored state skipped",
+                        tp.topic,
+                        tp.partition,
+                        stale,
+                    )
 
             for tp, offset in (await restore(options, starts, ends, budget, apply)).items():
                 destination[tp] = offset

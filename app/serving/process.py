@@ -134,6 +134,9 @@ class TableName:
     def persist(self, partition: int, offset: int) -> None:
         raise NotImplementedError("the serving process does not write tables")
 
+    def persisted(self, partition: int) -> int | None:
+        raise NotImplementedError("the serving process does not write tables")
+
 
 class BulletinPlacement(Placement):
     """Readiness, ownership and state as the worker last published them."""

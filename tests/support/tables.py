@@ -12,13 +12,13 @@ OFFSET_KEY = b"__offset__"
 
 class RdictTable:
     """Table ``name`` whose partition p is the RocksDB database ``root/name-p`` (raw mode), all
-    served here; persisted offsets are kept in :attr:`persisted`."""
+    served here; persisted offsets are kept in :attr:`offsets`."""
 
     def __init__(self, root: Path, name: str, description: str = "") -> None:
         self.name = name
         self.root = root
         self.dbs: dict[int, rocksdict.Rdict] = {}
-        self.persisted: dict[int, int] = {}
+        self.offsets: dict[int, int] = {}
 
     @property
     def changelog(self) -> str:
@@ -38,7 +38,10 @@ class RdictTable:
         return True
 
     def persist(self, partition: int, offset: int) -> None:
-        self.persisted[partition] = offset
+        self.offsets[partition] = offset
+
+    def persisted(self, partition: int) -> int | None:
+        return self.offsets.get(partition)
 
     def close(self) -> None:
         for db in self.dbs.values():

@@ -103,7 +103,7 @@ def test_faust_environment_names_do_not_override(monkeypatch: pytest.MonkeyPatch
     assert app.conf.web_bind == "127.0.0.1"
     assert str(app.conf.datadir).startswith(str(tmp_path))
     assert app.conf.processing_guarantee.value == "at_least_once"
-    assert app.conf.store.scheme == "rocksdb"
+    assert app.conf.store.scheme == "hydrant"  # app/faust_ext/tables.py ChangelogStore, on RocksDB
 
 
 def test_tansu_profile_shortens_group_timeouts(tmp_path) -> None:  # type: ignore[no-untyped-def]

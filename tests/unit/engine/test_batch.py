@@ -183,7 +183,7 @@ def test_the_engine_loop_gives_one_process_outputs_state_and_dead_letters_with_h
             for p in range(PARTITIONS):
                 stored = {k: v for k, v in changelog[p].items() if v is not None}
                 assert sorted(stored.items()) == state["features-user", p]
-            assert table.persisted == {  # type: ignore[attr-defined]
+            assert table.offsets == {  # type: ignore[attr-defined]
                 tp.partition: offset - 1
                 for tp, offset in io.kafka_producer.next_offset.items()
                 if tp.topic == table.changelog

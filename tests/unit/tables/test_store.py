@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import rocksdict
+from aiokafka import TopicPartition
 
 from app.config.spec import parse_pipeline
 from app.faust_ext.tables import shared_memory
@@ -14,7 +16,8 @@ from tables.apply import apply_event, choose
 from tables.key_state import KeyState
 from tables.plans import group_plans
 from tables.read import read_features
-from tables.store import StateWriter, prefix_scan
+from tables.store import StateWriter, contiguous_end, prefix_scan
+from tests.support.engine import FakeKafkaProducer
 from tests.support.tables import RdictTable
 
 PIPELINE = """\
@@ -111,3 +114,39 @@ def test_state_writer_writes_each_partition_in_order_locally_and_to_its_changelo
     finally:
         for db in dbs.values():
             db.close()
+
+
+async def test_a_writer_whose_records_follow_another_writers_keeps_its_persisted_offset(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker frozen past the session timeout wakes up with a batch in flight: its records land
+    after the new owner's. Persisting their offset would make its next recovery of the partition start
+    after the new owner's records, and its state would lack them for good."""
+    table = RdictTable(tmp_path, "features-g")
+    producer = FakeKafkaProducer()
+    writer = StateWriter(producer)
+    writer.write(table, 0, b"a\x00", b'{"n":1,"m":"1","o":{}}')
+    await writer.delivered()
+    assert table.persisted(0) == 0  # its own records from the start of the changelog
+    writer.write_many(table, 0, [(b"a\x00", b"1"), (b"b\x00", b"2")])
+    await writer.delivered()
+    assert table.persisted(0) == 2
+
+    producer.next_offset[TopicPartition(table.changelog, 0)] += 5  # another worker wrote 3..7
+    writer.write(table, 0, b"a\x00", b"3")
+    await writer.delivered()
+    assert table.persisted(0) == 2
+    assert "records of another writer precede these (offsets 8-8); persisted offset kept" in caplog.text
+
+    fresh = RdictTable(tmp_path / "fresh", "features-g")
+    writer.write(fresh, 1, b"c\x00", b"4")  # a partition never restored here, whose changelog is not empty
+    producer.next_offset[TopicPartition(fresh.changelog, 1)] = 10
+    await writer.delivered()
+    assert fresh.persisted(1) is None
+
+
+def test_contiguous_end_chains_batches_from_the_persisted_offset() -> None:
+    assert contiguous_end(4, [(8, 9), (5, 7)]) == 9
+    assert contiguous_end(None, [(0, 3)]) == 3
+    assert contiguous_end(None, [(1, 3)]) is None
+    assert contiguous_end(4, [(5, 6), (8, 9)]) is None
