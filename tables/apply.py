@@ -68,11 +68,13 @@ def apply_event(
     time_ms: int,
     source: str,
     offset: int,
+    legacy: str | None = None,
 ) -> Outcome:
     """Apply one event (``chosen``: from :func:`choose`) to a key's state: 'applied', 'duplicate' (its
-    source offset is already in the bucket or head) or 'late' (dropped; the caller dead-letters it)."""
+    source offset is already in the bucket or head, under ``source`` or under ``legacy``, the identity
+    an earlier release gave it) or 'late' (dropped; the caller dead-letters it)."""
     processed = state.processed
-    if processed.get(source, -1) >= offset:
+    if processed.get(source, -1) >= offset or (legacy is not None and processed.get(legacy, -1) >= offset):
         return "duplicate"
     number = time_ms // plan.period_ms
     newest = state.newest
@@ -80,8 +82,10 @@ def apply_event(
     record = None if late else state.bucket(number)
     if record is not None and record[LAYOUT] != plan.tag:
         record = convert(plan, record)
-    if record is not None and record[OFFSETS].get(source, -1) >= offset:
-        return "duplicate"
+    if record is not None:
+        marks = record[OFFSETS]
+        if marks.get(source, -1) >= offset or (legacy is not None and marks.get(legacy, -1) >= offset):
+            return "duplicate"
     processed[source] = offset  # persisted with the head's next write, after the buckets
     if late:
         return "late"

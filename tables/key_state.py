@@ -155,6 +155,14 @@ class KeyState:
             return []
         return self.stored(n - self._retention + 1, number - self._retention)
 
+    def mark_processed(self, source: str, offset: int) -> None:
+        """Record event ``offset`` of ``source`` as processed without applying it (a late decision),
+        in the head written with the next :meth:`changes`; a key without events gets a head that
+        lists no bucket (``exists`` stays False)."""
+        if self.processed.get(source, -1) < offset:
+            self.processed[source] = offset
+        self._head_dirty = True
+
     def _cache(self, number: int, record: Bucket | None) -> Bucket | None:
         self._buckets[number] = record
         return record

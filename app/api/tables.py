@@ -167,6 +167,8 @@ async def scan_partitions(
             missing = incomplete(plan, db, chosen)  # the partition's features a replay still completes
             for raw_key in entity_keys(table, partition):
                 state = stored_state(plan, db, raw_key, scan)
+                if not state.exists:  # only a late event's mark (tables/key_state.py mark_processed)
+                    continue
                 if outside_retention(plan, state, at, chosen):
                     skipped += 1
                 else:

@@ -397,7 +397,7 @@ class StreamEngine:
                     partition_for(hop_key, partitions),
                     hop_key,
                     message.value,
-                    hop_headers(message, route.repartitioned, route.stage, parts),
+                    hop_headers(message, route.repartitioned, route.stage, route.key, parts),
                     message.timestamp,
                 )
                 continue

@@ -14,6 +14,7 @@ from app.config.spec import Pipeline
 from app.records.decode import BadRecord
 from app.records.enrich import OutputBuilder, group_part, join_part, output_builders
 from app.records.keys import key_of
+from app.records.source import legacy_identity
 from tables.apply import apply_event, choose, is_late
 from tables.key_state import KeyState
 from tables.plans import group_plans
@@ -228,16 +229,20 @@ class BatchWork:
         except Exception as exc:
             raise BadRecord("expression", f"where filter: {type(exc).__name__}: {exc}") from None
         keyed = [(g, states[g, raw_key]) for g in groups]
+        legacy = legacy_identity(source) if work.stage.index else None  # state of the previous release
         # A redelivery that a head already recorded is a duplicate there, even if its bucket expired since.
         late = [
             (g, state)
             for g, state in keyed
-            if state.processed.get(source, -1) < offset and is_late(plans[g], state, ts)
+            if not _recorded(state.processed, source, legacy, offset) and is_late(plans[g], state, ts)
         ]
         if late:
-            for g, state in late:  # 'late': recorded as processed
-                apply_event(plans[g], state, [], fields, ts, source, offset)
+            for g, _ in late:
                 result.late[g] = result.late.get(g, 0) + 1
+            # Recorded as processed in every group of the stage (the head written with this batch), so
+            # that a redelivery is a duplicate everywhere and applied nowhere.
+            for _, state in keyed:
+                state.mark_processed(source, offset)
             first, state = late[0]
             plan = plans[first]
             horizon = (state.newest or 0) - plan.retention
@@ -246,9 +251,14 @@ class BatchWork:
                 f"minus the retention of group {first!r})"
             )
         for g, state in keyed:
-            if apply_event(plans[g], state, chosen[g], fields, ts, source, offset) == "duplicate":
+            if apply_event(plans[g], state, chosen[g], fields, ts, source, offset, legacy) == "duplicate":
                 result.duplicates[g] = result.duplicates.get(g, 0) + 1
         return None
+
+
+def _recorded(processed: dict[str, int], source: str, legacy: str | None, offset: int) -> bool:
+    """Whether a head's processed offsets already hold event ``offset`` of ``source`` (or ``legacy``)."""
+    return processed.get(source, -1) >= offset or (legacy is not None and processed.get(legacy, -1) >= offset)
 
 
 def changed_records(results: Iterable[ShardResult]) -> Overlay:

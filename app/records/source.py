@@ -3,7 +3,9 @@ in ``hydrant-source-*`` headers through the repartition hop so dead letters and 
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 from typing import Any
 
 SOURCE_TOPIC = "hydrant-source-topic"
@@ -53,18 +55,30 @@ def source_position(message: Any, repartitioned: bool = False) -> tuple[str, int
 
 
 HOP_PARTS = "hydrant-parts"  # on a hop to a later stage: what the event's outputs read so far (orjson)
-HOP_PATH = "hydrant-path"  # on a hop to a later stage: ">p" per stage partition it went through
+#: on a hop to a later stage: ``>tag:p`` per stage it went through (its key's tag, its partition)
+HOP_PATH = "hydrant-path"
+TAG_CHARS = 4  # a stage key's tag: 24 bits of BLAKE2b in base64url
 
 
-def hop_headers(message: Any, repartitioned: bool, stage: int, parts: bytes) -> list[tuple[str, bytes]]:
-    """Headers of a record sent on from ``stage`` (on the message's partition) to a later stage: its
-    source, its original Kafka key, the path of stage partitions it took, ``parts``."""
+@functools.lru_cache(maxsize=256)
+def stage_tag(key: tuple[str, ...]) -> bytes:
+    """The tag naming the stage of key ``key`` (its fields) in a path: the same in every worker and
+    release, whatever other stages the spec has."""
+    digest = hashlib.blake2b("+".join(key).encode("utf-8"), digest_size=3).digest()
+    return base64.urlsafe_b64encode(digest)
+
+
+def hop_headers(
+    message: Any, repartitioned: bool, stage: int, key: tuple[str, ...], parts: bytes
+) -> list[tuple[str, bytes]]:
+    """Headers of a record sent on from ``stage`` (key fields ``key``, on the message's partition) to a
+    later stage: its source, its original Kafka key, the path of stages it took, ``parts``."""
     headers = source_headers(message, repartitioned)
     original = source_key(message, repartitioned)
     if original is not None:
         headers.append((SOURCE_KEY, original))
     path = carried_path(message) if stage else b""
-    headers.append((HOP_PATH, path + b">%d" % message.partition))
+    headers.append((HOP_PATH, b"%b>%b:%d" % (path, stage_tag(key), message.partition)))
     headers.append((HOP_PARTS, parts))
     return headers
 
@@ -75,6 +89,17 @@ def carried_parts(message: Any) -> bytes | None:
 
 
 def carried_path(message: Any) -> bytes:
-    """The stage partitions a hop record went through, ``>p`` each (empty on other records): with
-    its source, the identity window state dedups it by (docs/pipeline.md: one path, one order)."""
+    """The stages a hop record went through, ``>tag:p`` each (empty on other records): with its
+    source, the identity window state dedups it by (docs/pipeline.md: one route, one order)."""
     return next((v for k, v in _header_items(message) if k == HOP_PATH), b"")
+
+
+@functools.lru_cache(maxsize=4096)
+def legacy_identity(identity: str) -> str | None:
+    """The identity the previous release gave an event of route identity ``identity`` (its path
+    without the stages' tags: ``src>3>1``), which state written by it may hold; None when
+    ``identity`` has no path or is in that form already."""
+    source, sep, path = identity.partition(">")
+    if not sep or ":" not in path:
+        return None
+    return source + "".join(">" + step.rpartition(":")[2] for step in (">" + path).split(">")[1:])
