@@ -154,8 +154,9 @@ RECOVERY_FAILURES = Counter(
 )
 STALE_CHANGELOG_RECORDS = Counter(
     "hydrant_stale_changelog_records_total",
-    "Changelog records skipped while restoring or replicating a feature table because the stored version "
-    "already holds newer events: written late by a worker that had lost the partition (docs/reliability.md).",
+    "Changelog records skipped while restoring or replicating a feature table because they do not hold "
+    "every event of the stored version: written late by a worker that had lost the partition "
+    "(docs/reliability.md).",
     ["table"],
     registry=REGISTRY,
 )

@@ -10,6 +10,8 @@ source partition, in the bucket's offsets, tell which of its events the aggregat
 - ``<identity><<source>``: the highest offset the replay applied to it in this bucket.
 
 The replay reads each input partition from its earliest offset up to its end when the replay began.
+A hop topic to a later stage (a group on another key than its stream's) holds only the events sent
+on to that key since a spec first used it, so a job reading one never counts as holding all history.
 It applies an event that a worker has processed already (read below the group's committed offset
 when the replay began, or listed as processed by the key's head) below the live marker and above the
 replay marker, and writes the marker with the state it changes (one record): so a crash or a
@@ -20,6 +22,7 @@ commit (the new one skips them as duplicates) are replayed too.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +39,9 @@ from tables.state_format import AGGREGATIONS, LAYOUT, OFFSETS, Bucket, convert
 #: of a key all start with the key and a NUL: this key is no entity's record.
 JOB_KEY = b"\x00replay"
 BACKFILL_KEY = b"\x00backfill"  # ... and of its backfill from files (app/tools/backfill.py)
+#: How a hop topic to a later stage is named (app/config/routing.py, hop_topic): the inputs of a job
+#: recorded before jobs listed their hop inputs.
+HOP_TOPIC = re.compile(r"-stream-.+-by-.+-repartition$")
 
 
 def live_mark(ident: str, source: str) -> str:
@@ -149,7 +155,8 @@ class ReplayJob:
     """One partition's replay of a group: which aggregations (identity: name), which input
     partitions (``"topic:partition"``) from where (``start``, the earliest offset kept when it began)
     up to where (``end``, their end then), the group's committed offsets then (``change``), how far
-    it got (``at``, the next offset to read), when it began (``since``, ms)."""
+    it got (``at``, the next offset to read), when it began (``since``, ms), which inputs are hop
+    topics to a later stage (``hops``; None: recorded before jobs listed them, told by their names)."""
 
     aggregations: dict[str, str]
     start: dict[str, int]
@@ -159,11 +166,16 @@ class ReplayJob:
     since: int = 0
     replayed: int = 0  # events read
     done: bool = False
+    hops: list[str] | None = None
 
     @property
     def whole_history(self) -> bool:
-        """Whether every input partition held its history from offset 0 when the replay began."""
-        return all(offset == 0 for offset in self.start.values())
+        """Whether the inputs held all history when the replay began: each from offset 0, and none a
+        hop topic to a later stage (it lacks the events from before its key was first used)."""
+        hops = self.hops
+        if hops is None:
+            hops = [name for name in self.start if HOP_TOPIC.search(name.rpartition(":")[0])]
+        return not hops and all(offset == 0 for offset in self.start.values())
 
     def left(self) -> int:
         """Records still to read."""
@@ -180,6 +192,7 @@ class ReplayJob:
                 "since": self.since,
                 "replayed": self.replayed,
                 "done": self.done,
+                "hops": self.hops,
             }
         )
 
@@ -190,8 +203,9 @@ class ReplayJob:
 
 def incomplete_features(plan: GroupPlan, job: ReplayJob | None, now_ms: int) -> list[str]:
     """The features of ``plan`` that a key of the job's partition cannot answer in full yet: those of
-    its aggregations while the replay runs; after it, where the input no longer held all history, a
-    window until it has passed since the replay began (a lifetime window: for good)."""
+    its aggregations while the replay runs; after it, where the inputs did not hold all history
+    (:attr:`ReplayJob.whole_history`: a truncated topic, a hop topic), a window until it has passed
+    since the replay began (a lifetime window: for good)."""
     if job is None or not job.aggregations:
         return []
     out = []

@@ -2,10 +2,11 @@
 and Faust's own recovery and standby replicas through app/faust_ext/tables.py ``ChangelogStore``).
 
 A feature table's records say which events they hold (docs/state-format.md): the head its processed
-offsets, a bucket its applied offsets, a roll-up the newest bucket merged into it. A record whose
-offsets are all at or below the stored version's, and not equal to them, holds older state: it was
-written late by a worker that had lost the partition (a zombie, docs/reliability.md), and applying it
-would roll the key back. Such records are skipped; every other record is applied in offset order.
+offsets, a bucket its applied offsets, a roll-up the newest bucket merged into it. Every writer of a
+key's record starts from the version before it and only adds events, so each record written in turn
+holds every offset of the one before, at least as high. A record that does not (it holds fewer or
+other events) was written late by a worker that had lost the partition (a zombie, docs/reliability.md),
+and applying it would roll the key back: it is skipped. Records without offsets are applied in order.
 """
 
 from __future__ import annotations
@@ -47,24 +48,25 @@ def _marks(record_key: bytes, value: bytes) -> Any:
         return None
 
 
-def is_older(incoming: Any, stored: Any) -> bool:
-    """Whether marks ``incoming`` say strictly less than ``stored``: every offset at or below the
-    stored one (a roll-up: an older newest merged bucket)."""
+def supersedes(incoming: Any, stored: Any) -> bool:
+    """Whether a record with marks ``incoming`` may follow one with marks ``stored``: it holds every
+    offset of ``stored``, at least as high (a roll-up: a newest merged bucket at least as new). Marks
+    that cannot be told (None) never block a record."""
     if incoming is None or stored is None or incoming == stored:
-        return False
+        return True
     if isinstance(incoming, dict) and isinstance(stored, dict):
-        return all(offset <= stored.get(name, -1) for name, offset in incoming.items())
+        return all(incoming.get(name, -1) >= offset for name, offset in stored.items())
     if isinstance(incoming, int) and isinstance(stored, int):
-        return incoming < stored
-    return False
+        return incoming >= stored
+    return True
 
 
 def newest_versions(
     db: rocksdict.Rdict, records: Iterable[tuple[bytes, bytes | None]]
 ) -> tuple[dict[bytes, bytes | None], int]:
     """The writes that apply ``records`` (key, value or None: delete; in offset order) to feature
-    table partition ``db``: per key its last version that is not older than the one before it, and
-    how many records were skipped as older."""
+    table partition ``db``: per key its last version that supersedes the one before it, and how many
+    records were skipped (not superseding: written late by a worker that had lost the partition)."""
     changes: dict[bytes, bytes | None] = {}
     marks: dict[bytes, Any] = {}  # the marks of changes[key], once known
     skipped = 0
@@ -80,7 +82,7 @@ def newest_versions(
             continue
         new = _marks(key, value)
         old = marks[key] if key in marks else _marks(key, before)
-        if is_older(new, old):
+        if not supersedes(new, old):
             skipped += 1
             marks[key] = old  # the marks of the version kept (pending or stored)
             continue
@@ -103,7 +105,7 @@ def write_changes(db: rocksdict.Rdict, changes: dict[bytes, bytes | None]) -> No
 def write_fetch(table: StateTable, partition: int, records: list[Any]) -> int:
     """``records`` (with ``key``, ``value``, ``offset``; in offset order) of ``partition`` as one
     write batch, then their last offset as persisted: a crash in between only replays them. The
-    number of records skipped as older than the stored version (a feature table's)."""
+    number of records skipped as not superseding the stored version (a feature table's)."""
     db = table.db(partition)
     rows = ((record.key, record.value) for record in records)
     if keeps_versions(table.name):

@@ -54,21 +54,39 @@ def prefix_scan(db: rocksdict.Rdict) -> Callable[[bytes], list[tuple[bytes, byte
     return scan
 
 
+#: A local-only record of a table partition (never in its changelog): present while the partition
+#: holds writes the changelog has not confirmed (sent and acked, the persisted offset moved past
+#: them). A recovery that finds it rebuilds the partition from its changelog (docs/operations.md).
+UNCONFIRMED_KEY = b"__hydrant\x00unconfirmed__"
+
+
 def local_record_keys(table: StateTable, partition: int) -> Iterator[bytes]:
-    """Every record key of ``partition`` stored here, in key order, without the offset record."""
-    skip = table.offset_key
+    """Every record key of ``partition`` stored here, in key order, without the bookkeeping records."""
+    skip = (table.offset_key, UNCONFIRMED_KEY)
     for key in table.db(partition).keys():
-        if key != skip:
+        if key not in skip:
             yield key  # type: ignore[misc]  # raw mode: bytes
 
 
 def local_keys(table: StateTable, partition: int) -> Iterator[tuple[bytes, bytes]]:
-    """(key, value) of every record of ``partition`` stored here, in key order, without the offset
-    record."""
-    skip = table.offset_key
+    """(key, value) of every record of ``partition`` stored here, in key order, without the
+    bookkeeping records."""
+    skip = (table.offset_key, UNCONFIRMED_KEY)
     for key, value in table.db(partition).items():
-        if key != skip:
+        if key not in skip:
             yield key, value  # type: ignore[misc]  # raw mode: bytes
+
+
+def unconfirmed(db: rocksdict.Rdict) -> bool:
+    """Whether partition database ``db`` holds local writes its changelog has not confirmed."""
+    return db.get(UNCONFIRMED_KEY) is not None
+
+
+def clear(db: rocksdict.Rdict) -> None:
+    """Delete every record of partition database ``db`` (the persisted offset too)."""
+    last: Any = next(iter(db.keys(backwards=True)), None)  # raw mode: bytes
+    if last is not None:
+        db.delete_range(b"", bytes(last) + b"\x00")
 
 
 class StateWriter:
@@ -83,6 +101,8 @@ class StateWriter:
         self._changelog = RecordBatches()
         self._tables: dict[str, StateTable] = {}  # changelog topic -> table
         self._sent: list[SentBatch] = []  # handed to the producer, not yet acked
+        #: per (id(table), partition): the number of the local write batch, in its UNCONFIRMED_KEY
+        self._local: dict[tuple[int, int], bytes] = {}
 
     def write(self, table: StateTable, partition: int, key: bytes, value: bytes | None) -> None:
         """Set (``value``) or delete (None) ``key`` in ``table``'s ``partition``; locally visible
@@ -109,9 +129,15 @@ class StateWriter:
             add(topic, partition, key, value)
 
     def commit_local(self) -> None:
-        """Apply the writes to the local RocksDB partitions (one atomic write batch each)."""
-        for (_, partition), (table, _, batch) in self._batches.items():
-            table.db(partition).write(batch)
+        """Apply the writes to the local RocksDB partitions (one atomic write batch each), each
+        marked unconfirmed (UNCONFIRMED_KEY: a count of local writes) until :meth:`acked`."""
+        for slot, (table, _, batch) in self._batches.items():
+            partition = slot[1]
+            db = table.db(partition)
+            number = b"%d" % (int(db.get(UNCONFIRMED_KEY) or 0) + 1)
+            batch.put(UNCONFIRMED_KEY, number)
+            self._local[slot] = number
+            db.write(batch)
             if self._on_write is not None:
                 self._on_write(table.name, partition)
         self._batches.clear()
@@ -142,6 +168,16 @@ class StateWriter:
             first = metadata.offset  # a batch's future carries its base offset
             written.setdefault(slot, (table, []))[1].append((first, first + batch.count - 1))
         for (_, tp), (table, spans) in written.items():
+            if not table.serves(tp.partition):
+                # Written after the partition moved away: another worker may own earlier records this
+                # one never applied, so the next recovery must not start after them.
+                logger.warning(
+                    "changelog %s[%d] written at offsets %s while not active here; persisted offset kept",
+                    tp.topic,
+                    tp.partition,
+                    ", ".join(f"{a}-{b}" for a, b in sorted(spans)),
+                )
+                continue
             offset = contiguous_end(table.persisted(tp.partition), spans)
             if offset is None:
                 # Another worker wrote the partition since this one's last records: this worker lost it
@@ -155,17 +191,10 @@ class StateWriter:
                     ", ".join(f"{a}-{b}" for a, b in sorted(spans)),
                 )
                 continue
-            if not table.serves(tp.partition):
-                # Written after the partition moved away: another worker may own earlier records this
-                # one never applied, so the next recovery must not start after them.
-                logger.warning(
-                    "changelog %s[%d] written at offset %d while not active here; persisted offset kept",
-                    tp.topic,
-                    tp.partition,
-                    offset,
-                )
-                continue
             table.persist(tp.partition, offset)
+            db = table.db(tp.partition)
+            if db.get(UNCONFIRMED_KEY) == self._local.get((id(table), tp.partition)):
+                db.delete(UNCONFIRMED_KEY)  # no local write since this one: all confirmed
 
 
 def contiguous_end(persisted: int | None, spans: list[tuple[int, int]]) -> int | None:

@@ -224,6 +224,9 @@ class StreamEngine:
                         # No batch has read state that is not written yet: a replay step may run.
                         if replay is not None and replay.wants_turn(io):
                             if replay.due():
+                                if delivering is not None:  # its changelog records come first
+                                    await delivering
+                                    delivering = None
                                 await replay.step(io)
                                 continue
                             try:  # wait for events a moment; the time without any is the replay's

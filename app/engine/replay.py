@@ -319,7 +319,10 @@ class Replayer:
             for name in names:
                 topic, _, number = name.rpartition(":")
                 change[name] = io.committed(topic, int(number)) or 0
-        job = ReplayJob(aggregations, start, end, change, dict(start), since=int(time.time() * 1000))
+        # A later stage's hop topic holds none of the events from before its key was first used.
+        hops = [] if record_key == BACKFILL_KEY else [n for n in names if self._route(group, n).stage]
+        since = int(time.time() * 1000)
+        job = ReplayJob(aggregations, start, end, change, dict(start), since=since, hops=hops)
         if not await self._write(io, slot, {}, job, generation):
             return None
         logger.info(
@@ -332,6 +335,10 @@ class Replayer:
             change,
         )
         return job
+
+    def _route(self, group: str, name: str) -> _Route:
+        """What the records of input partition ``name`` (``"topic:partition"``) are to ``group``."""
+        return self.topics[group][name.rpartition(":")[0]]
 
     def _decoded(self, io: ReplayIO, slot: Slot, record: Any, counts: dict[str, int | None]) -> Any:
         """(entity key, stream, fields, event time, source, offset) of a record a job reads, or None

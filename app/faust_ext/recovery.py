@@ -156,7 +156,8 @@ class HydrantRecovery(Recovery):
                 if stale:
                     STALE_CHANGELOG_RECORDS.labels(table.name).inc(stale)
                     logger.warning(
-                        "%s[%d]: %d changelog records older than the stored state skipped",
+                        "%s[%d]: %d changelog records skipped: they hold fewer events than the stored "
+                        "version (late writes of a worker that had lost the partition)",
                         tp.topic,
                         tp.partition,
                         stale,

@@ -15,6 +15,7 @@ from faust.types import TP, EventT
 
 from app.metrics import STALE_CHANGELOG_RECORDS
 from tables.restore import keeps_versions, newest_versions, write_changes
+from tables.store import clear, unconfirmed
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class FaustStateTable:
         self.faust.data.set_persisted_offset(TP(self.changelog, partition), offset)
 
     def persisted(self, partition: int) -> int | None:
-        offset: int | None = self.faust.data.persisted_offset(TP(self.changelog, partition))
+        offset: int | None = RocksDBStore.persisted_offset(self.faust.data, TP(self.changelog, partition))
         return offset
 
     def path(self, partition: int) -> str:
@@ -53,10 +54,29 @@ class FaustStateTable:
 
 
 class ChangelogStore(RocksDBStore):
-    """Faust's RocksDB store, except that a feature table's changelog records that are older than the
-    stored version are skipped (tables/restore.py): Faust's recovery and standby replicas apply them.
-    Reached through the ``faust.stores`` entry point ``hydrant`` (pyproject.toml; store URL
-    ``hydrant://``). Written against faust-streaming 0.15.3."""
+    """Faust's RocksDB store, except that a feature table's changelog records that do not hold newer
+    events than the stored version are skipped (tables/restore.py: Faust's recovery and standby replicas
+    apply them through here), and that a partition holding local writes its changelog never confirmed
+    is rebuilt from the changelog (:meth:`persisted_offset`). Reached through the ``faust.stores`` entry
+    point ``hydrant`` (pyproject.toml; store URL ``hydrant://``). Written against faust-streaming 0.15.3."""
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        """Where recovery of ``tp`` starts (Faust asks when the partition is assigned): None, after
+        deleting every local record, when the partition holds writes its changelog never confirmed (a
+        crash before their records were acked, or writes after it lost the partition): its changelog
+        then rebuilds it."""
+        db = self._db_for_partition(tp.partition)
+        if unconfirmed(db):
+            logger.warning(
+                "%s[%d]: local state holds writes its changelog never confirmed (a crash, or a partition "
+                "lost while this worker was frozen): rebuilt from the changelog",
+                self.table_name,
+                tp.partition,
+            )
+            clear(db)
+            return None
+        offset: int | None = super().persisted_offset(tp)
+        return offset
 
     def apply_changelog_batch(
         self,
@@ -81,7 +101,8 @@ class ChangelogStore(RocksDBStore):
             if stale:
                 STALE_CHANGELOG_RECORDS.labels(self.table_name).inc(stale)
                 logger.warning(
-                    "%s[%d]: %d changelog records older than the stored state skipped",
+                    "%s[%d]: %d changelog records skipped: they hold fewer events than the stored version "
+                    "(late writes of a worker that had lost the partition)",
                     self.table_name,
                     partition,
                     stale,

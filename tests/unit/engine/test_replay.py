@@ -21,6 +21,7 @@ import pytest
 from app.api.context import ApiContext
 from app.api.pipeline import replay_progress
 from app.api.placement import Placement
+from app.config.routing import hop_topic
 from app.config.spec import load_pipeline
 from app.engine import replay
 from app.engine.batch import StreamEngine, stream_routes
@@ -29,8 +30,9 @@ from app.engine.replay import Replayer
 from app.engine.shards import BatchWork
 from app.metrics import REPLAY_LEFT
 from app.records.partitioning import partition_for
+from app.records.source import hop_headers
 from tables.registry import StateTables
-from tables.replay import JOB_KEY, ReplayJob
+from tables.replay import JOB_KEY, ReplayJob, incomplete_features
 from tests.conftest import SHOP
 from tests.support.engine import GROUP_ID, PARTITIONS, T0, FakeIO, FakeKafkaProducer, Record
 from tests.support.tables import RdictTable
@@ -155,12 +157,16 @@ class Worker:
         db = self.table.db(partition)
         for key in list(db.keys()):
             del db[key]
+        read = 0
         for sent in changelog:
             if sent.topic == self.table.changelog and sent.partition == partition:
                 if sent.value is None:
                     del db[sent.key]
                 else:
                     db[sent.key] = sent.value
+                read += 1
+        if read:
+            self.table.persist(partition, read - 1)  # the last changelog offset applied
         self.held.add(partition)
 
     async def steps(self, count: int) -> None:
@@ -455,3 +461,84 @@ def test_the_stream_loop_gives_a_replay_its_turn_after_a_rebalance_without_waiti
         assert all((job := worker.job(p)) is not None and job.done for p in range(PARTITIONS))
     finally:
         worker.close()
+
+
+#: The shop with a new group on a key no group used before: its events reach it through a new hop topic.
+PRODUCTS = """\
+  product:
+    key: product
+    period: 10m
+    aggregations:
+      - {name: sold, stream: orders, field: amount, ops: [count, sum], windows: [1h, lifetime]}
+"""
+
+
+def test_a_new_group_on_a_new_key_is_incomplete_until_its_window_has_passed(tmp_path: Path) -> None:
+    """The product group's hop topic begins at the deploy (offset 0), so replaying it applies none of
+    the orders before: its features stay incomplete after the replay, a window until it has passed
+    since the replay began, the lifetime one for good; the user group, fed by the orders topic from
+    offset 0, is complete once replayed."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(SHOP.read_text().replace("\noutputs:", "\n" + PRODUCTS + "outputs:", 1))
+    pipeline = load_pipeline(path)
+    plans = BatchWork(pipeline, GROUP_ID).plans
+    work = BatchWork(
+        pipeline,
+        GROUP_ID,
+        {
+            "user": [a.ident for a in plans["user"].aggregations if a.name in REPLAYED],
+            "product": [a.ident for a in plans["product"].aggregations],
+        },
+    )
+    routes = stream_routes(pipeline, GROUP_ID, work)
+    hop = hop_topic(GROUP_ID, "orders", ("product",))
+    assert routes[hop].stage == 1
+    records = history()
+    # The orders since the deploy (the last 40 of each partition) as the first stage sent them on.
+    for p in range(PARTITIONS):
+        for order in records[f"orders:{p}"][-40:]:
+            value = {**orjson.loads(order.value), "product": f"p{order.offset % 9}"}
+            product = value["product"].encode()
+            q = partition_for(product, PARTITIONS)
+            sent = records.setdefault(f"{hop}:{q}", [])
+            headers = tuple(hop_headers(order, False, 0, ("user_id",), b"{}"))
+            sent.append(Record(hop, q, len(sent), product, orjson.dumps(value), order.timestamp, headers))
+    assert all(f"{hop}:{q}" in records for q in range(PARTITIONS))
+    held = set(range(PARTITIONS))
+    tables = StateTables.build(pipeline, lambda name, text: HeldTable(tmp_path, name, held), {})
+    io = Io(FakeKafkaProducer())
+
+    async def on_done(group: str, partition: int, aggregations: list[str]) -> None:
+        pass
+
+    replayer = Replayer(pipeline, work, routes, tables, FakeHistory(records), PARTITIONS, 0.25, 0, on_done)
+
+    def jobs(group: str) -> list[ReplayJob]:
+        raws = [tables.features[group].db(p).get(JOB_KEY) for p in range(PARTITIONS)]
+        return [ReplayJob.decode(raw) for raw in raws if raw is not None]
+
+    async def finish() -> None:
+        for _ in range(1_000):
+            await replayer.step(io)
+            done = [*jobs("user"), *jobs("product")]
+            if len(done) == 2 * PARTITIONS and all(job.done for job in done):
+                return
+        raise AssertionError("the replay did not finish")
+
+    try:
+        asyncio.run(finish())
+        plan = work.plans["product"]
+        hour, lifetime = ["sold_count_1h", "sold_sum_1h"], ["sold_count_lifetime", "sold_sum_lifetime"]
+        for job in jobs("product"):
+            assert job.replayed > 0 and all(offset == 0 for offset in job.start.values())
+            assert not job.whole_history
+            assert incomplete_features(plan, job, job.since) == hour + lifetime
+            assert incomplete_features(plan, job, job.since + 3_600_000 - 1) == hour + lifetime
+            assert incomplete_features(plan, job, job.since + 3_600_000) == lifetime
+            assert incomplete_features(plan, job, job.since + 1000 * 3_600_000) == lifetime
+        for job in jobs("user"):
+            assert job.whole_history
+            assert incomplete_features(work.plans["user"], job, job.since) == []
+    finally:
+        for table in tables.all().values():
+            table.close()  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ from faust.types import TP
 from app.faust_ext.app import HydrantApp
 from app.faust_ext.tables import ChangelogStore, raw_table
 from app.metrics import STALE_CHANGELOG_RECORDS
+from tables.store import UNCONFIRMED_KEY
 
 
 def event(topic: str, partition: int, offset: int, key: bytes, value: bytes | None) -> Any:
@@ -64,3 +65,31 @@ async def test_faust_applies_changelog_records_through_the_version_check(tmp_pat
         None,
     )
     assert lookups.db(0).get(b"u1") == b'{"tier":"free"}'
+
+
+async def test_a_partition_with_unconfirmed_local_writes_is_rebuilt_from_its_changelog(
+    tmp_path: Path, caplog: Any
+) -> None:
+    """A worker killed after writing a batch locally, before its changelog records were acked (or one
+    that wrote after losing the partition), must not recover on top of those writes."""
+    app = HydrantApp(
+        "test-store",
+        broker="kafka://127.0.0.1:1",
+        store="hydrant://",
+        datadir=str(tmp_path),
+        autodiscover=False,
+        loop=asyncio.get_running_loop(),
+    )
+    features = raw_table(app, "features-g", 2, "window state", 16)
+    tp = TP(features.changelog, 0)
+    db = features.db(0)
+    db[b"k\x00"] = b'{"n":28,"m":"1","o":{"s:0":9}}'
+    features.persist(0, 41)
+    assert features.faust.data.persisted_offset(tp) == 41  # all confirmed: recovery starts after 41
+
+    db[UNCONFIRMED_KEY] = b"3"
+    assert features.persisted(0) == 41  # what the writer compares with: never clears anything
+    assert db.get(b"k\x00") is not None
+    assert features.faust.data.persisted_offset(tp) is None  # what Faust's recovery asks
+    assert list(db.keys()) == []
+    assert "rebuilt from the changelog" in caplog.text

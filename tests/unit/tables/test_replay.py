@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
 
 from tables.apply import choose
@@ -169,3 +170,26 @@ def test_incomplete_features_while_and_after_the_replay() -> None:
         "day_last_lifetime",
     ]
     assert ReplayJob.decode(running.encode()) == running
+
+
+def test_a_job_over_a_hop_topic_never_holds_the_whole_history() -> None:
+    """A hop topic to a later stage begins when a spec first uses its key: from offset 0 it still
+    lacks the events before. A job recorded before jobs listed their hop inputs is told by the names."""
+    before, _ = group("1m", *V1)
+    after, _ = group("1m", *V2)
+    plan = replaying(before, after)
+    ids = {a.ident: a.name for a in plan.aggregations if a.replaying}
+    hop = "hydrant-shop-stream-s1-by-device-repartition:2"
+    lifetime = ["day_count_lifetime", "day_min_lifetime", "day_last_lifetime"]
+    job = ReplayJob(ids, {hop: 0}, {hop: 100}, since=BASE, done=True, hops=[hop])
+    assert not job.whole_history
+    assert incomplete_features(plan, job, BASE + 30 * MINUTE - 1)[-3:] == lifetime
+    assert len(incomplete_features(plan, job, BASE + 30 * MINUTE - 1)) > 3
+    assert incomplete_features(plan, job, BASE + 30 * MINUTE) == lifetime
+    assert ReplayJob.decode(job.encode()) == job
+    old = orjson.loads(job.encode())
+    del old["hops"]
+    assert not ReplayJob.decode(orjson.dumps(old)).whole_history
+    stream = {"s1:2": 0, "hydrant-shop-stream-s1-repartition:2": 0}
+    assert ReplayJob(ids, stream, {n: 100 for n in stream}, since=BASE, done=True).whole_history
+    assert ReplayJob(ids, stream, {n: 100 for n in stream}, since=BASE, done=True, hops=[]).whole_history

@@ -19,7 +19,7 @@ from tables.apply import apply_event, choose
 from tables.key_state import KeyState
 from tables.plans import GroupPlan, group_plans
 from tables.read import read_features
-from tables.restore import is_older, newest_versions, write_fetch
+from tables.restore import newest_versions, supersedes, write_fetch
 from tests.support.tables import RdictTable
 
 PIPELINE = """\
@@ -127,18 +127,21 @@ def test_without_versions_the_last_record_wins(tmp_path: Path) -> None:
     assert table.db(0).get(b"u2") is None
 
 
-def test_newer_equal_and_deleted_versions_are_applied(tmp_path: Path) -> None:
+def test_superseding_equal_and_deleted_versions_are_applied_and_others_skipped(tmp_path: Path) -> None:
     db = rocksdict.Rdict(str(tmp_path / "db"), options=rocksdict.Options(raw_mode=True))
     bucket = b"k\x0028"
     db[bucket] = b'[[[3]],"=abcd",{"s:0":7}]'
     newer = b'[[[4]],"=abcd",{"s:0":9}]'
     converted = b'[[[4],null],"=abcdefgh",{"s:0":9}]'  # a new layout, the same events
     older = b'[[[2]],"=abcd",{"s:0":5}]'
-    other_source = b'[[[1]],"=abcd",{"s:1":2}]'  # events of a source the stored version lacks
     changes, skipped = newest_versions(db, [(bucket, newer), (bucket, older), (bucket, converted)])
     assert (changes, skipped) == ({bucket: converted}, 1)
-    changes, skipped = newest_versions(db, [(bucket, other_source)])
-    assert (changes, skipped) == ({bucket: other_source}, 0)
+    # Events of a source the stored version lacks, but not those it holds: written late by a worker
+    # that had lost the partition (every writer starts from the version before and only adds).
+    other_source = b'[[[1]],"=abcd",{"s:1":2}]'
+    assert newest_versions(db, [(bucket, other_source)]) == ({}, 1)
+    both = b'[[[5]],"=abcd",{"s:0":7,"s:1":2}]'
+    assert newest_versions(db, [(bucket, both)]) == ({bucket: both}, 0)
     changes, skipped = newest_versions(db, [(bucket, None), (bucket, older)])
     assert (changes, skipped) == ({bucket: older}, 0)  # after a delete, nothing to compare with
     head = b"k\x00"
@@ -150,12 +153,12 @@ def test_newer_equal_and_deleted_versions_are_applied(tmp_path: Path) -> None:
     assert (changes, skipped) == ({job: b'{"x":1}'}, 0)
 
 
-def test_is_older_needs_every_offset_at_or_below() -> None:
-    assert is_older({"s:0": 5}, {"s:0": 7})
-    assert is_older({"s:0": 7}, {"s:0": 7, "s:1": 1})
-    assert not is_older({"s:0": 7}, {"s:0": 7})
-    assert not is_older({"s:0": 5, "s:1": 3}, {"s:0": 7})
-    assert not is_older({"s:0": 8}, {"s:0": 7, "s:1": 9})
-    assert is_older(3, 5)  # roll-ups: the newest bucket merged
-    assert not is_older(5, 5)
-    assert not is_older(None, {"s:0": 1})
+def test_supersedes_needs_every_stored_offset_at_least_as_high() -> None:
+    assert not supersedes({"s:0": 5}, {"s:0": 7})
+    assert not supersedes({"s:0": 7}, {"s:0": 7, "s:1": 1})
+    assert supersedes({"s:0": 7}, {"s:0": 7})
+    assert not supersedes({"s:0": 8}, {"s:0": 7, "s:1": 9})  # neither holds the other's events
+    assert supersedes({"s:0": 8, "s:1": 9, "s:2": 0}, {"s:0": 7, "s:1": 9})
+    assert not supersedes(3, 5)  # roll-ups: the newest bucket merged
+    assert supersedes(5, 5)
+    assert supersedes(None, {"s:0": 1}) and supersedes({"s:0": 1}, None)

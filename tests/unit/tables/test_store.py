@@ -16,7 +16,7 @@ from tables.apply import apply_event, choose
 from tables.key_state import KeyState
 from tables.plans import group_plans
 from tables.read import read_features
-from tables.store import StateWriter, contiguous_end, prefix_scan
+from tables.store import UNCONFIRMED_KEY, StateWriter, clear, contiguous_end, prefix_scan, unconfirmed
 from tests.support.engine import FakeKafkaProducer
 from tests.support.tables import RdictTable
 
@@ -96,8 +96,9 @@ def test_state_writer_writes_each_partition_in_order_locally_and_to_its_changelo
         writer.write_many(table, 0, [(b"k\x001", b"v1 again")])
         assert dbs[0].get(b"k\x001") is None  # nothing is local before commit_local
         writer.commit_local()
-        assert dict(dbs[0].items()) == {b"k\x00": b"head", b"k\x001": b"v1 again"}
-        assert dict(dbs[1].items()) == {b"other": b"v"}
+        # Each partition marked unconfirmed until its changelog records are acked (none sent here).
+        assert dict(dbs[0].items()) == {b"k\x00": b"head", b"k\x001": b"v1 again", UNCONFIRMED_KEY: b"1"}
+        assert dict(dbs[1].items()) == {b"other": b"v", UNCONFIRMED_KEY: b"1"}
         assert told == [("features", 0), ("features", 1)]
         changelog = (
             writer._changelog._records
@@ -132,11 +133,16 @@ async def test_a_writer_whose_records_follow_another_writers_keeps_its_persisted
     await writer.delivered()
     assert table.persisted(0) == 2
 
+    assert not unconfirmed(table.db(0))  # acked and persisted: confirmed
+
     producer.next_offset[TopicPartition(table.changelog, 0)] += 5  # another worker wrote 3..7
     writer.write(table, 0, b"a\x00", b"3")
     await writer.delivered()
     assert table.persisted(0) == 2
     assert "records of another writer precede these (offsets 8-8); persisted offset kept" in caplog.text
+    assert unconfirmed(table.db(0))  # its next recovery rebuilds the partition from the changelog
+    clear(table.db(0))
+    assert list(table.db(0).keys()) == []
 
     fresh = RdictTable(tmp_path / "fresh", "features-g")
     writer.write(fresh, 1, b"c\x00", b"4")  # a partition never restored here, whose changelog is not empty
@@ -150,3 +156,17 @@ def test_contiguous_end_chains_batches_from_the_persisted_offset() -> None:
     assert contiguous_end(None, [(0, 3)]) == 3
     assert contiguous_end(None, [(1, 3)]) is None
     assert contiguous_end(4, [(5, 6), (8, 9)]) is None
+
+
+async def test_a_write_stays_unconfirmed_until_its_own_ack_and_not_an_earlier_ones(tmp_path: Path) -> None:
+    table = RdictTable(tmp_path, "features-g")
+    producer = FakeKafkaProducer()
+    first, second = StateWriter(producer), StateWriter(producer)
+    first.write(table, 0, b"a\x00", b"1")
+    await first.send()
+    second.write(table, 0, b"a\x00", b"2")
+    await second.send()  # batch k + 1 written locally before batch k is acked
+    await first.acked()
+    assert table.persisted(0) == 0 and unconfirmed(table.db(0))
+    await second.acked()
+    assert table.persisted(0) == 1 and not unconfirmed(table.db(0))
