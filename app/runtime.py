@@ -116,6 +116,7 @@ stream_engine = StreamEngine(
     FETCH_RECORDS,
     on_write=serving.wrote,
     replay=replayer,
+    idle_ms=settings.idle_partition_ms,
 )
 stream_source = Intake(app, stream_engine.routes, max_buffered=4 * FETCH_RECORDS)
 #: Subscribes the consumer to the stream topics; their records reach the intake, not this channel.

@@ -48,10 +48,12 @@ from tables.state_format import (
 Outcome = Literal["applied", "duplicate", "late"]
 
 
-def is_late(plan: GroupPlan, state: KeyState, time_ms: int) -> bool:
-    """docs/product.md: late when b(event) <= n - R, n the newest bucket of any earlier event of the key."""
+def is_late(plan: GroupPlan, state: KeyState, time_ms: int, limit: int | None = None) -> bool:
+    """docs/features.md: late when b(event) <= min(n - R, limit), n the newest bucket of any earlier
+    event of the key, ``limit`` the bucket of every upstream partition's progress minus R (None: at the
+    stream's own key), and never above a bucket already expired."""
     newest = state.newest
-    return newest is not None and plan.bucket(time_ms) <= newest - plan.retention
+    return newest is not None and plan.bucket(time_ms) <= state.target(newest, limit)
 
 
 def choose(plan: GroupPlan, stream: str, fields: Mapping[str, Any]) -> list[AggregationPlan]:
@@ -69,6 +71,7 @@ def apply_event(
     source: str,
     offset: int,
     legacy: str | None = None,
+    limit: int | None = None,
 ) -> Outcome:
     """Apply one event (``chosen``: from :func:`choose`) to a key's state: 'applied', 'duplicate' (its
     source offset is already in the bucket or head, under ``source`` or under ``legacy``, the identity
@@ -78,7 +81,7 @@ def apply_event(
         return "duplicate"
     number = time_ms // plan.period_ms
     newest = state.newest
-    late = newest is not None and number <= newest - plan.retention  # is_late
+    late = newest is not None and number <= state.target(newest, limit)  # is_late
     record = None if late else state.bucket(number)
     if record is not None and record[LAYOUT] != plan.tag:
         record = convert(plan, record)
@@ -89,10 +92,10 @@ def apply_event(
     processed[source] = offset  # persisted with the head's next write, after the buckets
     if late:
         return "late"
-    if newest is None or number > newest:
+    if state.moves(number, limit):
         if plan.rollup:
-            roll_up(plan, state, number)  # before the buckets it expires go
-        state.advance(number)
+            roll_up(plan, state, number, limit)  # before the buckets it expires go
+        state.advance(number, limit)
     values = []
     for agg in chosen:
         value = fields.get(agg.field) if agg.field is not None else True

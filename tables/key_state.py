@@ -26,6 +26,7 @@ class KeyState:
         "_deleted",
         "_dirty",
         "_head_dirty",
+        "_horizon",
         "_load",
         "_raw",
         "_retention",
@@ -49,11 +50,15 @@ class KeyState:
             raw, self._raw = self._scan(scan)
         self.newest: int | None
         self.processed: dict[str, int]
+        # buckets at or below the horizon are expired; None: n - R (a key fed only at its stream's
+        # own key, or whose upstream partitions were never behind it)
+        self._horizon: int | None = None
         if raw is None:
             self.newest, self.mask, self.processed = None, 0, {}
         else:
             head = orjson.loads(raw)
             self.newest, self.mask, self.processed = head["n"], int(head["m"], 16), head["o"]
+            self._horizon = head.get("h")
         self._buckets: dict[int, Bucket | None] = {}
         self._rollup: Bucket | None = UNREAD
         self._rollup_dirty = False
@@ -80,7 +85,7 @@ class KeyState:
         if n is None:
             return []
         hi = min(hi, n)
-        lo = max(lo, n - self._retention + 1)
+        lo = max(lo, self.floor + 1, n - self.mask.bit_length() + 1)  # no stored bucket below the mask
         if lo > hi:
             return []
         bits = (self.mask >> (n - hi)) & ((1 << (hi - lo + 1)) - 1)
@@ -95,12 +100,12 @@ class KeyState:
     def stored_buckets(self) -> list[int]:
         """Every stored bucket number, ascending."""
         n = self.newest
-        return [] if n is None else self.stored(n - self._retention + 1, n)
+        return [] if n is None else self.stored(self.floor + 1, n)
 
     def is_stored(self, number: int) -> bool:
         """Whether bucket ``number`` is stored (the head lists it)."""
         n = self.newest
-        return n is not None and 0 <= n - number < self._retention and bool(self.mask >> (n - number) & 1)
+        return n is not None and self.floor < number <= n and bool(self.mask >> (n - number) & 1)
 
     def bucket(self, number: int) -> Bucket | None:
         """Bucket ``number`` as decoded and cached (None: not stored)."""
@@ -148,12 +153,34 @@ class KeyState:
         self._rollup = record
         self._rollup_dirty = True
 
-    def expiring(self, number: int) -> list[int]:
-        """The stored buckets that making ``number`` the newest would expire, ascending."""
+    @property
+    def floor(self) -> int:
+        """Buckets at or below this one are expired (n - R unless upstream partitions held it lower);
+        only for a key that exists."""
         n = self.newest
-        if n is None or number <= n:
+        assert n is not None
+        return n - self._retention if self._horizon is None else self._horizon
+
+    def target(self, number: int, limit: int | None = None) -> int:
+        """The floor once bucket ``number`` is seen: max(n, number) - R, but not above ``limit`` (the
+        bucket of every upstream partition's progress minus R, docs/features.md) nor below today's."""
+        n = self.newest
+        top = number if n is None or number > n else n
+        line = top - self._retention
+        if limit is not None and limit < line:
+            line = limit
+        return line if n is None or line > self.floor else self.floor
+
+    def expiring(self, number: int, limit: int | None = None) -> list[int]:
+        """The stored buckets that seeing bucket ``number`` (under ``limit``) would expire, ascending."""
+        if self.newest is None:
             return []
-        return self.stored(n - self._retention + 1, number - self._retention)
+        return self.stored(self.floor + 1, self.target(number, limit))
+
+    def moves(self, number: int, limit: int | None = None) -> bool:
+        """Whether seeing bucket ``number`` (under ``limit``) changes the newest bucket or the floor."""
+        n = self.newest
+        return n is None or number > n or self.target(number, limit) > self.floor
 
     def mark_processed(self, source: str, offset: int) -> None:
         """Record event ``offset`` of ``source`` as processed without applying it (a late decision),
@@ -167,17 +194,25 @@ class KeyState:
         self._buckets[number] = record
         return record
 
-    def advance(self, number: int) -> None:
-        """Make ``number`` the newest bucket; buckets now <= n - R are expired (deleted on write)."""
-        if self.newest is not None:
-            shifted = self.mask << (number - self.newest)
-            expired = shifted >> self._retention
-            while expired:  # bit j: bucket number - R - j
-                low = expired & -expired
-                self._deleted.add(number - self._retention - (low.bit_length() - 1))
-                expired ^= low
-            self.mask = shifted & ((1 << self._retention) - 1)
-        self.newest = number
+    def advance(self, number: int, limit: int | None = None) -> None:
+        """See bucket ``number``: it becomes the newest if it is newer, and buckets at or below the new
+        floor (:meth:`target`) are expired (deleted on write)."""
+        n = self.newest
+        top = number if n is None or number > n else n
+        line = self.target(number, limit)
+        if n is not None:
+            shifted = self.mask << (top - n)
+            keep = top - line  # buckets (line, top]: bits 0 .. keep - 1
+            if shifted.bit_length() > keep:  # stored buckets at or below the line
+                expired = shifted >> keep
+                while expired:  # bit j: bucket line - j
+                    low = expired & -expired
+                    self._deleted.add(line - (low.bit_length() - 1))
+                    expired ^= low
+                shifted &= (1 << keep) - 1
+            self.mask = shifted
+        self.newest = top
+        self._horizon = None if line == top - self._retention else line
         self._head_dirty = True
 
     def _create(self, number: int, size: int, tag: str) -> Bucket:
@@ -202,7 +237,9 @@ class KeyState:
             out.append((rollup_key(self.key), encode_bucket(self._rollup)))
             self._rollup_dirty = False
         if self._head_dirty:
-            head = {"n": self.newest, "m": format(self.mask, "x"), "o": self.processed}
+            head: dict[str, Any] = {"n": self.newest, "m": format(self.mask, "x"), "o": self.processed}
+            if self._horizon is not None:
+                head["h"] = self._horizon
             out.append((head_key(self.key), orjson.dumps(head)))
         out.extend((bucket_key(self.key, number), None) for number in sorted(self._deleted))
         self._head_dirty = False

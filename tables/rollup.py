@@ -46,11 +46,11 @@ from tables.state_format import (
 )
 
 
-def roll_up(plan: GroupPlan, state: KeyState, number: int) -> None:
-    """Before ``state`` makes bucket ``number`` its newest: merge the stored buckets that this expires
-    into the key's roll-up (those at or below its ``through`` already are: a redelivery after a crash
-    between the roll-up's write and the head's merges nothing twice)."""
-    expiring = state.expiring(number)
+def roll_up(plan: GroupPlan, state: KeyState, number: int, limit: int | None = None) -> None:
+    """Before ``state`` sees bucket ``number`` (under ``limit``, KeyState.target): merge the stored
+    buckets that this expires into the key's roll-up (those at or below its ``through`` already are: a
+    redelivery after a crash between the roll-up's write and the head's merges nothing twice)."""
+    expiring = state.expiring(number, limit)
     if not expiring:
         return
     record = state.rollup()

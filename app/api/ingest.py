@@ -25,6 +25,7 @@ from app.metrics import INGEST_EVENTS, INGEST_REFUSED
 from app.records.decode import BadRecord, decode_event
 from app.records.keys import key_of
 from app.records.partitioning import partition_for
+from app.records.source import stage_tag
 from tables.apply import choose
 from tables.plans import GroupPlan
 from tables.state_format import OFFSETS, bucket_key, head_key
@@ -171,7 +172,7 @@ def checks_for(
             for group in stage.groups
             if _feeds(plans[group], stream, fields)
         ]
-        source += f">{partition_for(key.encode('utf-8'), partitions)}"
+        source += f">{stage_tag(stage.key).decode()}:{partition_for(key.encode('utf-8'), partitions)}"
     return checks
 
 
@@ -342,8 +343,11 @@ def shows_applied(plan: GroupPlan, get: Callable[[bytes], bytes | None], key: by
     head = orjson.loads(raw)
     if head["o"].get(check.source, -1) >= check.offset:
         return True
+    newest = head["n"]
+    if newest is None:  # a key only marked with late events of its stage: nothing applied yet
+        return False
     number = plan.bucket(check.time_ms)
-    if number <= head["n"] - plan.retention:
+    if number <= head.get("h", newest - plan.retention):  # expired there: late
         return True
     bucket = get(bucket_key(key, number))
     return bucket is not None and orjson.loads(bucket)[OFFSETS].get(check.source, -1) >= check.offset

@@ -125,6 +125,14 @@ class Settings(BaseSettings):
         "`table_standby_replicas`): a worker taking a partition over from a failed one starts from "
         "its standby instead of the whole changelog.",
     )
+    idle_partition_ms: int = Field(
+        default=60_000,
+        ge=0,
+        le=86_400_000,
+        description="How long an upstream partition may send nothing to a later stage (a group on another "
+        "key than its stream's) before it stops holding that stage's lateness and bucket expiry back "
+        "(docs/features.md, late rule).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     api_token: SecretStr | None = Field(default=None, description="Bearer token for the data API.")
     partitions: int = Field(default=4, ge=1, le=10_000, description="Partitions of topics Hydrant creates.")

@@ -26,6 +26,7 @@ from app.engine.shards import (
     lay_over,
     read_records,
 )
+from app.engine.watermarks import Watermarks, stream_channels
 from app.kafka.batches import RecordBatches, partition_count
 from app.kafka.dead_letters import forward, send_dead_letter
 from app.metrics import (
@@ -40,7 +41,15 @@ from app.metrics import (
 from app.records.decode import BadRecord, decode_event
 from app.records.keys import key_of
 from app.records.partitioning import is_home, partition_for
-from app.records.source import carried_parts, carried_path, hop_headers, source_headers, source_position
+from app.records.source import (
+    carried_parts,
+    carried_path,
+    carried_watermark,
+    hop_headers,
+    route_identity,
+    source_headers,
+    source_position,
+)
 from app.system.memory import collections_paused, settle_garbage_collector
 from tables.registry import StateTables
 from tables.store import StateWriter
@@ -146,6 +155,7 @@ class Step(NamedTuple):
     key: bytes
     shard: int  # -1: forward to the repartition topic
     position: int  # the event's position in its shard
+    mark: int = 0  # its stage's progress as of it, sent on with it to a later stage (watermarks.py)
 
 
 class PartitionCounts:
@@ -192,6 +202,7 @@ class StreamEngine:
         batch_max: int,
         on_write: Callable[[str, int], None] | None = None,
         replay: Replayer | None = None,
+        idle_ms: int = 60_000,
     ) -> None:
         self.work = work
         self.replay = replay  # runs between batches, within its share (app/engine/replay.py)
@@ -201,6 +212,13 @@ class StreamEngine:
         self.partitions = partitions
         self.batch_max = batch_max
         self.on_write = on_write
+        stages: dict[str, dict[int, tuple[str, ...]]] = {}
+        for route in routes.values():
+            stages.setdefault(route.name, {})[route.stage] = route.key
+        self.watermarks = Watermarks(
+            {name: stream_channels(sorted(keys.items()), partitions) for name, keys in stages.items()},
+            idle_ms,
+        )
         self.late = {g: LATE_EVENTS.labels(g) for g in tables.plans}
         self.duplicates = {g: DUPLICATE_EVENTS.labels(g) for g in tables.plans}
 
@@ -284,6 +302,8 @@ class StreamEngine:
             logger.warning("batch holds events of partitions no longer assigned here: %s", sorted(stale))
         partitions = self.partitions
         routes, add, shard_for = self.routes, self.work.add, self.helpers.shard_for
+        watermarks = self.watermarks
+        watermarks.begin()
         topic_counts: dict[str, int | None] = {}  # asked once per topic and batch
         counts, shards, shard_of, home_of, steps = (
             batch.counts,
@@ -305,6 +325,16 @@ class StreamEngine:
                 continue
             key, ts, fields = decoded
             stage = route.stage
+            if stage:  # progress of the stage partition as of the record (app/engine/watermarks.py)
+                path = carried_path(message)
+                held = watermarks.stage(
+                    route.name, stage, message.partition, path.rpartition(b">")[2], carried_watermark(message)
+                )
+                mark = ts if held is None else held
+            elif route.repartitioned:  # forwarded to its home partition: that partition's progress
+                mark = watermarks.progress(route.spec.topic, message.partition)
+            else:
+                mark = watermarks.stream(message.topic, message.partition, ts)
             if stage:  # a later stage: keyed by the stage's key
                 found = key_of(fields, route.key)
                 if found is None:  # the stage before checked it: a record written by another spec
@@ -325,13 +355,16 @@ class StreamEngine:
                 s = shard_of[raw_key] = shard_for(len(shard_of))
                 home_of[raw_key] = message.partition
             source, offset = source_position(message, route.repartitioned)
-            if stage:  # events of one source reach a later stage in order only along one path
-                source += carried_path(message).decode()
-            if stage:
-                event = ShardEvent(route.name, decoded, source, offset, stage, key, carried_parts(message))
+            if stage:  # events of one source reach a later stage in order only along one route
+                source = route_identity(source, path.decode())
+                event = ShardEvent(
+                    route.name, decoded, source, offset, stage, key, carried_parts(message), held
+                )
             else:
                 event = ShardEvent(route.name, decoded, source, offset)
-            steps.append(Step(message, route, None, raw_key, s, add(shards[s], event, key, raw_key, ts)))
+            steps.append(
+                Step(message, route, None, raw_key, s, add(shards[s], event, key, raw_key, ts), mark)
+            )
         self.read_batch(batch)
         return batch
 
@@ -384,7 +417,7 @@ class StreamEngine:
         output_partitions: dict[str, int] = {}  # asked once per batch
         outcomes = {s: result.outcomes for s, result in done.items()}
         add = outputs.add
-        for n, (message, route, error, raw_key, s, position) in enumerate(batch.steps, 1):
+        for n, (message, route, error, raw_key, s, position, mark) in enumerate(batch.steps, 1):
             if n % (4 * YIELD_EVERY) == 0:
                 await asyncio.sleep(0)
             if error is None and s < 0:
@@ -400,7 +433,7 @@ class StreamEngine:
                     partition_for(hop_key, partitions),
                     hop_key,
                     message.value,
-                    hop_headers(message, route.repartitioned, route.stage, route.key, parts),
+                    hop_headers(message, route.repartitioned, route.stage, route.key, parts, mark),
                     message.timestamp,
                 )
                 continue

@@ -26,7 +26,7 @@ from app.metrics import FEATURES_INCOMPLETE, REPLAY_LEFT, REPLAYED_EVENTS
 from app.records.decode import decode_event
 from app.records.keys import key_of
 from app.records.partitioning import is_home
-from app.records.source import carried_path, source_position
+from app.records.source import carried_path, route_identity, source_position
 from tables.apply import choose
 from tables.key_state import KeyState
 from tables.plans import GroupPlan
@@ -366,7 +366,7 @@ class Replayer:
                 return None  # forwarded: replayed from the topic it was forwarded to
         source, offset = source_position(record, route.repartitioned)
         if route.stage:
-            source += carried_path(record).decode()
+            source = route_identity(source, carried_path(record).decode())
         return raw_key, route.stream, fields, ts, source, offset
 
     async def _replay(self, io: ReplayIO, slot: Slot, job: ReplayJob, generation: int) -> int:

@@ -56,6 +56,9 @@ class ShardEvent:
     stage: int = 0  # which of its stream's stages (app/config/routing.py) it is at
     key: str = ""  # the stage key's string form ("": the stream key, decoded[0])
     carry: bytes | None = None  # the parts earlier stages gathered (orjson), None at stage 0
+    #: at a later stage, every upstream partition's progress as the event arrived (event time, ms;
+    #: app/engine/watermarks.py); None: at the stream's own key, or nothing holds the stage back
+    mark: int | None = None
 
 
 @dataclass
@@ -184,7 +187,7 @@ class BatchWork:
             key, ts, fields = event.decoded
             here = event.key or key
             raw_key = here.encode("utf-8")
-            late = self._apply(work, states, raw_key, fields, ts, event.source, event.offset, result)
+            late = self._apply(work, states, raw_key, fields, ts, event, result)
             parts: dict[str, Any] = orjson.loads(event.carry) if event.carry is not None else {}
             if late is not None:
                 parts.setdefault(LATE, late)
@@ -213,8 +216,7 @@ class BatchWork:
         raw_key: bytes,
         fields: dict[str, Any],
         ts: int,
-        source: str,
-        offset: int,
+        event: ShardEvent,
         result: ShardResult,
     ) -> str | None:
         """Apply the event to every group its stream feeds at this stage; when it is late for any of
@@ -223,7 +225,11 @@ class BatchWork:
         groups = work.stage.groups
         if not groups:
             return None
+        source, offset, mark = event.source, event.offset, event.mark
         plans = self.plans
+        limits = (
+            NO_LIMITS if mark is None else {g: plans[g].bucket(mark) - plans[g].retention for g in groups}
+        )
         try:
             chosen = {g: choose(plans[g], work.stream, fields) for g in groups}
         except Exception as exc:
@@ -234,7 +240,8 @@ class BatchWork:
         late = [
             (g, state)
             for g, state in keyed
-            if not _recorded(state.processed, source, legacy, offset) and is_late(plans[g], state, ts)
+            if not _recorded(state.processed, source, legacy, offset)
+            and is_late(plans[g], state, ts, limits[g])
         ]
         if late:
             for g, _ in late:
@@ -245,15 +252,26 @@ class BatchWork:
                 state.mark_processed(source, offset)
             first, state = late[0]
             plan = plans[first]
-            horizon = (state.newest or 0) - plan.retention
+            horizon = state.target(state.newest or 0, limits[first])
             return (
-                f"event time {ts} is in bucket {plan.bucket(ts)} <= {horizon} (the key's newest bucket "
-                f"minus the retention of group {first!r})"
+                f"event time {ts} is in bucket {plan.bucket(ts)} <= {horizon} (the key's newest bucket, "
+                f"or every upstream partition's if lower, minus the retention of group {first!r})"
             )
         for g, state in keyed:
-            if apply_event(plans[g], state, chosen[g], fields, ts, source, offset, legacy) == "duplicate":
+            outcome = apply_event(plans[g], state, chosen[g], fields, ts, source, offset, legacy, limits[g])
+            if outcome == "duplicate":
                 result.duplicates[g] = result.duplicates.get(g, 0) + 1
         return None
+
+
+class _NoLimits(dict[str, int | None]):
+    """Every group's limit is None (an event at its stream's own key)."""
+
+    def __missing__(self, group: str) -> None:
+        return None
+
+
+NO_LIMITS = _NoLimits()
 
 
 def _recorded(processed: dict[str, int], source: str, legacy: str | None, offset: int) -> bool:

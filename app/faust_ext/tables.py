@@ -61,7 +61,8 @@ class ChangelogStore(RocksDBStore):
     point ``hydrant`` (pyproject.toml; store URL ``hydrant://``). Written against faust-streaming 0.15.3."""
 
     def persisted_offset(self, tp: TP) -> int | None:
-        """Where recovery of ``tp`` starts (Faust asks when the partition is assigned): None, after
+        """Where recovery of ``tp`` starts (Faust asks when the partition is assigned): -1 (from the
+        start; None would keep where Faust's last recovery of a partition it still holds stopped), after
         deleting every local record, when the partition holds writes its changelog never confirmed (a
         crash before their records were acked, or writes after it lost the partition): its changelog
         then rebuilds it."""
@@ -74,7 +75,7 @@ class ChangelogStore(RocksDBStore):
                 tp.partition,
             )
             clear(db)
-            return None
+            return -1
         offset: int | None = super().persisted_offset(tp)
         return offset
 

@@ -58,6 +58,8 @@ HOP_PARTS = "hydrant-parts"  # on a hop to a later stage: what the event's outpu
 #: on a hop to a later stage: ``>tag:p`` per stage it went through (its key's tag, its partition)
 HOP_PATH = "hydrant-path"
 TAG_CHARS = 4  # a stage key's tag: 24 bits of BLAKE2b in base64url
+#: on a hop to a later stage: its sender's progress in event time as of it (ms; app/engine/watermarks.py)
+HOP_WATERMARK = "hydrant-watermark"
 
 
 @functools.lru_cache(maxsize=256)
@@ -69,10 +71,11 @@ def stage_tag(key: tuple[str, ...]) -> bytes:
 
 
 def hop_headers(
-    message: Any, repartitioned: bool, stage: int, key: tuple[str, ...], parts: bytes
+    message: Any, repartitioned: bool, stage: int, key: tuple[str, ...], parts: bytes, watermark: int
 ) -> list[tuple[str, bytes]]:
     """Headers of a record sent on from ``stage`` (key fields ``key``, on the message's partition) to a
-    later stage: its source, its original Kafka key, the path of stages it took, ``parts``."""
+    later stage: its source, its original Kafka key, the path of stages it took, ``parts``, and the
+    sender's progress ``watermark``."""
     headers = source_headers(message, repartitioned)
     original = source_key(message, repartitioned)
     if original is not None:
@@ -80,7 +83,14 @@ def hop_headers(
     path = carried_path(message) if stage else b""
     headers.append((HOP_PATH, b"%b>%b:%d" % (path, stage_tag(key), message.partition)))
     headers.append((HOP_PARTS, parts))
+    headers.append((HOP_WATERMARK, b"%d" % watermark))
     return headers
+
+
+def carried_watermark(message: Any) -> int | None:
+    """The sender's progress a hop record carries (None: none, a record of an earlier release)."""
+    raw = next((v for k, v in _header_items(message) if k == HOP_WATERMARK), None)
+    return None if raw is None else int(raw)
 
 
 def carried_parts(message: Any) -> bytes | None:
@@ -92,6 +102,19 @@ def carried_path(message: Any) -> bytes:
     """The stages a hop record went through, ``>tag:p`` each (empty on other records): with its
     source, the identity window state dedups it by (docs/pipeline.md: one route, one order)."""
     return next((v for k, v in _header_items(message) if k == HOP_PATH), b"")
+
+
+@functools.lru_cache(maxsize=4096)
+def route_identity(source: str, path: str) -> str:
+    """The identity of an event at a later stage: its source and route (``src>tag:p>tag:q``). A route
+    written partly by the previous release (some steps without a tag, during a rolling upgrade) is
+    named in that release's form (:func:`legacy_identity`), so that the same event sent again by an
+    upgraded stage is still recognised."""
+    identity = source + path
+    steps = path.split(">")[1:]
+    if any(":" not in step for step in steps) and any(":" in step for step in steps):
+        return legacy_identity(identity) or identity
+    return identity
 
 
 @functools.lru_cache(maxsize=4096)

@@ -489,7 +489,8 @@ def compute(
     from app.tools.offline import compute as compute_features
     from app.tools.offline import parse_at, write_table
 
-    configure_logging(load_settings().log_level)
+    settings = load_settings()
+    configure_logging(settings.log_level)
     spec = load_pipeline(pipeline_file)
     streams = _inputs(spec, files, inputs, lookups=service is not None)
     if labels is not None and ats:
@@ -501,7 +502,14 @@ def compute(
 
         started = time.monotonic()
         frame, report = compute_service(
-            spec, service, streams, read_table, read_table(labels), label_time, order_by_time=order_by_time
+            spec,
+            service,
+            streams,
+            read_table,
+            read_table(labels),
+            label_time,
+            order_by_time=order_by_time,
+            partitions=settings.partitions,
         )
         write_table(frame, out)
         click.echo(report.line(out, time.monotonic() - started))
@@ -530,6 +538,7 @@ def compute(
             groups=groups or None,
             progress=step,
             order_by_time=order_by_time,
+            partitions=settings.partitions,
         )
         write_table(frame, out)
     click.echo(report.line(out, time.monotonic() - started))

@@ -22,17 +22,15 @@ import httpx
 import numpy as np
 import orjson
 import pandas as pd
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.config.routing import stream_stages
 from app.config.spec import load_pipeline
 from app.records.keys import key_of
-from tests.conftest import payments_pipeline_text
 from tests.support.broker import BrokerUnderTest
 from tests.support.checks import mismatches
 from tests.support.ground_truth import GroundTruth
-from tests.support.kafka import consume, create_pipeline_topics_for, produce
+from tests.support.kafka import consume, produce
 from tests.support.worker import WorkerProcess, wait_for
 
 CARDS, MERCHANTS, PAYMENTS = 2_000, 300, 20_000
@@ -79,14 +77,6 @@ async def paced(bootstrap: str, topic: str, records: list[tuple[bytes | None, by
             await asyncio.sleep(max(0.0, started + (i + PACE // 10) / PACE - time.monotonic()))
     finally:
         await producer.stop()
-
-
-@pytest.fixture
-def payments_pipeline(tmp_path: Path, uid: str, broker: BrokerUnderTest) -> Path:
-    path = tmp_path / "payments.yaml"
-    path.write_text(payments_pipeline_text(uid))
-    create_pipeline_topics_for(broker.url, path, uid)
-    return path
 
 
 def truths(

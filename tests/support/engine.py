@@ -236,8 +236,12 @@ def shop_engine(root: Path, helpers: int = 0, batch_max: int = 2_000) -> Engine:
     return pipeline_engine(root, SHOP, helpers, batch_max)
 
 
-def pipeline_engine(root: Path, path: Path, helpers: int = 0, batch_max: int = 2_000) -> Engine:
-    """The StreamEngine of the pipeline file ``path`` on tables under ``root``, as :func:`shop_engine`."""
+def pipeline_engine(
+    root: Path, path: Path, helpers: int = 0, batch_max: int = 2_000, idle_ms: int = 60_000
+) -> Engine:
+    """The StreamEngine of the pipeline file ``path`` on tables under ``root``, as :func:`shop_engine`;
+    ``idle_ms``: HYDRANT_IDLE_PARTITION_MS (0: an upstream partition holds a stage back only in the
+    batch it is read in)."""
     root.mkdir(parents=True, exist_ok=True)
     pipeline = load_pipeline(path)
     work = BatchWork(pipeline, GROUP_ID)
@@ -257,6 +261,7 @@ def pipeline_engine(root: Path, path: Path, helpers: int = 0, batch_max: int = 2
         PARTITIONS,
         batch_max,
         on_write=lambda name, partition: written.append((name, partition)),
+        idle_ms=idle_ms,
     )
     return Engine(engine, tables, pool, root, written)
 

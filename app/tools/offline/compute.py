@@ -14,6 +14,7 @@ from app.config.spec import Pipeline
 from app.errors import InputFileError
 from app.records.cells import csv_text, parquet_ready
 from app.tools.offline.events import (
+    DEFAULT_PARTITIONS,
     Accepted,
     GroupEvents,
     StreamEvents,
@@ -354,12 +355,16 @@ def compute(
     groups: Sequence[str] | None = None,
     progress: Progress | None = None,
     order_by_time: bool = False,
+    partitions: int = DEFAULT_PARTITIONS,
 ) -> tuple[pd.DataFrame, ComputeReport]:
     """The feature table: with ``labels``, each label row plus its groups' features as of its own
-    time; otherwise one row per (at, key) with ``key``, one column per key field, ``at``, the features."""
+    time; otherwise one row per (at, key) with ``key``, one column per key field, ``at``, the features.
+    ``partitions``: how the stream topics are partitioned (HYDRANT_PARTITIONS; the late rule's bound)."""
     say = progress or (lambda _stage: None)
     plans = _select_groups(pipeline, groups, one_key=labels is None)
-    streams, accepted, entity, report = prepared(pipeline, plans, inputs, reader, order_by_time, say)
+    streams, accepted, entity, report = prepared(
+        pipeline, plans, inputs, reader, order_by_time, say, partitions
+    )
     if labels is not None:
         frame, queries, q_times = _label_queries(labels, plans, entity, label_key, label_time)
     else:
@@ -401,6 +406,7 @@ def prepared(
     reader: Callable[[Path], pd.DataFrame],
     order_by_time: bool,
     say: Progress,
+    partitions: int = DEFAULT_PARTITIONS,
 ) -> tuple[dict[str, StreamEvents], Accepted, dict[tuple[str, ...], EntityKeys], ComputeReport]:
     """The input files read and typed, each group's accepted events (lateness per stage, as online)
     and each group key's numbering: what every query of ``plans`` starts from."""
@@ -426,7 +432,7 @@ def prepared(
     say("late events")
     # Every group of the pipeline decides lateness at its key's stage (an event late for one group of
     # a stage is applied to none of them, as online), as far as the given files feed it.
-    accepted = accept(pipeline, group_plans(pipeline), streams)
+    accepted = accept(pipeline, group_plans(pipeline), streams, partitions)
     for s in streams.values():
         for reason, n in s.dropped.items():
             report.dropped[reason] = report.dropped.get(reason, 0) + n

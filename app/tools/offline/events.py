@@ -16,6 +16,7 @@ from app.config.expressions import Expression
 from app.config.routing import stream_stages
 from app.config.spec import Pipeline, StreamSpec
 from app.errors import InputFileError
+from app.records.partitioning import partition_for
 from app.tools.frames import time_to_ms
 from app.tools.offline.keys import EntityKeys, Keyed, Parts, combine, distinct_parts, field_parts
 from tables.plans import GroupPlan
@@ -229,11 +230,58 @@ class Accepted:
     late: int  # events late at one stage or more (the worker dead-letters each once, reason `late`)
 
 
-def _late(keys: np.ndarray, buckets: np.ndarray, counted: np.ndarray, retention: int) -> np.ndarray:
+NO_LIMIT = np.iinfo(np.int64).max // 4  # a limit bucket above every bucket: the n - R rule alone
+NO_PROGRESS = np.iinfo(np.int64).max  # an event at its stream's own key: no progress bound
+DEFAULT_PARTITIONS = 4  # HYDRANT_PARTITIONS' default: how the stream topics are partitioned
+
+
+def _stream_partitions(events: StreamEvents, partitions: int) -> np.ndarray:
+    """Per event, the stream partition it is produced to (keyed by its stream key)."""
+    homes = np.array(
+        [partition_for(text.encode("utf-8"), partitions) for text in events.key_texts], dtype=np.int64
+    )
+    return homes[events.keys] if len(events.keys) else np.zeros(0, dtype=np.int64)
+
+
+def _late_limited(
+    keys: np.ndarray, buckets: np.ndarray, counted: np.ndarray, retention: int, limits: np.ndarray
+) -> np.ndarray:
+    """:func:`_late` at a later stage: b <= max(floor, min(n - R, limit)), ``limits`` the bucket of each
+    event's progress minus R, the floor the highest min(n - R, limit) the key's earlier counted events
+    set (tables/key_state.py ``KeyState.target``)."""
+    none = np.iinfo(np.int64).min // 4
+    order = np.argsort(keys, kind="stable")
+    k, b, c, lim = keys[order], buckets[order], counted[order], limits[order]
+    first = np.r_[True, k[1:] != k[:-1]]
+    frame = pd.DataFrame({"k": k, "b": np.where(c, b, none)})
+    newest = frame.groupby("k", sort=False)["b"].cummax().to_numpy()  # counted events up to this one
+    before = np.r_[np.int64(none), newest[:-1]]
+    before[first] = none
+    line = np.where(c, np.minimum(np.maximum(before, b) - retention, lim), none)  # the floor it leaves
+    frame["line"] = line
+    floor = frame.groupby("k", sort=False)["line"].cummax().to_numpy()
+    floor_before = np.r_[np.int64(none), floor[:-1]]
+    floor_before[first] = none
+    target = np.maximum(floor_before, np.minimum(before - retention, lim))
+    out = np.empty(len(keys), dtype=bool)
+    out[order] = (before > none) & (b <= target)
+    return out
+
+
+def _late(
+    keys: np.ndarray,
+    buckets: np.ndarray,
+    counted: np.ndarray,
+    retention: int,
+    limits: np.ndarray | None = None,
+) -> np.ndarray:
     """Per event (processing order): b <= n - R, n the largest bucket of the key's earlier counted
-    events. A running maximum per key, as one numpy accumulate over (key, bucket) composites."""
+    events. A running maximum per key, as one numpy accumulate over (key, bucket) composites. With
+    ``limits`` (events at a later stage), :func:`_late_limited`."""
     if not len(keys):
         return np.zeros(0, dtype=bool)
+    if limits is not None and (limits < NO_LIMIT).any():
+        return _late_limited(keys, buckets, counted, retention, limits)
     small = int(keys.max()) < 2**16  # numpy sorts 16-bit keys with a (stable) radix sort
     order = np.argsort(keys.astype(np.uint16) if small else keys, kind="stable")
     k, b, c = keys[order], buckets[order], counted[order]
@@ -301,7 +349,10 @@ def _entity_keys_of(
 
 
 def accept(
-    pipeline: Pipeline, plans: Mapping[str, GroupPlan], streams: Mapping[str, StreamEvents]
+    pipeline: Pipeline,
+    plans: Mapping[str, GroupPlan],
+    streams: Mapping[str, StreamEvents],
+    partitions: int = DEFAULT_PARTITIONS,
 ) -> Accepted:
     """Every group's accepted events, as the worker applies them stage by stage (app/config/routing.py):
     at each key its stream visits, an event is applied to every group of that key its stream feeds,
@@ -341,6 +392,17 @@ def accept(
     pos = in_order([np.arange(len(ev.times), dtype=np.int64) for ev in used])
     times = in_order([ev.times for ev in used])
     n = len(order)
+    # At a later stage, lateness is bounded by the event's stream partition's progress as of it
+    # (docs/features.md "Late rule"): the stream's partitions as produced keyed by the stream key.
+    homes = in_order([_stream_partitions(ev, partitions) for ev in used])
+    progress = (
+        pd.DataFrame({"s": sidx, "p": homes, "t": times})
+        .groupby(["s", "p"], sort=False)["t"]
+        .cummax()
+        .to_numpy()
+        if n
+        else times
+    )
     late_anywhere = np.zeros(n, dtype=bool)
     out: dict[str, GroupEvents] = {}
     for key, entity in keys.items():
@@ -356,6 +418,7 @@ def accept(
         here = np.arange(n) if at_stage.all() else np.flatnonzero(at_stage)
         every = len(here) == n
         fed = {g: plans[g] for s in entity.codes for k, gs in stages[s] if k == key for g in gs}
+        later = in_order([np.full(len(ev.keys), key != (pipeline.streams[ev.name].key,)) for ev in used])
         accepted, member = _fixed_point(
             fed,
             codes if every else codes[here],
@@ -363,6 +426,7 @@ def accept(
             sidx if every else sidx[here],
             names,
             streams,
+            np.where(later, progress, NO_PROGRESS)[here],
         )
         late_anywhere[here[~accepted]] = True
         for g, plan in fed.items():
@@ -386,22 +450,36 @@ def _fixed_point(
     sidx: np.ndarray,
     names: list[str],
     streams: Mapping[str, StreamEvents],
+    progress: np.ndarray,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(accepted, per group its events) of one stage's events (one key, processing order): an event is
     late when late for any group of the stage its stream feeds; a fixed point of the late rule, which
-    is the sequential answer."""
+    is the sequential answer. ``progress``: per event its stream partition's progress as of it, where
+    the stage is a later one for its stream (else NO_PROGRESS)."""
     member = {
         g: np.isin(sidx, [names.index(s) for s in plan.by_stream if s in streams])
         for g, plan in plans.items()
     }
     buckets = {g: times // plan.period_ms for g, plan in plans.items()}
+    bounded = progress != NO_PROGRESS
+    limits = {
+        g: np.where(bounded, progress // plan.period_ms - plan.retention, NO_LIMIT) if bounded.any() else None
+        for g, plan in plans.items()
+    }
     n = len(keys)
     accepted = np.ones(n, dtype=bool)
     for _ in range(64):  # one group, or groups fed by the same streams, converge at once
         late = np.zeros(n, dtype=bool)
         for g, plan in plans.items():
             sel = np.flatnonzero(member[g])
-            late[sel] |= _late(keys[sel], buckets[g][sel], accepted[sel], plan.retention)
+            limit = limits[g]
+            late[sel] |= _late(
+                keys[sel],
+                buckets[g][sel],
+                accepted[sel],
+                plan.retention,
+                None if limit is None else limit[sel],
+            )
         if np.array_equal(~late, accepted):
             return accepted, member
         accepted = np.asarray(~late, dtype=bool)

@@ -22,6 +22,7 @@ from app.tools.offline.compute import (
     group_features,
     prepared,
 )
+from app.tools.offline.events import DEFAULT_PARTITIONS
 from tables.plans import group_plans
 
 
@@ -34,6 +35,7 @@ def compute_service(
     label_time: str | None = None,
     progress: Progress | None = None,
     order_by_time: bool = False,
+    partitions: int = DEFAULT_PARTITIONS,
 ) -> tuple[pd.DataFrame, ComputeReport]:
     """The label rows, then the service's columns after its request fields (which the rows carry),
     in the service's order. ``inputs``: a file per stream its groups read and per lookup it joins."""
@@ -56,7 +58,9 @@ def compute_service(
             raise InputFileError(f"no input for lookup {join.lookup!r}: pass --input {join.lookup}=FILE")
     plans = {g.group: group_plans(pipeline)[g.group] for g in plan.groups}
     streams = {s: path for s, path in inputs.items() if s in pipeline.streams}
-    events, accepted, entity, report = prepared(pipeline, plans, streams, reader, order_by_time, say)
+    events, accepted, entity, report = prepared(
+        pipeline, plans, streams, reader, order_by_time, say, partitions
+    )
     frame, queries, times = _label_queries(labels, plans, entity, None, label_time)
     columns: dict[str, pd.Series] = {
         f: _request_column(frame[f], f, kind) for f, kind in plan.request.items()

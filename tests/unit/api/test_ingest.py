@@ -13,6 +13,7 @@ from app.api.ingest import Check, _validate_yielding, checks_for, parse_events, 
 from app.config.routing import stream_stages
 from app.config.spec import load_pipeline
 from app.records.partitioning import partition_for
+from app.records.source import stage_tag
 from tables.plans import GroupPlan
 from tables.state_format import bucket_key, head_key
 from tests.conftest import PAYMENTS
@@ -72,10 +73,11 @@ def test_checks_follow_the_stages_the_event_visits_with_their_source_names() -> 
     checks = checks_for(stages, PLANS, "payments", (1000, fields), ("payments", 3, 42), partitions=4)
     p_card, p_merchant = (partition_for(k.encode(), 4) for k in ("c1", "m1"))
     # no device: the device stage is skipped, so the pair stage's path has two partitions
+    card, merchant = stage_tag(("card_id",)).decode(), stage_tag(("merchant_id",)).decode()
     assert checks == [
         Check("card", "c1", "payments:3", 42, 1000),
-        Check("merchant", "m1", f"payments:3>{p_card}", 42, 1000),
-        Check("card_merchant", "c1|m1", f"payments:3>{p_card}>{p_merchant}", 42, 1000),
+        Check("merchant", "m1", f"payments:3>{card}:{p_card}", 42, 1000),
+        Check("card_merchant", "c1|m1", f"payments:3>{card}:{p_card}>{merchant}:{p_merchant}", 42, 1000),
     ]
     # a group the event adds nothing to (null amount: spend, sales, pair skip it) is not waited for,
     # except where an op counts without a field (none here) or a field is present (card's distinct)
@@ -94,6 +96,8 @@ def test_state_shows_an_event_applied_by_its_head_or_its_bucket_or_as_late() -> 
         return shows_applied(plan, records.get, b"c1", check)
 
     assert not shown()  # no state at all
+    records[head_key(b"c1")] = orjson.dumps({"n": None, "m": "0", "o": {"payments:0": 3}})
+    assert not shown()  # only a late event of its stage marked: nothing applied here yet
     records[head_key(b"c1")] = orjson.dumps({"n": 50, "m": "1", "o": {"payments:0": 9}})
     assert not shown()
     records[bucket_key(b"c1", 50)] = orjson.dumps([[None], "=AAAA", {"payments:0": 10}])

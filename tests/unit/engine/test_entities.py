@@ -124,15 +124,19 @@ def test_a_composite_key_escapes_its_separator_and_routes_by_its_string_form() -
 def test_a_payment_without_a_merchant_skips_its_stages_and_a_late_one_ends_as_one_dead_letter(
     tmp_path: Path,
 ) -> None:
-    engine = pipeline_engine(tmp_path, PAYMENTS)
+    # Upstream partitions not read in a batch do not hold a stage back (idle at once), so that the
+    # merchant stage's progress is c1's partition's: day 3.
+    engine = pipeline_engine(tmp_path, PAYMENTS, idle_ms=0)
     try:
         preload_merchants(engine)
         day = 24 * 60 * MINUTE
         base = {"device_id": "d1", "amount": 10.0, "status": "ok"}
+        assert partition_for(b"c5", PARTITIONS) == partition_for(b"c1", PARTITIONS)
         events = [
             {**base, "card_id": "c1", "merchant_id": "m1", "ts": T0 + 3 * day},  # m1's newest: day 3
             {**base, "card_id": "c2", "merchant_id": None, "device_id": "d2", "ts": T0},  # no merchant
-            {**base, "card_id": "c3", "merchant_id": "m1", "device_id": "d3", "ts": T0},  # late for m1
+            # 3 days behind its own partition (c1's): late for m1
+            {**base, "card_id": "c5", "merchant_id": "m1", "device_id": "d3", "ts": T0},
         ]
         driver = Driver(engine)
         driver.run([stream_record(i, e) for i, e in enumerate(events)], batch=1)
@@ -149,9 +153,9 @@ def test_a_payment_without_a_merchant_skips_its_stages_and_a_late_one_ends_as_on
         headers = dict(dead.headers)
         assert dead.topic == "payments.dlq" and headers["hydrant-reason"] == b"late"
         assert b"group 'merchant'" in headers["hydrant-error"] and dead.value == orjson.dumps(events[2])
-        assert dead.key == b"c3"  # the original Kafka key
+        assert dead.key == b"c5"  # the original Kafka key
         plans, at = engine.tables.plans, T0 + 60_000
-        for group, key, count in [("card", "c3", 1), ("device", "d3", 1), ("card_merchant", "c3|m1", 1)]:
+        for group, key, count in [("card", "c5", 1), ("device", "d3", 1), ("card_merchant", "c5|m1", 1)]:
             db = engine.tables.features[group].db(partition_for(key.encode(), PARTITIONS))
             features = read_features(plans[group], stored_state(plans[group], db, key.encode()), at)
             assert next(v for n, v in features.items() if "count" in n) == count, group

@@ -501,7 +501,7 @@ def test_a_new_group_on_a_new_key_is_incomplete_until_its_window_has_passed(tmp_
             product = value["product"].encode()
             q = partition_for(product, PARTITIONS)
             sent = records.setdefault(f"{hop}:{q}", [])
-            headers = tuple(hop_headers(order, False, 0, ("user_id",), b"{}"))
+            headers = tuple(hop_headers(order, False, 0, ("user_id",), b"{}", order.timestamp))
             sent.append(Record(hop, q, len(sent), product, orjson.dumps(value), order.timestamp, headers))
     assert all(f"{hop}:{q}" in records for q in range(PARTITIONS))
     held = set(range(PARTITIONS))

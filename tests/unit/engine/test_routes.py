@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from app.records.partitioning import partition_for
-from app.records.source import HOP_PATH, legacy_identity, stage_tag
+from app.records.source import HOP_PATH, legacy_identity, route_identity, stage_tag
 from tables.read import read_features
 from tables.registry import stored_state
 from tests.support.engine import PARTITIONS, Engine, FakeIO, Fetched, Record, pipeline_engine
@@ -231,3 +231,12 @@ def test_a_late_event_redelivered_after_a_crash_is_applied_nowhere(tmp_path: Pat
         assert engine.contents() == before
     finally:
         engine.close()
+
+
+def test_a_route_written_partly_by_the_previous_release_is_named_in_its_form() -> None:
+    """During a rolling upgrade an old stage 0 and an upgraded stage 1 write a mixed route; the same
+    event sent again by the upgraded stage 0 must be recognised at stage 2."""
+    assert route_identity("pay:3", ">3>AbCd:1") == "pay:3>3>1"
+    assert route_identity("pay:3", ">XyZw:3>AbCd:1") == "pay:3>XyZw:3>AbCd:1"
+    assert legacy_identity(route_identity("pay:3", ">XyZw:3>AbCd:1")) == route_identity("pay:3", ">3>AbCd:1")
+    assert route_identity("pay:3", ">3>1") == "pay:3>3>1"

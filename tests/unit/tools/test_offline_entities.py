@@ -73,7 +73,9 @@ class Online:
     def __init__(self, root: Path, text: str, events: list[dict[str, Any]], batch: int) -> None:
         path = root / "pipeline.yaml"
         path.write_text(text)
-        self.engine = pipeline_engine(root / "online", path)
+        # A stage is held back only by the upstream partitions read in its batch: one record at a time,
+        # the event's own stream partition, the bound `hydrant compute` uses (docs/offline.md).
+        self.engine = pipeline_engine(root / "online", path, idle_ms=0)
         preload_merchants(self.engine)
         self.driver = Driver(self.engine)
         self.driver.run([stream_record(i, e) for i, e in enumerate(events)], batch=batch)
