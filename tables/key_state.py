@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from tables.state_format import Bucket, bucket_key, encode_bucket, head_key, rollup_key
+from tables.state_format import OFFSETS, Bucket, bucket_key, encode_bucket, head_key, rollup_key
 
 Loader = Callable[[bytes], bytes | None]
 #: Every (record key, value) whose key starts with the given prefix, in key order (a range read).
@@ -182,6 +182,21 @@ class KeyState:
         n = self.newest
         return n is None or number > n or self.target(number, limit) > self.floor
 
+    def _keep_marks(self, number: int) -> None:
+        """Before stored bucket ``number`` is deleted: its sources' offsets into the head's, so that a
+        redelivered event of it stays a duplicate (docs/state-format.md). Skipped when the bucket was
+        not read (the worker reads the buckets a batch may expire: :func:`expiring_records`)."""
+        try:
+            record = self._buckets[number] if number in self._buckets else self._decoded(number)
+        except (KeyError, AssertionError):
+            return
+        if record is None:
+            return
+        processed = self.processed
+        for name, offset in record[OFFSETS].items():
+            if "|" not in name and "<" not in name and processed.get(name, -1) < offset:
+                processed[name] = offset  # a source's offset; not a replay's marks
+
     def mark_processed(self, source: str, offset: int) -> None:
         """Record event ``offset`` of ``source`` as processed without applying it (a late decision),
         in the head written with the next :meth:`changes`; a key without events gets a head that
@@ -207,7 +222,9 @@ class KeyState:
                 expired = shifted >> keep
                 while expired:  # bit j: bucket line - j
                     low = expired & -expired
-                    self._deleted.add(line - (low.bit_length() - 1))
+                    number = line - (low.bit_length() - 1)
+                    self._deleted.add(number)
+                    self._keep_marks(number)
                     expired ^= low
                 shifted &= (1 << keep) - 1
             self.mask = shifted
@@ -246,3 +263,16 @@ class KeyState:
         self._dirty.clear()
         self._deleted.clear()
         return out
+
+
+def expiring_records(head: bytes, top: int, retention: int) -> list[int]:
+    """The stored buckets that events up to bucket ``top`` may expire, from a key's head record: what
+    the worker reads with the head so that their offsets outlive them (:meth:`KeyState._keep_marks`)."""
+    decoded = orjson.loads(head)
+    n = decoded["n"]
+    if n is None or (top <= n and "h" not in decoded):
+        return []
+    mask = int(decoded["m"], 16)
+    floor = decoded.get("h", n - retention)
+    line = max(n, top) - retention
+    return [n - i for i in range(mask.bit_length()) if mask >> i & 1 and floor < n - i <= line]

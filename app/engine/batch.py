@@ -219,6 +219,7 @@ class StreamEngine:
             {name: stream_channels(sorted(keys.items()), partitions) for name, keys in stages.items()},
             idle_ms,
         )
+        self.retention = {g: plan.retention for g, plan in tables.plans.items()}
         self.late = {g: LATE_EVENTS.labels(g) for g in tables.plans}
         self.duplicates = {g: DUPLICATE_EVENTS.labels(g) for g in tables.plans}
 
@@ -379,9 +380,10 @@ class StreamEngine:
         def lookup_db(name: str, key: bytes) -> Any:  # co-partitioned with the key, or global
             return replicas[name].db if name in replicas else lookups[name].db(home_of[key])
 
+        retention = self.retention
         for shard in batch.shards:
             if shard.events:
-                read_records(shard, feature_db, lookup_db)
+                read_records(shard, feature_db, lookup_db, retention)
 
     async def run_batch(self, batch: Batch, overlay: Overlay) -> Awaitable[dict[int, ShardResult]]:
         """Pass 2b: lay ``overlay`` (the previous batch's changes) over what each shard read, start the

@@ -16,7 +16,7 @@ from app.records.enrich import OutputBuilder, group_part, join_part, output_buil
 from app.records.keys import key_of
 from app.records.source import legacy_identity
 from tables.apply import apply_event, choose, is_late
-from tables.key_state import KeyState
+from tables.key_state import KeyState, expiring_records
 from tables.plans import group_plans
 from tables.read import read_features
 from tables.state_format import bucket_key, head_key
@@ -297,10 +297,14 @@ def _unread(record_key: bytes) -> bytes | None:
 
 
 def read_records(
-    shard: Shard, feature_db: Callable[[str, bytes], Any], lookup_db: Callable[[str, bytes], Any]
+    shard: Shard,
+    feature_db: Callable[[str, bytes], Any],
+    lookup_db: Callable[[str, bytes], Any],
+    retention: Mapping[str, int],
 ) -> None:
-    """Fill ``shard`` with the stored records and lookup rows its events read; ``feature_db(group,
-    key)`` and ``lookup_db(lookup, key)`` give the RocksDB partition (rocksdict, raw mode) of the key."""
+    """Fill ``shard`` with the stored records and lookup rows its events read (and the buckets they may
+    expire); ``feature_db(group, key)`` and ``lookup_db(lookup, key)`` give the RocksDB partition
+    (rocksdict, raw mode) of the key; ``retention``: R per group."""
     from tables.store import prefix_scan  # the worker's side only: it imports Faust, helpers need not
 
     scans: dict[int, Callable[[bytes], list[tuple[bytes, bytes]]]] = {}  # per database
@@ -314,8 +318,15 @@ def read_records(
             shard.records[slot] = dict(scan(head_key(raw_key)))
         else:
             get = db.get
-            record_keys = [head_key(raw_key), *(bucket_key(raw_key, number) for number in buckets)]
-            shard.records[slot] = {record_key: get(record_key) for record_key in record_keys}
+            head = get(head_key(raw_key))
+            records = shard.records[slot] = {head_key(raw_key): head}
+            for number in buckets:
+                records[bucket_key(raw_key, number)] = get(bucket_key(raw_key, number))
+            if head is not None and buckets:
+                for number in expiring_records(head, max(buckets), retention[group]):
+                    record_key = bucket_key(raw_key, number)
+                    if record_key not in records:
+                        records[record_key] = get(record_key)
     lookups = shard.lookups
     for name, key in list(lookups):
         raw_key = key.encode("utf-8")

@@ -43,6 +43,7 @@ def test_a_record_the_worker_did_not_read_is_an_error_not_an_absent_bucket(tmp_p
             shard,
             lambda _group, key: features.db(partition_for(key, PARTITIONS)),
             lambda _name, key: lookups.db(partition_for(key, PARTITIONS)),
+            engine.engine.retention,
         )
         # A click's output-less stream reads the key's head and the bucket it falls in, as stored.
         records = shard.records["user", b"u1"]

@@ -108,3 +108,26 @@ def test_a_partition_silent_past_the_idle_time_no_longer_holds_the_stage_back(tm
         assert len(expected) > 40
     finally:
         feeder.engine.close()
+
+
+def test_a_redelivered_event_whose_bucket_expired_since_is_a_duplicate_not_late(tmp_path: Path) -> None:
+    """The offsets of an expiring bucket go into its key's head (the worker reads the buckets a batch
+    may expire), so an event applied there and delivered again after the bucket expired is still
+    recognised. Before, it was dead-lettered as late (its output had gone out already)."""
+    spec = tmp_path / "devices.yaml"
+    spec.write_text(DEVICES)
+    engine = pipeline_engine(tmp_path / "state", spec, idle_ms=0)
+    feeder = Feeder(engine)
+    try:
+        a, b = two_partitions()
+        feeder.run(feeder.run([pay(0, card=a, device="d0", ts=T0 - 10 * MINUTE)]))
+        feeder.run(feeder.run([pay(1, card=a, device="d0", ts=T0)]))  # a new bucket: the head is written
+        (b_hop,) = feeder.run([pay(0, card=b, device="d0", ts=T0 + 5 * MINUTE)])
+        feeder.run([b_hop])  # same bucket: only the bucket records partition 1's offset
+        feeder.run(feeder.run([pay(2, card=a, device="d0", ts=T0 + 3 * 60 * MINUTE)]))  # expires it
+        before = engine.contents()
+        feeder.run([b_hop])  # partition 1's record delivered again
+        assert feeder.io.producer.sent == []  # no dead letter
+        assert engine.contents() == before
+    finally:
+        engine.close()
