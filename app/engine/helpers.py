@@ -25,7 +25,9 @@ _FRAME = struct.Struct("!Q")  # a message on the pipes: the byte length of a fil
 
 def encode_shard(shard: Shard) -> bytes:
     """``shard`` as bytes for a helper (``marshal`` of plain values; what a helper needs only)."""
-    events = [(e.stream, e.decoded, e.source, e.offset, e.stage, e.key, e.carry) for e in shard.events]
+    events = [
+        (e.stream, e.decoded, e.source, e.offset, e.stage, e.key, e.carry, e.mark) for e in shard.events
+    ]
     wants = {slot: whole for slot, (whole, _) in shard.wants.items()}  # the buckets were for reading
     return marshal.dumps((events, wants, shard.records, shard.lookups))
 

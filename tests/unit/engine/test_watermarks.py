@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from app.engine.helpers import decode_shard, encode_shard
+from app.engine.shards import Shard, ShardEvent
 from app.engine.watermarks import UNKNOWN, Watermarks, stream_channels
 from app.records.partitioning import partition_for
 from app.records.source import stage_tag
@@ -131,3 +133,11 @@ def test_a_redelivered_event_whose_bucket_expired_since_is_a_duplicate_not_late(
         assert engine.contents() == before
     finally:
         engine.close()
+
+
+def test_a_shard_run_by_a_helper_process_gets_each_events_bound() -> None:
+    """Shards of a batch may run in helper processes: the stage's bound travels with each event (it
+    did not at first, and the backlog's merchant and device stages then judged lateness unbounded)."""
+    event = ShardEvent("pay", ("d0", T0, {"device": "d0"}), "pay:0>AbCd:1", 7, 1, "d0", b"{}", T0 - 60_000)
+    (back,) = decode_shard(encode_shard(Shard([event]))).events
+    assert back == event and back.mark == T0 - 60_000
