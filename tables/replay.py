@@ -81,12 +81,13 @@ def replay_event(
             values.append((agg, value))
     if not values:
         return 0
-    if newest is not None and number <= newest - plan.retention:
+    if newest is not None and number <= state.floor:  # its bucket expired
         return _into_rollup(plan, state, values, time_ms, source, offset)
-    if newest is None or number > newest:  # history newer than anything live: as apply_event
+    if newest is None or number > newest:  # history newer than anything live: a newer bucket, but the
+        limit = None if newest is None else state.floor  # floor stays where the live events left it
         if plan.rollup:
-            roll_up(plan, state, number)
-        state.advance(number)
+            roll_up(plan, state, number, limit)
+        state.advance(number, limit)
     record = state.bucket(number)
     if record is not None and record[LAYOUT] != plan.tag:
         record = convert(plan, record)

@@ -304,7 +304,7 @@ class StreamEngine:
         partitions = self.partitions
         routes, add, shard_for = self.routes, self.work.add, self.helpers.shard_for
         watermarks = self.watermarks
-        watermarks.begin()
+        watermarks.begin(assigned)
         topic_counts: dict[str, int | None] = {}  # asked once per topic and batch
         counts, shards, shard_of, home_of, steps = (
             batch.counts,
@@ -326,16 +326,14 @@ class StreamEngine:
                 continue
             key, ts, fields = decoded
             stage = route.stage
-            if stage:  # progress of the stage partition as of the record (app/engine/watermarks.py)
+            mark = 0  # its stage partition's progress as of it (app/engine/watermarks.py), set below
+            if stage:
                 path = carried_path(message)
                 held = watermarks.stage(
-                    route.name, stage, message.partition, path.rpartition(b">")[2], carried_watermark(message)
-                )
+                    message.topic, message.partition, route.name, stage, path.rpartition(b">")[2],
+                    carried_watermark(message),
+                )  # fmt: skip
                 mark = ts if held is None else held
-            elif route.repartitioned:  # forwarded to its home partition: that partition's progress
-                mark = watermarks.progress(route.spec.topic, message.partition)
-            else:
-                mark = watermarks.stream(message.topic, message.partition, ts)
             if stage:  # a later stage: keyed by the stage's key
                 found = key_of(fields, route.key)
                 if found is None:  # the stage before checked it: a record written by another spec
@@ -351,6 +349,8 @@ class StreamEngine:
                 if not is_home(raw_key, message.partition, topic_counts[topic], partitions):
                     steps.append(Step(message, route, None, raw_key, -1, 0))
                     continue
+            if not stage:  # at home: the progress of the first stage's partition (direct or re-keyed)
+                mark = watermarks.stream(route.name, message.partition, ts)
             s = shard_of.get(raw_key)
             if s is None:
                 s = shard_of[raw_key] = shard_for(len(shard_of))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aiokafka import TopicPartition
+
 from app.engine.helpers import decode_shard, encode_shard
 from app.engine.shards import Shard, ShardEvent
 from app.engine.watermarks import UNKNOWN, Watermarks, stream_channels
@@ -38,15 +40,27 @@ def test_a_stage_is_held_back_by_its_slowest_channel_until_that_one_goes_idle() 
     assert channels == {1: (b"%b:0" % tag, b"%b:1" % tag)}
     marks = Watermarks({"pay": channels}, idle_ms=60_000, clock=lambda: now[0])
     assert marks.stream("pay", 0, 5_000) == 5_000
-    assert marks.stream("pay", 0, 4_000) == 5_000  # progress: the newest event time read
-    marks.begin()
-    assert marks.stage("pay", 1, 0, b"%b:0" % tag, 5_000) == UNKNOWN  # channel 1 not heard from yet
-    assert marks.stage("pay", 1, 0, b"%b:1" % tag, 2_000) == 2_000
-    assert marks.stage("pay", 1, 0, b"%b:0" % tag, 9_000) == 2_000  # the least over the channels
-    now[0] = 61.0
-    marks.begin()  # channel 1 sent nothing for 61 s: it no longer holds the stage back
-    assert marks.stage("pay", 1, 0, b"%b:0" % tag, 9_500) == 9_500
-    assert marks.stage("pay", 1, 0, b"%b:1" % tag, 3_000) == 3_000  # heard again: counts again
+    assert marks.stream("pay", 0, 4_000) == 5_000  # progress: the newest event time processed
+    hop = [TopicPartition("hop", 0)]
+
+    def at(second: float) -> None:  # a batch begins
+        now[0] = second
+        marks.begin(hop)
+
+    at(0)
+    assert marks.stage("hop", 0, "pay", 1, b"%b:0" % tag, 5_000) == UNKNOWN  # channel 1 not heard yet
+    assert marks.stage("hop", 0, "pay", 1, b"%b:1" % tag, 2_000) == 2_000
+    assert marks.stage("hop", 0, "pay", 1, b"%b:0" % tag, 9_000) == 2_000  # the least over the channels
+    at(30)
+    assert marks.stage("hop", 0, "pay", 1, b"%b:0" % tag, 9_200) == 2_000
+    at(61)  # channel 1 sent nothing for 61 s while batches ran: it no longer holds the stage back
+    assert marks.stage("hop", 0, "pay", 1, b"%b:0" % tag, 9_500) == 9_500
+    assert marks.stage("hop", 0, "pay", 1, b"%b:1" % tag, 3_000) == 3_000  # heard again: counts again
+    at(200)  # the worker itself paused (a recovery): silence it did not listen to is not idleness
+    assert marks.stage("hop", 0, "pay", 1, b"%b:0" % tag, 9_900) == UNKNOWN
+    at(201)
+    marks.begin([])  # the partition moved away: forgotten; if it comes back it is held back again
+    assert marks.stage("hop", 0, "pay", 1, b"%b:0" % tag, 9_950) == UNKNOWN
 
 
 def two_partitions() -> tuple[str, str]:
