@@ -52,9 +52,9 @@ from faust.tables.recovery import RebalanceAgain, Recovery, ServiceStopped
 from faust.types import TP, ConsumerT
 
 from app.errors import HydrantError
-from app.faust_ext.tables import FaustStateTable
+from app.faust_ext.tables import FaustStateTable, report_stale
 from app.kafka.changelog import restore
-from app.metrics import RECOVERY_FAILURES, STALE_CHANGELOG_RECORDS
+from app.metrics import RECOVERY_FAILURES
 from tables.restore import write_fetch
 
 if TYPE_CHECKING:
@@ -152,16 +152,7 @@ class HydrantRecovery(Recovery):
 
             def apply(tp: Any, records: list[Any]) -> None:
                 table = restored[tp]
-                stale = write_fetch(table, tp.partition, records)
-                if stale:
-                    STALE_CHANGELOG_RECORDS.labels(table.name).inc(stale)
-                    logger.warning(
-                        "%s[%d]: %d changelog records skipped: they hold fewer events than the stored "
-                        "version (late writes of a worker that had lost the partition)",
-                        tp.topic,
-                        tp.partition,
-                        stale,
-                    )
+                report_stale(table.name, tp.partition, write_fetch(table, tp.partition, records))
 
             for tp, offset in (await restore(options, starts, ends, budget, apply)).items():
                 destination[tp] = offset

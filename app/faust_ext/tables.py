@@ -53,6 +53,19 @@ class FaustStateTable:
         return str(self.faust.data.partition_path(partition))
 
 
+def report_stale(table: str, partition: int, stale: int) -> None:
+    """Say that restoring ``partition`` of ``table`` skipped ``stale`` records (tables/restore.py)."""
+    if stale:
+        STALE_CHANGELOG_RECORDS.labels(table).inc(stale)
+        logger.warning(
+            "%s[%d]: %d changelog records skipped: they hold fewer events than the stored version "
+            "(late writes of a worker that had lost the partition)",
+            table,
+            partition,
+            stale,
+        )
+
+
 class ChangelogStore(RocksDBStore):
     """Faust's RocksDB store, except that a feature table's changelog records that do not hold newer
     events than the stored version are skipped (tables/restore.py: Faust's recovery and standby replicas
@@ -99,15 +112,7 @@ class ChangelogStore(RocksDBStore):
             db = self._db_for_partition(partition)
             changes, stale = newest_versions(db, records)
             write_changes(db, changes)
-            if stale:
-                STALE_CHANGELOG_RECORDS.labels(self.table_name).inc(stale)
-                logger.warning(
-                    "%s[%d]: %d changelog records skipped: they hold fewer events than the stored version "
-                    "(late writes of a worker that had lost the partition)",
-                    self.table_name,
-                    partition,
-                    stale,
-                )
+            report_stale(self.table_name, partition, stale)
         for tp, offset in last.items():
             self.set_persisted_offset(tp, offset)
 

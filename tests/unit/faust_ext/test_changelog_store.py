@@ -24,15 +24,20 @@ def event(topic: str, partition: int, offset: int, key: bytes, value: bytes | No
     )
 
 
-async def test_faust_applies_changelog_records_through_the_version_check(tmp_path: Path) -> None:
-    app = HydrantApp(
+def make_app(datadir: Path) -> HydrantApp:
+    """Hydrant's app with its store, on the running loop (never started: no broker)."""
+    return HydrantApp(
         "test-store",
         broker="kafka://127.0.0.1:1",
         store="hydrant://",
-        datadir=str(tmp_path),
+        datadir=str(datadir),
         autodiscover=False,
         loop=asyncio.get_running_loop(),
     )
+
+
+async def test_faust_applies_changelog_records_through_the_version_check(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
     features = raw_table(app, "features-g", 2, "window state", 16)
     lookups = raw_table(app, "lookup-users", 2, "a lookup", 16)
     assert isinstance(features.faust.data, ChangelogStore)
@@ -72,14 +77,7 @@ async def test_a_partition_with_unconfirmed_local_writes_is_rebuilt_from_its_cha
 ) -> None:
     """A worker killed after writing a batch locally, before its changelog records were acked (or one
     that wrote after losing the partition), must not recover on top of those writes."""
-    app = HydrantApp(
-        "test-store",
-        broker="kafka://127.0.0.1:1",
-        store="hydrant://",
-        datadir=str(tmp_path),
-        autodiscover=False,
-        loop=asyncio.get_running_loop(),
-    )
+    app = make_app(tmp_path)
     features = raw_table(app, "features-g", 2, "window state", 16)
     tp = TP(features.changelog, 0)
     db = features.db(0)
