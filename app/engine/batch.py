@@ -42,9 +42,7 @@ from app.records.decode import BadRecord, decode_event
 from app.records.keys import key_of
 from app.records.partitioning import is_home, partition_for
 from app.records.source import (
-    carried_parts,
-    carried_path,
-    carried_watermark,
+    carried,
     hop_headers,
     route_identity,
     source_headers,
@@ -327,14 +325,12 @@ class StreamEngine:
             key, ts, fields = decoded
             stage = route.stage
             mark = 0  # its stage partition's progress as of it (app/engine/watermarks.py), set below
-            if stage:
-                path = carried_path(message)
-                held = watermarks.stage(
-                    message.topic, message.partition, route.name, stage, path.rpartition(b">")[2],
-                    carried_watermark(message),
-                )  # fmt: skip
-                mark = ts if held is None else held
             if stage:  # a later stage: keyed by the stage's key
+                path, parts, sent = carried(message)
+                held = watermarks.stage(
+                    message.topic, message.partition, route.name, stage, path.rpartition(b">")[2], sent
+                )
+                mark = ts if held is None else held
                 found = key_of(fields, route.key)
                 if found is None:  # the stage before checked it: a record written by another spec
                     missing = BadRecord("missing_key", f"no value for the key {'+'.join(route.key)}")
@@ -358,9 +354,7 @@ class StreamEngine:
             source, offset = source_position(message, route.repartitioned)
             if stage:  # events of one source reach a later stage in order only along one route
                 source = route_identity(source, path.decode())
-                event = ShardEvent(
-                    route.name, decoded, source, offset, stage, key, carried_parts(message), held
-                )
+                event = ShardEvent(route.name, decoded, source, offset, stage, key, parts, held)
             else:
                 event = ShardEvent(route.name, decoded, source, offset)
             steps.append(

@@ -87,15 +87,18 @@ def hop_headers(
     return headers
 
 
-def carried_watermark(message: Any) -> int | None:
-    """The sender's progress a hop record carries (None: none, a record of an earlier release)."""
-    raw = next((v for k, v in _header_items(message) if k == HOP_WATERMARK), None)
-    return None if raw is None else int(raw)
-
-
-def carried_parts(message: Any) -> bytes | None:
-    """The parts a hop record carries (None on other records)."""
-    return next((v for k, v in _header_items(message) if k == HOP_PARTS), None)
+def carried(message: Any) -> tuple[bytes, bytes | None, int | None]:
+    """What a hop record carries, from one pass over its headers: its path (:func:`carried_path`),
+    its parts (None on other records) and its sender's progress (None: a record of an earlier release)."""
+    path, parts, mark = b"", None, None
+    for name, value in _header_items(message):
+        if name == HOP_PATH:
+            path = value
+        elif name == HOP_PARTS:
+            parts = value
+        elif name == HOP_WATERMARK:
+            mark = int(value)
+    return path, parts, mark
 
 
 def carried_path(message: Any) -> bytes:
