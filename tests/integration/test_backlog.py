@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 from app.config.spec import load_pipeline
 from app.records.keys import key_of
 from app.records.partitioning import partition_for
-from tests.integration.test_entities import ask_all, merchant_row, truths
+from tests.integration.test_entities import ask_all, produce_merchants, truths
 from tests.support.broker import BrokerUnderTest
 from tests.support.checks import mismatches
 from tests.support.kafka import consume, create_pipeline_topics_for, produce
@@ -64,13 +64,7 @@ def test_a_backlog_consumed_unevenly_leaves_no_payment_late(
     """``held_s``: card partition 1's payments (the same 48 h) are produced that long after the others,
     within HYDRANT_IDLE_PARTITION_MS (60 s): it still holds the later stages back."""
     merchants = [f"m{i:03d}" for i in range(MERCHANTS)]
-    asyncio.run(
-        produce(
-            broker.bootstrap,
-            f"merchants-{uid}",
-            [(m.encode(), orjson.dumps(merchant_row(m))) for m in merchants],
-        )
-    )
+    produce_merchants(broker.bootstrap, uid, merchants)
     t0 = int(time.time() * 1000) - SPAN_MS - 60_000
     events = backlog(t0)
     records = [(e["card_id"].encode(), orjson.dumps(e)) for e in events]

@@ -65,6 +65,12 @@ def merchant_row(m: str) -> dict[str, str]:
     return {"mcc": str(5000 + int(m[1:])), "country": ["FR", "DE", "US"][int(m[1:]) % 3]}
 
 
+def produce_merchants(bootstrap: str, uid: str, merchants: list[str]) -> None:
+    """Every merchant's row, to the test's merchants topic."""
+    rows = [(m.encode(), orjson.dumps(merchant_row(m))) for m in merchants]
+    asyncio.run(produce(bootstrap, f"merchants-{uid}", rows))
+
+
 async def paced(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
     """Produce ``records`` at :data:`PACE` per second, in order."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
@@ -135,13 +141,7 @@ def test_payments_four_entities_two_workers(
     w1.wait_ready(120)
     w2.wait_ready(120)
     merchants = [f"m{i:03d}" for i in range(MERCHANTS)]
-    asyncio.run(
-        produce(
-            broker.bootstrap,
-            f"merchants-{uid}",
-            [(m.encode(), orjson.dumps(merchant_row(m))) for m in merchants],
-        )
-    )
+    produce_merchants(broker.bootstrap, uid, merchants)
     wait_for(lambda: all(w.get("/tables/merchants/m299").status_code == 200 for w in (w1, w2)), "merchants")
 
     t0 = int(time.time() * 1000) - PAYMENTS * STEP_MS
