@@ -34,6 +34,7 @@ from faust.types import TP, ConsumerT
 
 from app.kafka.end_offsets import exact_end_offsets
 from app.kafka.tansu_group import use_on_tansu
+from app.metrics import OFFSET_GAPS
 
 if TYPE_CHECKING:
     from app.faust_ext.app import HydrantApp
@@ -181,18 +182,75 @@ class HydrantConsumer(faust_aiokafka.Consumer):
 
     _thread: HydrantConsumerThread
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: How many times the inputs were positioned (app/faust_ext/recovery.py ``position_inputs``):
+        #: records fetched before the last positioning are never delivered.
+        self.positioned = 0
+        self._fetch_epoch = 0  # ``positioned`` when the fetch being handed over began
+        #: Per input partition without a committed offset: where its first drain since it was positioned
+        #: started (app/faust_ext/intake.py); a commit never passes an offset from there on not acked.
+        self.floors: dict[TP, int] = {}
+        self._through: dict[TP, int] = {}  # per partition: the last offset to commit computed
+        self._blocked: set[tuple[TP, int]] = set()  # head gaps already reported
+
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return HydrantConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def deliverable(self, tp: TP, active: Any) -> bool:
         """Records of ``tp`` may be delivered now: the flow runs, the partition is active, and no
         rebalance runs unless ``tp`` is a changelog (a recovery reads those)."""
+        changelog = self._is_changelog_tp(tp)
         return bool(
             self.flow_active
             and not self.should_stop
             and (active is None or tp in active or tp in self._buffered_partitions)
-            and (not self.app.rebalancing or self._is_changelog_tp(tp))
+            and (changelog or (not self.app.rebalancing and self._fetch_epoch == self.positioned))
         )
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Faust's record of offsets holding nothing to read (commits move past them), from the
+        committed offset on (Faust's own starts one past it), without yielding to the loop."""
+        committed = self._committed_offset[tp]
+        if committed is not None:
+            offset_from = max(offset_from, committed)
+        if offset_from <= offset_to:
+            gaps = self._gap[tp]
+            gaps.addi(offset_from, offset_to + 1)
+            gaps.merge_overlaps()
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """Faust's next offset to commit, never past an offset not acked (nor a hole) from the committed
+        one on, or from the partition's floor when it has none: Faust checks neither (it lets the
+        committed offset itself be passed over, and anything when none is committed)."""
+        acked = self._acked[tp]
+        bounds = [
+            b for b in (self._committed_offset.get(tp), self.floors.get(tp), self._through.get(tp)) if b
+        ]
+        floor = max(bounds) if bounds else self.floors.get(tp)  # 0 is a floor too
+        if acked and floor is not None:
+            first = min(acked)
+            gaps = self._gap.get(tp)
+            if gaps:
+                first = min([first, *(gap.begin for gap in gaps.overlap(0, max(acked) + 1))])
+            if first > floor:
+                self._head_gap(tp, floor, first)
+                return None
+        offset = super()._new_offset(tp)
+        if offset is not None:  # Faust forgot the acks below it, whether or not the commit succeeds
+            self._through[tp] = offset
+        return offset
+
+    def _head_gap(self, tp: TP, floor: int, first: int) -> None:
+        if (tp, floor) in self._blocked:
+            return
+        self._blocked.add((tp, floor))
+        OFFSET_GAPS.labels(tp.topic).inc()
+        logger.error(
+            "%s/%d: offsets %d..%d were never applied, yet later ones were: not committing past them "
+            "(the partition's next owner reads them again)",
+            tp.topic, tp.partition, floor, first - 1,
+        )  # fmt: skip
 
     async def _getmany(self, active_partitions: Any, timeout: float) -> Any:  # noqa: ASYNC109 (Faust's)
         # A copy made here: the consumer thread must not iterate Faust's set while this loop edits it.
@@ -206,10 +264,15 @@ class HydrantConsumer(faust_aiokafka.Consumer):
             await self.commit()
         except Exception as exc:  # a member that lost its generation cannot commit: fine, at least once
             logger.warning("commit before the revoke failed: %r", exc)
+        for tp in revoked:
+            self.floors.pop(tp, None)
+            self._through.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:  # noqa: ASYNC109 (Faust calls it so)
+        epoch = self.positioned  # a positioning while this fetch runs makes its records stale
         fetched, active = await super()._wait_next_records(timeout)
+        self._fetch_epoch = epoch
         records = cast(dict[TP, list[Any]], fetched)
         if not records:
             return records, active

@@ -137,6 +137,12 @@ class Intake:
                 refused[tp] = (again, end)
         if mine:
             self._arrived.set()
+        # Only now, every record of the fetch buffered: a commit may await a whole rebalance, whose
+        # end (clear, positions) must come after what this fetch read from the positions before it.
+        commit_every = consumer._commit_every
+        if commit_every is not None and consumer._n_acked >= commit_every:
+            consumer._n_acked = 0
+            await consumer.commit()
         # Back-pressure: stop fetching while the agent is behind, but never while the flow is
         # suspended: a rebalance's table recovery reads changelogs through this same loop.
         while len(self._buffer) >= self.max_buffered and self._flowing(consumer):
@@ -166,6 +172,8 @@ class Intake:
         if read is not None and records[0].offset < read:
             records = [r for r in records if r.offset >= read]  # already read (Faust drops these too)
         self._next[tp] = end
+        if expected is None:  # the first drain since the partition was positioned
+            consumer.floors[tp] = start
         if not records:
             return None
         if self.app.topics.acks_enabled_for(tp.topic):
@@ -178,10 +186,6 @@ class Intake:
                     if offset - previous > 1:
                         await consumer._add_gap(tp, previous + 1, offset - 1)
                     previous = offset
-        commit_every = consumer._commit_every
-        if commit_every is not None and consumer._n_acked >= commit_every:
-            consumer._n_acked = 0
-            await consumer.commit()
         consumer._read_offset[tp] = records[-1].offset
         consumer.app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
         self._buffer.extend(records)

@@ -715,6 +715,48 @@ def hop_gaps(
     return out
 
 
+def where_missing(
+    bootstrap: str,
+    group: str,
+    hops: Mapping[str, tuple[str, ...]],
+    topic: str,
+    missing: list[tuple[int, int]],
+) -> str:
+    """For each payment without an output (at most 10), its records on each hop topic (partition and
+    offset) and the group's committed offset of those partitions: where it stopped, and whether the
+    group committed past it."""
+    wanted = set(missing[:10])
+    found: dict[tuple[int, int], list[tuple[str, int, int]]] = {m: [] for m in wanted}
+    for hop in hops:
+        for r in asyncio.run(read_topic(bootstrap, hop)):
+            source = source_of(r)
+            if source is not None and source[0] == topic and (source[1], source[2]) in wanted:
+                found[(source[1], source[2])].append((hop, r.partition, r.offset))
+    partitions = sorted({TopicPartition(hop, p) for places in found.values() for hop, p, _ in places})
+
+    async def committed() -> dict[Any, Any]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            return dict(await admin.list_consumer_group_offsets(group, partitions=partitions))
+        finally:
+            await admin.close()
+
+    try:
+        offsets = {tp: meta.offset for tp, meta in asyncio.run(committed()).items()}
+    except Exception as exc:  # what the report can say without them
+        offsets = {}
+        print(f"committed offsets unreadable: {exc!r}")
+    lines = []
+    for (partition, offset), places in sorted(found.items()):
+        hops_text = ", ".join(
+            f"{hop.rsplit('-by-', 1)[-1]} {p}@{o} (committed {offsets.get(TopicPartition(hop, p), '?')})"
+            for hop, p, o in places
+        )
+        lines.append(f"  {partition}:{offset} -> {hops_text or 'no hop record'}")
+    return "where the payments without an output stopped:\n" + "\n".join(lines)
+
+
 def consumer_lag(workers: list[WorkerProcess], topics: set[str]) -> tuple[float, set[tuple[str, int]]]:
     """(summed lag, partitions reported) of ``topics`` over the workers' ``hydrant_consumer_lag``."""
     total, assigned = 0.0, set()

@@ -44,6 +44,7 @@ from tests.reliability.storm import (
     read_topic,
     readiness,
     reference,
+    where_missing,
 )
 from tests.support.broker import BrokerUnderTest
 from tests.support.kafka import create_pipeline_topics_for, produce
@@ -146,6 +147,10 @@ def test_rebalance_storm(
         report += (
             f"\npayments without a record on each hop topic: {hop_gaps(broker.bootstrap, hops, topic, good)}"
         )
+        if covered.missing:
+            report += "\n" + where_missing(
+                broker.bootstrap, f"hydrant-test-{uid}", hops, topic, covered.missing
+            )
         report += "\n" + group_view(broker.bootstrap, f"hydrant-test-{uid}", final_logs)
         report += "\nreadiness: " + "; ".join(final_ready)
     (tmp_path / "storm-report.txt").write_text(report + "\n")

@@ -53,7 +53,10 @@ class ScriptedFetch(faust_aiokafka.Consumer):
 
     async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[Any]], set[TP] | None]:
         app = cast("ScriptedApp", self.app)
-        return (app.fetches.pop(0) if app.fetches else {}), app.active
+        fetched = app.fetches.pop(0) if app.fetches else {}
+        if callable(fetched):  # what happens while the fetch waits, then its records
+            fetched = fetched()
+        return fetched, app.active
 
 
 class ScriptedConsumer(HydrantConsumer, ScriptedFetch):
@@ -66,7 +69,7 @@ class ScriptedTransport(HydrantTransport):
 
 class ScriptedApp(HydrantApp):
     consumer_transport = ScriptedTransport
-    fetches: list[dict[TP, list[Any]]]
+    fetches: list[Any]  # each a fetch's records, or a callable returning them
     active: set[TP] | None = None  # the consumer's active partitions (None: every partition)
 
 
@@ -347,3 +350,109 @@ def test_take_waits_up_to_within_for_a_fuller_batch(within: float) -> None:
         return [m.offset for m in await taking]
 
     assert s.run(run()) == ([0] if within == 0.0 else [0, 1])
+
+
+def rebalance(s: Setup, positions: dict[TP, int]) -> None:
+    """What the end of a rebalance does to the intake and the consumer (app/faust_ext/recovery.py):
+    the inputs positioned (at their committed offsets), then the stream queues cleared."""
+    for tp, offset in positions.items():
+        s.consumer._read_offset[tp] = offset
+        s.consumer._committed_offset[tp] = offset
+    s.consumer.positioned += 1
+    s.app.flow_control.resume()
+
+
+def test_records_fetched_before_the_inputs_were_positioned_are_never_delivered() -> None:
+    # The fetch began, the rebalance ended meanwhile (positions reset to 3), then its records came.
+    tp = TP(INPUT, 0)
+    s = Setup([])
+
+    def stale() -> Fetched:
+        rebalance(s, {tp: 3})
+        return fetch(*(record(INPUT, 0, n) for n in range(6, 9)))
+
+    s.fetches += [stale, fetch(*(record(INPUT, 0, n) for n in range(3, 9)))]
+
+    async def run() -> list[int]:
+        await s.drain()
+        assert len(s.intake) == 0
+        await s.drain()  # from the position the rebalance set
+        return [m.offset for m in await s.intake.take(10, within=0.01)]
+
+    assert s.run(run()) == [3, 4, 5, 6, 7, 8]
+    assert s.rewinds == [{tp: (6, 9)}]  # sought back only if nothing moved the position since
+
+
+def test_a_commit_during_a_hand_over_comes_after_its_records_are_buffered() -> None:
+    # A commit may await a whole rebalance (a coordinator lost): the records this fetch read from
+    # the positions before it must not be buffered after the rebalance cleared the intake, or the
+    # fetch from the new position would take 3..5 for read already, and they would never be applied.
+    tp, other = TP(INPUT, 0), TP(INPUT, 1)
+    s = Setup([fetch(record(INPUT, 0, 6), record(INPUT, 0, 7), record(INPUT, 1, 0)),
+               fetch(*(record(INPUT, 0, n) for n in range(3, 8)))])  # fmt: skip
+    buffered: list[int] = []
+
+    async def commit(*args: Any, **kwargs: Any) -> bool:
+        buffered.append(len(s.intake))
+        rebalance(s, {tp: 3, other: 0})
+        return False
+
+    s.consumer.commit = commit  # type: ignore[method-assign]
+    s.consumer._n_acked = s.consumer._commit_every  # the next fetch commits
+
+    async def run() -> list[int]:
+        await s.drain()
+        assert len(s.intake) == 0  # cleared by the rebalance, with everything the fetch read
+        await s.drain()
+        return [m.offset for m in await s.intake.take(10, within=0.01)]
+
+    assert s.run(run()) == [3, 4, 5, 6, 7]
+    assert buffered == [3]
+    assert s.consumer._n_acked == 0
+
+
+@pytest.mark.parametrize(
+    ("committed", "floor", "acked", "faust"),
+    [(31, None, [32, 33], 34), (None, 0, [3, 4], 5), (None, 7, [8, 9], 10)],
+    ids=["past-the-committed-offset", "none-committed-from-0", "none-committed-from-7"],
+)
+def test_a_commit_never_passes_an_offset_not_acked(
+    committed: int | None, floor: int | None, acked: list[int], faust: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    tp = TP(INPUT, 0)
+    s = Setup([])
+    before = OFFSET_GAPS.labels(INPUT)._value.get()
+
+    async def run() -> tuple[int | None, int | None]:
+        s.consumer._committed_offset[tp] = committed
+        if floor is not None:
+            s.consumer.floors[tp] = floor
+        s.consumer._acked[tp].extend(acked)
+        s.consumer._acked_index[tp].update(acked)
+        ours = s.consumer._new_offset(tp)
+        return ours, faust_aiokafka.Consumer._new_offset(s.consumer, tp)
+
+    ours, theirs = s.run(run())
+    assert ours is None
+    assert theirs == faust  # what Faust alone would have committed
+    lowest = committed if committed is not None else floor
+    errors = [r.message for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"{INPUT}/0: offsets {lowest}..{acked[0] - 1} were never applied, yet later ones were: "
+        "not committing past them (the partition's next owner reads them again)"
+    ]
+    assert OFFSET_GAPS.labels(INPUT)._value.get() == before + 1
+
+
+def test_a_commit_moves_over_a_hole_at_the_committed_offset() -> None:
+    # A transaction marker at the committed offset 5: the drain from 5 starts with 6.
+    tp = TP(INPUT, 0)
+    s = Setup([fetch(record(INPUT, 0, 6), record(INPUT, 0, 7), starts={tp: 5})])
+
+    async def run() -> int | None:
+        s.consumer._committed_offset[tp] = 5
+        await s.drain()
+        s.intake.ack(await s.intake.take(10, within=0.01))
+        return s.consumer._new_offset(tp)
+
+    assert s.run(run()) == 8
