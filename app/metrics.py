@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -11,7 +14,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 # `_created` series double the output and nobody graphs them.
 disable_created_metrics()
@@ -159,6 +164,66 @@ STALE_CHANGELOG_RECORDS = Counter(
     "(docs/reliability.md).",
     ["table"],
     registry=REGISTRY,
+)
+FEATURE_AGE = Histogram(
+    "hydrant_feature_age_seconds",
+    "Age of the answers given: the reference time minus the newest event time of the key's answer (keys "
+    "answered with features and at least one event in their windows).",
+    ["group"],
+    buckets=(1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0),
+    registry=REGISTRY,
+)
+
+
+class BatchHistogram(Collector):
+    """A histogram with one label, observed a batch of values at a time (numpy: no Python call per
+    value), exported as prometheus_client exports its histograms."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        buckets: tuple[float, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self._bounds = np.asarray(buckets, dtype=np.float64)
+        self._counts: dict[str, np.ndarray] = {}  # per label value: per bucket (then +Inf), not cumulative
+        self._sums: dict[str, float] = {}
+        registry.register(self)
+
+    def observe_many(self, value: str, observed: np.ndarray) -> None:
+        """Count each of ``observed`` (a float array) under label value ``value``."""
+        if not len(observed):
+            return
+        counts = np.bincount(np.searchsorted(self._bounds, observed), minlength=len(self._bounds) + 1)
+        if value in self._counts:
+            self._counts[value] += counts
+            self._sums[value] += float(observed.sum())
+        else:
+            self._counts[value] = counts
+            self._sums[value] = float(observed.sum())
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, counts in self._counts.items():
+            cumulative = np.cumsum(counts)
+            buckets = [(repr(float(b)), float(c)) for b, c in zip(self._bounds, cumulative[:-1], strict=True)]
+            family.add_metric([value], [*buckets, ("+Inf", float(cumulative[-1]))], self._sums[value])
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+
+
+PROCESSING_DELAY = BatchHistogram(
+    "hydrant_processing_delay_seconds",
+    "Wall clock minus event time when an event is applied (its batch's state written and acknowledged), at "
+    "every stage: how far behind event time the features are (producers, the topics' lag, hops, a backlog).",
+    "stream",
+    (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0),
+    REGISTRY,
 )
 READY = Gauge(
     "hydrant_ready", "1 when every table finished recovery and the worker serves reads.", registry=REGISTRY

@@ -34,12 +34,14 @@ from tables.state_format import (
     FREQUENT_LG,
     HLL_LG_K,
     LAYOUT,
+    NEWEST,
     OFFSETS,
     TDIGEST_K,
     AggState,
     convert,
     digest_of,
     frequent_of,
+    note_event,
     sketch_of,
     value_hash,
     value_text,
@@ -113,6 +115,12 @@ def apply_event(
         if agg.replaying:  # its replay applies the events before this one (tables/replay.py)
             offsets.setdefault(f"{agg.ident}|{source}", offset)
     offsets[source] = offset
+    if len(record) > NEWEST:  # the newest event time of the bucket's values (tables/state_format.py)
+        known = record[NEWEST]
+        if known is None or time_ms > known:
+            record[NEWEST] = time_ms
+    else:
+        note_event(plan, number, record, time_ms)
     state._dirty.add(number)
     return "applied"
 

@@ -233,7 +233,7 @@ class KeyState:
         self._head_dirty = True
 
     def _create(self, number: int, size: int, tag: str) -> Bucket:
-        record: Bucket = [[None] * size, tag, {}]
+        record: Bucket = [[None] * size, tag, {}, None]
         self._buckets[number] = record
         if not self.is_stored(number):
             assert self.newest is not None and number <= self.newest

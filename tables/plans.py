@@ -10,7 +10,7 @@ from typing import Any
 
 from app.config.changes import definition, identity
 from app.config.expressions import Expression
-from app.config.spec import FeatureGroupSpec, Pipeline, feature_parts
+from app.config.spec import FeatureGroupSpec, Pipeline, feature_parts, parse_duration
 
 #: The canonical fields of an aggregation state, by position (a state keeps those its ops read, in
 #: this order; docs/state-format.md).
@@ -104,6 +104,8 @@ class GroupPlan:
     retention: int  # R = largest window / period, in buckets
     aggregations: tuple[AggregationPlan, ...]
     by_stream: Mapping[str, tuple[AggregationPlan, ...]] = field(default_factory=dict)
+    max_age: int | None = None  # ms: an answer whose newest event is older is stale
+    ttl: int | None = None  # ms: a key with no event for this long is deleted (tables/expiry.py)
     # Precomputed once for read_features: the feature names (output order, each once), then per
     # (aggregation, window): (aggregation index, buckets, ((op, position in names, quantile), ...)).
     _written: tuple[str, ...] = field(init=False, compare=False, repr=False)  # as feature_names() lists them
@@ -168,7 +170,16 @@ class GroupPlan:
         by_stream: dict[str, tuple[AggregationPlan, ...]] = {}
         for agg in aggs:
             by_stream[agg.stream] = (*by_stream.get(agg.stream, ()), agg)
-        return cls(name, spec.key_fields, period, spec.retention_ms // period, aggs, by_stream)
+        return cls(
+            name,
+            spec.key_fields,
+            period,
+            spec.retention_ms // period,
+            aggs,
+            by_stream,
+            None if spec.max_age is None else parse_duration(spec.max_age),
+            None if spec.ttl is None else parse_duration(spec.ttl),
+        )
 
     def bucket(self, time_ms: int) -> int:
         """b(t): the bucket number of an event time."""

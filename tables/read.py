@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import datasketches
 import orjson
 
+from app.metrics import FEATURE_AGE
 from tables.key_state import KeyState
 from tables.plans import (
     COUNT,
@@ -37,12 +39,18 @@ from tables.state_format import (
     FREQUENT_LG,
     HLL_LG_K,
     LAYOUT,
+    NEWEST,
+    OFFSETS,
     TDIGEST_K,
     THROUGH,
     AggState,
+    bucket_key,
     convert,
     digest_of,
     frequent_of,
+    head_key,
+    newest_event,
+    rollup_newest,
     sketch_of,
 )
 
@@ -340,13 +348,21 @@ def read_features(
     """Every feature (or those in ``names``, or of a :class:`Selection`) with windows ending at
     ``at_ms``: a window W covers buckets (b(at) - W/P, b(at)], lifetime the roll-up and the buckets
     after it up to b(at). Empty windows: count/sum/distinct 0, the others None."""
+    return read_answer(plan, state, at_ms, names)[0]
+
+
+def read_answer(
+    plan: GroupPlan, state: KeyState, at_ms: int, names: frozenset[str] | set[str] | Selection | None = None
+) -> tuple[dict[str, Any], int | None]:
+    """:func:`read_features`, and the newest event time (ms) among the buckets those features read
+    (with a lifetime window, the roll-up too): None when none of them holds an event."""
     if names is None:  # the common case: no selection to make
         reads, widest, outputs, lifetime = plan.reads, plan.widest, None, plan.rollup
     else:
         chosen = names if isinstance(names, Selection) else selection(plan, names)
         reads, widest, outputs, lifetime = chosen.reads, chosen.widest, chosen.outputs, chosen.lifetime
         if not reads:
-            return {}
+            return {}, None
     end = at_ms // plan.period_ms
     lo = end - widest + 1
     rollup = rollup_record(plan, state) if lifetime else None
@@ -357,6 +373,11 @@ def read_features(
     numbers, records = state.buckets_in(lo, end)
     tag = plan.tag
     slots = [(r if r[LAYOUT] == tag else convert(plan, r))[AGGREGATIONS] for r in records]
+    newest = None if rollup is None else rollup_newest(plan, rollup)
+    for number, record in zip(numbers, records, strict=True):
+        time_ms = record[NEWEST] if len(record) > NEWEST else newest_event(plan, number, record)
+        if time_ms is not None and (newest is None or time_ms > newest):
+            newest = time_ms
     out: list[Any] = [None] * len(plan.names)
     aggregations = plan.aggregations
     for index, size, ops in reads:
@@ -367,8 +388,49 @@ def read_features(
         aggregation = aggregations[index]
         window_results(states, ops, aggregation.at, out, aggregation.n, aggregation.k)
     if outputs is None:
-        return dict(zip(plan.names, out, strict=True))
-    return {name: out[i] for name, i in outputs}
+        return dict(zip(plan.names, out, strict=True)), newest
+    return {name: out[i] for name, i in outputs}, newest
+
+
+def is_stale(plan: GroupPlan, newest: int | None, at_ms: int) -> bool:
+    """An answer of a group with a ``max_age`` whose newest event (None: none in its windows) is
+    older than ``at_ms - max_age`` (docs/features.md, "Freshness")."""
+    assert plan.max_age is not None
+    return newest is None or newest < at_ms - plan.max_age
+
+
+def key_answer(
+    plan: GroupPlan,
+    key: str,
+    state: KeyState,
+    at_ms: int,
+    names: frozenset[str] | set[str] | Selection | None = None,
+    missing: list[str] | None = None,
+) -> dict[str, Any]:
+    """One key's answer, as every read gives it (GET, batch result, scan row, service row): ``found``;
+    then the retention ``error``, or ``features`` with ``newest_event`` and (groups with a ``max_age``)
+    ``stale``; ``incomplete``: ``missing``, the features a replay still completes (when any)."""
+    if not state.exists:
+        return {"key": key, "found": False}
+    if outside_retention(plan, state, at_ms, names):
+        return {"key": key, "found": True, "error": retention_error(plan.name, at_ms)}
+    features, newest = read_answer(plan, state, at_ms, names)
+    result = {"key": key, "found": True, "features": features, "newest_event": newest}
+    if plan.max_age is not None:
+        result["stale"] = is_stale(plan, newest, at_ms)
+    if newest is not None:
+        FEATURE_AGE.labels(plan.name).observe(max(0, at_ms - newest) / 1000)
+    if missing:
+        result["incomplete"] = missing
+    return result
+
+
+def retention_error(group: str, at: int) -> dict[str, str]:
+    """The ``outside_retention`` error of a key of ``group`` at ``at``."""
+    return {
+        "code": "outside_retention",
+        "message": f"at={at} needs buckets older than the retention of group {group!r} for this key",
+    }
 
 
 def outside_retention(
@@ -393,3 +455,25 @@ def outside_retention(
         rollup = state.rollup()
         return end <= horizon or (rollup is not None and end < rollup[THROUGH])
     return False
+
+
+def shows_applied(
+    plan: GroupPlan, get: Callable[[bytes], bytes | None], key: bytes, source: str, offset: int, time_ms: int
+) -> bool:
+    """Whether a key's records (``get``: its partition's reads) show the event of ``source`` at
+    ``offset`` and ``time_ms`` processed: its head lists the source at that offset or later, or the
+    event's bucket does, or the event is late there (dropped and dead-lettered: the answers stay)."""
+    raw = get(head_key(key))
+    if raw is None:
+        return False
+    head = orjson.loads(raw)
+    if head["o"].get(source, -1) >= offset:
+        return True
+    newest = head["n"]
+    if newest is None:  # a key only marked with late events of its stage: nothing applied yet
+        return False
+    number = plan.bucket(time_ms)
+    if number <= head.get("h", newest - plan.retention):  # expired there: late
+        return True
+    bucket = get(bucket_key(key, number))
+    return bucket is not None and orjson.loads(bucket)[OFFSETS].get(source, -1) >= offset

@@ -32,8 +32,9 @@ import orjson
 from tables.apply import update_state
 from tables.key_state import KeyState
 from tables.plans import AggregationPlan, GroupPlan
+from tables.read import Selection
 from tables.rollup import roll_up, rollup_marks
-from tables.state_format import AGGREGATIONS, LAYOUT, OFFSETS, Bucket, convert
+from tables.state_format import AGGREGATIONS, LAYOUT, OFFSETS, Bucket, convert, note_event, note_rollup
 
 #: The record of a partition's replay in its group's table. No entity key is empty, and the records
 #: of a key all start with the key and a NUL: this key is no entity's record.
@@ -105,6 +106,7 @@ def replay_event(
         offsets[mark] = offset
         took += 1
     if took:
+        note_event(plan, number, record, time_ms)
         state._dirty.add(number)
     return took
 
@@ -137,6 +139,7 @@ def _into_rollup(
         marks[mark] = offset
         took += 1
     if took:
+        note_rollup(plan, record, time_ms)
         state.set_rollup(record)
     return took
 
@@ -231,3 +234,18 @@ def stored_incomplete(plan: GroupPlan, db: Any, now_ms: int) -> list[str]:
         if raw is not None:
             found += [n for n in incomplete_features(plan, ReplayJob.decode(raw), now_ms) if n not in found]
     return found
+
+
+def incomplete_selected(
+    plan: GroupPlan, db: Any, names: frozenset[str] | Selection | None, now_ms: int
+) -> list[str]:
+    """The features of ``names`` (None: all) that keys of the partition ``db`` holds cannot answer in
+    full yet at ``now_ms`` (a replay runs, or the topics lack the history: docs/operations.md)."""
+    found = stored_incomplete(plan, db, now_ms)
+    if not found or names is None:
+        return found
+    if isinstance(names, Selection):
+        if names.outputs is None:
+            return found
+        names = frozenset(name for name, _ in names.outputs)
+    return [name for name in found if name in names]

@@ -34,6 +34,7 @@ from tables.state_format import (
     HLL_LG_K,
     LAYOUT,
     OFFSETS,
+    ROLLUP_MARKS,
     TDIGEST_K,
     THROUGH,
     AggState,
@@ -42,6 +43,8 @@ from tables.state_format import (
     digest_of,
     encode_bucket,
     frequent_of,
+    newest_event,
+    note_rollup,
     sketch_of,
 )
 
@@ -74,6 +77,7 @@ def roll_up(plan: GroupPlan, state: KeyState, number: int, limit: int | None = N
             if agg.lifetime and value is not None:
                 slots[agg.index] = merge_state(slots[agg.index], value, agg)
         keep_marks(record, bucket[OFFSETS])
+        note_rollup(plan, record, newest_event(plan, bucket_number, bucket))
         through = bucket_number
         merged = True
     if merged:
@@ -205,9 +209,6 @@ def rollup_record(plan: GroupPlan, state: KeyState) -> Bucket | None:
     if record is not None and record[LAYOUT] != plan.tag:
         record = convert(plan, record)
     return record
-
-
-ROLLUP_MARKS = 3  # a roll-up record's position of the replay marks (present once there was one)
 
 
 def rollup_marks(record: Bucket) -> dict[str, int]:

@@ -12,14 +12,17 @@ import datasketches
 import orjson
 
 from app.config.changes import IDENTITY_CHARS
-from tables.plans import ALL_FIELDS, BY_IDENTITY, OP_FIELDS, GroupPlan, layout_of
+from tables.plans import ALL_FIELDS, BY_IDENTITY, LAST_T, OP_FIELDS, GroupPlan, layout_of
 
 AggState = list[Any]
-#: A bucket record, decoded: [aggregation states (None: no value yet), layout tag, applied offsets];
-#: a roll-up record has the newest bucket merged into it in place of the offsets.
+#: A bucket record, decoded: [aggregation states (None: no value yet), layout tag, applied offsets,
+#: newest event time]; a roll-up record has the newest bucket merged into it in place of the offsets
+#: (and its newest event time at ROLLUP_NEWEST).
 Bucket = list[Any]
-AGGREGATIONS, LAYOUT, OFFSETS = range(3)
+AGGREGATIONS, LAYOUT, OFFSETS, NEWEST = range(4)
 THROUGH = OFFSETS  # a roll-up record's: every stored bucket up to this one is merged into it
+ROLLUP_MARKS = 3  # a roll-up record's position of the replay marks (present once there was one)
+ROLLUP_NEWEST = 4  # a roll-up record's newest event time (after the marks, an empty object if none)
 
 EXACT_DISTINCT = 128  # per bucket; beyond it a bucket keeps a sketch instead of the hashes
 HLL_LG_K = 14  # HyperLogLog precision of a bucket's sketch (docs/state-format.md)
@@ -145,3 +148,55 @@ def _convert_masks(plan: GroupPlan, record: Bucket) -> Bucket:
     record[AGGREGATIONS] = slots
     record[LAYOUT] = plan.tag
     return record
+
+
+def newest_event(plan: GroupPlan, number: int, record: Bucket) -> int | None:
+    """The newest event time (ms) among the events that added a value to bucket ``number`` (``record``
+    in ``plan``'s layout; None: no event). A record written before buckets kept it gives the newest
+    ``last`` time of its aggregations that keep one, else the bucket's last millisecond."""
+    if len(record) > NEWEST:
+        known: int | None = record[NEWEST]
+        return known
+    return _derived_newest(plan, number, record)
+
+
+def note_event(plan: GroupPlan, number: int, record: Bucket, time_ms: int) -> None:
+    """Bucket ``number``'s ``record`` (in ``plan``'s layout) got a value of an event at ``time_ms``."""
+    if len(record) <= NEWEST:
+        record.append(_derived_newest(plan, number, record))
+    known = record[NEWEST]
+    if known is None or time_ms > known:
+        record[NEWEST] = time_ms
+
+
+def rollup_newest(plan: GroupPlan, record: Bucket) -> int | None:
+    """A roll-up record's newest event time (ms), as :func:`newest_event` gives a bucket's."""
+    if len(record) > ROLLUP_NEWEST:
+        known: int | None = record[ROLLUP_NEWEST]
+        return known
+    return None if record[THROUGH] is None else _derived_newest(plan, record[THROUGH], record)
+
+
+def note_rollup(plan: GroupPlan, record: Bucket, time_ms: int | None) -> None:
+    """Roll-up ``record`` got the values of an event at ``time_ms`` (or a bucket of that newest time)."""
+    if time_ms is None:
+        return
+    known = (
+        rollup_newest(plan, record) if record[THROUGH] is not None or len(record) > ROLLUP_NEWEST else None
+    )
+    while len(record) <= ROLLUP_NEWEST:
+        record.append({})
+    record[ROLLUP_NEWEST] = time_ms if known is None or time_ms > known else known
+
+
+def _derived_newest(plan: GroupPlan, number: int, record: Bucket) -> int | None:
+    times = [
+        state[i]
+        for agg, state in zip(plan.aggregations, record[AGGREGATIONS], strict=False)
+        if state is not None and (i := agg.at[LAST_T]) >= 0
+    ]
+    if times:
+        return max(times)
+    if any(state is not None for state in record[AGGREGATIONS]):
+        return (number + 1) * plan.period_ms - 1
+    return None

@@ -21,10 +21,9 @@ from app.api.models import AT_LIMIT, KEY_INT_LIMIT, MAX_BATCH_KEYS, BatchRequest
 from app.records.keys import key_string, split_key
 from app.records.partitioning import partition_for
 from tables.key_state import Scanner
-from tables.plans import GroupPlan
-from tables.read import Selection, outside_retention, read_features, selection
+from tables.read import Selection, key_answer, selection
 from tables.registry import UnknownFeature, select_features, stored_state
-from tables.replay import stored_incomplete
+from tables.replay import incomplete_selected
 from tables.store import prefix_scan
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -168,45 +167,16 @@ def answer_locally(
 ) -> dict[str, Any]:
     """One key's batch result from this process's state (the caller checked that it holds the key),
     read from ``read`` (its partition's database and a range reader of it) and with ``missing`` (the
-    partition's :func:`incomplete` features) when the caller has them."""
+    partition's :func:`~tables.replay.incomplete_selected`) when the caller has them."""
     raw_key = key.encode("utf-8")
     plan = ctx.tables.plans[group]
     if read is None:
         db = ctx.placement.database(ctx.tables.features[group], partition_for(raw_key, ctx.partitions))
         read = (db, prefix_scan(db))
     state = stored_state(plan, read[0], raw_key, read[1])
-    if not state.exists:
-        return {"key": key, "found": False}
-    if outside_retention(plan, state, at, names):
-        return {"key": key, "found": True, "error": retention_error(group, at)}
-    result = {"key": key, "found": True, "features": read_features(plan, state, at, names)}
-    if missing is None:
-        missing = incomplete(plan, read[0], names)
-    if missing:
-        result["incomplete"] = missing
-    return result
-
-
-def incomplete(plan: GroupPlan, db: Any, names: frozenset[str] | Selection | None) -> list[str]:
-    """The features of ``names`` (None: all) that keys of the partition ``db`` holds cannot answer in
-    full yet (a replay runs, or the topics lack the history: docs/operations.md)."""
-    found = stored_incomplete(plan, db, int(time.time() * 1000))
-    if not found or names is None:
-        return found
-    wanted = names if isinstance(names, frozenset) else None
-    if isinstance(names, Selection):
-        if names.outputs is None:
-            return found
-        wanted = frozenset(name for name, _ in names.outputs)
-    return [name for name in found if wanted is None or name in wanted]
-
-
-def retention_error(group: str, at: int) -> dict[str, str]:
-    """The ``outside_retention`` error of a key of ``group`` at ``at``."""
-    return {
-        "code": "outside_retention",
-        "message": f"at={at} needs buckets older than the retention of group {group!r} for this key",
-    }
+    if missing is None and state.exists:
+        missing = incomplete_selected(plan, read[0], names, int(time.time() * 1000))
+    return key_answer(plan, key, state, at, names, missing)
 
 
 async def lookup_one(request: web.Request, ctx: ApiContext, group: str, key: str) -> web.Response:
@@ -232,9 +202,8 @@ async def lookup_one(request: web.Request, ctx: ApiContext, group: str, key: str
         return not_found(ctx, group, key)
     if "error" in result:
         return error_response(422, **result["error"])
-    answer = {"group": group, "key": key, "at": at, "features": result["features"]}
-    if "incomplete" in result:
-        answer["incomplete"] = result["incomplete"]
+    del result["key"], result["found"]
+    answer = {"group": group, "key": key, "at": at, **result}
     return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
 
@@ -281,7 +250,7 @@ async def group_results(
     for partition, positions in local.items():
         db = placement.database(table, partition)  # caught up now: one range reader sees it as is
         read = (db, prefix_scan(db))
-        missing = incomplete(ctx.tables.plans[group], db, names)
+        missing = incomplete_selected(ctx.tables.plans[group], db, names, int(time.time() * 1000))
         for index in positions:
             results[index] = answer_locally(ctx, group, keys[index], at, names, read, missing)
     answers = await asyncio.gather(*asked)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,7 @@ from app.records.partitioning import partition_for
 from app.records.source import stage_tag
 from tables.apply import choose
 from tables.plans import GroupPlan
-from tables.state_format import OFFSETS, bucket_key, head_key
+from tables.read import shows_applied
 
 MAX_ROWS = 10_000  # events per request (the body limit, 1 MiB, usually comes first)
 DEFAULT_WAIT_MS = 10_000
@@ -326,31 +325,12 @@ async def _applied(request: web.Request, ctx: ApiContext, group: str, checks: li
     for partition, positions in local.items():
         get = placement.database(table, partition).get
         for i in positions:
-            done[i] = shows_applied(plan, get, keys[i], checks[i])
+            check = checks[i]
+            done[i] = shows_applied(plan, get, keys[i], check.source, check.offset, check.time_ms)
     for positions, answer in zip(remote.values(), await asyncio.gather(*asked), strict=True):
         for i, ok in zip(positions, answer["applied"], strict=True):
             done[i] = ok
     return done
-
-
-def shows_applied(plan: GroupPlan, get: Callable[[bytes], bytes | None], key: bytes, check: Check) -> bool:
-    """Whether a key's records (docs/state-format.md) show the event of ``check`` processed: its head
-    lists the source at that offset or later, or the event's bucket does, or the event is late there
-    (dropped and dead-lettered: the answers stay as they are)."""
-    raw = get(head_key(key))
-    if raw is None:
-        return False
-    head = orjson.loads(raw)
-    if head["o"].get(check.source, -1) >= check.offset:
-        return True
-    newest = head["n"]
-    if newest is None:  # a key only marked with late events of its stage: nothing applied yet
-        return False
-    number = plan.bucket(check.time_ms)
-    if number <= head.get("h", newest - plan.retention):  # expired there: late
-        return True
-    bucket = get(bucket_key(key, number))
-    return bucket is not None and orjson.loads(bucket)[OFFSETS].get(check.source, -1) >= check.offset
 
 
 async def applied(request: web.Request, ctx: ApiContext, group: str) -> web.Response:

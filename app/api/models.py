@@ -70,6 +70,11 @@ class FeatureQuery(BaseModel):
     at: Timestamp | None = Field(default=None, description=AT_HELP)
 
 
+NEWEST_HELP = (
+    "The newest event time (epoch ms) among the events the answer counts: the key's buckets up to b(at) "
+    'that its windows read; null when none holds an event (docs/features.md, "Freshness").'
+)
+STALE_HELP = "Groups with a max_age: true when newest_event is null or older than at - max_age."
 INCOMPLETE_HELP = (
     "Present while some of these features cannot be answered in full: a replay of history into a new or "
     "changed aggregation runs, or the topics no longer hold the history their window needs "
@@ -82,6 +87,8 @@ class FeatureAnswer(BaseModel):
     key: str
     at: int = Field(description="The reference time used, epoch milliseconds.")
     features: dict[str, Any] = Field(description="Feature name -> value (null for an empty window).")
+    newest_event: int | None = Field(description=NEWEST_HELP)
+    stale: bool | None = Field(default=None, description=STALE_HELP)
     incomplete: list[str] | None = Field(default=None, description=INCOMPLETE_HELP)
 
 
@@ -106,6 +113,8 @@ class BatchResult(BaseModel):
     error: ErrorDetail | None = Field(
         default=None, description="outside_retention when `at` needs expired buckets for this key."
     )
+    newest_event: int | None = Field(default=None, description="With features: " + NEWEST_HELP)
+    stale: bool | None = Field(default=None, description=STALE_HELP)
     incomplete: list[str] | None = Field(default=None, description=INCOMPLETE_HELP)
 
 
@@ -152,6 +161,12 @@ class ServiceRow(BaseModel):
     outside_retention: list[str] = Field(
         default_factory=list,
         description="Groups whose key needs expired buckets at `at` (their features are null).",
+    )
+    newest_event: dict[str, int | None] = Field(
+        default_factory=dict, description="Per group answered with features: " + NEWEST_HELP
+    )
+    stale: list[str] = Field(
+        default_factory=list, description="Groups with a max_age whose answer is stale (values unchanged)."
     )
     incomplete: list[str] | None = Field(default=None, description="Columns: " + INCOMPLETE_HELP)
     error: ErrorDetail | None = Field(default=None, description="A row that could not be answered, instead.")

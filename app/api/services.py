@@ -141,13 +141,18 @@ def _columns(
 ) -> dict[str, Any]:
     """One valid row's answer from its groups' results then its lookup rows (``answers``)."""
     columns = {field: row[field] for field in plan.request}
-    missing, outside, incomplete = [], [], []
+    missing, outside, incomplete, stale = [], [], [], []
+    newest: dict[str, int | None] = {}
     for group, result in zip(plan.groups, answers, strict=False):
         values = result.get("features") or {}
         if not result["found"]:
             missing.append(group.group)
         elif "error" in result:
             outside.append(group.group)
+        else:
+            newest[group.group] = result["newest_event"]
+            if result.get("stale"):
+                stale.append(group.group)
         replaying = result.get("incomplete", ())
         for feature, column in group.features:
             columns[column] = values.get(feature)
@@ -166,7 +171,13 @@ def _columns(
                 "expression",
                 f"computed column {column!r} = {expression.source!r}: {type(exc).__name__}: {exc}",
             ) from None
-    answer = {"features": columns, "missing": missing, "outside_retention": outside}
+    answer = {
+        "features": columns,
+        "missing": missing,
+        "outside_retention": outside,
+        "newest_event": newest,
+        "stale": stale,
+    }
     if incomplete:  # a replay still completes these columns (docs/operations.md)
         answer["incomplete"] = incomplete
     return answer

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from typing import Any
 
 import orjson
@@ -16,7 +17,6 @@ from pydantic import ValidationError
 from app.api.context import ApiContext
 from app.api.features import (
     BadRequest,
-    incomplete,
     parse_at,
     request_body,
     split_names,
@@ -29,8 +29,10 @@ from app.api.placement import Unavailable
 from app.records.cells import csv_text, parquet_ready
 from app.records.keys import split_key
 from app.records.partitioning import partition_for
-from tables.read import outside_retention, read_features, selection
+from tables.plans import GroupPlan
+from tables.read import key_answer, selection
 from tables.registry import entity_keys, stored_state
+from tables.replay import incomplete_selected
 from tables.store import local_keys, prefix_scan
 
 PARQUET = "application/vnd.apache.parquet"
@@ -43,7 +45,13 @@ def table_columns(ctx: ApiContext, name: str) -> list[str]:
     if name in ctx.tables.lookups:
         return ["key", *ctx.pipeline.lookups[name].fields]
     plan = ctx.tables.plans[name]
-    return ["key", *key_columns(plan.key, plan.feature_names()), *plan.feature_names()]
+    answered = [*plan.feature_names(), *freshness_columns(plan)]
+    return ["key", *key_columns(plan.key, answered), *answered]
+
+
+def freshness_columns(plan: GroupPlan) -> list[str]:
+    """The columns after a group's features: ``newest_event``, and ``stale`` when it has a ``max_age``."""
+    return ["newest_event"] if plan.max_age is None else ["newest_event", "stale"]
 
 
 def key_columns(fields: tuple[str, ...], features: list[str]) -> list[str]:
@@ -149,7 +157,8 @@ async def scan_partitions(
     seen = 0
     wanted = frozenset(columns[1:])
     plan = ctx.tables.plans.get(name)
-    fields = [f for f in key_columns(plan.key, plan.feature_names()) if f in wanted] if plan else []
+    answered = [*plan.feature_names(), *freshness_columns(plan)] if plan else []
+    fields = [f for f in key_columns(plan.key, answered) if f in wanted] if plan else []
     for partition in partitions:
         if name in ctx.tables.lookups:
             for raw_key, raw in local_keys(ctx.tables.lookups[name], partition):
@@ -163,20 +172,26 @@ async def scan_partitions(
             table = ctx.tables.features[name]
             db = table.db(partition)
             scan = prefix_scan(db)  # one range reader for the partition's keys, in key order
-            chosen = selection(plan, wanted)
-            missing = incomplete(plan, db, chosen)  # the partition's features a replay still completes
+            features = wanted & set(plan.names)
+            chosen = selection(plan, features or None)  # none asked: newest_event over every window
+            # the partition's features a replay still completes
+            missing = incomplete_selected(plan, db, chosen, int(time.time() * 1000))
+            freshness = [c for c in freshness_columns(plan) if c in wanted]
             for raw_key in entity_keys(table, partition):
                 state = stored_state(plan, db, raw_key, scan)
                 if not state.exists:  # only a late event's mark (tables/key_state.py mark_processed)
                     continue
-                if outside_retention(plan, state, at, chosen):
+                answer = key_answer(plan, raw_key.decode("utf-8"), state, at, chosen, missing)
+                if "error" in answer:
                     skipped += 1
                 else:
-                    row: dict[str, Any] = {"key": raw_key.decode("utf-8")}
+                    row: dict[str, Any] = {"key": answer["key"]}
                     if fields:
                         values = key_values(plan.key, row["key"])
                         row.update((f, values[f]) for f in fields)
-                    row.update(read_features(plan, state, at, chosen))
+                    if features:
+                        row.update(answer["features"])
+                    row.update((c, answer[c]) for c in freshness)
                     if missing:
                         row["incomplete"] = missing
                     rows.append(row)

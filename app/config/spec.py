@@ -203,6 +203,10 @@ class FeatureGroupSpec(_Model):
     key: Annotated[Name | Annotated[list[Name], Field(min_length=1)], AfterValidator(_key_fields)]
     period: Duration
     aggregations: list[AggregationSpec] = Field(min_length=1)
+    #: An answer whose newest event is older than this (before ``at``) says ``"stale": true``.
+    max_age: Duration | None = None
+    #: A key with no event for this long (by its partition's newest event time) is deleted.
+    ttl: Duration | None = None
 
     @property
     def key_fields(self) -> tuple[str, ...]:

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, cast
 
+import numpy as np
+
 from app.config.routing import stream_stages
 from app.config.spec import Pipeline, StreamSpec
 from app.engine.helpers import HelperPool
@@ -35,6 +37,7 @@ from app.metrics import (
     EVENTS_CONSUMED,
     EVENTS_PRODUCED,
     LATE_EVENTS,
+    PROCESSING_DELAY,
     PROCESSING_SECONDS,
     UNKEYED_EVENTS,
 )
@@ -184,6 +187,7 @@ class Batch:
     #: entity key -> the partition its state is read from and written to
     home_of: dict[bytes, int] = field(default_factory=dict)
     counts: dict[Any, int] = field(default_factory=dict)  # consumed/produced counters, added when done
+    times: dict[str, list[int]] = field(default_factory=dict)  # per stream, the event times applied
 
 
 class StreamEngine:
@@ -304,6 +308,7 @@ class StreamEngine:
         watermarks = self.watermarks
         watermarks.begin(assigned)
         topic_counts: dict[str, int | None] = {}  # asked once per topic and batch
+        times = batch.times
         counts, shards, shard_of, home_of, steps = (
             batch.counts,
             batch.shards,
@@ -360,6 +365,11 @@ class StreamEngine:
             steps.append(
                 Step(message, route, None, raw_key, s, add(shards[s], event, key, raw_key, ts), mark)
             )
+            applied = times.get(route.name)
+            if applied is None:
+                times[route.name] = [ts]
+            else:
+                applied.append(ts)
         self.read_batch(batch)
         return batch
 
@@ -473,6 +483,9 @@ class StreamEngine:
         await asyncio.gather(*deliveries)
         for counter, count in counts.items():
             counter.inc(count)
+        now_ms = time.time() * 1000
+        for stream, applied in batch.times.items():
+            PROCESSING_DELAY.observe_many(stream, (now_ms - np.asarray(applied, dtype=np.float64)) / 1000)
         elapsed = time.perf_counter() - batch.started
         for name in {self.routes[tp.topic].name for tp in batch.messages.offsets}:  # type: ignore[attr-defined]
             BATCH_SECONDS.labels(name).observe(elapsed)

@@ -30,7 +30,7 @@ from app.api.services import service_answer
 from app.api.tables import lookup_rows_batch
 from app.config.settings import Settings, get_settings, worker_socket
 from app.config.spec import load_pipeline
-from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, REGISTRY
+from app.metrics import FEATURE_AGE, HTTP_REQUEST_SECONDS, HTTP_REQUESTS, REGISTRY
 from app.serving.bulletin import (
     SERVING_INDEX_ENV,
     STATUS_SLOT,
@@ -197,10 +197,11 @@ def serving_metrics() -> Any:
 
 
 def merged_metrics(worker_text: str) -> bytes:
-    """The worker's metrics with the serving processes' HTTP request counts added to the same series."""
+    """The worker's metrics with the serving processes' HTTP request counts and answer ages added to
+    the same series."""
     own: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for family in serving_metrics():
-        if family.name not in (HTTP_REQUESTS._name, HTTP_REQUEST_SECONDS._name):
+        if family.name not in (HTTP_REQUESTS._name, HTTP_REQUEST_SECONDS._name, FEATURE_AGE._name):
             continue
         for sample in family.samples:
             if not sample.name.endswith("_created"):

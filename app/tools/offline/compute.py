@@ -35,6 +35,7 @@ from app.tools.offline.states import (
 from tables.plans import LIFETIME, AggregationPlan, GroupPlan, group_plans
 
 Progress = Callable[[str], None]
+NEWEST_EVENT, STALE = "newest_event", "stale"  # a group's freshness columns: <group>.newest_event, ...
 LABEL_TIME_COLUMNS = ("at", "event_timestamp", "timestamp", "ts", "time")
 
 
@@ -203,9 +204,11 @@ def group_features(
     order = _sorted_order(events.keys, events.buckets)
     newest = _newest_buckets(events, q_codes, q_times if point_in_time else None) if plan.rollup else None
     coded: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    valued: list[_AggInput] = []  # per aggregation, the events that added a value to it
     for agg in plan.aggregations:
         progress(f"{plan.name}.{agg.name}")
         data = _agg_input(agg, events, order, streams, list(stream_names).index(agg.stream), coded)
+        valued.append(data)
         ops = frozenset(agg.ops)
         k, b, full = _bucket_table(data, ops, agg.n)
         if point_in_time:
@@ -233,7 +236,36 @@ def group_features(
                 merged = per_window[label]
                 values, valid = merged.quantile(q) if q is not None else merged.result(op)
                 out[f"{agg.name}_{part}_{label}"] = _column(op, values, valid, data)
+    newest, found = _newest_events(plan, valued, q_codes, q_times, point_in_time)
+    out[NEWEST_EVENT] = pd.Series(pd.arrays.IntegerArray(newest, ~found))
+    if plan.max_age is not None:
+        out[STALE] = pd.Series(~found | (newest < q_times - plan.max_age))
     return out
+
+
+def _newest_events(
+    plan: GroupPlan, valued: list[_AggInput], q_codes: np.ndarray, q_times: np.ndarray, point_in_time: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, (the newest event time among the events that added a value to an aggregation, in
+    the buckets its answer reads: (b(T) - widest, b(T)], every bucket up to b(T) with a lifetime
+    window; point in time, only those at or before T), whether there is one): the worker's
+    ``newest_event`` (tables/read.py ``read_answer``)."""
+    keys = np.concatenate([data.key_codes for data in valued]) if valued else _EMPTY
+    times = np.concatenate([data.times for data in valued]) if valued else _EMPTY
+    order = np.lexsort((times, keys))
+    keys, times = keys[order], times[order]
+    q_end = q_times // plan.period_ms
+    last = q_times if point_in_time else (q_end + 1) * plan.period_ms - 1
+    if plan.rollup:
+        first = np.full(len(q_codes), np.iinfo(np.int64).min // 4, dtype=np.int64)
+    else:
+        first = (q_end - plan.widest + 1) * plan.period_ms
+    lo, length = _window_rows(keys, times, q_codes, first, last)  # (key, time) rows in [first, last]
+    found = length > 0
+    newest = np.zeros(len(q_codes), dtype=np.int64)
+    if len(times):
+        newest[found] = times[(lo + length - 1)[found]]
+    return newest, found
 
 
 def _newest_buckets(events: GroupEvents, q_codes: np.ndarray, q_times: np.ndarray | None) -> np.ndarray:
@@ -385,6 +417,7 @@ def compute(
         frame = pd.DataFrame({"key": one.names[q_codes], **fields, "at": q_times})
         queries = {key: (q_codes, np.zeros(len(q_codes), dtype=bool))}
     columns: dict[str, pd.Series] = {}
+    freshness: dict[str, pd.Series] = {}
     stream_names = list(pipeline.streams)
     for g, plan in plans.items():
         q_codes, null = queries[plan.key]
@@ -392,8 +425,12 @@ def compute(
             plan, accepted.groups[g], streams, stream_names, q_codes, q_times, labels is not None, say
         )
         for name, column in features.items():
+            if name in (NEWEST_EVENT, STALE):  # one per group, after every feature: named after it
+                freshness[f"{g}.{name}"] = _masked(column.set_axis(frame.index), null)
+                continue
             column_name = name if name not in columns and name not in frame.columns else f"{g}.{name}"
             columns[column_name] = _masked(column.set_axis(frame.index), null)
+    columns.update(freshness)
     out = pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
     report.rows = len(out)
     return out, report

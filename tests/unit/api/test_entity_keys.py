@@ -136,7 +136,13 @@ def pair(count: int, total: float, last: float) -> dict[str, Any]:
 async def test_one_composite_key_is_asked_by_its_string_form(client: TestClient[Any, Any]) -> None:
     params = {"at": AT, "features": ",".join(PAIR)}
     got = await answer(await client.get(f"/features/card_merchant/{quote('c1|m9')}", params=params))
-    assert got == {"group": "card_merchant", "key": "c1|m9", "at": AT, "features": pair(3, 17.0, 2.0)}
+    assert got == {
+        "group": "card_merchant",
+        "key": "c1|m9",
+        "at": AT,
+        "features": pair(3, 17.0, 2.0),
+        "newest_event": T0 + 4 * MINUTE,  # its newest payment (c1, m9), the fifth
+    }
     # a separator and an escape inside values: escaped in the string form, %-encoded in the path
     for values, want in ((("c2", "m|1"), pair(1, 7.0, 7.0)), (("c\\3", "m9"), pair(1, 1.0, 1.0))):
         key = key_string(values)
@@ -175,15 +181,15 @@ async def test_a_batch_takes_string_and_object_keys_in_request_order(client: Tes
     )
     assert got["group"] == "card_merchant" and got["at"] == AT
     assert got["results"] == [
-        {"key": "c1|m9", "found": True, "features": pair(3, 17.0, 2.0)},
-        {"key": "c2|m\\|1", "found": True, "features": pair(1, 7.0, 7.0)},
-        {"key": "c2|m\\|1", "found": True, "features": pair(1, 7.0, 7.0)},
+        {"key": "c1|m9", "found": True, "features": pair(3, 17.0, 2.0), "newest_event": T0 + 4 * MINUTE},
+        {"key": "c2|m\\|1", "found": True, "features": pair(1, 7.0, 7.0), "newest_event": T0 + 2 * MINUTE},
+        {"key": "c2|m\\|1", "found": True, "features": pair(1, 7.0, 7.0), "newest_event": T0 + 2 * MINUTE},
         {"key": "c1", "found": False},
-        {"key": "c\\\\3|m9", "found": True, "features": pair(1, 1.0, 1.0)},
+        {"key": "c\\\\3|m9", "found": True, "features": pair(1, 1.0, 1.0), "newest_event": T0 + 3 * MINUTE},
         {"key": "7|m9", "found": False},
         {"key": "-7|m9", "found": False},
         {"key": "9007199254740991|m9", "found": False},
-        {"key": "c1|m9", "found": True, "features": pair(3, 17.0, 2.0)},
+        {"key": "c1|m9", "found": True, "features": pair(3, 17.0, 2.0), "newest_event": T0 + 4 * MINUTE},
     ]
     single = await answer(
         await client.post(
@@ -262,12 +268,12 @@ async def scan(client: TestClient[Any, Any], table: str, fmt: str, **params: Any
 @pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
 async def test_scans_have_a_column_per_key_field(client: TestClient[Any, Any], fmt: str) -> None:
     frame = await scan(client, "card_merchant", fmt)
-    assert list(frame.columns) == ["key", "card_id", "merchant_id", *PAIR]
-    assert frame[["key", "card_id", "merchant_id", "pair_count_24h"]].values.tolist() == [
-        ["c1|m9", "c1", "m9", 3],
-        ["c2|m2", "c2", "m2", 1],
-        ["c2|m\\|1", "c2", "m|1", 1],
-        ["c\\\\3|m9", "c\\3", "m9", 1],
+    assert list(frame.columns) == ["key", "card_id", "merchant_id", *PAIR, "newest_event"]
+    assert frame[["key", "card_id", "merchant_id", "pair_count_24h", "newest_event"]].values.tolist() == [
+        ["c1|m9", "c1", "m9", 3, T0 + 4 * MINUTE],
+        ["c2|m2", "c2", "m2", 1, T0 + 5 * MINUTE],
+        ["c2|m\\|1", "c2", "m|1", 1, T0 + 2 * MINUTE],
+        ["c\\\\3|m9", "c\\3", "m9", 1, T0 + 3 * MINUTE],
     ]
     few = await scan(client, "card_merchant", fmt, columns="merchant_id,pair_sum_24h,merchant_id")
     assert list(few.columns) == ["key", "merchant_id", "pair_sum_24h"]
@@ -330,7 +336,7 @@ async def test_the_serving_process_tables_answer_composite_keys(engine: Engine) 
         )
     assert one["features"]["pair_count_24h"] == 1
     assert batch["results"] == [
-        {"key": "c2|m\\|1", "found": True, "features": pair(1, 7.0, 7.0)},
+        {"key": "c2|m\\|1", "found": True, "features": pair(1, 7.0, 7.0), "newest_event": T0 + 2 * MINUTE},
         {"key": "c9|m9", "found": False},
     ]
 
@@ -353,7 +359,7 @@ async def test_the_answers_docs_api_md_shows(client: TestClient[Any, Any]) -> No
     )
     assert await one.text() == (
         '{"group":"card_merchant","key":"c1|m9","at":1767227400000,'
-        '"features":{"pair_count_24h":3,"pair_sum_24h":17.0}}'
+        '"features":{"pair_count_24h":3,"pair_sum_24h":17.0},"newest_event":1767225840000}'
     )
     keys = ["c1|m9", {"card_id": "c2", "merchant_id": "m|1"}, "c1"]
     batch = await client.post(
@@ -361,8 +367,8 @@ async def test_the_answers_docs_api_md_shows(client: TestClient[Any, Any]) -> No
     )
     assert await batch.text() == (
         '{"group":"card_merchant","at":1767227400000,"results":['
-        '{"key":"c1|m9","found":true,"features":{"pair_count_24h":3}},'
-        '{"key":"c2|m\\\\|1","found":true,"features":{"pair_count_24h":1}},'
+        '{"key":"c1|m9","found":true,"features":{"pair_count_24h":3},"newest_event":1767225840000},'
+        '{"key":"c2|m\\\\|1","found":true,"features":{"pair_count_24h":1},"newest_event":1767225720000},'
         '{"key":"c1","found":false}]}'
     )
     bad = await client.post("/features/card_merchant", json={"keys": ["c1|m9", {"card_id": "c2"}]})

@@ -72,7 +72,8 @@ def test_a_bucket_keeps_only_the_fields_its_ops_read() -> None:
     worker.flush()
     (bucket,) = buckets_of(worker, "u")
     hashes = [value_hash("a"), value_hash("b")]
-    states, layout, offsets = bucket
+    states, layout, offsets, newest = bucket
+    assert newest == BASE + 2  # the newest event time among those that added a value
     assert layout == plan.tag == "=" + "".join(a.ident for a in plan.aggregations)  # who is where
     assert [format(a.mask, "x") for a in plan.aggregations] == ["83f", "1", "7c1"]  # canonical fields
     assert offsets == {"s1:0": 2, "s2:0": 1}
@@ -108,8 +109,8 @@ def test_buckets_of_earlier_formats_are_read_and_rewritten(layouts: bool) -> Non
     earlier.flush()
     for k, v in earlier.table.items():
         record = orjson.loads(v)
-        if isinstance(record, list):  # a bucket: [states, layout, offsets]
-            states, _, offsets = record
+        if isinstance(record, list):  # a bucket: [states, layout, offsets, newest event time]
+            states, _, offsets, _ = record
             assert len(states[0]) == 12  # all twelve fields: the first format, once the layout is gone
             masks = ",".join(format(a.mask, "x") for a in full.aggregations)  # layouts before identities
             old = {"o": offsets, "a": states, "l": masks} if layouts else {"o": offsets, "a": states}

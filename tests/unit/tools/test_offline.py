@@ -24,7 +24,7 @@ from app.tools.offline import compute
 from tables.apply import apply_event, choose, is_late
 from tables.key_state import KeyState
 from tables.plans import group_plans
-from tables.read import outside_retention, read_features
+from tables.read import outside_retention, read_answer, read_features
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MIN = 60_000
@@ -203,15 +203,18 @@ def test_compute_equals_the_worker_bit_for_bit(tmp_path: Path) -> None:
     plans = group_plans(spec)
 
     assert report.dropped["expression"] > 0 and report.dropped["missing_key"] > 0
-    checked = rolled_up = 0
+    checked = rolled_up = fresh = 0
     for group, table in got.items():
         assert sorted(set(table["key"])) == sorted(states[group])
         assert list(table.columns[:3]) == ["key", "user_id", "at"]  # the key field beside the key
         assert table["user_id"].equals(table["key"])
         for row in table.to_dict("records"):
             state = states[group][row["key"]]
-            want = read_features(plans[group], state, row["at"])
-            assert list(want) == list(table.columns[3:])
+            want, newest = read_answer(plans[group], state, row["at"])
+            assert [*want, f"{group}.newest_event"] == list(table.columns[3:])
+            if not outside_retention(plans[group], state, row["at"]):
+                assert plain(row[f"{group}.newest_event"]) == newest, (group, row["key"], row["at"])
+                fresh += 1
             for name, value in want.items():
                 if outside_retention(plans[group], state, row["at"], {name}):
                     continue  # the worker answers 422 there; offline still has the buckets
@@ -220,6 +223,7 @@ def test_compute_equals_the_worker_bit_for_bit(tmp_path: Path) -> None:
                 checked += 1
                 rolled_up += name.endswith("_lifetime")
     assert checked > 5_000
+    assert fresh > 100
     assert rolled_up > 1_000  # lifetime: roll-ups of 16 h of buckets (a sketch for products_distinct)
     heavy = got["user"].set_index(["key", "at"]).loc[("heavy", T0 + 20 * HOUR + 5 * MIN)]
     assert 1164 <= heavy["products_distinct_1h"] <= 1236  # the sketch's estimate, same bits as online
@@ -294,8 +298,14 @@ def test_point_in_time_labels_ignore_later_events(tmp_path: Path) -> None:
 
     assert list(table.columns) == [
         "user_id", "event_timestamp", "label", "spend_count_1h", "spend_sum_1h", "spend_max_1h",
-        "spend_last_1h", "products_distinct_1h",
+        "spend_last_1h", "products_distinct_1h", "user.newest_event",
     ]  # fmt: skip
+    # the newest event each answer counts: a's at 10:05 itself, its 09:58 event, none of b's yet
+    newest = [
+        pd.Timestamp(t).value // 1_000_000 if t else None
+        for t in ("2026-01-05T10:05Z", "2026-01-05T09:58Z", None, None, "2026-01-05T10:31Z")
+    ]
+    assert [plain(v) for v in table.pop("user.newest_event")] == newest
     rows = [
         {k: plain(v) for k, v in r.items()} for r in table.drop(columns="event_timestamp").to_dict("records")
     ]
@@ -379,7 +389,8 @@ def test_cli_compute_writes_parquet_csv_and_labels(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert pd.read_csv(csv_out).to_dict("records") == [
         {"key": "a", "at": "2026-01-05T10:01:30Z", "spend_count_1h": 1, "spend_sum_1h": 1.5,
-         "spend_max_1h": 1.5, "spend_last_1h": 1.5, "products_distinct_1h": 1}
+         "spend_max_1h": 1.5, "spend_last_1h": 1.5, "products_distinct_1h": 1,
+         "user.newest_event": 1767607260000}  # its only event before 10:01:30, at 10:01
     ]  # fmt: skip
 
     bad = runner.invoke(cli, ["compute", str(spec_path), "--input", "nope=x.csv", "--out", str(csv_out)])

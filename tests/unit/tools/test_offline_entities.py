@@ -201,7 +201,10 @@ def test_labels_look_each_group_up_by_its_key_fields(tmp_path: Path) -> None:
     table, _ = compute(SPEC, inputs, read_table, labels=labels, groups=groups)
 
     names = {g: SPEC.features[g].feature_names() for g in groups}
-    assert list(table.columns) == [*labels.columns, *(f for g in groups for f in names[g])]
+    freshness = [f"{g}.newest_event" for g in groups]
+    assert list(table.columns) == [*labels.columns, *(f for g in groups for f in names[g]), *freshness]
+    newest = table[freshness].max(axis=1)  # each at or before its row's time (point in time)
+    assert (newest.dropna() <= table.loc[newest.notna(), "event_timestamp"]).all() and newest.notna().any()
     for i, row in enumerate(table.to_dict("records")):
         reference = Reference()
         reference.seen = [e for e in events if e["ts"] <= row["event_timestamp"]]
@@ -255,7 +258,7 @@ def test_query_mode_needs_one_key_and_writes_the_key_fields(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out)
     assert list(table.columns) == ["key", "card_id", "merchant_id", "at", "pair_count_24h", "pair_sum_24h",
-                                   "pair_last_24h"]  # fmt: skip
+                                   "pair_last_24h", "card_merchant.newest_event"]  # fmt: skip
     assert table[["key", "card_id", "merchant_id", "at"]].values.tolist() == [
         [keys[0], *first, at],
         [keys[1], *second, at],
