@@ -165,6 +165,12 @@ STALE_CHANGELOG_RECORDS = Counter(
     ["table"],
     registry=REGISTRY,
 )
+KEYS_EXPIRED = Counter(
+    "hydrant_keys_expired_total",
+    "Entity keys deleted by the TTL sweep (no event for the group's ttl), with their records and tombstones.",
+    ["group"],
+    registry=REGISTRY,
+)
 FEATURE_AGE = Histogram(
     "hydrant_feature_age_seconds",
     "Age of the answers given: the reference time minus the newest event time of the key's answer (keys "

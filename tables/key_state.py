@@ -32,6 +32,7 @@ class KeyState:
         "_retention",
         "_rollup",
         "_rollup_dirty",
+        "_wiped",
         "key",
         "mask",
         "newest",
@@ -65,6 +66,7 @@ class KeyState:
         self._head_dirty = False
         self._dirty: set[int] = set()
         self._deleted: set[int] = set()
+        self._wiped: list[bytes] = []  # records of the key's previous life, deleted first (:meth:`reset`)
 
     def _scan(self, scan: Scanner) -> tuple[bytes | None, dict[bytes, bytes]]:
         """The head and every record of the prefix by record key, from one range read. Records of
@@ -232,6 +234,22 @@ class KeyState:
         self._horizon = None if line == top - self._retention else line
         self._head_dirty = True
 
+    def reset(self) -> None:
+        """Start the key afresh (its ``ttl`` expired, tables/expiry.py): every stored bucket and the
+        roll-up are deleted on write, before anything written after; the head keeps its processed
+        offsets, so that a redelivered event of the previous life stays a duplicate."""
+        for number in self.stored_buckets():
+            self._keep_marks(number)
+            self._wiped.append(bucket_key(self.key, number))
+        self._wiped.append(rollup_key(self.key))
+        self._buckets = {}
+        self._rollup = None
+        self._rollup_dirty = False
+        self._dirty.clear()
+        self._deleted.clear()
+        self.newest, self.mask, self._horizon = None, 0, None
+        self._head_dirty = True
+
     def _create(self, number: int, size: int, tag: str) -> Bucket:
         record: Bucket = [[None] * size, tag, {}, None]
         self._buckets[number] = record
@@ -242,14 +260,17 @@ class KeyState:
         return record
 
     def changes(self) -> list[tuple[bytes, bytes | None]]:
-        """(record key, value or None to delete) to write in this order: buckets, roll-up, head,
-        deletions (docs/state-format.md says why); then forgets them."""
+        """(record key, value or None to delete) to write in this order: a previous life's records
+        (:meth:`reset`), buckets, roll-up, head, deletions (docs/state-format.md says why); then
+        forgets them."""
         if not (self._dirty or self._head_dirty or self._deleted or self._rollup_dirty):
             return []
-        out: list[tuple[bytes, bytes | None]] = [
+        out: list[tuple[bytes, bytes | None]] = [(record_key, None) for record_key in self._wiped]
+        self._wiped = []
+        out.extend(
             (bucket_key(self.key, number), encode_bucket(self._buckets[number]))
             for number in sorted(self._dirty - self._deleted)
-        ]
+        )
         if self._rollup_dirty:
             out.append((rollup_key(self.key), encode_bucket(self._rollup)))
             self._rollup_dirty = False

@@ -13,6 +13,7 @@ import datasketches
 import orjson
 
 from app.metrics import FEATURE_AGE
+from tables.expiry import is_expired
 from tables.key_state import KeyState
 from tables.plans import (
     COUNT,
@@ -406,11 +407,13 @@ def key_answer(
     at_ms: int,
     names: frozenset[str] | set[str] | Selection | None = None,
     missing: list[str] | None = None,
+    clock: int | None = None,
 ) -> dict[str, Any]:
-    """One key's answer, as every read gives it (GET, batch result, scan row, service row): ``found``;
-    then the retention ``error``, or ``features`` with ``newest_event`` and (groups with a ``max_age``)
+    """One key's answer, as every read gives it (GET, batch result, scan row, service row): ``found``
+    (false too for a key whose ``ttl`` expired by its partition's ``clock``: tables/expiry.py); then
+    the retention ``error``, or ``features`` with ``newest_event`` and (groups with a ``max_age``)
     ``stale``; ``incomplete``: ``missing``, the features a replay still completes (when any)."""
-    if not state.exists:
+    if not state.exists or is_expired(plan, state.newest, clock):
         return {"key": key, "found": False}
     if outside_retention(plan, state, at_ms, names):
         return {"key": key, "found": True, "error": retention_error(plan.name, at_ms)}

@@ -20,6 +20,7 @@ from app.api.http import HttpError, error_response
 from app.api.models import AT_LIMIT, KEY_INT_LIMIT, MAX_BATCH_KEYS, BatchRequest, FeatureQuery
 from app.records.keys import key_string, split_key
 from app.records.partitioning import partition_for
+from tables.expiry import read_clock
 from tables.key_state import Scanner
 from tables.read import Selection, key_answer, selection
 from tables.registry import UnknownFeature, select_features, stored_state
@@ -176,7 +177,8 @@ def answer_locally(
     state = stored_state(plan, read[0], raw_key, read[1])
     if missing is None and state.exists:
         missing = incomplete_selected(plan, read[0], names, int(time.time() * 1000))
-    return key_answer(plan, key, state, at, names, missing)
+    clock = read_clock(read[0].get) if plan.ttl is not None else None
+    return key_answer(plan, key, state, at, names, missing, clock)
 
 
 async def lookup_one(request: web.Request, ctx: ApiContext, group: str, key: str) -> web.Response:

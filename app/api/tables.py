@@ -29,6 +29,7 @@ from app.api.placement import Unavailable
 from app.records.cells import csv_text, parquet_ready
 from app.records.keys import split_key
 from app.records.partitioning import partition_for
+from tables.expiry import read_clock
 from tables.plans import GroupPlan
 from tables.read import key_answer, selection
 from tables.registry import entity_keys, stored_state
@@ -177,11 +178,12 @@ async def scan_partitions(
             # the partition's features a replay still completes
             missing = incomplete_selected(plan, db, chosen, int(time.time() * 1000))
             freshness = [c for c in freshness_columns(plan) if c in wanted]
+            clock = read_clock(db.get) if plan.ttl is not None else None
             for raw_key in entity_keys(table, partition):
                 state = stored_state(plan, db, raw_key, scan)
-                if not state.exists:  # only a late event's mark (tables/key_state.py mark_processed)
+                answer = key_answer(plan, raw_key.decode("utf-8"), state, at, chosen, missing, clock)
+                if not answer["found"]:  # a late event's mark only (KeyState.mark_processed), or expired
                     continue
-                answer = key_answer(plan, raw_key.decode("utf-8"), state, at, chosen, missing)
                 if "error" in answer:
                     skipped += 1
                 else:

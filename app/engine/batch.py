@@ -14,6 +14,7 @@ import numpy as np
 
 from app.config.routing import stream_stages
 from app.config.spec import Pipeline, StreamSpec
+from app.engine.expiry import Sweeper
 from app.engine.helpers import HelperPool
 from app.engine.replay import Replayer
 from app.engine.shards import (
@@ -26,6 +27,7 @@ from app.engine.shards import (
     changed_records,
     is_hop,
     lay_over,
+    mark_expired,
     read_records,
 )
 from app.engine.watermarks import Watermarks, stream_channels
@@ -52,6 +54,7 @@ from app.records.source import (
     source_position,
 )
 from app.system.memory import collections_paused, settle_garbage_collector
+from tables.expiry import clock_record, read_clock
 from tables.registry import StateTables
 from tables.store import StateWriter
 
@@ -157,6 +160,7 @@ class Step(NamedTuple):
     shard: int  # -1: forward to the repartition topic
     position: int  # the event's position in its shard
     mark: int = 0  # its stage's progress as of it, sent on with it to a later stage (watermarks.py)
+    ts: int = 0  # its event time (ms), for the clocks of groups with a ttl (tables/expiry.py)
 
 
 class PartitionCounts:
@@ -222,6 +226,17 @@ class StreamEngine:
             idle_ms,
         )
         self.retention = {g: plan.retention for g, plan in tables.plans.items()}
+        #: per (stream, stage), the groups with a ttl its events feed there; their partitions' clocks
+        #: (tables/expiry.py) as stored and moved by each batch, kept while the assignment stays
+        self.ttl_groups = {
+            (at.stream, at.stage.index): tuple(g for g in at.stage.groups if tables.plans[g].ttl is not None)
+            for stages in work.stages.values()
+            for at in stages
+        }
+        self.clocks: dict[tuple[str, int], int | None] = {}
+        self._assigned: set[Any] = set()
+        sweeper = Sweeper(tables, partitions, self.clock, on_write)  # takes its turns between batches
+        self.sweeper = sweeper if sweeper.groups else None
         self.late = {g: LATE_EVENTS.labels(g) for g in tables.plans}
         self.duplicates = {g: DUPLICATE_EVENTS.labels(g) for g in tables.plans}
 
@@ -234,6 +249,7 @@ class StreamEngine:
         settle_garbage_collector()  # started and recovered: what exists now lives as long as the worker
         counts = PartitionCounts(io.topic_partitions)
         replay = self.replay if self.replay is not None and self.replay.active else None
+        sweeper = self.sweeper
         delivering: asyncio.Task[None] | None = None  # the previous batch, until delivered and acked
         batch: Batch | None = None  # running in the shards
         running: Awaitable[dict[int, ShardResult]] | None = None
@@ -242,7 +258,13 @@ class StreamEngine:
                 began = time.monotonic()
                 with collections_paused():
                     if batch is None or running is None:
-                        # No batch has read state that is not written yet: a replay step may run.
+                        # No batch has read state that is not written yet: a sweep or replay step may run.
+                        if sweeper is not None and sweeper.due() and io.ready():
+                            if delivering is not None:  # its changelog records come first
+                                await delivering
+                                delivering = None
+                            await sweeper.step(io.kafka_producer)
+                            continue
                         if replay is not None and replay.wants_turn(io):
                             if replay.due():
                                 if delivering is not None:  # its changelog records come first
@@ -272,7 +294,9 @@ class StreamEngine:
                         batch = await self.decode_batch(messages, io.assignment(), counts)
                         running = await self.run_batch(batch, {})
                     # A replay step due: no next batch reads state before this one is written.
-                    pause = replay is not None and replay.due() and replay.wants_turn(io)
+                    pause = (replay is not None and replay.due() and replay.wants_turn(io)) or (
+                        sweeper is not None and sweeper.due()
+                    )
                     ready = () if io.should_stop or pause else source.take_ready(self.batch_max)
                     # Decoded and read as batch k is written: what batch k + 1 changes is laid over.
                     after = await self.decode_batch(ready, io.assignment(), counts) if ready else None
@@ -307,6 +331,9 @@ class StreamEngine:
         routes, add, shard_for = self.routes, self.work.add, self.helpers.shard_for
         watermarks = self.watermarks
         watermarks.begin(assigned)
+        if assigned != self._assigned:  # partitions came or went: their clocks are read again
+            self.clocks.clear()
+            self._assigned = set(assigned)
         topic_counts: dict[str, int | None] = {}  # asked once per topic and batch
         times = batch.times
         counts, shards, shard_of, home_of, steps = (
@@ -363,7 +390,7 @@ class StreamEngine:
             else:
                 event = ShardEvent(route.name, decoded, source, offset)
             steps.append(
-                Step(message, route, None, raw_key, s, add(shards[s], event, key, raw_key, ts), mark)
+                Step(message, route, None, raw_key, s, add(shards[s], event, key, raw_key, ts), mark, ts)
             )
             applied = times.get(route.name)
             if applied is None:
@@ -393,13 +420,23 @@ class StreamEngine:
         """Pass 2b: lay ``overlay`` (the previous batch's changes) over what each shard read, start the
         helpers' shards and run the worker's own; returns the wait for every shard's result."""
         running = {}
+        plans, home_of = self.tables.plans, batch.home_of
+
+        def clock(group: str, raw_key: bytes) -> int | None:
+            return self.clock(group, home_of[raw_key])
+
+        expiring = any(self.ttl_groups.values())
         for s, shard in enumerate(batch.shards[1:], 1):
             if shard.events:
                 lay_over(shard, overlay)
+                if expiring:
+                    mark_expired(shard, plans, clock)
                 running[s] = asyncio.ensure_future(self.helpers.run(s, shard))
         own = ShardResult()
         if batch.shards[0].events:
             lay_over(batch.shards[0], overlay)
+            if expiring:
+                mark_expired(batch.shards[0], plans, clock)
             for n, _ in enumerate(self.work.steps(batch.shards[0], own), 1):
                 if n % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # let HTTP requests in between events
@@ -410,6 +447,13 @@ class StreamEngine:
             return done
 
         return results()
+
+    def clock(self, group: str, partition: int) -> int | None:
+        """The clock of ``group``'s table partition (tables/expiry.py): its newest event time applied."""
+        slot = (group, partition)
+        if slot not in self.clocks:
+            self.clocks[slot] = read_clock(self.tables.features[group].db(partition).get)
+        return self.clocks[slot]
 
     async def send_batch(
         self, batch: Batch, done: dict[int, ShardResult], producer: Any, kafka_producer: Any
@@ -423,7 +467,9 @@ class StreamEngine:
         output_partitions: dict[str, int] = {}  # asked once per batch
         outcomes = {s: result.outcomes for s, result in done.items()}
         add = outputs.add
-        for n, (message, route, error, raw_key, s, position, mark) in enumerate(batch.steps, 1):
+        ttl_groups = self.ttl_groups
+        moved: dict[tuple[str, int], int] = {}  # the clocks this batch moves
+        for n, (message, route, error, raw_key, s, position, mark, ts) in enumerate(batch.steps, 1):
             if n % (4 * YIELD_EVERY) == 0:
                 await asyncio.sleep(0)
             if error is None and s < 0:
@@ -431,6 +477,11 @@ class StreamEngine:
                 deliveries.append(await forward(producer, route.rekey_topic, raw_key, target, message))
                 continue
             outcome = outcomes[s][position] if error is None else None
+            if outcome is not None and not (isinstance(outcome, tuple) and len(outcome) == 2):
+                for group in ttl_groups[route.name, route.stage]:  # applied (or a duplicate) there
+                    slot = (group, home_of[raw_key])
+                    if ts > moved.get(slot, -1):
+                        moved[slot] = ts
             if outcome is not None and is_hop(outcome):
                 stage, key, parts = cast(Hop, outcome)
                 hop_key = key.encode("utf-8")
@@ -464,6 +515,11 @@ class StreamEngine:
         deliveries.extend(sent.future for sent in await outputs.send(kafka_producer))
         writer = StateWriter(kafka_producer, on_write=self.on_write)
         features = self.tables.features
+        for (group, partition), ts in moved.items():
+            known = self.clock(group, partition)
+            if known is None or ts > known:
+                self.clocks[group, partition] = ts
+                writer.write_many(features[group], partition, [clock_record(ts)])
         for result in done.values():
             for group, entity, changes in result.changes:
                 writer.write_many(features[group], home_of[entity], changes)

@@ -29,17 +29,18 @@ def encode_shard(shard: Shard) -> bytes:
         (e.stream, e.decoded, e.source, e.offset, e.stage, e.key, e.carry, e.mark) for e in shard.events
     ]
     wants = {slot: whole for slot, (whole, _) in shard.wants.items()}  # the buckets were for reading
-    return marshal.dumps((events, wants, shard.records, shard.lookups))
+    return marshal.dumps((events, wants, shard.records, shard.lookups, shard.expired))
 
 
 def decode_shard(payload: bytes) -> Shard:
     """The shard :func:`encode_shard` encoded (in a helper)."""
-    events, wants, records, lookups = marshal.loads(payload)  # noqa: S302 (from the worker that started us)
+    events, wants, records, lookups, expired = marshal.loads(payload)  # noqa: S302 (from the worker that started us)
     return Shard(
         [ShardEvent(*event) for event in events],
         {slot: Wants(whole, set()) for slot, whole in wants.items()},
         records,
         lookups,
+        expired=expired,
     )
 
 

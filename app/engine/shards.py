@@ -16,8 +16,9 @@ from app.records.enrich import OutputBuilder, group_part, join_part, output_buil
 from app.records.keys import key_of
 from app.records.source import legacy_identity
 from tables.apply import apply_event, choose, is_late
+from tables.expiry import head_expired
 from tables.key_state import KeyState, expiring_records
-from tables.plans import group_plans
+from tables.plans import GroupPlan, group_plans
 from tables.read import read_features
 from tables.state_format import bucket_key, head_key
 
@@ -76,6 +77,8 @@ class Shard:
     #: per slot, its KeyState as the shard's run built and changed it; kept here so that a helper
     #: frees them after it has answered
     states: dict[Slot, KeyState] = field(default_factory=dict)
+    #: the slots whose key's ttl expired (tables/expiry.py): they start afresh (filled by the worker)
+    expired: set[Slot] = field(default_factory=set)
 
 
 @dataclass
@@ -164,6 +167,8 @@ class BatchWork:
         states = shard.states
         for slot, (whole, _) in shard.wants.items():
             states[slot] = _state(slot[1], whole, shard.records[slot], self.plans[slot[0]].retention)
+        for slot in shard.expired:
+            states[slot].reset()
         rows: dict[tuple[str, str], dict[str, Any] | None] = {
             name: orjson.loads(raw) if raw is not None else None for name, raw in shard.lookups.items()
         }
@@ -349,3 +354,17 @@ def lay_over(shard: Shard, overlay: Overlay) -> None:
                     records[record_key] = value
         else:
             records.update((record_key, value) for record_key, value in changes if record_key in records)
+
+
+def mark_expired(
+    shard: Shard, plans: Mapping[str, GroupPlan], clock: Callable[[str, bytes], int | None]
+) -> None:
+    """Note in ``shard`` the slots of groups with a ``ttl`` whose key expired (tables/expiry.py), by
+    the head it read (a previous batch's laid over) and ``clock(group, key)``, its partition's clock."""
+    for slot in shard.wants:
+        group, raw_key = slot
+        plan = plans[group]
+        if plan.ttl is not None and head_expired(
+            plan, shard.records[slot].get(head_key(raw_key)), clock(group, raw_key)
+        ):
+            shard.expired.add(slot)

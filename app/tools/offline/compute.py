@@ -13,6 +13,7 @@ import pandas as pd
 from app.config.spec import Pipeline
 from app.errors import InputFileError
 from app.records.cells import csv_text, parquet_ready
+from app.records.partitioning import partition_for
 from app.tools.offline.events import (
     DEFAULT_PARTITIONS,
     Accepted,
@@ -290,6 +291,41 @@ def _newest_buckets(events: GroupEvents, q_codes: np.ndarray, q_times: np.ndarra
     return newest
 
 
+def _expired(
+    plan: GroupPlan,
+    events: GroupEvents,
+    names: np.ndarray,
+    partitions: int,
+    q_codes: np.ndarray,
+    q_times: np.ndarray,
+    point_in_time: bool,
+) -> np.ndarray:
+    """Per query, whether its key's ``ttl`` expired (tables/expiry.py): its newest bucket ended
+    ``ttl`` or more before its partition's clock, the newest event time of the group's events there;
+    point in time, of the events at or before the query's time."""
+    assert plan.ttl is not None
+    home = np.fromiter(
+        (partition_for(str(name).encode("utf-8"), partitions) for name in names), np.int64, len(names)
+    )
+    newest = _newest_buckets(events, q_codes, q_times if point_in_time else None)
+    q_home = home[q_codes] if len(home) else np.zeros(len(q_codes), dtype=np.int64)
+    low = np.iinfo(np.int64).min // 4
+    clock = np.full(len(q_codes), low, dtype=np.int64)
+    event_home = home[events.keys] if len(events.keys) else events.keys
+    for partition in range(partitions):
+        times = np.sort(events.times[event_home == partition])
+        mine = q_home == partition
+        if not len(times) or not mine.any():
+            continue
+        if point_in_time:  # the newest event at or before the query's time
+            at = np.searchsorted(times, q_times[mine], side="right") - 1
+            clock[mine] = np.where(at >= 0, times[np.maximum(at, 0)], low)
+        else:
+            clock[mine] = times[-1]
+    known = (newest > low) & (clock > low)
+    return known & ((newest + 1) * plan.period_ms <= clock - plan.ttl)
+
+
 def _window_rows(
     k: np.ndarray, b: np.ndarray, q_key: np.ndarray, q_first: np.ndarray, q_last: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -424,6 +460,12 @@ def compute(
         features = group_features(
             plan, accepted.groups[g], streams, stream_names, q_codes, q_times, labels is not None, say
         )
+        if plan.ttl is not None:  # an expired key answers found: false online
+            names = entity[plan.key].names
+            point_in_time = labels is not None
+            null = null | _expired(
+                plan, accepted.groups[g], names, partitions, q_codes, q_times, point_in_time
+            )
         for name, column in features.items():
             if name in (NEWEST_EVENT, STALE):  # one per group, after every feature: named after it
                 freshness[f"{g}.{name}"] = _masked(column.set_axis(frame.index), null)
