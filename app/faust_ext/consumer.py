@@ -188,8 +188,8 @@ class HydrantConsumer(faust_aiokafka.Consumer):
         #: records fetched before the last positioning are never delivered.
         self.positioned = 0
         self._fetch_epoch = 0  # ``positioned`` when the fetch being handed over began
-        #: Per input partition without a committed offset: where its first drain since it was positioned
-        #: started (app/faust_ext/intake.py); a commit never passes an offset from there on not acked.
+        #: Per input partition: where its first drain since it was positioned started (app/faust_ext/
+        #: intake.py); without a committed offset, a commit never passes an offset from there on not acked.
         self.floors: dict[TP, int] = {}
         self._through: dict[TP, int] = {}  # per partition: the last offset to commit computed
         self._blocked: set[tuple[TP, int]] = set()  # head gaps already reported
@@ -253,6 +253,9 @@ class HydrantConsumer(faust_aiokafka.Consumer):
         )  # fmt: skip
 
     async def _getmany(self, active_partitions: Any, timeout: float) -> Any:  # noqa: ASYNC109 (Faust's)
+        # A positioning while this fetch runs makes its records stale (Faust calls this once the flow
+        # runs: a fetch that waited for a rebalance's end starts after it).
+        self._fetch_epoch = self.positioned
         # A copy made here: the consumer thread must not iterate Faust's set while this loop edits it.
         snapshot = None if active_partitions is None else frozenset(active_partitions)
         return await self._thread.getmany(cast(Any, snapshot), timeout)
@@ -267,12 +270,12 @@ class HydrantConsumer(faust_aiokafka.Consumer):
         for tp in revoked:
             self.floors.pop(tp, None)
             self._through.pop(tp, None)
+        self._blocked = {(tp, floor) for tp, floor in self._blocked if tp not in revoked}
         await super().on_partitions_revoked(revoked)
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:  # noqa: ASYNC109 (Faust calls it so)
-        epoch = self.positioned  # a positioning while this fetch runs makes its records stale
+        self._fetch_epoch = -1  # no fetch handed over yet (_getmany sets it when one begins)
         fetched, active = await super()._wait_next_records(timeout)
-        self._fetch_epoch = epoch
         records = cast(dict[TP, list[Any]], fetched)
         if not records:
             return records, active
@@ -285,6 +288,10 @@ class HydrantConsumer(faust_aiokafka.Consumer):
                 rewinds[tp] = (starts.get(tp, found[0].offset), ends.get(tp, found[-1].offset + 1))
         for intake in getattr(self.app, "intakes", ()):  # in the order they registered
             rewinds.update(await intake.hand_over(self, records, active))
+        # Only now, the fetch taken: Faust's commit every so many acks (it awaits the broker).
+        if self._commit_every is not None and self._n_acked >= self._commit_every:
+            self._n_acked = 0
+            await self.commit()
         if rewinds and not self.should_stop:
             sought = await self._thread.rewind(rewinds)
             if sought:

@@ -128,7 +128,6 @@ class Intake:
             fetched = records.pop(tp)
             start = starts.get(tp, fetched[0].offset)
             end = ends.get(tp, fetched[-1].offset + 1)
-            # Checked per partition: accepting the previous one may have awaited a commit.
             if not consumer.deliverable(tp, active):
                 refused[tp] = (start, end)
                 continue
@@ -137,12 +136,6 @@ class Intake:
                 refused[tp] = (again, end)
         if mine:
             self._arrived.set()
-        # Only now, every record of the fetch buffered: a commit may await a whole rebalance, whose
-        # end (clear, positions) must come after what this fetch read from the positions before it.
-        commit_every = consumer._commit_every
-        if commit_every is not None and consumer._n_acked >= commit_every:
-            consumer._n_acked = 0
-            await consumer.commit()
         # Back-pressure: stop fetching while the agent is behind, but never while the flow is
         # suspended: a rebalance's table recovery reads changelogs through this same loop.
         while len(self._buffer) >= self.max_buffered and self._flowing(consumer):
@@ -179,7 +172,11 @@ class Intake:
         if self.app.topics.acks_enabled_for(tp.topic):
             # Offsets between the start and the records, or between two records, hold nothing to read
             # (transaction markers, compacted or aborted records): commits may move past them.
-            previous = start - 1 if read is None else max(start - 1, read)  # from the first unread
+            # From the first unread: after a positioning the read offset is the one sought to (Faust's
+            # seek sets the next offset to read there), otherwise the last record taken.
+            if read is not None and expected is None:
+                read -= 1
+            previous = start - 1 if read is None else max(start - 1, read)
             last = records[-1].offset
             if last - previous != len(records) or end != last + 1:  # else contiguous: no hole to walk
                 for offset in [*(r.offset for r in records), end]:  # the end: past a trailing marker
