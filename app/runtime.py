@@ -118,7 +118,12 @@ stream_engine = StreamEngine(
     replay=replayer,
     idle_ms=settings.idle_partition_ms,
 )
-stream_source = Intake(app, stream_engine.routes, max_buffered=4 * FETCH_RECORDS)
+stream_source = Intake(
+    app,
+    stream_engine.routes,
+    max_buffered=4 * FETCH_RECORDS,
+    strict=[topic for topic, route in stream_engine.routes.items() if route.repartitioned],
+)
 #: Subscribes the consumer to the stream topics; their records reach the intake, not this channel.
 app.topics.add(app.topic(*stream_engine.routes, key_serializer="raw", value_serializer="raw"))
 

@@ -14,7 +14,8 @@ partition or batch instead of once per record:
 - offset gaps: where the broker has nothing (transaction markers, compaction: offsets a drain
   skipped over) commits move past them; a drain that starts past the end of the last one taken means
   records were skipped: an error, never committed past, the partition read again
-  (:meth:`Intake._skipped`);
+  (:meth:`Intake._skipped`); so is a drain passing over offsets of a hop or re-key topic, which
+  Hydrant writes without transactions (:meth:`Intake._hole_again`);
 - records it cannot take (the partition is not active any more, or after a gap) go back to the
   consumer, which rewinds their partition to them (app/faust_ext/consumer.py);
 - pending work and acks: a batch taken is one entry of the consumer's unacked set (so a rebalance
@@ -83,9 +84,15 @@ class Taken(list[Any]):
 class Intake:
     """A bounded buffer of fetched records of ``topics``, taken in batches by one agent."""
 
-    def __init__(self, app: Any, topics: Iterable[str], max_buffered: int) -> None:
+    def __init__(
+        self, app: Any, topics: Iterable[str], max_buffered: int, strict: Iterable[str] = ()
+    ) -> None:
         self.app = app
         self.topics = frozenset(topics)
+        #: topics whose offsets are never empty (Hydrant's hop and re-key topics: no transactions, no
+        #: compaction): a hole in a drain is records not yet visible, read again (:meth:`_hole_again`)
+        self.strict = frozenset(strict)
+        self._holes: dict[Any, tuple[int, int]] = {}  # per partition: the last hole met, read again
         self.max_buffered = max_buffered
         #: Per partition, the fetch position after the last drain taken (unknown after :meth:`clear`).
         self._next: dict[Any, int] = {}
@@ -169,6 +176,7 @@ class Intake:
             consumer.floors[tp] = start
         if not records:
             return None
+        again = None
         if self.app.topics.acks_enabled_for(tp.topic):
             # Offsets between the start and the records, or between two records, hold nothing to read
             # (transaction markers, compacted or aborted records): commits may move past them.
@@ -179,14 +187,46 @@ class Intake:
             previous = start - 1 if read is None else max(start - 1, read)
             last = records[-1].offset
             if last - previous != len(records) or end != last + 1:  # else contiguous: no hole to walk
+                holes = []
                 for offset in [*(r.offset for r in records), end]:  # the end: past a trailing marker
                     if offset - previous > 1:
-                        await consumer._add_gap(tp, previous + 1, offset - 1)
+                        holes.append((previous + 1, offset - 1))
                     previous = offset
+                if holes and tp.topic in self.strict and not self._hole_again(tp, holes[0]):
+                    again = holes[0][0]  # taken up to the hole, read again from it
+                    records = [r for r in records if r.offset < again]
+                    holes = []
+                    self._next[tp] = again
+                for first, upto in holes:
+                    await consumer._add_gap(tp, first, upto)
+        if not records:
+            return again
         consumer._read_offset[tp] = records[-1].offset
         consumer.app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
         self._buffer.extend(records)
-        return None
+        return again
+
+    def _hole_again(self, tp: Any, hole: tuple[int, int]) -> bool:
+        """A drain of ``tp``, a topic Hydrant writes without transactions (a hop or re-key topic, where
+        no offset is empty), passed over offsets ``hole``: they were not there to read (a broker may show
+        a later write of another producer first). An error, said loudly, the partition read again from
+        the hole (False); unless the same hole was met reading again (True: nothing there, committed past)."""
+        if self._holes.get(tp) == hole:
+            del self._holes[tp]
+            logger.warning(
+                "%s/%d: reading again from %d passes over %d..%d once more: the broker holds no records "
+                "there; committing past them",
+                tp.topic, tp.partition, hole[0], hole[0], hole[1],
+            )  # fmt: skip
+            return True
+        self._holes[tp] = hole
+        OFFSET_GAPS.labels(tp.topic).inc()
+        logger.error(
+            "%s/%d: a fetch passed over offsets %d..%d of a topic without empty offsets: not committing "
+            "past them, reading the partition again from %d",
+            tp.topic, tp.partition, hole[0], hole[1], hole[0],
+        )  # fmt: skip
+        return False
 
     async def _skipped(self, consumer: Any, tp: Any, first: int, start: int) -> bool:
         """A drain of ``tp`` started at ``start``, past ``first``, the end of the last drain taken:

@@ -26,6 +26,7 @@ from app.metrics import OFFSET_GAPS
 
 INPUT = "orders"
 LOOKUP = "merchants"  # a compacted topic
+HOP = "shop-stream-orders-by-merchant_id-repartition"  # a hop topic: Hydrant writes it, no offset empty
 T = TypeVar("T")
 
 
@@ -83,7 +84,9 @@ class Setup:
         self.app = ScriptedApp(
             "test-intake", broker="kafka://127.0.0.1:1", store="memory://", autodiscover=False, loop=self.loop
         )
-        self.app.topics._acking_topics.update((INPUT, LOOKUP))  # as the conductor does for subscribed topics
+        self.app.topics._acking_topics.update(
+            (INPUT, LOOKUP, HOP)
+        )  # as the conductor does for subscribed topics
         self.app.fetches = self.fetches = fetches
         self.consumer = consumer = self.app.consumer
         assert isinstance(consumer, ScriptedConsumer)
@@ -104,7 +107,7 @@ class Setup:
             return list(rewinds)
 
         consumer._thread.rewind = recorded_rewind  # type: ignore[method-assign]
-        self.intake = Intake(self.app, [INPUT, LOOKUP], max_buffered)
+        self.intake = Intake(self.app, [INPUT, LOOKUP, HOP], max_buffered, strict=[HOP])
         assert self.app.intakes == [self.intake]
         self.app.flow_control.resume()  # as at the end of the worker's first rebalance
 
@@ -458,3 +461,51 @@ def test_a_commit_moves_over_a_hole_at_the_committed_offset() -> None:
         return s.consumer._new_offset(tp)
 
     assert s.run(run()) == 8
+
+
+def test_a_hop_topic_drain_passing_over_offsets_is_read_again_from_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Three workers write one hop partition: the broker showed a later write (6..7) before 3..5.
+    tp = TP(HOP, 0)
+    before = OFFSET_GAPS.labels(HOP)._value.get()
+    s = Setup(
+        [
+            fetch(*(record(HOP, 0, n) for n in (0, 1, 2, 6, 7))),
+            fetch(*(record(HOP, 0, n) for n in range(3, 9))),
+        ]
+    )
+
+    async def run() -> list[int]:
+        await s.drain()
+        await s.drain()  # read again from 3: now there
+        batch = await s.intake.take(10, within=0.01)
+        s.intake.ack(batch)
+        return [m.offset for m in batch]
+
+    assert s.run(run()) == list(range(9))
+    assert s.rewinds == [{tp: (3, 8)}]  # taken up to the hole, read again from it
+    assert s.gaps == []
+    assert s.consumer._new_offset(tp) == 9
+    assert OFFSET_GAPS.labels(HOP)._value.get() == before + 1
+    errors = [r.message for r in caplog.records if r.levelname == "ERROR"]
+    assert any("passed over offsets 3..5 of a topic without empty offsets" in m for m in errors)
+
+
+def test_a_hole_met_again_in_a_hop_topic_is_committed_past(caplog: pytest.LogCaptureFixture) -> None:
+    tp = TP(HOP, 0)
+    again = [record(HOP, 0, 6), record(HOP, 0, 7)]
+    s = Setup([fetch(*(record(HOP, 0, n) for n in (0, 1, 2, 6, 7))), fetch(*again, starts={tp: 3})])
+
+    async def run() -> list[int]:
+        await s.drain()
+        await s.drain()
+        batch = await s.intake.take(10, within=0.01)
+        s.intake.ack(batch)
+        return [m.offset for m in batch]
+
+    assert s.run(run()) == [0, 1, 2, 6, 7]
+    assert s.gaps == [(tp, 3, 5)]
+    assert s.consumer._new_offset(tp) == 8
+    warned = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert any("passes over 3..5 once more" in m for m in warned)
