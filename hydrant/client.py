@@ -61,8 +61,9 @@ class Client:
         at: int | str | None = None,
     ) -> pd.DataFrame:
         """One row per key, in order: ``key`` (its string form), ``found``, then the features (all of
-        the group's, or ``features``); ``error`` (the code, e.g. ``outside_retention``) and
-        ``incomplete`` columns when some key has one. ``at``: epoch ms or ISO-8601 (default now)."""
+        the group's, or ``features``), ``newest_event`` (epoch ms, the newest event the answer
+        counts); ``stale`` (groups with a max_age), ``error`` (the code, e.g. ``outside_retention``)
+        and ``incomplete`` columns when some key has one. ``at``: epoch ms or ISO-8601 (default now)."""
         keys = list(keys)
         results: list[dict[str, Any]] = []
         for begin in range(0, max(len(keys), 1), MAX_ITEMS):
@@ -79,21 +80,25 @@ class Client:
             row = {"key": result["key"], "found": result["found"]}
             values = result.get("features") or {}
             row.update((name, values.get(name)) for name in names)
+            row["newest_event"] = result.get("newest_event")
+            if "stale" in result:
+                row["stale"] = result["stale"]
             if "error" in result:
                 row["error"] = result["error"]["code"]
             if "incomplete" in result:
                 row["incomplete"] = result["incomplete"]
             rows.append(row)
-        columns = ["key", "found", *names]
-        columns += [c for c in ("error", "incomplete") if any(c in row for row in rows)]
+        columns = ["key", "found", *names, "newest_event"]
+        columns += [c for c in ("stale", "error", "incomplete") if any(c in row for row in rows)]
         return _typed(pd.DataFrame(rows, columns=columns))
 
     def service(
         self, name: str, rows: pd.DataFrame | Sequence[Mapping[str, Any]], at: int | str | None = None
     ) -> pd.DataFrame:
         """The service's columns for each request row, in order, then ``missing`` and
-        ``outside_retention`` (lists of groups), ``error`` (a row's error message, else None) and,
-        while a replay runs, ``incomplete``."""
+        ``outside_retention`` (lists of groups), ``newest_event`` (per group, epoch ms), ``stale``
+        (groups), ``error`` (a row's error message, else None) and, while a replay runs,
+        ``incomplete``."""
         records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
         answers: list[dict[str, Any]] = []
         for begin in range(0, len(records), MAX_ITEMS):
@@ -108,11 +113,13 @@ class Client:
             row = {column: values.get(column) for column in columns}
             row["missing"] = answer.get("missing", [])
             row["outside_retention"] = answer.get("outside_retention", [])
+            row["newest_event"] = answer.get("newest_event", {})
+            row["stale"] = answer.get("stale", [])
             row["error"] = answer["error"]["message"] if "error" in answer else None
             if "incomplete" in answer:
                 row["incomplete"] = answer["incomplete"]
             out.append(row)
-        names = [*columns, "missing", "outside_retention", "error"]
+        names = [*columns, "missing", "outside_retention", "newest_event", "stale", "error"]
         names += ["incomplete"] if any("incomplete" in row for row in out) else []
         return _typed(pd.DataFrame(out, columns=names))
 

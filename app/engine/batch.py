@@ -289,6 +289,13 @@ class StreamEngine:
                                 )
                             except TimeoutError:
                                 continue
+                        elif sweeper is not None:  # an idle loop still gives the sweep its turns
+                            try:
+                                messages = await asyncio.wait_for(
+                                    source.take(self.batch_max, BATCH_WITHIN_S), sweeper.wait()
+                                )
+                            except TimeoutError:
+                                continue
                         else:
                             messages = await source.take(self.batch_max, BATCH_WITHIN_S)
                         batch = await self.decode_batch(messages, io.assignment(), counts)

@@ -49,6 +49,10 @@ class Sweeper:
         """Whether a step is due (a group has a ttl and the last step was ``every_s`` ago)."""
         return bool(self.groups) and time.monotonic() - self._last >= self.every_s
 
+    def wait(self) -> float:
+        """Seconds until the next step is due (at least a few milliseconds)."""
+        return max(0.01, self.every_s - (time.monotonic() - self._last))
+
     async def step(self, producer: Any) -> int:
         """One slice of the next (group, partition) served here: delete its expired keys' records
         (written locally, then to the changelog through ``producer``, acked before it returns).

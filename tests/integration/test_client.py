@@ -24,10 +24,12 @@ def test_features_equal_the_http_answers_with_typed_columns(cluster: Cluster) ->
         frame = client.features("card", keys, at=at)
     answer = httpx.post(f"{cluster.two.url}/features/card", json={"keys": keys, "at": at}, timeout=10).json()
     names = httpx.get(f"{cluster.one.url}/pipeline", timeout=10).json()["features"]["card"]
-    assert list(frame.columns) == ["key", "found", *names]
+    assert list(frame.columns) == ["key", "found", *names, "newest_event"]
     assert list(frame["key"]) == keys
     for (_, row), result in zip(frame.iterrows(), answer["results"], strict=True):
         assert row["found"] == result["found"]
+        newest = result.get("newest_event")
+        assert (pd.isna(row["newest_event"]) and newest is None) or row["newest_event"] == newest
         for name in names:
             want = (result.get("features") or {}).get(name)
             got = row[name]
@@ -64,7 +66,7 @@ def test_service_and_tables_equal_the_http_answers(cluster: Cluster) -> None:  #
         s for s in httpx.get(f"{cluster.one.url}/services").json()["services"] if s["name"] == "fraud"
     ]
     columns = [c["name"] for c in fraud["columns"]]
-    assert list(frame.columns) == [*columns, "missing", "outside_retention", "error"]
+    assert list(frame.columns) == [*columns, "missing", "outside_retention", "newest_event", "stale", "error"]
     for (_, row), want in zip(frame.iterrows(), answer["rows"], strict=True):
         for column in columns:
             value = want["features"][column]
@@ -74,6 +76,7 @@ def test_service_and_tables_equal_the_http_answers(cluster: Cluster) -> None:  #
                 value,
             )
         assert list(row["missing"]) == want["missing"]
+        assert row["newest_event"] == want["newest_event"] and list(row["stale"]) == want["stale"]
     assert list(frame["missing"].iloc[-1]) == list(GROUPS)
 
     scan = httpx.get(f"{cluster.one.url}/tables/merchants", timeout=30).json()

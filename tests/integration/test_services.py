@@ -20,10 +20,14 @@ from xml.etree import ElementTree
 import httpx
 import numpy as np
 import orjson
+import pandas as pd
 import pytest
 
 from app.config.spec import load_pipeline
 from app.records.keys import key_string
+from app.tools.frames import read_table
+from app.tools.offline import compute
+from tables.plans import group_plans
 from tests.conftest import payments_pipeline_text
 from tests.integration.test_entities import merchant_row, truths
 from tests.support.broker import BrokerUnderTest
@@ -341,3 +345,69 @@ def test_schemathesis_finds_no_5xx_on_services_and_lookup_batches(cluster: Clust
     junit = ElementTree.parse(tmp_path / "junit.xml").getroot()
     tested = sorted(case.get("name", "") for case in junit.iter("testcase"))
     assert tested == ["GET /services", "POST /services/fraud", "POST /tables/merchants"], tested
+
+
+# -- issue 33, must-show 3: every answer says how fresh it is (newest_event, max_age) ------------
+# For every key of every group, on both workers, at four times, ``newest_event`` equals the newest
+# payment time of the key in the buckets its windows read (pandas), the merchant group's ``max_age``
+# (30 m) flags exactly the keys pandas says are stale, and ``hydrant compute`` gives the same.
+
+FRESH_MINUTE = 60_000
+FRESH_HOUR = 60 * FRESH_MINUTE
+
+
+def batch_answers(url: str, group: str, keys: list[str], at: int) -> dict[str, Any]:
+    """Per key, its batch result from the worker at ``url``."""
+    out = {}
+    for begin in range(0, len(keys), 1000):
+        body = {"keys": keys[begin : begin + 1000], "at": at}
+        response = httpx.post(f"{url}/features/{group}", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        out.update((r["key"], r) for r in response.json()["results"])
+    return out
+
+
+def test_every_answer_carries_the_newest_event_it_counts(cluster: Cluster, tmp_path: Path) -> None:
+    spec = load_pipeline(cluster.pipeline)
+    plans = group_plans(spec)
+    assert plans["merchant"].max_age == 30 * FRESH_MINUTE
+    events = pd.DataFrame(cluster.events)
+    path = tmp_path / "payments.parquet"
+    events.to_parquet(path, index=False)
+    ats = [
+        cluster.last,
+        cluster.last + 40 * FRESH_MINUTE,
+        cluster.last + 3 * FRESH_HOUR,
+        cluster.last + 25 * FRESH_HOUR,
+    ]
+    checked = stale = 0
+    for group, plan in plans.items():
+        keyed = events.dropna(subset=list(plan.key)).copy()  # every payment adds an amount: all count
+        keyed["key"] = [key_string([row[f] for f in plan.key]) for _, row in keyed.iterrows()]
+        keys = sorted(set(keyed["key"]))
+        offline, _ = compute(spec, {"payments": path}, read_table, ats=ats, groups=[group])
+        offline = offline.set_index(["key", "at"])
+        for at in ats:
+            end = at // plan.period_ms
+            inside = keyed[(keyed["ts"] // plan.period_ms).between(end - plan.widest + 1, end)]
+            truth = inside.groupby("key")["ts"].max()
+            for url in (cluster.one.url, cluster.two.url):
+                got = batch_answers(url, group, keys, at)
+                for key in keys:
+                    want = int(truth[key]) if key in truth.index else None
+                    result = got[key]
+                    assert result["found"] and result["newest_event"] == want, (group, key, at, url, result)
+                    row = offline.loc[(key, at)]
+                    assert (
+                        None if pd.isna(row[f"{group}.newest_event"]) else int(row[f"{group}.newest_event"])
+                    ) == want
+                    if plan.max_age is not None:
+                        flag = want is None or want < at - plan.max_age
+                        assert result["stale"] is flag and bool(row[f"{group}.stale"]) is flag, (key, at)
+                        stale += flag
+                    else:
+                        assert "stale" not in result
+                    checked += 1
+    assert checked > 4_000 and stale > 10
+    fresh = batch_answers(cluster.one.url, "merchant", ["m000"], cluster.last)["m000"]
+    assert fresh["stale"] is False  # at the last payment, the busiest merchant is fresh
