@@ -202,7 +202,10 @@ def test_labels_look_each_group_up_by_its_key_fields(tmp_path: Path) -> None:
 
     names = {g: SPEC.features[g].feature_names() for g in groups}
     freshness = [f"{g}.newest_event" for g in groups]
-    assert list(table.columns) == [*labels.columns, *(f for g in groups for f in names[g]), *freshness]
+    stale = ["merchant.stale"]  # the one group with a max_age
+    assert list(table.columns) == [
+        *labels.columns, *(f for g in groups for f in names[g]), *freshness[:2], *stale, freshness[2]
+    ]  # fmt: skip
     newest = table[freshness].max(axis=1)  # each at or before its row's time (point in time)
     assert (newest.dropna() <= table.loc[newest.notna(), "event_timestamp"]).all() and newest.notna().any()
     for i, row in enumerate(table.to_dict("records")):
