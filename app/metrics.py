@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from prometheus_client import (
@@ -221,6 +223,25 @@ class BatchHistogram(Collector):
 
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+
+
+def observe_many(child: Any, values: Iterable[float]) -> None:
+    """``child.observe(v)`` for each of ``values`` (a labelled Histogram child), with one increment per
+    bucket touched instead of one per value (in a serving process each is a write to its metrics file).
+    Relies on prometheus_client's Histogram keeping per-bucket values and a sum (0.20 through 0.26, and
+    tests/unit/test_metrics.py checks it against ``observe``)."""
+    bounds = child._upper_bounds
+    counts = [0] * len(bounds)
+    total = 0.0
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1
+        total += value
+    if not any(counts):
+        return
+    child._sum.inc(total)
+    for bucket, count in zip(child._buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
 
 
 PROCESSING_DELAY = BatchHistogram(

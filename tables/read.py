@@ -12,7 +12,6 @@ from typing import Any
 import datasketches
 import orjson
 
-from app.metrics import FEATURE_AGE
 from tables.expiry import is_expired
 from tables.key_state import KeyState
 from tables.plans import (
@@ -421,8 +420,6 @@ def key_answer(
     result = {"key": key, "found": True, "features": features, "newest_event": newest}
     if plan.max_age is not None:
         result["stale"] = is_stale(plan, newest, at_ms)
-    if newest is not None:
-        FEATURE_AGE.labels(plan.name).observe(max(0, at_ms - newest) / 1000)
     if missing:
         result["incomplete"] = missing
     return result

@@ -18,6 +18,7 @@ from app.api.context import ApiContext
 from app.api.forwarding import answer_elsewhere, ask, is_forwarded, route_keys
 from app.api.http import HttpError, error_response
 from app.api.models import AT_LIMIT, KEY_INT_LIMIT, MAX_BATCH_KEYS, BatchRequest, FeatureQuery
+from app.metrics import FEATURE_AGE, observe_many
 from app.records.keys import key_string, split_key
 from app.records.partitioning import partition_for
 from tables.expiry import read_clock
@@ -181,6 +182,13 @@ def answer_locally(
     return key_answer(plan, key, state, at, names, missing, clock)
 
 
+def observe_ages(group: str, results: list[dict[str, Any]], at: int) -> None:
+    """``hydrant_feature_age_seconds``: ``at - newest_event`` of each answer with one."""
+    ages = [max(0, at - r["newest_event"]) / 1000 for r in results if r.get("newest_event") is not None]
+    if ages:
+        observe_many(FEATURE_AGE.labels(group), ages)
+
+
 async def lookup_one(request: web.Request, ctx: ApiContext, group: str, key: str) -> web.Response:
     """Features of one key: 200, 400 (feature name, at), 404 (group, key), 422 (retention), 503."""
     if group not in ctx.tables.plans:
@@ -200,6 +208,7 @@ async def lookup_one(request: web.Request, ctx: ApiContext, group: str, key: str
     except HttpError as exc:
         return exc.response()
     result = answer_locally(ctx, group, key, at, names)
+    observe_ages(group, [result], at)
     if not result["found"]:
         return not_found(ctx, group, key)
     if "error" in result:
@@ -255,6 +264,7 @@ async def group_results(
         missing = incomplete_selected(ctx.tables.plans[group], db, names, int(time.time() * 1000))
         for index in positions:
             results[index] = answer_locally(ctx, group, keys[index], at, names, read, missing)
+        observe_ages(group, [results[index] for index in positions], at)
     answers = await asyncio.gather(*asked)
     for positions, answer in zip(remote.values(), answers, strict=True):
         for index, result in zip(positions, answer["results"], strict=True):

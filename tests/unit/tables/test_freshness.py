@@ -11,7 +11,6 @@ import random
 import orjson
 import pytest
 
-from app.metrics import FEATURE_AGE
 from tables.plans import LIFETIME, GroupPlan
 from tables.read import is_stale, key_answer, read_answer
 from tables.state_format import NEWEST, bucket_key
@@ -115,17 +114,6 @@ def test_a_key_with_no_event_in_its_windows_has_no_newest_event_and_is_stale() -
         assert is_stale(fresh, newest, at) == stale
         assert "stale" not in key_answer(plan, "u", state, at)  # no max_age: no flag
     assert key_answer(fresh, "nobody", worker.scanned("nobody"), BASE) == {"key": "nobody", "found": False}
-
-
-def test_answers_feed_the_feature_age_histogram() -> None:
-    plan, _ = group("10m", *TWO)
-    worker = Worker(plan)
-    worker.run([s1("u", BASE, 3.0)])
-    worker.flush()
-    count = FEATURE_AGE.labels("g")._sum.get(), sum(b.get() for b in FEATURE_AGE.labels("g")._buckets)
-    key_answer(plan, "u", worker.scanned("u"), BASE + 30_000)
-    assert FEATURE_AGE.labels("g")._sum.get() == pytest.approx(count[0] + 30.0)
-    assert sum(b.get() for b in FEATURE_AGE.labels("g")._buckets) == count[1] + 1
 
 
 def test_buckets_written_before_they_kept_it_give_their_newest_last_time_or_their_last_millisecond() -> None:
