@@ -373,11 +373,16 @@ def read_answer(
     numbers, records = state.buckets_in(lo, end)
     tag = plan.tag
     slots = [(r if r[LAYOUT] == tag else convert(plan, r))[AGGREGATIONS] for r in records]
-    newest = None if rollup is None else rollup_newest(plan, rollup)
-    for number, record in zip(numbers, records, strict=True):
-        time_ms = record[NEWEST] if len(record) > NEWEST else newest_event(plan, number, record)
-        if time_ms is not None and (newest is None or time_ms > newest):
-            newest = time_ms
+    # A bucket's events lie in its period, so the newest event is the newest bucket's that holds one
+    # (the roll-up's only when none does): from the last bucket back, usually one step.
+    newest = None
+    for i in range(len(records) - 1, -1, -1):
+        record = records[i]
+        newest = record[NEWEST] if len(record) > NEWEST else newest_event(plan, numbers[i], record)
+        if newest is not None:
+            break
+    if newest is None and rollup is not None:
+        newest = rollup_newest(plan, rollup)
     out: list[Any] = [None] * len(plan.names)
     aggregations = plan.aggregations
     for index, size, ops in reads:
