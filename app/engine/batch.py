@@ -233,6 +233,7 @@ class StreamEngine:
             for stages in work.stages.values()
             for at in stages
         }
+        self.expiring = any(self.ttl_groups.values())  # some group has a ttl
         self.clocks: dict[tuple[str, int], int | None] = {}
         self._assigned: set[Any] = set()
         sweeper = Sweeper(tables, partitions, self.clock, on_write)  # takes its turns between batches
@@ -432,7 +433,7 @@ class StreamEngine:
         def clock(group: str, raw_key: bytes) -> int | None:
             return self.clock(group, home_of[raw_key])
 
-        expiring = any(self.ttl_groups.values())
+        expiring = self.expiring
         for s, shard in enumerate(batch.shards[1:], 1):
             if shard.events:
                 lay_over(shard, overlay)
@@ -474,7 +475,7 @@ class StreamEngine:
         output_partitions: dict[str, int] = {}  # asked once per batch
         outcomes = {s: result.outcomes for s, result in done.items()}
         add = outputs.add
-        ttl_groups = self.ttl_groups
+        ttl_groups, expiring = self.ttl_groups, self.expiring
         moved: dict[tuple[str, int], int] = {}  # the clocks this batch moves
         for n, (message, route, error, raw_key, s, position, mark, ts) in enumerate(batch.steps, 1):
             if n % (4 * YIELD_EVERY) == 0:
@@ -484,7 +485,7 @@ class StreamEngine:
                 deliveries.append(await forward(producer, route.rekey_topic, raw_key, target, message))
                 continue
             outcome = outcomes[s][position] if error is None else None
-            if outcome is not None and not (isinstance(outcome, tuple) and len(outcome) == 2):
+            if expiring and outcome is not None and not (isinstance(outcome, tuple) and len(outcome) == 2):
                 for group in ttl_groups[route.name, route.stage]:  # applied (or a duplicate) there
                     slot = (group, home_of[raw_key])
                     if ts > moved.get(slot, -1):
